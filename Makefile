@@ -1,0 +1,52 @@
+# Two commands on a fresh clone: `make run` (the whole pipeline on CPU) and `make test`.
+# Everything bootstraps itself: .venv is created and filled on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# CPU machines: torch is pinned in the same pip command as the rest, so pip takes the CPU wheel
+# and never resolves a multi-GB CUDA build. GPU machines: see README "Installing on a GPU machine".
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+IMAGE  ?= ghcr.io/lmforge/lmforge:0.1.0
+PYTEST_ARGS ?=
+
+.PHONY: install run data test lint image compile ui clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(TORCH) -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+data: install
+	$(BIN)/dvc pull --quiet
+
+run: data
+	LMFORGE_PIPELINE_RUN_ID=$${LMFORGE_PIPELINE_RUN_ID:-local-$$(date -u +%Y%m%dT%H%M%S)} \
+	  PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+	@echo
+	@echo "Pretrained model:  outputs/pretrain/model"
+	@echo "Classifier:        outputs/finetune/model"
+	@echo "Evaluation report: outputs/evaluate/report.md"
+	@echo "MLflow runs:       sqlite:///$(CURDIR)/mlflow.db (artifacts in mlartifacts/)"
+	@echo "Open the UI:       $(BIN)/lmforge ui   # then http://127.0.0.1:5000"
+
+test: data
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+compile: install
+	$(BIN)/lmforge pipeline compile
+
+image:
+	docker build -f docker/Dockerfile -t $(IMAGE) .
+
+ui: install
+	$(BIN)/lmforge ui
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,183 @@
+"""MLflow: where runs go, and the UI over that store.
+
+``MLFLOW_TRACKING_URI`` wins; otherwise the embedded store in the repository
+(``sqlite:///mlflow.db`` with artifacts in ``mlartifacts/``), so ``dvc repro`` needs no server
+and ``lmforge ui`` serves exactly what the pipeline wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from lmforge.config import Config
+
+
+def tracking_uri(cfg: Config) -> str:
+    """The tracking URI in force; a relative sqlite path is made absolute against the cwd."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.tracking_uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        uri = prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
+def artifact_location(cfg: Config) -> str:
+    """Artifact root for experiments created in the embedded store (a local folder)."""
+    loc = cfg.tracking.artifact_location
+    if "://" in loc:
+        return loc
+    return Path(loc).resolve().as_uri()
+
+
+def ui_command(cfg: Config, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    return [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", tracking_uri(cfg),
+        "--default-artifact-root", artifact_location(cfg),
+        "--host", host, "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+
+
+def serve_ui(cfg: Config, host: str = "127.0.0.1", port: int = 5000) -> int:
+    """Serve MLflow's UI on the project's store until interrupted; returns the exit code."""
+    cmd = ui_command(cfg, host, port)
+    print(f"MLflow UI on http://{host}:{port} over {cmd[cmd.index('--backend-store-uri') + 1]}")
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Runs: one parent per pipeline run, one nested run per step, lineage tags on both
+# --------------------------------------------------------------------------------------------
+
+PIPELINE_RUN_TAG = "lmforge.pipeline_run_id"
+STAGE_TAG = "lmforge.stage"
+
+
+def git_commit(repo: Path | None = None) -> str:
+    """The checked-out commit (with ``-dirty`` when the tree has changes); ``unknown`` outside git."""
+    env_commit = os.environ.get("LMFORGE_GIT_COMMIT")  # baked into images, set by KFP
+    if env_commit:
+        return env_commit
+    try:
+        cwd = repo or Path.cwd()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def data_version(dvc_file: Path = Path("data.dvc")) -> str:
+    """The md5 that ``data.dvc`` records for ``data/``: which raw data a run saw."""
+    import yaml
+
+    try:
+        meta = yaml.safe_load(dvc_file.read_text())
+        return str(meta["outs"][0]["md5"])
+    except (OSError, KeyError, IndexError, TypeError):
+        return "unknown"
+
+
+def pipeline_run_id(cfg: Config) -> str:
+    """KFP run id on Kubeflow, ``LMFORGE_PIPELINE_RUN_ID`` when set (``make run`` sets one),
+    else stable for this code and these params, so the stages of one ``dvc repro`` share it."""
+    explicit = os.environ.get("LMFORGE_PIPELINE_RUN_ID")
+    if explicit:
+        return explicit
+    return f"local-{git_commit()[:12]}-{cfg.params_hash()}"
+
+
+def lineage_tags(cfg: Config) -> dict[str, str]:
+    return {
+        "lmforge.git_commit": git_commit(),
+        "lmforge.data_version": data_version(),
+        "lmforge.params_hash": cfg.params_hash(),
+        PIPELINE_RUN_TAG: pipeline_run_id(cfg),
+    }
+
+
+def _experiment_id(cfg: Config) -> str:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(
+            cfg.tracking.experiment, artifact_location=artifact_location(cfg)
+        )
+    except Exception:  # created concurrently by another step: use theirs
+        exp = client.get_experiment_by_name(cfg.tracking.experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def parent_run_id(cfg: Config) -> str:
+    """Find (by tag) or create the parent run of this pipeline run."""
+    import mlflow
+
+    exp_id = _experiment_id(cfg)
+    client = mlflow.MlflowClient()
+    run_key = pipeline_run_id(cfg)
+    found = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.`{PIPELINE_RUN_TAG}` = '{run_key}' and tags.`{STAGE_TAG}` = 'pipeline'",
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    tags = {**lineage_tags(cfg), STAGE_TAG: "pipeline"}
+    kfp_run = os.environ.get("KFP_RUN_ID")
+    if kfp_run:
+        tags["kfp.run_id"] = kfp_run
+    run = client.create_run(exp_id, tags=tags, run_name=f"pipeline-{run_key}")
+    return run.info.run_id
+
+
+class stage_run:
+    """``with stage_run(cfg, "pretrain") as run:`` a nested MLflow run under the pipeline's parent.
+
+    Logs the step's config sections as params and the lineage tags; ends FAILED on an exception.
+    """
+
+    def __init__(self, cfg: Config, stage: str, sections: tuple[str, ...] = ()):
+        self.cfg, self.stage, self.sections = cfg, stage, sections
+
+    def __enter__(self):
+        import mlflow
+
+        parent = parent_run_id(self.cfg)
+        tags = {**lineage_tags(self.cfg), STAGE_TAG: self.stage}
+        task = os.environ.get("KFP_TASK_NAME")
+        if task:
+            tags["kfp.task_name"] = task
+        self.run = mlflow.start_run(
+            experiment_id=_experiment_id(self.cfg),
+            run_name=self.stage,
+            parent_run_id=parent,
+            tags=tags,
+        )
+        for section in self.sections:
+            values = getattr(self.cfg, section).__dict__
+            mlflow.log_params({f"{section}.{k}": str(v)[:500] for k, v in values.items()})
+        return self.run
+
+    def __exit__(self, exc_type, exc, tb):
+        import mlflow
+
+        mlflow.end_run("FAILED" if exc_type else "FINISHED")
+        return False
