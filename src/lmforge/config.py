@@ -236,8 +236,22 @@ class KubeflowConfig:
         default_factory=lambda: {"nvidia.com/gpu.present": "true"}
     )
     gpu_toleration_key: str = "nvidia.com/gpu"
+    gpu_steps: list[str] = field(default_factory=lambda: ["finetune", "evaluate"])
+    gpus_per_step: int = 1
+    # The secret's keys become the env of every step (MLflow server and credentials).
     mlflow_secret: str = "lmforge-mlflow"
-    pvc_name: str = "lmforge-work"
+    mlflow_secret_keys: list[str] = field(
+        default_factory=lambda: [
+            "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
+        ]
+    )  # fmt: skip
+    pvc_name: str = "lmforge-work"  # shared volume the pretrain step stages data onto
+    # Pipeline inputs as artifact URIs: the DVC-tracked raw data; for the finetune pipeline,
+    # a pretrain pipeline's outputs (its Model and tokenized Dataset).
+    data_uri: str = "minio://mlpipeline/lmforge/data"
+    pretrained_uri: str = "minio://mlpipeline/lmforge/pretrain"
+    tokenized_uri: str = "minio://mlpipeline/lmforge/tokenized"
+    pretrain_backend: Literal["kubernetes", "local"] = "kubernetes"
 
 
 @dataclass
@@ -403,6 +417,25 @@ def load_config(
                 raise ConfigError(f"{path}: expected a mapping of sections at the top level")
         elif Path(params) != Path("params.yaml"):
             raise ConfigError(f"{path}: params file not found")
+    return _config_from_raw(raw, overrides, source)
+
+
+def load_config_text(
+    text: str, overrides: list[str] | tuple[str, ...] = (), source: str = "params (text)"
+) -> Config:
+    """Like ``load_config`` for params YAML held in a string (a KFP pipeline parameter)."""
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level")
+    return _config_from_raw(raw, overrides, source)
+
+
+def _config_from_raw(
+    raw: dict[str, Any], overrides: list[str] | tuple[str, ...], source: str
+) -> Config:
     raw = json.loads(json.dumps(raw))  # deep copy, plain types
     for item in overrides:
         keys, value = parse_override(item)
