@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 data: install
-	$(BIN)/dvc pull --quiet
+	$(BIN)/dvc pull --quiet --allow-missing  # pipeline outputs are rebuilt by dvc repro, not pulled
 
 run: data
 	LMFORGE_PIPELINE_RUN_ID=$${LMFORGE_PIPELINE_RUN_ID:-local-$$(date -u +%Y%m%dT%H%M%S)} \
