@@ -21,3 +21,7 @@ class RegistryError(LmforgeError):
 
 class LaunchError(LmforgeError):
     """A PyTorchJob that could not be created, or that failed (its reason is in the message)."""
+
+
+class PipelineError(LmforgeError):
+    """A Kubeflow pipeline that could not be compiled, submitted or run (dirty tree, bad name)."""

@@ -1,0 +1,5 @@
+"""The validate component: ``build(image)`` gives it on the lmforge image."""
+
+from .component import build
+
+__all__ = ["build"]

@@ -1,0 +1,1 @@
+"""The full pipeline: ``build(cfg)``; compiled to ``pipeline.yaml`` next to this file."""

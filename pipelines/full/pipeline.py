@@ -1,0 +1,47 @@
+"""Full pipeline: validate -> augment -> tokenize -> pretrain -> finetune -> evaluate -> register.
+
+Registration runs only when the evaluation gate passes (``dsl.If`` on evaluate's output).
+"""
+
+from kfp import dsl
+
+from lmforge.config import Config
+from lmforge.kfp.dag import (
+    Ops,
+    common_args,
+    finetune_evaluate_register,
+    params_text,
+    prepare_data,
+    schedule,
+)  # fmt: skip
+
+
+def build(cfg: Config) -> dsl.graph_component.GraphComponent:
+    """The pipeline with its parameters' defaults taken from ``cfg`` (``params.yaml``)."""
+    ops = Ops.on_image(cfg.kubeflow.image)
+
+    @dsl.pipeline(
+        name=f"{cfg.kubeflow.pipeline_prefix}-full",
+        description="Raw data to a registered challenger: every lmforge step in one run.",
+    )
+    def full_pipeline(
+        data_uri: str = cfg.kubeflow.data_uri,
+        params: str = params_text(cfg),
+        overrides: list = [],  # noqa: B006 (a KFP default, never mutated)
+        backend: str = cfg.kubeflow.pretrain_backend,
+    ):
+        args = common_args(params, overrides)
+        augmented = prepare_data(ops, cfg, data_uri, args)
+        tokenized = schedule(
+            ops.tokenize(augmented=augmented.outputs["augmented"], **args), cfg, "tokenize"
+        )
+        pretrained = schedule(
+            ops.pretrain(tokenized=tokenized.outputs["tokenized"], backend=backend, **args),
+            cfg, "pretrain",
+        )  # fmt: skip
+        finetune_evaluate_register(
+            ops, cfg, pretrained.outputs["pretrained"], tokenized.outputs["tokenized"],
+            augmented.outputs["augmented"], args,
+        )  # fmt: skip
+
+    return full_pipeline

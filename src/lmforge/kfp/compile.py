@@ -1,0 +1,51 @@
+"""``lmforge pipeline compile``: every pipeline in ``pipelines/`` to KFP v2 YAML.
+
+Each pipeline is compiled with its parameter defaults taken from the config (``params.yaml``),
+into ``<out_dir>/<name>/pipeline.yaml``; ``tests/test_kfp_compile.py`` fails when a committed
+file differs from what this writes, so the YAML in the repository is never stale.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from lmforge.config import Config
+from lmforge.kfp.dag import REPO, repo_module
+
+PIPELINES = ("pretrain", "finetune", "full")
+PIPELINES_DIR = REPO / "pipelines"
+
+
+def build_pipeline(cfg: Config, name: str):
+    """The ``@dsl.pipeline`` function of pipeline ``name`` built on ``cfg``."""
+    if name not in PIPELINES:
+        from lmforge.errors import PipelineError
+
+        raise PipelineError(f"pipeline {name!r}: unknown; choose one of {', '.join(PIPELINES)}")
+    return repo_module(f"pipelines.{name}.pipeline").build(cfg)
+
+
+def compile_pipeline(cfg: Config, name: str, path: Path) -> Path:
+    """Compile one pipeline to ``path``, written atomically (temp file, then rename)."""
+    from kfp import compiler
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".pipeline-", suffix=".yaml", dir=path.parent)
+    os.close(fd)
+    try:
+        compiler.Compiler().compile(build_pipeline(cfg, name), package_path=tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def compile_all(cfg: Config, out_dir: Path = PIPELINES_DIR) -> dict[str, str]:
+    """Compile every pipeline into ``out_dir/<name>/pipeline.yaml``; returns name -> path."""
+    return {
+        name: str(compile_pipeline(cfg, name, Path(out_dir) / name / "pipeline.yaml"))
+        for name in PIPELINES
+    }

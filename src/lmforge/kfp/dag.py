@@ -1,0 +1,149 @@
+"""The pieces the pipelines in ``pipelines/`` are built from.
+
+``Ops`` holds the seven components on the configured image; ``schedule`` applies the cluster
+settings of ``params.yaml``'s ``kubeflow`` section to a task (MLflow secret as env, caching of
+heavy steps, GPU node selector/toleration/limit, the shared volume); ``prepare_data`` and
+``finetune_evaluate_register`` are the DAG segments two pipelines share.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kfp import dsl, kubernetes
+from kfp.dsl import Dataset
+
+from lmforge.config import Config
+
+REPO = Path(__file__).resolve().parents[3]
+HEAVY_STEPS = ("pretrain", "finetune", "evaluate")
+STEPS = ("validate", "augment", "tokenize", "pretrain", "finetune", "evaluate", "register")
+
+
+def repo_module(name: str) -> Any:
+    """Import ``components.*``/``pipelines.*`` from the repository (they are not installed)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    return importlib.import_module(name)
+
+
+@dataclass
+class Ops:
+    """The components, each built on ``kubeflow.image``."""
+
+    validate: Any
+    augment: Any
+    tokenize: Any
+    pretrain: Any
+    finetune: Any
+    evaluate: Any
+    register: Any
+
+    @classmethod
+    def on_image(cls, image: str) -> Ops:
+        return cls(**{s: repo_module(f"components.{s}.component").build(image) for s in STEPS})
+
+
+def _changed(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        default = defaults.get(key)
+        if isinstance(value, dict) and isinstance(default, dict) and key in Config.__annotations__:
+            value = _changed(value, default)
+            if value:
+                out[key] = value
+        elif value != default:
+            out[key] = value
+    return out
+
+
+def params_text(cfg: Config) -> str:
+    """The default of every pipeline's ``params``: the values of ``cfg`` that differ from the
+    typed defaults (the image's ``lmforge.config`` supplies the rest).
+
+    Written as one-line JSON, which is YAML too: KFP copies defaults into the compiled file's
+    header comment, and a multi-line default would break out of the comment.
+    """
+    return json.dumps(_changed(cfg.to_dict(), Config().to_dict()))
+
+
+def common_args(params: Any, overrides: Any) -> dict[str, Any]:
+    """Arguments every component takes: the config and the KFP ids for MLflow's tags."""
+    return {
+        "params": params,
+        "overrides": overrides,
+        "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        "task_name": dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
+    }
+
+
+def schedule(task: dsl.PipelineTask, cfg: Config, step: str) -> dsl.PipelineTask:
+    """Apply the ``kubeflow`` section's cluster settings to ``task`` (the ``step`` component)."""
+    kf = cfg.kubeflow
+    task.set_display_name(step)
+    kubernetes.use_secret_as_env(
+        task, secret_name=kf.mlflow_secret,
+        secret_key_to_env={key: key for key in kf.mlflow_secret_keys}, optional=True,
+    )  # fmt: skip
+    if step in HEAVY_STEPS:
+        task.set_caching_options(kf.cache_heavy_steps)
+    if step == "register":  # a side effect on the registry: never replayed from cache
+        task.set_caching_options(False)
+    if step == "pretrain":  # stages data on the volume the PyTorchJob mounts
+        kubernetes.mount_pvc(task, pvc_name=kf.pvc_name, mount_path=cfg.launch.mount_path)
+    if step in kf.gpu_steps and kf.gpus_per_step > 0:
+        task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(kf.gpus_per_step)
+        for key, value in kf.gpu_node_selector.items():
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        kubernetes.add_toleration(
+            task, key=kf.gpu_toleration_key, operator="Exists", effect="NoSchedule"
+        )
+    return task
+
+
+def import_artifact(uri: Any, artifact_class: type, name: str) -> dsl.PipelineTask:
+    task = dsl.importer(artifact_uri=uri, artifact_class=artifact_class, reimport=False)
+    task.set_display_name(name)
+    return task
+
+
+def prepare_data(ops: Ops, cfg: Config, data_uri: Any, args: dict[str, Any]) -> dsl.PipelineTask:
+    """Raw data -> validate -> augment; returns the augment task."""
+    raw = import_artifact(data_uri, Dataset, "raw-data")
+    validated = schedule(ops.validate(raw_data=raw.output, **args), cfg, "validate")
+    return schedule(ops.augment(validated=validated.outputs["validated"], **args), cfg, "augment")
+
+
+def finetune_evaluate_register(
+    ops: Ops,
+    cfg: Config,
+    pretrained: Any,
+    tokenized: Any,
+    augmented: Any,
+    args: dict[str, Any],
+) -> dsl.PipelineTask:
+    """Finetune -> evaluate -> register when the evaluation gate passed; returns evaluate."""
+    finetuned = schedule(
+        ops.finetune(pretrained=pretrained, augmented=augmented, **args), cfg, "finetune"
+    )
+    evaluated = schedule(
+        ops.evaluate(
+            pretrained=pretrained, finetuned=finetuned.outputs["finetuned"],
+            tokenized=tokenized, augmented=augmented, **args,
+        ),
+        cfg, "evaluate",
+    )  # fmt: skip
+    with dsl.If(evaluated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP expression)
+        schedule(
+            ops.register(
+                pretrained=pretrained, finetuned=finetuned.outputs["finetuned"],
+                evaluation=evaluated.outputs["evaluation"], **args,
+            ),
+            cfg, "register",
+        )  # fmt: skip
+    return evaluated

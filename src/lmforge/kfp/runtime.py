@@ -1,0 +1,106 @@
+"""What every component does around its step, inside the component's container.
+
+A component's body is four lines: rebuild the typed config from the pipeline parameters
+(``step_config``), call the step function with the artifact paths as folders, publish the step's
+report file to the artifact the KFP UI renders (``publish``), and log its ``metrics.json``
+(``log_metrics``). The pretrain step also stages its data onto the shared volume when it launches
+a PyTorchJob on the cluster (``pretrain_on_backend``).
+
+Nothing heavy is imported here: the step functions bring torch and mlflow themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from lmforge.config import Config, load_config_text
+
+PARAMS_SOURCE = "pipeline parameter 'params'"
+
+
+def step_config(params: str, overrides: list[str], run_id: str, task_name: str) -> Config:
+    """The typed config of this pipeline run, with the KFP ids exported for MLflow's tags.
+
+    ``lmforge.tracking`` finds the parent MLflow run by ``LMFORGE_PIPELINE_RUN_ID`` (so every
+    step of one KFP run nests under one parent), tags that parent with ``KFP_RUN_ID`` and each
+    step's run with ``KFP_TASK_NAME``.
+    """
+    if run_id:
+        os.environ["LMFORGE_PIPELINE_RUN_ID"] = run_id
+        os.environ["KFP_RUN_ID"] = run_id
+    if task_name:
+        os.environ["KFP_TASK_NAME"] = task_name
+    return load_config_text(params, list(overrides or []), source=PARAMS_SOURCE)
+
+
+def flat_metrics(values: Any, prefix: str = "") -> dict[str, float]:
+    """Numbers of a (nested) metrics mapping as ``a.b`` -> float; text and lists are skipped."""
+    out: dict[str, float] = {}
+    if isinstance(values, dict):
+        for key, value in values.items():
+            out.update(flat_metrics(value, f"{prefix}{key}."))
+    elif isinstance(values, (int, float)) and not isinstance(values, bool):
+        out[prefix.rstrip(".")] = float(values)
+    return out
+
+
+def log_metrics(metrics: Any, step_dir: Path) -> dict[str, float]:
+    """Log the step's ``metrics.json`` to a KFP ``Metrics`` artifact (the run's metrics tab)."""
+    values = flat_metrics(json.loads((Path(step_dir) / "metrics.json").read_text()))
+    for name, value in sorted(values.items()):
+        metrics.log_metric(name, value)
+    return values
+
+
+def publish(report_file: Path, artifact: Any) -> None:
+    """Copy a report the step wrote to the HTML/Markdown artifact the KFP UI shows."""
+    target = Path(artifact.path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(report_file, target)
+
+
+def gate_passed(cfg: Config, result: Any, evaluation_dir: Path) -> bool:
+    """Whether the evaluation passed its gate, as the evaluate step decided it.
+
+    Read from the step's result (``gate_passed``/``passed``), else from ``report.json``'s
+    ``gate``; the component returns it for the pipeline's ``dsl.If`` before registration.
+    """
+    for name in ("gate_passed", "passed"):
+        value = getattr(result, name, None)
+        if isinstance(value, bool):
+            return value
+    report = json.loads((Path(evaluation_dir) / "report.json").read_text())
+    gate = report.get("gate")
+    if isinstance(gate, dict):
+        gate = gate.get("passed")
+    if not isinstance(gate, bool):
+        raise ValueError(f"{evaluation_dir}/report.json: no gate verdict (gate.passed)")
+    return gate
+
+
+def pretrain_on_backend(cfg: Config, tokenized: Path, out: Path, backend: str, run_id: str) -> Any:
+    """Launch pretraining and leave its output folder at ``out``.
+
+    ``local``: the launcher's local runner of the PyTorchJob spec, straight on the artifact
+    folders. ``kubernetes``: the job's pods cannot see this pod's artifact folders, so the data is
+    staged onto the shared volume (mounted here and in the job at ``launch.mount_path``), the job
+    writes its output there, and the output is copied back into the ``Model`` artifact.
+    """
+    from lmforge.launch.launcher import launch_pretrain
+
+    if backend != "kubernetes":
+        return launch_pretrain(cfg, tokenized, out, backend=backend)
+    stage = Path(cfg.launch.mount_path) / "kfp" / (run_id or "manual")
+    staged_data, staged_out = stage / "tokenized", stage / "pretrain"
+    shutil.rmtree(stage, ignore_errors=True)
+    shutil.copytree(tokenized, staged_data)
+    try:
+        result = launch_pretrain(cfg, staged_data, staged_out, backend="kubernetes")
+        shutil.copytree(staged_out, out, dirs_exist_ok=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return result
