@@ -46,12 +46,12 @@ class DataConfig:
     min_alpha_share: float = 0.5  # letters / characters, per record
     max_duplicate_share: float = 0.05  # share of records whose text repeats another's
     min_class_share: float = 0.3  # each label's share of the labelled set
-    max_file_mb: float = 100.0  # refuse larger raw files up front (one 50 MB line included)
+    max_file_mb: float = 100.0  # refuse larger raw files up front
+    max_line_mb: float = 4.0  # one record per line: a longer line is refused while reading
     split_salt: str = "lmforge-v1"
     validation_share: float = 0.05
     test_share: float = 0.05
-    # Great Expectations reports pull CSS from CDNs; ours render offline.
-    failed_examples: int = 3
+    failed_examples: int = 3  # offending records quoted per failed expectation
 
 
 @dataclass
@@ -158,17 +158,17 @@ class FinetuneConfig(TrainConfig):
 
 @dataclass
 class EvaluateConfig:
-    """Held-out evaluation: perplexity, accuracy, macro-F1, samples, and the promotion gate."""
+    """Held-out evaluation: perplexity, accuracy, macro-F1, samples; the gate is ``register``'s."""
 
-    primary_metric: str = "macro_f1"
     max_perplexity_batches: int = 50
+    batch_size: int = 16  # sequences per forward pass (perplexity and classification)
     sample_prompts: list[str] = field(
         default_factory=lambda: ["The king", "In the beginning", "She said that"]
     )
     sample_max_new_tokens: int = 40
     sample_temperature: float = 0.8
     sample_seed: int = 0
-    min_primary: float = 0.6  # absolute threshold the gate requires
+    compare_champion: bool = True  # load models:/NAME@champion and score it on the same split
 
 
 @dataclass
@@ -180,9 +180,14 @@ class RegisterConfig:
     challenger_alias: str = "challenger"
     champion_alias: str = "champion"
     previous_alias: str = "previous"
+    # The gate of the classifier (higher is better) ...
     primary_metric: str = "macro_f1"
+    min_primary: float = 0.6  # absolute threshold the challenger must reach
+    # ... and of the language model (lower is better).
+    lm_primary_metric: str = "perplexity"
+    lm_max_primary: float = 1000.0
     promote_margin: float = 0.0  # the challenger must beat the champion by more than this
-    min_primary: float = 0.6
+    lock_timeout_s: float = 60.0  # wait this long for a concurrent promotion to finish
 
 
 @dataclass

@@ -24,19 +24,34 @@ def tracking_uri(cfg: Config) -> str:
     return uri
 
 
-def artifact_location(cfg: Config) -> str:
-    """Artifact root for experiments created in the embedded store (a local folder)."""
+def artifact_location(cfg: Config) -> str | None:
+    """Artifact root for experiments we create: a local folder for the embedded store.
+
+    Against a tracking server a relative folder would be a path on *this* machine, which the
+    server cannot serve; there the server's own ``--default-artifact-root`` applies (None).
+    """
     loc = cfg.tracking.artifact_location
     if "://" in loc:
         return loc
+    if tracking_uri(cfg).startswith(("http://", "https://")):
+        return None
     return Path(loc).resolve().as_uri()
 
 
+def client(cfg: Config):
+    """An ``MlflowClient`` on the project's store (tracking and model registry alike)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    return mlflow.MlflowClient()
+
+
 def ui_command(cfg: Config, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    artifacts = artifact_location(cfg) or Path(cfg.tracking.artifact_location).resolve().as_uri()
     return [
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", tracking_uri(cfg),
-        "--default-artifact-root", artifact_location(cfg),
+        "--default-artifact-root", artifacts,
         "--host", host, "--port", str(port), "--workers", "1",
     ]  # fmt: skip
 
@@ -57,6 +72,7 @@ def serve_ui(cfg: Config, host: str = "127.0.0.1", port: int = 5000) -> int:
 
 PIPELINE_RUN_TAG = "lmforge.pipeline_run_id"
 STAGE_TAG = "lmforge.stage"
+PARENT_RUN_TAG = "lmforge.parent_run_id"
 
 
 def git_commit(repo: Path | None = None) -> str:
@@ -90,9 +106,9 @@ def data_version(dvc_file: Path = Path("data.dvc")) -> str:
 
 
 def pipeline_run_id(cfg: Config) -> str:
-    """KFP run id on Kubeflow, ``LMFORGE_PIPELINE_RUN_ID`` when set (``make run`` sets one),
+    """``LMFORGE_PIPELINE_RUN_ID`` when set (``make run`` sets one), the KFP run id on Kubeflow,
     else stable for this code and these params, so the stages of one ``dvc repro`` share it."""
-    explicit = os.environ.get("LMFORGE_PIPELINE_RUN_ID")
+    explicit = os.environ.get("LMFORGE_PIPELINE_RUN_ID") or os.environ.get("KFP_RUN_ID")
     if explicit:
         return explicit
     return f"local-{git_commit()[:12]}-{cfg.params_hash()}"
@@ -108,19 +124,16 @@ def lineage_tags(cfg: Config) -> dict[str, str]:
 
 
 def _experiment_id(cfg: Config) -> str:
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri(cfg))
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    mlflow_client = client(cfg)
+    exp = mlflow_client.get_experiment_by_name(cfg.tracking.experiment)
     if exp is not None:
         return exp.experiment_id
     try:
-        return client.create_experiment(
+        return mlflow_client.create_experiment(
             cfg.tracking.experiment, artifact_location=artifact_location(cfg)
         )
     except Exception:  # created concurrently by another step: use theirs
-        exp = client.get_experiment_by_name(cfg.tracking.experiment)
+        exp = mlflow_client.get_experiment_by_name(cfg.tracking.experiment)
         if exp is None:
             raise
         return exp.experiment_id
@@ -128,12 +141,10 @@ def _experiment_id(cfg: Config) -> str:
 
 def parent_run_id(cfg: Config) -> str:
     """Find (by tag) or create the parent run of this pipeline run."""
-    import mlflow
-
     exp_id = _experiment_id(cfg)
-    client = mlflow.MlflowClient()
+    mlflow_client = client(cfg)
     run_key = pipeline_run_id(cfg)
-    found = client.search_runs(
+    found = mlflow_client.search_runs(
         [exp_id],
         filter_string=f"tags.`{PIPELINE_RUN_TAG}` = '{run_key}' and tags.`{STAGE_TAG}` = 'pipeline'",
         max_results=1,
@@ -144,14 +155,16 @@ def parent_run_id(cfg: Config) -> str:
     kfp_run = os.environ.get("KFP_RUN_ID")
     if kfp_run:
         tags["kfp.run_id"] = kfp_run
-    run = client.create_run(exp_id, tags=tags, run_name=f"pipeline-{run_key}")
+    run = mlflow_client.create_run(exp_id, tags=tags, run_name=f"pipeline-{run_key}")
     return run.info.run_id
 
 
 class stage_run:
     """``with stage_run(cfg, "pretrain") as run:`` a nested MLflow run under the pipeline's parent.
 
-    Logs the step's config sections as params and the lineage tags; ends FAILED on an exception.
+    Logs the step's config sections as params and the lineage tags (plus the parent's run id,
+    ``lmforge.parent_run_id``); ends FAILED on an exception. The parent run is marked finished
+    (or failed) with each step, as a pipeline run has no single process that could close it.
     """
 
     def __init__(self, cfg: Config, stage: str, sections: tuple[str, ...] = ()):
@@ -160,8 +173,8 @@ class stage_run:
     def __enter__(self):
         import mlflow
 
-        parent = parent_run_id(self.cfg)
-        tags = {**lineage_tags(self.cfg), STAGE_TAG: self.stage}
+        parent = self.parent_id = parent_run_id(self.cfg)
+        tags = {**lineage_tags(self.cfg), STAGE_TAG: self.stage, PARENT_RUN_TAG: parent}
         task = os.environ.get("KFP_TASK_NAME")
         if task:
             tags["kfp.task_name"] = task
@@ -179,5 +192,7 @@ class stage_run:
     def __exit__(self, exc_type, exc, tb):
         import mlflow
 
-        mlflow.end_run("FAILED" if exc_type else "FINISHED")
+        status = "FAILED" if exc_type else "FINISHED"
+        mlflow.end_run(status)
+        client(self.cfg).set_terminated(self.parent_id, status)
         return False

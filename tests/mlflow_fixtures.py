@@ -1,0 +1,234 @@
+"""Shared fixtures of the fine-tune / evaluate / registry tests: tiny stage outputs and MLflow.
+
+- ``tiny_stages``: the folders the later stages read, written in their contract layouts by hand
+  (never from a hub): ``pretrain/model`` (a 2-layer, width-32 Llama with a BPE tokenizer trained
+  here on a few sentences), ``augmented/labelled/*.jsonl`` (a separable ham/spam toy set) and
+  ``tokenized/blocks`` + ``tokenized/tokenizer``.
+- ``embedded_store``: a Config whose MLflow store is a fresh sqlite file (and artifact folder)
+  under the test's tmp dir.
+- ``mlflow_server``: a real ``mlflow server`` on loopback (sqlite backend, one worker), polled on
+  ``/health`` until it answers; ``server_store`` is a Config pointing at it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmforge.config import Config, load_config
+
+HAM = [
+    "meeting",
+    "lunch",
+    "tomorrow",
+    "project",
+    "report",
+    "family",
+    "weekend",
+    "thanks",
+    "notes",
+    "call",
+    "office",
+    "garden",
+]
+SPAM = [
+    "free",
+    "prize",
+    "winner",
+    "cash",
+    "click",
+    "offer",
+    "money",
+    "claim",
+    "urgent",
+    "credit",
+    "viagra",
+    "casino",
+]
+COMMON = ["the", "a", "to", "and", "you", "your", "please", "this", "is", "for"]
+
+
+def toy_text(label: str, rng: random.Random) -> str:
+    words = HAM if label == "ham" else SPAM
+    return " ".join(rng.choice(words + COMMON) for _ in range(rng.randint(6, 14)))
+
+
+def write_labelled(augmented_dir: Path, sizes=(("train", 96), ("validation", 24), ("test", 32))):
+    rng = random.Random(0)
+    for split, n in sizes:
+        rows = []
+        for i in range(n):
+            label = "spam" if i % 3 == 0 else "ham"  # 2:1 ham, so the majority class is ham
+            row = {"id": f"{split}-{i}", "text": toy_text(label, rng), "label": label}
+            if split == "train" and i % 5 == 0:
+                row.update(augmented_from=f"{split}-{i - 1}", ops=["random_swap"])
+            rows.append(row)
+        path = augmented_dir / "labelled" / f"{split}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def train_tokenizer(out_dir: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    rng = random.Random(1)
+    sentences = [toy_text(lbl, rng) for lbl in ("ham", "spam") * 50]
+    sentences += ["The king said that in the beginning she was there."] * 5
+    tok = Tokenizer(models.BPE(unk_token="<|unk|>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|pad|>", "<|unk|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(sentences, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+        pad_token="<|pad|>", unk_token="<|unk|>",
+    )  # fmt: skip
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def write_pretrained(pretrain_dir: Path, tokenizer) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model_dir = pretrain_dir / "model"
+    LlamaForCausalLM(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
+def write_blocks(tokenized_dir: Path, tokenizer, block_size: int = 32) -> None:
+    rng = random.Random(2)
+    text = " ".join(toy_text(lbl, rng) for lbl in ("ham", "spam") * 40)
+    ids = np.array(tokenizer(text)["input_ids"], dtype=np.uint16)
+    blocks = tokenized_dir / "blocks"
+    blocks.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    for split in ("train", "validation", "test"):
+        n = len(ids) // block_size
+        ids[: n * block_size].tofile(blocks / f"{split}.bin")
+        splits[split] = {"n_blocks": n, "n_tokens": n * block_size}
+    meta = {"dtype": "uint16", "block_size": block_size, "vocab_size": len(tokenizer),
+            "eos_id": tokenizer.eos_token_id, "pad_id": tokenizer.pad_token_id, "splits": splits}  # fmt: skip
+    (blocks / "meta.json").write_text(json.dumps(meta))
+    tokenizer.save_pretrained(tokenized_dir / "tokenizer")
+
+
+def tiny_config(*overrides: str) -> Config:
+    """Defaults shrunk to the toy data: few steps, short examples, fp32, one process."""
+    base = [
+        "finetune.max_steps=30", "finetune.micro_batch_size=8", "finetune.max_length=24",
+        "finetune.warmup_steps=3", "finetune.lr=0.003", "finetune.eval_every=10",
+        "finetune.log_every=5", "finetune.ckpt_every=0", "finetune.precision=fp32",
+        "finetune.eval_batches=2", "finetune.num_threads=1",
+        "evaluate.max_perplexity_batches=2", "evaluate.sample_max_new_tokens=5",
+        "evaluate.batch_size=8",
+    ]  # fmt: skip
+    return load_config(None, [*base, *overrides])
+
+
+@pytest.fixture(scope="session")
+def tiny_stages(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("stages")
+    tokenizer = train_tokenizer(root / "tokenizer")
+    write_pretrained(root / "pretrain", tokenizer)
+    write_labelled(root / "augmented")
+    write_blocks(root / "tokenized", tokenizer)
+    return {name: root / name for name in ("pretrain", "augmented", "tokenized")}
+
+
+def _store_env(monkeypatch, uri: str) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # One parent run per test, whatever the git state.
+    monkeypatch.setenv("LMFORGE_PIPELINE_RUN_ID", f"test-{os.getpid()}-{time.monotonic_ns()}")
+
+
+@pytest.fixture
+def embedded_store(tmp_path, monkeypatch) -> Config:
+    """A Config on a fresh embedded sqlite store (and artifact folder) in ``tmp_path``."""
+    _store_env(monkeypatch, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tiny_config(f"tracking.artifact_location={tmp_path / 'mlartifacts'}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"mlflow server at {url} not healthy after {timeout_s}s")
+
+
+def start_server(backend_uri: str, artifacts: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+        "--artifacts-destination", str(artifacts), "--host", "127.0.0.1",
+        "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc, url
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` (sqlite backend, one worker) on a free loopback port."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    proc, url = start_server(
+        f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", root / "server.log"
+    )
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def server_store(mlflow_server, monkeypatch) -> Config:
+    _store_env(monkeypatch, mlflow_server)
+    return tiny_config()
