@@ -225,6 +225,11 @@ class LaunchConfig:
     timeout_s: int = 6 * 3600
     delete_on_finish: bool = True
     nccl_debug: str = "WARN"
+    master_port: int = 23456  # the container port named pytorchjob-port (local runner: a free one)
+    # Local runner: when a replica dies, its peers' collectives break; peers still running this
+    # long after are stopped and restarted too (what a cluster's NCCL/gloo timeout would do).
+    peer_timeout_s: int = 60
+    poll_s: float = 5.0  # Kubernetes backend: seconds between job status reads
 
 
 @dataclass
