@@ -1,0 +1,228 @@
+"""The one training loop of lmforge, used by pretraining and fine-tuning alike.
+
+API::
+
+    result = fit(model, task, cfg, rt, checkpoint_dir=..., fingerprint=..., on_log=...)
+
+- ``model``: an ``nn.Module`` built identically (same seed) on every rank; ``fit`` moves it to
+  the device and wraps it as ``cfg.parallel`` says (``lmforge.train.parallel``).
+- ``task``: what is trained, as a ``Task`` (below): its batches, its loss, its validation. The
+  loop knows nothing of tokens, labels or heads. Batches are addressed by (step, micro step), so
+  a resumed run continues the same data order from the step in the checkpoint alone.
+- ``cfg``: a ``TrainConfig`` (steps, batch, schedule, precision, parallelism, checkpoints).
+- ``rt``: the process's ``Runtime`` from ``lmforge.train.distributed.init_distributed``.
+
+Each optimizer step: set the learning rate (warmup + cosine), accumulate ``grad_accum_steps``
+micro batches under autocast (DDP/FSDP gradient sync only on the last), clip gradients, stop on a
+non-finite loss or gradient norm (the divergence guard; weights and the last checkpoint stay
+untouched), step AdamW; then log, validate and checkpoint on their own cadences. A checkpoint
+found under ``checkpoint_dir`` with the same ``fingerprint`` is resumed from automatically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from lmforge.config import TrainConfig
+from lmforge.errors import TrainingError
+from lmforge.train.checkpoint import Checkpointer
+from lmforge.train.distributed import Runtime, all_reduce_sum
+from lmforge.train.optim import build_optimizer, lr_at
+from lmforge.train.parallel import parallelize
+
+
+class Task(Protocol):
+    """What the loop trains. Every rank calls every method (collectives inside are fine)."""
+
+    def batch(self, step: int, micro: int) -> Any:
+        """This rank's micro batch ``micro`` of optimizer step ``step``, on the device."""
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """The micro batch's mean loss, a scalar tensor (the loop scales it for accumulation)."""
+
+    def tokens(self, batch: Any) -> int:
+        """Tokens in the micro batch, for tokens/s and MFU."""
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Validation metrics reduced over ranks (called in eval mode under ``no_grad``)."""
+
+
+@dataclass
+class FitResult:
+    model: nn.Module  # the trained (wrapped) model
+    step: int  # optimizer steps done
+    history: list[dict[str, float]] = field(default_factory=list)  # logged rows, by step
+    train_loss: float = math.nan  # mean over the last logging window
+    tokens_seen: int = 0  # over all ranks
+    tokens_per_s: float = 0.0  # over all ranks, training steps only
+    mfu: float = 0.0
+    peak_memory_bytes: int = 0  # this rank
+    resumed_from: int | None = None
+    train_seconds: float = 0.0
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak allocated memory on a GPU; the process's peak resident set on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
+
+
+def autocast(cfg: TrainConfig, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+
+def _no_grad_sync(model: nn.Module, sync: bool):
+    """Skip the gradient all-reduce/reduce-scatter on all but the last micro batch."""
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
+    if hasattr(model, "no_sync") and not sync:  # DDP
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def fit(
+    model: nn.Module,
+    task: Task,
+    cfg: TrainConfig,
+    rt: Runtime,
+    *,
+    checkpoint_dir: Path | None = None,
+    fingerprint: str = "",
+    flops_per_token: float = 0.0,
+    peak_flops: float = 0.0,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``model`` on ``task`` for ``cfg.max_steps`` optimizer steps (resuming if possible)."""
+    torch.manual_seed(cfg.seed + rt.rank)  # dropout differs per rank; init was seeded before
+    model = parallelize(model, cfg, rt)
+    if cfg.compile:
+        model = torch.compile(model)
+    optimizer = build_optimizer(model, cfg)
+    result = FitResult(model=model, step=0)
+
+    ckpt = None
+    if checkpoint_dir is not None and cfg.ckpt_every > 0:
+        ckpt = Checkpointer(checkpoint_dir, rt, cfg.keep_last, fingerprint)
+        ckpt.clean_partial()
+        found = ckpt.latest()
+        if found is not None:
+            folder, manifest = found
+            ckpt.load(folder, model, optimizer)
+            state = manifest["state"]
+            result.step = result.resumed_from = int(manifest["step"])
+            result.history = state["history"]
+            result.tokens_seen = int(state["tokens_seen"])
+            result.train_seconds = float(state["train_seconds"])
+            logged = [r for r in result.history if "train_loss" in r]
+            if logged:
+                last = logged[-1]
+                result.train_loss, result.tokens_per_s, result.mfu = (
+                    last["train_loss"], last["tokens_per_s"], last["mfu"],
+                )  # fmt: skip
+    last_good = f"step {result.step}" if ckpt and result.resumed_from else "none"
+
+    bar = None
+    if progress and rt.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.max_steps, initial=result.step, desc="train", dynamic_ncols=True)
+
+    model.train()
+    window_loss, window_steps, window_tokens, window_time = 0.0, 0, 0, 0.0
+    for step in range(result.step, cfg.max_steps):
+        t0 = time.perf_counter()
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        loss_sum = torch.zeros((), device=rt.device)
+        tokens = 0
+        for micro in range(cfg.grad_accum_steps):
+            batch = task.batch(step, micro)
+            with _no_grad_sync(model, micro == cfg.grad_accum_steps - 1), autocast(cfg, rt.device):
+                loss = task.loss(model, batch) / cfg.grad_accum_steps
+            loss.backward()
+            loss_sum += loss.detach()
+            tokens += task.tokens(batch)
+
+        clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=True)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+            grad_norm = grad_norm.full_tensor()
+        step_loss, norm = all_reduce_sum([loss_sum.item(), float(grad_norm)], rt.device)
+        step_loss /= rt.world_size
+        norm /= rt.world_size
+        if not (math.isfinite(step_loss) and math.isfinite(norm)):
+            raise TrainingError(
+                f"training diverged at step {step}: loss={step_loss}, grad norm={norm}. "
+                f"The weights were not updated; last good checkpoint: {last_good}"
+                + (f" in {checkpoint_dir}" if ckpt else "")
+                + ". Lower lr, raise warmup_steps or grad_clip, or use precision=fp32."
+            )
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if rt.device.type == "cuda":
+            torch.cuda.synchronize(rt.device)
+        dt = time.perf_counter() - t0
+
+        done = step + 1
+        result.step = done
+        result.tokens_seen += tokens * rt.world_size
+        result.train_seconds += dt
+        window_loss += step_loss
+        window_steps += 1
+        window_tokens += tokens * rt.world_size
+        window_time += dt
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", refresh=False)
+
+        row: dict[str, float] = {}
+        if done % max(1, cfg.log_every) == 0 or done == cfg.max_steps:
+            tps = window_tokens / window_time if window_time > 0 else 0.0
+            mfu = tps * flops_per_token / (peak_flops * rt.world_size) if peak_flops else 0.0
+            result.train_loss, result.tokens_per_s, result.mfu = (
+                window_loss / window_steps,
+                tps,
+                mfu,
+            )
+            row.update(
+                train_loss=result.train_loss, lr=lr, grad_norm=norm, tokens_per_s=tps, mfu=mfu
+            )
+            window_loss, window_steps, window_tokens, window_time = 0.0, 0, 0, 0.0
+        if cfg.eval_every > 0 and (done % cfg.eval_every == 0 or done == cfg.max_steps):
+            model.eval()
+            with torch.no_grad(), autocast(cfg, rt.device):
+                row.update(task.evaluate(model))
+            model.train()
+        if row:
+            row["peak_memory_bytes"] = float(peak_memory_bytes(rt.device))
+            result.history.append({"step": float(done), **row})
+            if on_log is not None and rt.is_main:
+                on_log(done, row)
+        if ckpt and (done % cfg.ckpt_every == 0 or done == cfg.max_steps):
+            state = {
+                "history": result.history,
+                "tokens_seen": result.tokens_seen,
+                "train_seconds": result.train_seconds,
+                "data_position": {"next_step": done, "micro_steps": done * cfg.grad_accum_steps},
+            }
+            ckpt.save(done, model, optimizer, state)
+            last_good = f"step {done}"
+    if bar is not None:
+        bar.close()
+    result.peak_memory_bytes = peak_memory_bytes(rt.device)
+    return result

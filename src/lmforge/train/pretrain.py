@@ -1,0 +1,286 @@
+"""The pretrain step: the decoder LM on the tokenize stage's packed blocks.
+
+``pretrain(cfg, tokenized_dir, out_dir)`` runs as one process or as one rank of many (torchrun,
+a PyTorchJob replica): ranks come from the environment. Output folder (rank 0 writes it):
+
+- ``model/``: HF model directory (safetensors, config) with the tokenizer copied in;
+- ``checkpoints/step-*/``: DCP checkpoints (a rerun of the same config resumes from the latest);
+- ``metrics.json``: validation loss/perplexity, the unigram baseline's perplexity on the same
+  blocks, parameters, FLOPs per token, tokens/s, MFU, peak memory;
+- ``plots/loss.csv``: step, train_loss, val_loss (DVC plots).
+
+MLflow (rank 0): a nested ``pretrain`` run with the config, per-step metrics, the loss plot and
+the model directory as artifacts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import logging
+import math
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lmforge.config import Config
+from lmforge.errors import DataError
+from lmforge.model import build_config, build_model, model_size
+from lmforge.outputs import atomic_output_dir
+from lmforge.train.data import BlockDataset, GlobalBatchSampler
+from lmforge.train.distributed import Runtime, all_reduce_sum, barrier, init_distributed, shutdown
+from lmforge.train.flops import measure_matmul_peak, precision_dtype
+from lmforge.train.loop import fit
+from lmforge.train.parallel import full_state_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainResult:
+    val_loss: float
+    val_perplexity: float
+    unigram_perplexity: float
+    train_loss: float
+    steps: int
+    tokens_seen: int
+    n_params: int
+    flops_per_token: float
+    tokens_per_s: float
+    mfu: float
+    peak_memory_bytes: int
+    train_seconds: float
+    world_size: int
+    resumed_from: int | None
+    model_dir: str
+
+
+class LMTask:
+    """Next-token prediction on packed blocks (the ``Task`` the loop trains)."""
+
+    def __init__(
+        self,
+        train: BlockDataset,
+        val: BlockDataset,
+        sampler: GlobalBatchSampler,
+        rt: Runtime,
+        seq_len: int,
+        eval_blocks: np.ndarray,
+        micro_batch: int,
+    ):
+        self.train, self.val, self.sampler, self.rt = train, val, sampler, rt
+        self.seq_len, self.micro = seq_len, micro_batch
+        # Every rank evaluates the same number of batches (FSDP gathers need all of them).
+        self.eval_blocks = eval_blocks[rt.rank :: rt.world_size]
+
+    def batch(self, step: int, micro: int) -> torch.Tensor:
+        idx = self.sampler.indices(step, micro, self.rt.rank)
+        return self.train.batch(idx, self.seq_len).to(self.rt.device, non_blocking=True)
+
+    def loss(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=batch, labels=batch).loss
+
+    def tokens(self, batch: torch.Tensor) -> int:
+        return batch.numel()
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        total, count = 0.0, 0
+        for i in range(0, len(self.eval_blocks), self.micro):
+            batch = self.val.batch(self.eval_blocks[i : i + self.micro], self.seq_len)
+            batch = batch.to(self.rt.device)
+            n = batch.shape[0] * (batch.shape[1] - 1)  # predicted positions
+            total += float(model(input_ids=batch, labels=batch).loss) * n
+            count += n
+        total, count = all_reduce_sum([total, float(count)], self.rt.device)
+        val_loss = total / max(count, 1.0)
+        return {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0))}
+
+
+def eval_block_ids(n_val: int, cfg_batches: int, micro: int, world: int) -> np.ndarray:
+    """The validation blocks used for val loss and the unigram baseline: the first ones, a
+    multiple of the world size so every rank runs the same number of forward passes."""
+    n = min(n_val, max(1, cfg_batches) * micro * world)
+    n -= n % world
+    if n == 0:
+        raise DataError(f"validation split has {n_val} blocks, fewer than the {world} ranks")
+    return np.arange(n)
+
+
+def unigram_perplexity(train: BlockDataset, val: BlockDataset, blocks: np.ndarray, seq_len: int, vocab: int) -> float:  # fmt: skip
+    """Perplexity of add-one-smoothed training-split token frequencies on the same targets."""
+    counts = np.zeros(vocab, dtype=np.float64)
+    chunk = 4096
+    for start in range(0, len(train), chunk):
+        rows = np.asarray(train.tokens[start : start + chunk, :seq_len]).ravel()
+        counts += np.bincount(rows, minlength=vocab)[:vocab]
+    logp = np.log((counts + 1.0) / (counts.sum() + vocab))
+    targets = np.asarray(val.tokens[np.asarray(blocks), 1:seq_len]).ravel()
+    return float(np.exp(-logp[targets].mean()))
+
+
+def fingerprint(cfg: Config, meta: dict) -> str:
+    """What makes checkpoints interchangeable: model shape, training config, data."""
+    keep = {k: v for k, v in asdict(cfg.pretrain).items() if k not in _NON_TRAJECTORY}
+    blob = json.dumps({"model": asdict(cfg.model), "train": keep, "data": meta}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# Knobs that change how often things happen around training, not the training itself.
+_NON_TRAJECTORY = {"eval_every", "eval_batches", "log_every", "ckpt_every", "keep_last", "num_threads", "compile", "device"}  # fmt: skip
+
+
+def pretrain(cfg: Config, tokenized_dir: Path, out_dir: Path) -> PretrainResult:
+    """Train the decoder on ``tokenized_dir/blocks`` and write ``out_dir`` (see module doc)."""
+    tokenized_dir, out_dir = Path(tokenized_dir), Path(out_dir)
+    tcfg = cfg.pretrain
+    blocks_dir, tok_dir = tokenized_dir / "blocks", tokenized_dir / "tokenizer"
+    if not tok_dir.is_dir():
+        raise DataError(f"{tok_dir}: missing tokenizer folder; run the tokenize stage first")
+    train_ds, val_ds = BlockDataset(blocks_dir, "train"), BlockDataset(blocks_dir, "validation")
+    meta = train_ds.meta
+    seq_len = min(cfg.model.max_seq_len, meta.block_size)
+
+    owns_group = not torch.distributed.is_initialized()
+    rt = init_distributed(tcfg.device, tcfg.num_threads)
+    try:
+        hf_config = build_config(cfg.model, meta.vocab_size, meta.eos_id, meta.pad_id)
+        size = model_size(hf_config, seq_len)
+        model = build_model(hf_config, seed=tcfg.seed)
+        sampler = GlobalBatchSampler(
+            len(train_ds), tcfg.micro_batch_size, tcfg.grad_accum_steps, rt.world_size, tcfg.seed
+        )
+        eval_ids = eval_block_ids(len(val_ds), tcfg.eval_batches, tcfg.micro_batch_size, rt.world_size)  # fmt: skip
+        task = LMTask(train_ds, val_ds, sampler, rt, seq_len, eval_ids, tcfg.micro_batch_size)
+        peak = measure_matmul_peak(rt.device, precision_dtype(tcfg.precision), seconds=0.3)
+
+        tracking = _tracking(cfg, rt)
+        with tracking as run:
+            if run is not None:
+                import mlflow
+
+                mlflow.log_params(
+                    {"n_params": size.n_params, "flops_per_token": size.flops_per_token,
+                     "world_size": rt.world_size, "seq_len": seq_len,
+                     "global_batch": sampler.global_batch, "matmul_peak_flops": f"{peak:.4g}"}
+                )  # fmt: skip
+            result = fit(
+                model,
+                task,
+                tcfg,
+                rt,
+                checkpoint_dir=out_dir / "checkpoints",
+                fingerprint=fingerprint(cfg, asdict(meta)),
+                flops_per_token=size.flops_per_token,
+                peak_flops=peak,
+                on_log=_mlflow_logger() if run is not None else None,
+            )
+            evals = [r for r in result.history if "val_loss" in r]
+            val_loss = evals[-1]["val_loss"] if evals else task.evaluate(result.model)["val_loss"]
+            state = full_state_dict(result.model)
+            outcome = PretrainResult(
+                val_loss=val_loss,
+                val_perplexity=math.exp(min(val_loss, 50.0)),
+                unigram_perplexity=unigram_perplexity(
+                    train_ds, val_ds, eval_ids, seq_len, hf_config.vocab_size
+                ),
+                train_loss=result.train_loss,
+                steps=result.step,
+                tokens_seen=result.tokens_seen,
+                n_params=size.n_params,
+                flops_per_token=size.flops_per_token,
+                tokens_per_s=result.tokens_per_s,
+                mfu=result.mfu,
+                peak_memory_bytes=result.peak_memory_bytes,
+                train_seconds=result.train_seconds,
+                world_size=rt.world_size,
+                resumed_from=result.resumed_from,
+                model_dir=str(out_dir / "model"),
+            )
+            if rt.is_main:
+                _write_outputs(out_dir, hf_config, state, tok_dir, result.history, outcome)
+                if run is not None:
+                    _log_final(out_dir, outcome)
+        barrier()
+        return outcome
+    finally:
+        if owns_group:
+            shutdown()
+
+
+def _tracking(cfg: Config, rt: Runtime):
+    if not rt.is_main:
+        return contextlib.nullcontext()
+    from lmforge.tracking import stage_run
+
+    return stage_run(cfg, "pretrain", sections=("model", "pretrain"))
+
+
+def _mlflow_logger():
+    import mlflow
+
+    def log_row(step: int, row: dict[str, float]) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in row.items()}, step=step)
+
+    return log_row
+
+
+def _write_outputs(out_dir, hf_config, state, tok_dir, history, outcome) -> None:
+    """Each of model/, plots/, metrics.json appears whole (temp name, then rename)."""
+    with atomic_output_dir(out_dir / "model") as model_dir:
+        model = build_model(hf_config)
+        model.load_state_dict(state)
+        model.save_pretrained(model_dir, safe_serialization=True)
+        for f in tok_dir.iterdir():
+            if f.is_file():
+                shutil.copy2(f, model_dir / f.name)
+    with atomic_output_dir(out_dir / "plots") as plots, (plots / "loss.csv").open("w") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["step", "train_loss", "val_loss"])
+        for row in history:
+            writer.writerow(
+                [int(row["step"]), _fmt(row.get("train_loss")), _fmt(row.get("val_loss"))]
+            )
+    tmp = out_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(asdict(outcome), indent=2) + "\n")
+    tmp.replace(out_dir / "metrics.json")
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.5f}"
+
+
+def _log_final(out_dir: Path, outcome: PretrainResult) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    mlflow.log_metrics(
+        {
+            k: float(v)
+            for k, v in asdict(outcome).items()
+            if isinstance(v, int | float) and v is not None
+        }
+    )
+    rows = list(csv.DictReader((out_dir / "plots" / "loss.csv").open()))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in ("train_loss", "val_loss"):
+        pts = [(int(r["step"]), float(r[key])) for r in rows if r[key]]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), label=key, marker="." if key == "val_loss" else None)
+    ax.axhline(math.log(outcome.unigram_perplexity), ls="--", c="gray", label="unigram")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.legend()
+    mlflow.log_figure(fig, "plots/loss.png")
+    plt.close(fig)
+    mlflow.log_artifact(str(out_dir / "plots" / "loss.csv"), "plots")
+    mlflow.log_artifact(str(out_dir / "metrics.json"))
+    mlflow.log_artifacts(str(out_dir / "model"), "model")
