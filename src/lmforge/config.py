@@ -43,7 +43,7 @@ class DataConfig:
     labels: list[str] = field(default_factory=lambda: ["ham", "spam"])
     min_chars: int = 1
     max_chars: int = 200_000
-    min_alpha_share: float = 0.5  # letters / characters, per record
+    min_alpha_share: float = 0.5  # letters / non-space characters, per record
     max_duplicate_share: float = 0.05  # share of records whose text repeats another's
     min_class_share: float = 0.3  # each label's share of the labelled set
     max_file_mb: float = 100.0  # refuse larger raw files up front

@@ -1,0 +1,186 @@
+"""The ``augment`` stage: seeded text augmentation of the training splits, provenance kept.
+
+The operations are the EDA family (Wei & Zou, 2019) plus two that suit raw text: random deletion,
+random swap, random insertion (of a word from the same line: no thesaurus needed offline),
+character noise and sentence shuffling, each at its own rate from ``params.yaml``. Which records
+get a copy, and what happens to it, depends only on the seed and the record id, so a run is
+reproducible whatever the file order. Only ``train`` is augmented (the split happened before, by
+id), and the augmented training split is validated again by the same suites.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmforge.config import AugmentConfig, Config
+from lmforge.data.expectations import Profile, failure_message, run_suites
+from lmforge.data.records import JsonlWriters, Kind, atomic_dir, read_records, write_json
+from lmforge.data.split import SPLITS, hash_unit
+from lmforge.errors import DataError
+
+OPS = ("random_deletion", "random_swap", "random_insertion", "char_noise", "sentence_shuffle")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+@dataclass
+class AugmentResult:
+    records: dict[str, int]  # dataset -> training records after augmentation
+    augmented: dict[str, int]  # dataset -> augmented copies added
+    ops: dict[str, int]  # operation -> copies it changed
+    out_dir: str
+
+
+def _count(rate: float, n: int, rng: random.Random) -> int:
+    """How many of ``n`` units an operation at ``rate`` touches (the fraction rounded at random)."""
+    return int(rate * n + rng.random())
+
+
+def random_deletion(words: list[str], p: float, rng: random.Random) -> list[str]:
+    kept = [w for w in words if rng.random() >= p]
+    return kept or [rng.choice(words)]
+
+
+def random_swap(words: list[str], p: float, rng: random.Random) -> list[str]:
+    words = list(words)
+    for _ in range(_count(p, len(words), rng) if len(words) > 1 else 0):
+        i, j = rng.randrange(len(words)), rng.randrange(len(words))
+        words[i], words[j] = words[j], words[i]
+    return words
+
+
+def random_insertion(words: list[str], p: float, rng: random.Random) -> list[str]:
+    words = list(words)
+    for _ in range(_count(p, len(words), rng)):
+        words.insert(rng.randrange(len(words) + 1), rng.choice(words))
+    return words
+
+
+def char_noise(text: str, p: float, rng: random.Random) -> str:
+    """Replace about ``p`` of the characters that are letters by a random letter (typos)."""
+    chars = list(text)
+    for i in rng.sample(range(len(chars)), min(len(chars), _count(p, len(chars), rng))):
+        if chars[i].isalpha():
+            chars[i] = rng.choice(_LETTERS)
+    return "".join(chars)
+
+
+def sentence_shuffle(text: str, rng: random.Random) -> str:
+    """Shuffle the sentences inside each paragraph (paragraph order kept)."""
+    paragraphs = []
+    for para in text.split("\n\n"):
+        sentences = _SENTENCE_END.split(para)
+        rng.shuffle(sentences)
+        paragraphs.append(" ".join(sentences))
+    return "\n\n".join(paragraphs)
+
+
+def augment_text(text: str, cfg: AugmentConfig, rng: random.Random) -> tuple[str, list[str]]:
+    """One augmented copy of ``text`` and the operations that changed it."""
+    applied = []
+
+    def step(name: str, new: str) -> str:
+        if new != current:
+            applied.append(name)
+        return new
+
+    current = text
+    if cfg.p_sentence_shuffle > 0 and rng.random() < cfg.p_sentence_shuffle:
+        current = step("sentence_shuffle", sentence_shuffle(current, rng))
+    for name, fn, p in (
+        ("random_deletion", random_deletion, cfg.p_random_deletion),
+        ("random_swap", random_swap, cfg.p_random_swap),
+        ("random_insertion", random_insertion, cfg.p_random_insertion),
+    ):
+        if p > 0:
+            lines = [
+                " ".join(fn(line.split(" "), p, rng)) if line.strip() else line
+                for line in current.split("\n")
+            ]
+            current = step(name, "\n".join(lines))
+    if cfg.p_char_noise > 0:
+        current = step("char_noise", char_noise(current, cfg.p_char_noise, rng))
+    return current, applied
+
+
+def augment_split(
+    cfg: AugmentConfig, kind: Kind, src: Path, writers: JsonlWriters, prof: Profile, ops: Counter
+) -> tuple[int, int]:
+    """Stream ``src`` (a train split) to ``writers``, each selected record followed by its copy."""
+    n = added = 0
+    for rec in read_records(src, kind):
+        writers.write("train", rec)
+        prof.add(rec)
+        n += 1
+        if hash_unit(rec["id"], f"augment-{cfg.seed}") >= cfg.share or not rec["text"]:
+            continue
+        rng = random.Random(f"{cfg.seed}:{rec['id']}")
+        text, applied = augment_text(rec["text"], cfg, rng)
+        if not applied or not text.strip():
+            continue  # an unchanged copy would only be a duplicate
+        copy = {**rec, "id": f"{rec['id']}#aug", "text": text,
+                "augmented_from": rec["id"], "ops": applied}  # fmt: skip
+        writers.write("train", copy)
+        prof.add(copy)
+        ops.update(applied)
+        n += 1
+        added += 1
+    return n, added
+
+
+def augment(cfg: Config, validated_dir: Path, out_dir: Path) -> AugmentResult:
+    """Augment ``validated_dir``'s training splits into ``out_dir`` (others copied as they are)."""
+    validated_dir = Path(validated_dir)
+    kinds: list[Kind] = ["corpus", "labelled"]
+    for kind in kinds:
+        for split in SPLITS:
+            path = validated_dir / kind / f"{split}.jsonl"
+            if not path.is_file():
+                raise DataError(
+                    f"{path}: missing; run the validate stage first (`dvc repro validate`)."
+                )
+    ops: Counter = Counter()
+    records, added = {}, {}
+    with atomic_dir(out_dir) as tmp:
+        profiles = {}
+        for kind in kinds:
+            dest = tmp / kind
+            for split in ("validation", "test"):
+                dest.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(validated_dir / kind / f"{split}.jsonl", dest / f"{split}.jsonl")
+            prof = Profile(kind, labels=list(cfg.data.labels) if kind == "labelled" else [])
+            src = validated_dir / kind / "train.jsonl"
+            with JsonlWriters(dest, ["train"]) as writers:
+                if kind == "labelled" and not cfg.augment.augment_labelled:
+                    for rec in read_records(src, kind):
+                        writers.write("train", rec)
+                        prof.add(rec)
+                    records[kind], added[kind] = len(prof), 0
+                else:
+                    records[kind], added[kind] = augment_split(
+                        cfg.augment, kind, src, writers, prof, ops
+                    )
+            profiles[f"{kind}_train"] = prof
+        report: dict[str, Any] = run_suites(cfg.data, profiles, stage="augment")
+        if not report["success"]:
+            raise DataError(failure_message(report, f"augmented {validated_dir}"))
+        report["augmented"] = added
+        report["ops"] = dict(ops)
+        write_json(tmp / "report.json", report)
+        metrics = {
+            "success": True,
+            **{
+                kind: {"train_records": records[kind], "augmented": added[kind],
+                       "augmented_share": round(added[kind] / max(1, records[kind]), 4)}
+                for kind in kinds
+            },
+            "ops": {op: ops.get(op, 0) for op in OPS},
+        }  # fmt: skip
+        write_json(tmp / "metrics.json", metrics)
+    return AugmentResult(records=records, augmented=added, ops=dict(ops), out_dir=str(out_dir))

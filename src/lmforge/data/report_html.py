@@ -1,0 +1,66 @@
+"""A self-contained HTML page for a validation report (GX's data docs pull CSS from CDNs;
+this renders offline, in a browser or an MLflow/KFP artifact viewer)."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from lmforge.data.expectations import describe
+
+_STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em}
+table{border-collapse:collapse;width:100%;margin:.5em 0}
+th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f4f4f4}.ok{color:#17702d;font-weight:600}.fail{color:#b00020;font-weight:600}
+code{font-size:12px}.muted{color:#666}
+"""
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value)) if value is not None else ""
+
+
+def render(report: dict[str, Any], title: str) -> str:
+    status = "passed" if report["success"] else "FAILED"
+    cls = "ok" if report["success"] else "fail"
+    out = [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}"
+        f"</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}: <span class='{cls}' id='status'>{status}</span></h1>",
+        "<table><tr><th>dataset</th><th>records</th><th>characters</th>"
+        "<th>expectations</th><th>failed</th></tr>",
+    ]
+    for name, ds in report["datasets"].items():
+        out.append(
+            f"<tr><td>{html.escape(name)}</td><td>{ds['records']}</td><td>{ds['chars']}</td>"
+            f"<td>{ds['evaluated']}</td><td class='{'fail' if ds['failed'] else 'ok'}'>"
+            f"{ds['failed']}</td></tr>"
+        )
+    out.append("</table>")
+    for name, ds in report["datasets"].items():
+        out.append(f"<h2>{html.escape(name)}</h2><table><tr><th>expectation</th><th>result</th>"
+                   "<th>observed / unexpected</th><th>examples</th></tr>")  # fmt: skip
+        for item in ds["expectations"]:
+            ok = item["success"]
+            observed = (
+                f"{item['unexpected_count']} ({item['unexpected_percent']:.2f}%)"
+                if item["unexpected_count"] is not None
+                else _fmt(item["observed"])
+            )
+            examples = "<br>".join(
+                f"<code>{_fmt(e['id'])}</code> = {_fmt(e['value'])} "
+                f"<span class='muted'>{_fmt(e.get('text'))}</span>"
+                for e in item["examples"]
+            )
+            out.append(
+                f"<tr><td><code>{html.escape(describe(item))}</code></td>"
+                f"<td class='{'ok' if ok else 'fail'}'>{'pass' if ok else 'FAIL'}</td>"
+                f"<td>{observed}</td><td>{examples}</td></tr>"
+            )
+        out.append("</table>")
+    out.append("</body></html>")
+    return "\n".join(out)

@@ -1,0 +1,194 @@
+"""The ``tokenize`` stage: a byte-level BPE tokenizer trained on the training split, and every
+split packed into fixed-length blocks that training memory-maps.
+
+Layout of ``out_dir`` (the contract the trainer reads, see docs/architecture.md):
+
+    tokenizer/          loads with ``transformers.PreTrainedTokenizerFast.from_pretrained``
+    blocks/{split}.bin  a flat array of ``n_blocks * block_size`` tokens of ``meta["dtype"]``:
+                        ``np.memmap(path, dtype=meta["dtype"]).reshape(-1, block_size)``
+    blocks/meta.json    {"dtype", "block_size", "vocab_size", "eos_id", "pad_id",
+                         "splits": {split: {"n_blocks", "n_tokens", "n_records"}}}
+    metrics.json        token counts per split
+
+Records are concatenated, each followed by EOS, and cut into blocks; the last partial block of a
+split is dropped (its tokens are counted in ``dropped_tokens``). Encoding runs through
+``datasets.map`` (batched, ``num_proc`` workers) on Arrow files that live in a scratch folder,
+and packing streams Arrow chunks to disk, so memory stays flat as the corpus grows.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmforge.config import Config, TokenizerConfig
+from lmforge.data.records import atomic_dir, read_records, write_json
+from lmforge.data.split import SPLITS
+from lmforge.errors import DataError
+
+
+@dataclass
+class TokenizeResult:
+    vocab_size: int
+    block_size: int
+    tokens: dict[str, int]  # split -> tokens (EOS included) before packing
+    blocks: dict[str, int]  # split -> packed blocks
+    out_dir: str
+
+
+def _texts(path: Path) -> Iterator[str]:
+    for rec in read_records(path, "corpus", allow_empty=True):
+        if rec["text"]:
+            yield rec["text"]
+
+
+def train_tokenizer(cfg: TokenizerConfig, texts: Iterator[str]):
+    """Byte-level BPE (GPT-2 style: no unknown tokens, any byte sequence round-trips)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if cfg.eos_token not in cfg.special_tokens or cfg.pad_token not in cfg.special_tokens:
+        raise DataError(
+            f"tokenizer.eos_token {cfg.eos_token!r} and tokenizer.pad_token {cfg.pad_token!r} "
+            f"must be listed in tokenizer.special_tokens ({cfg.special_tokens}) in params.yaml."
+        )
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        special_tokens=list(cfg.special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
+def save_tokenizer(cfg: TokenizerConfig, tok, out: Path):
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=cfg.eos_token,
+        bos_token=cfg.eos_token,  # GPT-2 convention: one boundary token
+        pad_token=cfg.pad_token,
+        unk_token="<|unk|>" if "<|unk|>" in cfg.special_tokens else None,
+        model_max_length=cfg.block_size,
+    )
+    fast.save_pretrained(str(out))
+    return fast
+
+
+def _encode_split(tok, eos_id: int, path: Path, cfg: TokenizerConfig, cache: Path):
+    """``datasets``: the split's texts -> a dataset with one ``input_ids`` list per record."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    if path.stat().st_size == 0:
+        return None
+    ds = datasets.Dataset.from_json(str(path), cache_dir=str(cache), keep_in_memory=False)
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        texts = [t or "" for t in batch["text"]]
+        return {
+            "input_ids": [
+                [*e.ids, eos_id] for e in tok.encode_batch(texts, add_special_tokens=False)
+            ]
+        }
+
+    n_proc = min(cfg.num_proc, max(1, len(ds) // 64))  # workers cost ~1 s each: not for tiny splits
+    return ds.map(
+        encode,
+        batched=True,
+        batch_size=cfg.batch_size,
+        num_proc=n_proc if n_proc > 1 else None,
+        remove_columns=ds.column_names,
+        cache_file_name=str(cache / f"{path.stem}-ids.arrow"),
+        desc=None,
+    )
+
+
+def pack(ds, block_size: int, dtype: np.dtype, dest: Path) -> dict[str, int]:
+    """Stream the token lists into ``dest`` as whole blocks; the partial tail is dropped."""
+    n_tokens = n_written = 0
+    carry = np.empty(0, dtype=dtype)
+    with dest.open("wb") as fh:
+        if ds is not None:
+            for chunk in ds.data.column("input_ids").chunks:
+                flat = chunk.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+                n_tokens += len(flat)
+                buf = np.concatenate([carry, flat])
+                full = len(buf) // block_size * block_size
+                buf[:full].tofile(fh)
+                n_written += full
+                carry = buf[full:]
+    return {
+        "n_blocks": n_written // block_size,
+        "n_tokens": n_tokens,
+        "n_records": 0 if ds is None else len(ds),
+        "dropped_tokens": n_tokens - n_written,
+    }
+
+
+def tokenize(cfg: Config, augmented_dir: Path, out_dir: Path) -> TokenizeResult:
+    """Train the tokenizer on ``corpus/train.jsonl`` and pack every split into ``out_dir``."""
+    tcfg = cfg.tokenizer
+    src = Path(augmented_dir) / "corpus"
+    for split in SPLITS:
+        if not (src / f"{split}.jsonl").is_file():
+            raise DataError(f"{src / split}.jsonl: missing; run the augment stage first.")
+    if tcfg.block_size < 2:
+        raise DataError(f"tokenizer.block_size={tcfg.block_size}: must be at least 2.")
+    with atomic_dir(out_dir) as tmp:
+        tok = train_tokenizer(tcfg, _texts(src / "train.jsonl"))
+        fast = save_tokenizer(tcfg, tok, tmp / "tokenizer")
+        eos_id, pad_id = fast.eos_token_id, fast.pad_token_id
+        vocab_size = len(fast)
+        dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+        # The tokenizer ran threads in this process; forked map workers must not reuse them.
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        blocks = tmp / "blocks"
+        blocks.mkdir()
+        cache = tmp / ".datasets-cache"
+        splits: dict[str, dict[str, int]] = {}
+        for split in SPLITS:
+            ds = _encode_split(tok, eos_id, src / f"{split}.jsonl", tcfg, cache)
+            splits[split] = pack(ds, tcfg.block_size, dtype, blocks / f"{split}.bin")
+            del ds
+        shutil.rmtree(cache, ignore_errors=True)
+        if splits["train"]["n_blocks"] == 0:
+            raise DataError(
+                f"{src / 'train.jsonl'}: {splits['train']['n_tokens']} tokens make no block of "
+                f"tokenizer.block_size={tcfg.block_size}; add data or lower block_size."
+            )
+        meta: dict[str, Any] = {
+            "dtype": dtype.name,
+            "block_size": tcfg.block_size,
+            "vocab_size": vocab_size,
+            "eos_id": eos_id,
+            "pad_id": pad_id,
+            "splits": splits,
+        }
+        write_json(blocks / "meta.json", meta)
+        write_json(
+            tmp / "metrics.json",
+            {
+                "vocab_size": vocab_size,
+                **{s: {k: v for k, v in d.items()} for s, d in splits.items()},
+            },
+        )
+    return TokenizeResult(
+        vocab_size=vocab_size,
+        block_size=tcfg.block_size,
+        tokens={s: d["n_tokens"] for s, d in splits.items()},
+        blocks={s: d["n_blocks"] for s, d in splits.items()},
+        out_dir=str(out_dir),
+    )

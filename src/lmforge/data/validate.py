@@ -1,0 +1,107 @@
+"""The ``validate`` stage: check the raw data, then split it by a hash of the record id.
+
+Every file is read once, streaming: the read-time checks (``records.read_records``) run on each
+line, each record goes to its split's file in a temporary folder and leaves one row of profile;
+the Great Expectations suites then run on the profiles. Only if every expectation passes does the
+temporary folder become ``out_dir`` (report, metrics and the split files together).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmforge.config import Config, DataConfig
+from lmforge.data.expectations import Profile, failure_message, run_suites
+from lmforge.data.records import (
+    JsonlWriters,
+    Kind,
+    atomic_dir,
+    check_file,
+    read_records,
+    write_json,
+)
+from lmforge.data.report_html import render
+from lmforge.data.split import SPLITS, split_of
+from lmforge.errors import DataError
+
+
+@dataclass
+class ValidationResult:
+    success: bool
+    records: dict[str, dict[str, int]]  # dataset -> split -> records
+    expectations_evaluated: int
+    expectations_failed: int
+    out_dir: str
+
+
+def raw_files(cfg: DataConfig, data_dir: Path) -> dict[str, list[Path]]:
+    """The corpus files (``data.corpus_glob``) and the labelled file, checked up front."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: data folder not found; run `dvc pull` (or `make data`).")
+    corpus = sorted(data_dir.glob(cfg.corpus_glob))
+    if not corpus:
+        raise DataError(
+            f"{data_dir}: no file matches data.corpus_glob={cfg.corpus_glob!r}; run `dvc pull` "
+            "or fix the glob in params.yaml."
+        )
+    files = {"corpus": corpus, "labelled": [data_dir / cfg.labelled_file]}
+    for paths in files.values():
+        for path in paths:
+            check_file(path, cfg.max_file_mb)
+    return files
+
+
+def split_and_profile(
+    cfg: DataConfig, kind: Kind, paths: list[Path], out: Path
+) -> tuple[Profile, dict[str, int]]:
+    """Stream ``paths`` into ``out/{split}.jsonl``; return the profile and records per split."""
+    prof = Profile(kind, labels=list(cfg.labels) if kind == "labelled" else [])
+    counts = dict.fromkeys(SPLITS, 0)
+    with JsonlWriters(out, SPLITS) as writers:
+        for path in paths:
+            for rec in read_records(path, kind, cfg.max_line_mb):
+                split = split_of(rec["id"], cfg.split_salt, cfg.validation_share, cfg.test_share)
+                writers.write(split, rec)
+                counts[split] += 1
+                prof.add(rec)
+    return prof, counts
+
+
+def metrics_of(report: dict[str, Any], counts: dict[str, dict[str, int]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"success": report["success"]}
+    for name, ds in report["datasets"].items():
+        out[name] = {
+            "records": ds["records"],
+            "chars": ds["chars"],
+            "expectations": ds["evaluated"],
+            "failed": ds["failed"],
+            **{f"{split}_records": n for split, n in counts[name].items()},
+        }
+    return out
+
+
+def validate(cfg: Config, data_dir: Path, out_dir: Path) -> ValidationResult:
+    """Check ``data_dir`` with the GX suites; write the splits and reports to ``out_dir``."""
+    files = raw_files(cfg.data, data_dir)
+    with atomic_dir(out_dir) as tmp:
+        profiles, counts = {}, {}
+        for kind, paths in files.items():
+            profiles[kind], counts[kind] = split_and_profile(cfg.data, kind, paths, tmp / kind)
+        report = run_suites(cfg.data, profiles, stage="validate")
+        report["files"] = {k: [str(p) for p in v] for k, v in files.items()}
+        report["splits"] = counts
+        if not report["success"]:
+            raise DataError(failure_message(report, str(data_dir)))
+        write_json(tmp / "report.json", report)
+        (tmp / "report.html").write_text(render(report, f"Validation of {data_dir}"))
+        write_json(tmp / "metrics.json", metrics_of(report, counts))
+    return ValidationResult(
+        success=True,
+        records=counts,
+        expectations_evaluated=sum(d["evaluated"] for d in report["datasets"].values()),
+        expectations_failed=0,
+        out_dir=str(out_dir),
+    )
