@@ -1,0 +1,92 @@
+"""``lmforge pipeline run-local``: a pipeline through KFP's local ``SubprocessRunner``.
+
+The same compiled DAG a cluster runs, executed task by task as subprocesses of this
+interpreter (``use_venv=False``: lmforge is installed here, as on the image), with the
+pretrain step on the launcher's local runner of the PyTorchJob spec. Artifacts land under
+``<workdir>/runs/<pipeline>-<timestamp>/<task>/<output>``; MLflow runs go where the config
+says (the embedded store by default), nested under one parent tagged with the local run id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from lmforge.config import Config
+from lmforge.errors import PipelineError
+from lmforge.kfp.compile import build_pipeline
+from lmforge.kfp.dag import params_text
+
+
+def init_local(workdir: Path) -> None:
+    """Point KFP's local runner at ``workdir`` and make ``lmforge`` findable by subprocesses."""
+    from kfp import local
+
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str((workdir / "runs").resolve()),
+        workspace_root=str((workdir / "workspace").resolve()),
+        raise_on_error=True,
+    )
+
+
+def latest_run(workdir: Path, pipeline_name: str) -> Path:
+    """The newest run folder of ``pipeline_name`` under ``workdir`` (KFP names them by time)."""
+    runs = sorted((workdir / "runs").glob(f"{pipeline_name}-*"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise PipelineError(f"{workdir}/runs: no run of {pipeline_name}")
+    return runs[-1]
+
+
+def pipeline_arguments(
+    cfg: Config, name: str, data_dir: Path, pretrain_dir: Path, tokenized_dir: Path
+) -> dict[str, Any]:
+    """The pipeline's parameters for a run on this machine: local folders, local backend."""
+    args: dict[str, Any] = {
+        "data_uri": str(data_dir.resolve()),
+        "params": params_text(cfg),
+        "overrides": [],
+    }
+    if name == "finetune":
+        args["pretrained_uri"] = str(pretrain_dir.resolve())
+        args["tokenized_uri"] = str(tokenized_dir.resolve())
+    else:
+        args["backend"] = "local"
+    for key in ("data_uri", "pretrained_uri", "tokenized_uri"):
+        if key in args and not Path(args[key]).is_dir():
+            raise PipelineError(
+                f"{args[key]}: folder not found (the {key.removesuffix('_uri')} input of the "
+                f"{name} pipeline); for data/ run `make data` (dvc pull)"
+            )
+    return args
+
+
+def run_local(
+    cfg: Config,
+    name: str = "full",
+    workdir: Path = Path("outputs/kfp-local"),
+    data_dir: Path = Path("data"),
+    pretrain_dir: Path = Path("outputs/pretrain"),
+    tokenized_dir: Path = Path("outputs/tokenized"),
+) -> dict[str, Any]:
+    """Run pipeline ``name`` locally; return its run folder, the gate and what was registered."""
+    workdir = Path(workdir)
+    pipeline = build_pipeline(cfg, name)
+    args = pipeline_arguments(cfg, name, Path(data_dir), Path(pretrain_dir), Path(tokenized_dir))
+    init_local(workdir)
+    try:
+        pipeline(**args)
+    except RuntimeError as exc:  # raise_on_error: the failing task's logs are printed above
+        raise PipelineError(f"local run of {name} failed: {exc}") from None
+    run = latest_run(workdir, f"{cfg.kubeflow.pipeline_prefix}-{name}")
+    result: dict[str, Any] = {"pipeline": name, "run_dir": str(run)}
+    registered = run / "register" / "registered" / "registered.json"
+    if name != "pretrain":
+        result["registered"] = json.loads(registered.read_text()) if registered.exists() else None
+    return result
