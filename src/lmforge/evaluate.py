@@ -1,0 +1,335 @@
+"""The evaluate step: held-out numbers that decide registration, and a report people read.
+
+``evaluate(cfg, pretrained_dir, finetuned_dir, tokenized_dir, augmented_dir, out_dir)`` scores:
+
+- the pretrained language model: perplexity on ``tokenized_dir/blocks/test.bin``, and completions
+  of ``evaluate.sample_prompts`` (seeded sampling);
+- the fine-tuned classifier on the labelled test split: accuracy, macro-F1, confusion matrix;
+- on the same split, for comparison: the from-scratch baseline (``finetuned_dir/baseline``), the
+  majority class of the training split, and the registry's current champion
+  (``models:/NAME@champion``, loaded through the alias) when there is one.
+
+The gate (``passed``, what the pipeline tests before registering) is the promotion gate's
+absolute threshold on the primary metric (``register``) plus beating the majority class; beating
+the champion is reported here and enforced by ``lmforge promote``. Output folder: ``report.json``,
+``report.md``, ``samples.json``, ``metrics.json`` (DVC metrics), ``plots/confusion.csv`` (one row
+per test record: DVC's confusion template) and ``plots/confusion.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmforge.config import Config
+from lmforge.errors import DataError
+from lmforge.outputs import atomic_output_dir
+
+
+@dataclass
+class EvaluationResult:
+    perplexity: float
+    accuracy: float
+    macro_f1: float
+    baseline_accuracy: float | None
+    baseline_macro_f1: float | None
+    majority_accuracy: float
+    majority_macro_f1: float
+    champion_version: str | None
+    champion_primary: float | None
+    primary_metric: str
+    passed: bool
+
+
+# --------------------------------------------------------------------------------------------
+# Language model
+# --------------------------------------------------------------------------------------------
+
+
+def perplexity(model, tokenized_dir: Path, max_batches: int, batch_size: int) -> dict[str, float]:
+    """Mean next-token loss over the first test blocks, and its exponential."""
+    import torch
+
+    from lmforge.train.data import BlockDataset
+
+    test = BlockDataset(Path(tokenized_dir) / "blocks", "test")
+    seq_len = min(test.meta.block_size, model.config.max_position_embeddings)
+    n_blocks = min(len(test), max(1, max_batches) * batch_size)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, n_blocks, batch_size):
+            batch = test.batch(np.arange(start, min(start + batch_size, n_blocks)), seq_len)
+            n = batch.shape[0] * (batch.shape[1] - 1)
+            total += float(model(input_ids=batch, labels=batch).loss) * n
+            count += n
+    loss = total / count
+    return {"perplexity": math.exp(min(loss, 50.0)), "loss": loss, "n_blocks": float(n_blocks)}
+
+
+def samples(model, tokenizer, cfg: Config) -> list[dict[str, str]]:
+    """Completions of the fixed prompts, seeded, so reports are comparable run to run."""
+    import torch
+
+    ecfg, out = cfg.evaluate, []
+    for i, prompt in enumerate(ecfg.sample_prompts):
+        torch.manual_seed(ecfg.sample_seed + i)
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            gen = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=ecfg.sample_max_new_tokens,
+                do_sample=ecfg.sample_temperature > 0,
+                temperature=ecfg.sample_temperature or None,
+                top_k=None,
+                pad_token_id=tokenizer.pad_token_id,
+                use_cache=True,
+            )
+        completion = tokenizer.decode(gen[0, ids.shape[1] :], skip_special_tokens=True)
+        out.append({"prompt": prompt, "completion": completion})
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Classifier
+# --------------------------------------------------------------------------------------------
+
+
+def scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, Any]:
+    from lmforge.train.finetune import macro_f1
+
+    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    return {
+        "accuracy": float(np.mean(y_true == y_pred)),
+        "macro_f1": macro_f1(confusion),
+        "n_test": float(len(y_true)),
+        "confusion": confusion.tolist(),
+    }
+
+
+def classify(model, tokenizer, texts: list[str], labels: list[str], cfg: Config) -> np.ndarray:
+    """Predicted label indices (in ``labels`` order, whatever the model's own id order)."""
+    import torch
+
+    from lmforge.train.finetune import collate, encode
+
+    rows = [{"text": t, "label": labels[0]} for t in texts]
+    enc = encode(rows, tokenizer, labels, cfg.finetune.max_length)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    to_ours = np.array([labels.index(model.config.id2label[i]) for i in range(len(labels))])
+    preds = []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(enc.ids), cfg.evaluate.batch_size):
+            batch = collate(enc.ids[start : start + cfg.evaluate.batch_size], pad, model.device)
+            preds.append(model(**batch).logits.argmax(-1).cpu().numpy())
+    return to_ours[np.concatenate(preds)]
+
+
+def load_classifier(model_dir: Path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if not (model_dir / "config.json").is_file():
+        raise DataError(f"{model_dir}: no classifier (config.json); run finetune first")
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+def champion(cfg: Config) -> tuple[str, Any, Any] | None:
+    """(version, model, tokenizer) of ``models:/NAME@champion``; None when there is none."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from lmforge import tracking
+
+    name, alias = cfg.register.classifier_model_name, cfg.register.champion_alias
+    client = tracking.client(cfg)
+    try:
+        version = client.get_model_version_by_alias(name, alias).version
+    except MlflowException:
+        return None
+    parts = mlflow.transformers.load_model(f"models:/{name}@{alias}", return_type="components")
+    return str(version), parts["model"], parts["tokenizer"]
+
+
+# --------------------------------------------------------------------------------------------
+# The step
+# --------------------------------------------------------------------------------------------
+
+
+def evaluate(
+    cfg: Config,
+    pretrained_dir: Path,
+    finetuned_dir: Path,
+    tokenized_dir: Path,
+    augmented_dir: Path,
+    out_dir: Path,
+) -> EvaluationResult:
+    """Score the LM and the classifier (vs baseline, majority, champion); write ``out_dir``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmforge import tracking
+    from lmforge.registry import gate
+    from lmforge.train.finetune import read_labelled
+
+    torch.manual_seed(cfg.evaluate.sample_seed)
+    labels = list(cfg.data.labels)
+    primary = cfg.register.primary_metric
+    labelled = Path(augmented_dir) / "labelled"
+    test = read_labelled(labelled / "test.jsonl", labels)
+    train_counts = Counter(r["label"] for r in read_labelled(labelled / "train.jsonl", labels))
+    texts = [r["text"] for r in test]
+    y_true = np.array([labels.index(r["label"]) for r in test])
+
+    lm_dir = Path(pretrained_dir) / "model"
+    if not (lm_dir / "config.json").is_file():
+        raise DataError(f"{lm_dir}: no pretrained model (config.json); run pretrain first")
+    lm = AutoModelForCausalLM.from_pretrained(lm_dir).eval()
+    lm_tokenizer = AutoTokenizer.from_pretrained(lm_dir)
+    report: dict[str, Any] = {"labels": labels, "primary_metric": primary}
+    report["lm"] = perplexity(lm, tokenized_dir, cfg.evaluate.max_perplexity_batches, cfg.evaluate.batch_size)  # fmt: skip
+    report["samples"] = samples(lm, lm_tokenizer, cfg)
+    del lm
+
+    model, tokenizer = load_classifier(Path(finetuned_dir) / "model")
+    report["classifier"] = scores(y_true, classify(model, tokenizer, texts, labels, cfg), len(labels))  # fmt: skip
+    baseline_dir = Path(finetuned_dir) / "baseline"
+    report["baseline"] = None
+    if (baseline_dir / "config.json").is_file():
+        base, base_tok = load_classifier(baseline_dir)
+        report["baseline"] = scores(y_true, classify(base, base_tok, texts, labels, cfg), len(labels))  # fmt: skip
+    majority = labels.index(train_counts.most_common(1)[0][0])
+    report["majority"] = {"label": labels[majority], **scores(y_true, np.full_like(y_true, majority), len(labels))}  # fmt: skip
+    report["champion"] = None
+    found = champion(cfg) if cfg.evaluate.compare_champion else None
+    if found is not None:
+        version, champ, champ_tok = found
+        report["champion"] = {"version": version, **scores(y_true, classify(champ, champ_tok, texts, labels, cfg), len(labels))}  # fmt: skip
+
+    challenger = report["classifier"]
+    checks = gate(primary, challenger, None, cfg.register.min_primary, 0.0)[:1]
+    checks.append(_beats("majority class", primary, challenger, report["majority"]))
+    informative = [_beats("baseline (from scratch)", primary, challenger, report["baseline"])]
+    if report["champion"] is not None:
+        informative.append(_beats(f"champion v{report['champion']['version']}", primary, challenger, report["champion"]))  # fmt: skip
+    passed = all(c.passed for c in checks)
+    report["gate"] = {
+        "passed": passed,
+        "checks": [asdict(c) for c in checks],
+        "comparisons": [asdict(c) for c in informative if c is not None],
+    }
+    # The registry logs report["lm"] and report["classifier"] as metrics: numbers only there.
+    report["confusion"] = report["classifier"].pop("confusion")
+    for key in ("baseline", "majority", "champion"):
+        if report[key] is not None:
+            report[key].pop("confusion")
+
+    result = EvaluationResult(
+        perplexity=report["lm"]["perplexity"],
+        accuracy=challenger["accuracy"],
+        macro_f1=challenger["macro_f1"],
+        baseline_accuracy=report["baseline"] and report["baseline"]["accuracy"],
+        baseline_macro_f1=report["baseline"] and report["baseline"]["macro_f1"],
+        majority_accuracy=report["majority"]["accuracy"],
+        majority_macro_f1=report["majority"]["macro_f1"],
+        champion_version=report["champion"] and report["champion"]["version"],
+        champion_primary=report["champion"] and report["champion"].get(primary),
+        primary_metric=primary,
+        passed=passed,
+    )
+    with tracking.stage_run(cfg, "evaluate", sections=("evaluate", "register")) as _run:
+        import mlflow
+
+        with atomic_output_dir(Path(out_dir)) as tmp:
+            _write_report(tmp, report, result, y_true, texts, model, tokenizer, labels, cfg)
+        metrics = json.loads((Path(out_dir) / "metrics.json").read_text())
+        mlflow.log_metrics(metrics)
+        for name in ("report.md", "report.json", "samples.json", "plots/confusion.png"):
+            mlflow.log_artifact(str(Path(out_dir) / name), str(Path(name).parent) if "/" in name else None)  # fmt: skip
+    return result
+
+
+def _beats(what: str, metric: str, challenger: dict, other: dict | None):
+    from lmforge.registry import Check
+
+    if other is None:
+        return None
+    gain = challenger[metric] - other[metric]
+    return Check(
+        f"beats {what}",
+        gain > 0,
+        f"{metric} {challenger[metric]:.4f} vs {what} {other[metric]:.4f} ({gain:+.4f})",
+    )
+
+
+def _write_report(tmp, report, result, y_true, texts, model, tokenizer, labels, cfg) -> None:
+    import csv
+
+    (tmp / "plots").mkdir()
+    (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (tmp / "samples.json").write_text(json.dumps(report["samples"], indent=2) + "\n")
+    metrics = {k: v for k, v in asdict(result).items() if isinstance(v, int | float) and not isinstance(v, bool) and v is not None}  # fmt: skip
+    metrics["gate_passed"] = int(result.passed)
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    preds = classify(model, tokenizer, texts, labels, cfg)
+    with (tmp / "plots" / "confusion.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["actual", "predicted"])
+        writer.writerows((labels[a], labels[p]) for a, p in zip(y_true, preds, strict=True))
+    _confusion_png(tmp / "plots" / "confusion.png", np.array(report["confusion"]), labels)
+    (tmp / "report.md").write_text(_markdown(report))
+
+
+def _confusion_png(path: Path, confusion: np.ndarray, labels: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    for (i, j), count in np.ndenumerate(confusion):
+        ax.text(j, i, str(count), ha="center", va="center")
+    ax.set_title("Fine-tuned classifier, test split")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    primary = report["primary_metric"]
+    lines = ["# Evaluation report", "", "## Classifier (labelled test split)", ""]
+    lines += ["| model | accuracy | macro-F1 |", "| --- | --- | --- |"]
+    named = [("fine-tuned", report["classifier"]), ("baseline (from scratch)", report["baseline"]),
+             (f"majority class ({report['majority']['label']})", report["majority"])]  # fmt: skip
+    if report["champion"] is not None:
+        named.append((f"champion v{report['champion']['version']}", report["champion"]))
+    for name, s in named:
+        if s is not None:
+            lines.append(f"| {name} | {s['accuracy']:.4f} | {s['macro_f1']:.4f} |")
+    gate = report["gate"]
+    lines += ["", f"Gate on {primary}: **{'passed' if gate['passed'] else 'failed'}**", ""]
+    lines += [
+        f"- {'✅' if c['passed'] else '❌'} {c['name']}: {c['detail']}" for c in gate["checks"]
+    ]
+    lines += [f"- {'↑' if c['passed'] else '↓'} {c['name']}: {c['detail']}" for c in gate["comparisons"]]  # fmt: skip
+    lm = report["lm"]
+    lines += ["", "## Language model (test blocks)", "",
+              f"Perplexity **{lm['perplexity']:.2f}** (loss {lm['loss']:.4f} nats/token, {int(lm['n_blocks'])} blocks)",
+              "", "## Samples", ""]  # fmt: skip
+    for s in report["samples"]:
+        lines.append(f"- **{s['prompt']}**{s['completion']}")
+    lines += ["", "Confusion matrix: `plots/confusion.png` (rows: actual, columns: predicted).", ""]
+    return "\n".join(lines)
