@@ -27,6 +27,7 @@ CONTAINER = "pytorch"  # the operator looks for this container name ...
 PORT_NAME = "pytorchjob-port"  # ... and this port name to set MASTER_PORT
 PARAMS_DIR = "/etc/lmforge"
 PARAMS_FILE = "params.yaml"
+PARAMS_HASH_LABEL = "lmforge/params-hash"
 # Pods and services are named <job>-worker-<i>: they must stay DNS-1035 labels (63 chars).
 MAX_JOB_NAME = 45
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -174,7 +175,7 @@ def _pod_template(cfg: Config, name: str, data: str, out: str, run_id: str) -> d
         spec["tolerations"] = [dict(t) for t in la.tolerations]
     return {
         "metadata": {
-            "labels": _labels(cfg),
+            "labels": {k: v for k, v in _labels(cfg).items() if k != PARAMS_HASH_LABEL},
             # Kubeflow's Istio sidecar would hold pods open and intercept the rendezvous port.
             "annotations": {"sidecar.istio.io/inject": "false"},
         },
@@ -186,7 +187,7 @@ def _labels(cfg: Config) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "lmforge",
         "app.kubernetes.io/component": "pretrain",
-        "lmforge/params-hash": cfg.params_hash(),
+        PARAMS_HASH_LABEL: cfg.params_hash(),
     }
 
 
@@ -270,3 +271,20 @@ def to_yaml(objects: list[dict[str, Any]]) -> str:
 def render_yaml(cfg: Config, tokenized_dir: Path, out_dir: Path) -> str:
     """The manifests ``lmforge pretrain --render`` prints (``kubectl apply -f -`` ready)."""
     return to_yaml(render(cfg, tokenized_dir, out_dir))
+
+
+if __name__ == "__main__":  # `make k8s-jobs`: the PyTorchJob of k8s/<env>/params.yaml
+    import sys
+
+    from lmforge.config import load_config
+
+    _cfg = load_config(sys.argv[1])
+    _, _job = render(
+        _cfg,
+        Path("outputs/tokenized"),
+        Path("outputs/pretrain"),
+        root=Path.cwd(),
+        run_name="template",
+    )
+    del _job["metadata"]["labels"][PARAMS_HASH_LABEL]  # the hash of every default: churns
+    print(to_yaml([_job]), end="")
