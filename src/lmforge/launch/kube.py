@@ -7,6 +7,7 @@ ConfigMap, pods and logs through ``CoreV1Api``. The ServiceAccount of ``k8s/base
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -144,9 +145,13 @@ class KubeJob:
             hint = "; the ServiceAccount needs the Role in k8s/base/rbac.yaml"
         elif exc.status == 404 and "pytorchjobs" in str(exc.body or ""):
             hint = "; is the Kubeflow Training Operator (PyTorchJob CRD) installed?"
+        try:  # the API explains itself in a Status object
+            detail = json.loads(exc.body)["message"]
+        except (TypeError, ValueError, KeyError):
+            detail = str(exc.body or "").strip()[:500]
         return LaunchError(
             f"could not {what} {self.namespace}/{self.name}: HTTP {exc.status} {exc.reason}: "
-            f"{(exc.body or '').strip()[:500]}{hint}"
+            f"{detail}{hint}"
         )
 
     # -- wait / explain ------------------------------------------------------------------
@@ -189,8 +194,6 @@ class KubeJob:
             )
         except ApiException:
             return []  # the reason from the job's conditions is still worth reporting
-        import json
-
         return json.loads(listing.data).get("items", [])
 
     def failure_reason(self, job: dict[str, Any]) -> str:
