@@ -20,6 +20,7 @@ import logging
 import os
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +191,9 @@ class Checkpointer:
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
         barrier()
-        dcp.save(_tensor_state(model, optimizer)[0], storage_writer=dcp.FileSystemWriter(tmp))
+        with warnings.catch_warnings():  # one process: DCP warns that it saves without a group
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.save(_tensor_state(model, optimizer)[0], storage_writer=dcp.FileSystemWriter(tmp))
         save_file(_rng_state(), str(tmp / f"rng-rank{self.rt.rank}.safetensors"))
         barrier()
         if self.rt.is_main:
@@ -213,7 +216,9 @@ class Checkpointer:
     def load(self, folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Restore model, optimizer and this rank's RNG from ``folder`` in place."""
         state, optim_sd = _tensor_state(model, optimizer)
-        dcp.load(state, storage_reader=SafeFileSystemReader(folder))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, storage_reader=SafeFileSystemReader(folder))
         optim_sd["state"] = state["optim_state"]  # loaded in place; param groups from the config
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=optim_sd)
         rng_file = folder / f"rng-rank{self.rt.rank}.safetensors"

@@ -262,13 +262,16 @@ def _log_final(out_dir: Path, outcome: PretrainResult) -> None:
     import matplotlib.pyplot as plt
     import mlflow
 
-    mlflow.log_metrics(
-        {
-            k: float(v)
-            for k, v in asdict(outcome).items()
-            if isinstance(v, int | float) and v is not None
-        }
-    )
+    per_step = {
+        "train_loss",
+        "val_loss",
+        "val_perplexity",
+        "tokens_per_s",
+        "mfu",
+        "peak_memory_bytes",
+    }
+    final = {k: float(v) for k, v in asdict(outcome).items() if isinstance(v, int | float) and k not in per_step}  # fmt: skip
+    mlflow.log_metrics(final, step=outcome.steps)
     rows = list(csv.DictReader((out_dir / "plots" / "loss.csv").open()))
     fig, ax = plt.subplots(figsize=(6, 4))
     for key in ("train_loss", "val_loss"):

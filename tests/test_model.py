@@ -1,0 +1,85 @@
+"""Model builder: presets -> HF config -> model; counts and FLOPs agree with the real module."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM, MistralForCausalLM
+
+from lmforge.config import ModelConfig, load_config, load_presets
+from lmforge.errors import TrainingError
+from lmforge.model import build_config, build_model, model_size, swiglu_hidden
+
+
+def tiny(**kw) -> ModelConfig:
+    base = dict(n_layers=2, d_model=64, n_heads=4, max_seq_len=32, vocab_size=100)
+    return ModelConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("tie", [True, False])
+@pytest.mark.parametrize("kv_heads", [None, 2])
+def test_param_count_matches_the_module(tie, kv_heads):
+    cfg = build_config(tiny(tie_embeddings=tie, n_kv_heads=kv_heads))
+    model = build_model(cfg, seed=0)
+    unique = {id(p): p.numel() for p in model.parameters()}
+    assert model_size(cfg).n_params == sum(unique.values())
+    assert model.config.num_key_value_heads == (kv_heads or 4)
+
+
+def test_flops_per_token_counts_matmuls_and_attention():
+    cfg = build_config(tiny())
+    size = model_size(cfg, seq_len=32)
+    d, ff, layers, vocab = 64, swiglu_hidden(64), 2, 100
+    matmul = layers * (4 * d * d + 3 * d * ff) + vocab * d
+    assert size.flops_per_token == 6 * matmul + 12 * layers * d * 32
+    # A local window caps the attention term.
+    windowed = model_size(build_config(tiny(sliding_window=8)), seq_len=32)
+    assert windowed.flops_per_token == 6 * matmul + 12 * layers * d * 8
+
+
+def test_same_seed_same_weights_and_a_working_forward():
+    cfg = build_config(tiny())
+    a, b = build_model(cfg, seed=3), build_model(cfg, seed=3)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    ids = torch.randint(0, 100, (2, 16))
+    out = a(input_ids=ids, labels=ids)
+    assert out.logits.shape == (2, 16, 100)
+    assert abs(out.loss.item() - torch.log(torch.tensor(100.0)).item()) < 0.5  # near uniform
+
+
+def test_llama_by_default_mistral_with_a_sliding_window():
+    assert isinstance(build_model(build_config(tiny())), LlamaForCausalLM)
+    local = build_model(build_config(tiny(sliding_window=8)))
+    assert isinstance(local, MistralForCausalLM)
+    assert local.config.sliding_window == 8
+    # Tokens farther back than the window cannot change a position's output.
+    local.eval()
+    ids = torch.randint(0, 100, (1, 24))
+    changed = ids.clone()
+    changed[0, 0] = (ids[0, 0] + 1) % 100
+    with torch.no_grad():
+        x, y = local(input_ids=ids).logits, local(input_ids=changed).logits
+    assert torch.allclose(x[0, 20:], y[0, 20:], atol=1e-5)
+    assert not torch.allclose(x[0, 1:4], y[0, 1:4], atol=1e-5)
+
+
+def test_vocab_from_tokenizer_and_errors_name_the_field():
+    assert build_config(tiny(vocab_size=None), vocab_size=77).vocab_size == 77
+    with pytest.raises(TrainingError, match=r"model\.vocab_size"):
+        build_config(tiny(vocab_size=None))
+    with pytest.raises(TrainingError, match=r"model\.n_heads"):
+        build_config(tiny(d_model=66))
+    with pytest.raises(TrainingError, match="n_kv_heads"):
+        build_config(tiny(n_kv_heads=3))
+
+
+@pytest.mark.parametrize("preset", list(load_presets()))
+def test_every_preset_builds_a_config_of_the_advertised_size(preset):
+    cfg = load_config(None, [f"model.preset={preset}"])
+    hf = build_config(cfg.model, vocab_size=32000)
+    size = model_size(hf)
+    expected = {"gpu-125m": 125e6, "gpu-1b": 1.2e9, "gpu-7b": 6.7e9}.get(preset)
+    if expected:
+        assert 0.7 * expected < size.n_params < 1.4 * expected, size.n_params
+    assert size.flops_per_token > 6 * size.n_non_embedding
