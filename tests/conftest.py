@@ -1,1 +1,1 @@
-from mlflow_fixtures import embedded_store, mlflow_server, server_store, tiny_stages  # noqa: F401
+from mlflow_fixtures import *  # noqa: F403  (fixtures listed in its __all__)

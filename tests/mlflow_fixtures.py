@@ -12,20 +12,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lmforge.config import Config, load_config
+
+__all__ = ["embedded_store", "mlflow_server", "server_store", "tiny_stages", "trained_stages"]
 
 HAM = [
     "meeting",
@@ -159,6 +164,25 @@ def tiny_stages(tmp_path_factory) -> dict[str, Path]:
     return {name: root / name for name in ("pretrain", "augmented", "tokenized")}
 
 
+@pytest.fixture(scope="session")
+def trained_stages(tiny_stages, tmp_path_factory) -> dict[str, Path]:
+    """``tiny_stages`` plus ``finetune`` and ``evaluate`` outputs of the tiny config (MLflow runs
+    go to a store of their own)."""
+    from lmforge.evaluate import evaluate
+    from lmforge.train.finetune import finetune
+
+    root = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as mp:
+        _store_env(mp, f"sqlite:///{root / 'mlflow.db'}")
+        cfg = tiny_config(f"tracking.artifact_location={root / 'mlartifacts'}")
+        finetune(cfg, tiny_stages["pretrain"], tiny_stages["augmented"], root / "finetune")
+        evaluate(
+            cfg, tiny_stages["pretrain"], root / "finetune", tiny_stages["tokenized"],
+            tiny_stages["augmented"], root / "evaluate",
+        )  # fmt: skip
+    return {**tiny_stages, "finetune": root / "finetune", "evaluate": root / "evaluate"}
+
+
 def _store_env(monkeypatch, uri: str) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -203,14 +227,28 @@ def start_server(backend_uri: str, artifacts: Path, log: Path) -> tuple[subproce
     ]  # fmt: skip
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    # Its own process group: the server's workers go down with it.
+    proc = subprocess.Popen(
+        cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, proc)
     except RuntimeError:
-        proc.kill()
+        stop_server(proc)
         raise
     return proc, url
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @pytest.fixture(scope="session")
@@ -221,14 +259,14 @@ def mlflow_server(tmp_path_factory):
         f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", root / "server.log"
     )
     yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc)
 
 
 @pytest.fixture
 def server_store(mlflow_server, monkeypatch) -> Config:
+    """A Config on the shared server, with model names of its own (tests share the server)."""
     _store_env(monkeypatch, mlflow_server)
-    return tiny_config()
+    tag = uuid.uuid4().hex[:6]
+    return tiny_config(
+        f"register.lm_model_name=lm-{tag}", f"register.classifier_model_name=classifier-{tag}"
+    )
