@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,7 +31,14 @@ import pytest
 
 from lmforge.config import Config, load_config
 
-__all__ = ["embedded_store", "mlflow_server", "server_store", "tiny_stages", "trained_stages"]
+__all__ = [
+    "blank_store_db",
+    "embedded_store",
+    "mlflow_server",
+    "server_store",
+    "tiny_stages",
+    "trained_stages",
+]
 
 HAM = [
     "meeting",
@@ -190,9 +198,20 @@ def _store_env(monkeypatch, uri: str) -> None:
     monkeypatch.setenv("LMFORGE_PIPELINE_RUN_ID", f"test-{os.getpid()}-{time.monotonic_ns()}")
 
 
+@pytest.fixture(scope="session")
+def blank_store_db(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite database with its schema: creating one takes seconds, copying none."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("blank-store") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def embedded_store(tmp_path, monkeypatch) -> Config:
+def embedded_store(tmp_path, monkeypatch, blank_store_db) -> Config:
     """A Config on a fresh embedded sqlite store (and artifact folder) in ``tmp_path``."""
+    shutil.copyfile(blank_store_db, tmp_path / "mlflow.db")
     _store_env(monkeypatch, f"sqlite:///{tmp_path / 'mlflow.db'}")
     return tiny_config(f"tracking.artifact_location={tmp_path / 'mlartifacts'}")
 
@@ -252,9 +271,10 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
+def mlflow_server(tmp_path_factory, blank_store_db):
     """A real ``mlflow server`` (sqlite backend, one worker) on a free loopback port."""
     root = tmp_path_factory.mktemp("mlflow-server")
+    shutil.copyfile(blank_store_db, root / "mlflow.db")
     proc, url = start_server(
         f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", root / "server.log"
     )

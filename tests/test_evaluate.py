@@ -1,0 +1,63 @@
+"""Evaluation: the report, metrics and plots; the gate; the champion comparison."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from mlflow_fixtures import tiny_config
+
+from lmforge.evaluate import evaluate
+from lmforge.registry import promote, register
+
+
+def test_report_metrics_and_plots(trained_stages):
+    out = trained_stages["evaluate"]
+    report = json.loads((out / "report.json").read_text())
+    n_test = sum(1 for _ in (trained_stages["augmented"] / "labelled" / "test.jsonl").open())
+    assert report["classifier"]["n_test"] == n_test
+    # On the separable toy set the fine-tuned classifier must beat the majority class.
+    assert report["classifier"]["accuracy"] > report["majority"]["accuracy"]
+    assert report["majority"]["label"] == "ham"
+    assert report["baseline"] is not None and report["champion"] is None
+    assert report["lm"]["perplexity"] > 1.0
+    assert report["gate"]["passed"] is True
+    assert sum(map(sum, report["confusion"])) == n_test
+    rows = list(csv.DictReader((out / "plots" / "confusion.csv").open()))
+    assert len(rows) == n_test and {r["actual"] for r in rows} == {"ham", "spam"}
+    correct = sum(r["actual"] == r["predicted"] for r in rows)
+    assert correct / n_test == pytest.approx(report["classifier"]["accuracy"])
+    assert (out / "plots" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    samples = json.loads((out / "samples.json").read_text())
+    assert [s["prompt"] for s in samples] == tiny_config().evaluate.sample_prompts
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["macro_f1"] == report["classifier"]["macro_f1"]
+    assert metrics["gate_passed"] == 1
+    md = (out / "report.md").read_text()
+    assert "majority class (ham)" in md and "Perplexity" in md
+
+
+@pytest.mark.slow
+def test_gate_fails_below_threshold_and_compares_with_the_champion(
+    embedded_store, trained_stages, tmp_path
+):
+    stages = trained_stages
+    register(embedded_store, stages["pretrain"], stages["finetune"], stages["evaluate"], tmp_path / "reg")  # fmt: skip
+    promote(embedded_store, embedded_store.register.classifier_model_name)
+    cfg = tiny_config(
+        "register.min_primary=1.01", f"tracking.artifact_location={tmp_path / 'mlartifacts'}"
+    )
+    result = evaluate(
+        cfg, stages["pretrain"], stages["finetune"], stages["tokenized"], stages["augmented"],
+        tmp_path / "eval",
+    )  # fmt: skip
+    assert result.passed is False
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    failed = [c for c in report["gate"]["checks"] if not c["passed"]]
+    assert [c["name"] for c in failed] == ["threshold"]
+    assert ">= 1.0100 required" in failed[0]["detail"]
+    # The champion (the same model, loaded through the alias) scores the same on the same split.
+    assert result.champion_version == "1"
+    assert report["champion"]["macro_f1"] == pytest.approx(report["classifier"]["macro_f1"])
+    assert any(c["name"] == "beats champion v1" for c in report["gate"]["comparisons"])

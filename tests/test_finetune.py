@@ -1,0 +1,87 @@
+"""Fine-tuning through the shared training loop: outputs, LoRA, the baseline, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from mlflow_fixtures import tiny_config
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification
+
+from lmforge.errors import DataError
+from lmforge.train.finetune import finetune, macro_f1
+
+
+def test_outputs_follow_the_contract(trained_stages):
+    out = trained_stages["finetune"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    cfg = tiny_config()
+    assert metrics["steps"] == cfg.finetune.max_steps
+    for variant in ("model", "baseline"):
+        model = AutoModelForSequenceClassification.from_pretrained(out / variant)
+        assert model.config.id2label == {0: "ham", 1: "spam"}
+        assert model.config.pad_token_id is not None  # last-token pooling needs it
+        assert (out / variant / "tokenizer.json").is_file()
+    # Same budget: both curves are logged at the same steps, up to max_steps.
+    rows = list(csv.DictReader((out / "plots" / "loss.csv").open()))
+    assert int(rows[-1]["step"]) == cfg.finetune.max_steps
+    for row in rows:
+        assert bool(row["train_loss"]) == bool(row["baseline_train_loss"])
+    first, last = float(rows[0]["train_loss"]), float(rows[-1]["train_loss"])
+    assert last < first
+    # The classifier starts from the pretrained decoder; the baseline does not.
+    pretrained = load_file(trained_stages["pretrain"] / "model" / "model.safetensors")
+    key = "model.layers.0.mlp.up_proj.weight"
+    tuned = load_file(out / "model" / "model.safetensors")[key]
+    scratch = load_file(out / "baseline" / "model.safetensors")[key]
+    assert (tuned - pretrained[key]).abs().mean() < (scratch - pretrained[key]).abs().mean()
+    # Scratch checkpoints are removed once the output is in place.
+    assert not (out.parent / f".{out.name}-checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_lora_trains_adapters_and_merges_them(tiny_stages, embedded_store, tmp_path):
+    cfg = tiny_config(
+        "finetune.method=lora", "finetune.baseline=false", "finetune.max_steps=12",
+        f"tracking.artifact_location={tmp_path / 'mlartifacts'}",
+    )  # fmt: skip
+    result = finetune(cfg, tiny_stages["pretrain"], tiny_stages["augmented"], tmp_path / "ft")
+    assert 0 < result.trainable_params < result.total_params / 4
+    assert result.baseline_val_accuracy is None
+    model_dir = tmp_path / "ft" / "model"
+    assert not (model_dir / "adapter_config.json").exists()  # merged: loads without peft
+    weights = load_file(model_dir / "model.safetensors")
+    assert not any("lora" in k for k in weights)
+    pretrained = load_file(tiny_stages["pretrain"] / "model" / "model.safetensors")
+    q = "model.layers.0.self_attn.q_proj.weight"
+    up = "model.layers.0.mlp.up_proj.weight"
+    assert not torch.equal(weights[q], pretrained[q])  # the adapter was merged in
+    assert torch.equal(weights[up], pretrained[up])  # untargeted weights stay frozen
+    assert not (tmp_path / "ft" / "baseline").exists()
+
+
+def test_unknown_label_names_the_file_and_line(tiny_stages, tmp_path):
+    bad = tmp_path / "augmented" / "labelled"
+    bad.mkdir(parents=True)
+    for split in ("train", "validation", "test"):
+        src = (tiny_stages["augmented"] / "labelled" / f"{split}.jsonl").read_text()
+        (bad / f"{split}.jsonl").write_text(src)
+    with (bad / "train.jsonl").open("a") as fh:
+        fh.write(json.dumps({"id": "x", "text": "hello", "label": "eggs"}) + "\n")
+    with pytest.raises(DataError, match=r"train\.jsonl:97: label 'eggs' is not one of"):
+        finetune(tiny_config(), tiny_stages["pretrain"], tmp_path / "augmented", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_pretrained_model_is_a_clear_error(tiny_stages, tmp_path):
+    with pytest.raises(DataError, match="no pretrained model"):
+        finetune(tiny_config(), tmp_path / "nowhere", tiny_stages["augmented"], tmp_path / "out")
+
+
+def test_macro_f1_matches_its_definition():
+    # class 0: P=2/3 R=1 F1=0.8; class 1: P=1 R=1/2 F1=2/3
+    confusion = [[2, 0], [1, 1]]
+    assert macro_f1(__import__("numpy").array(confusion)) == pytest.approx((0.8 + 2 / 3) / 2)
