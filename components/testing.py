@@ -89,3 +89,15 @@ def run_one(
     init_local(workdir)
     one_step()
     return latest_run(workdir, f"one-{name}") / name
+
+
+def logged_metrics(task_dir: Path, output: str = "metrics") -> dict[str, float]:
+    """What a component logged to its ``Metrics`` artifact (the executor's output record)."""
+    record = json.loads((task_dir / "executor_output.json").read_text())
+    return record["artifacts"][output]["artifacts"][0]["metadata"]
+
+
+def returned(task_dir: Path) -> Any:
+    """A component's return value (its ``Output`` parameter)."""
+    record = json.loads((task_dir / "executor_output.json").read_text())
+    return record["parameterValues"]["Output"]

@@ -40,8 +40,7 @@ def evaluate(
     from pathlib import Path
 
     from lmforge.evaluate import evaluate as step
-
-    from lmforge.kfp.runtime import gate_passed, log_metrics, publish, step_config
+    from lmforge.kfp.runtime import log_metrics, publish, step_config
 
     cfg = step_config(params, overrides, run_id, task_name)
     out = Path(evaluation.path)
@@ -51,7 +50,7 @@ def evaluate(
     )  # fmt: skip
     publish(out / "report.md", report)
     log_metrics(metrics, out)
-    return gate_passed(cfg, result, out)
+    return bool(result.passed)
 
 
 def build(image: str = DEFAULT_IMAGE) -> PythonComponent:

@@ -1,10 +1,8 @@
 """The validate component through KFP's local runner on micro raw data."""
 
-import json
-
 from kfp.dsl import Dataset
 
-from components.testing import micro_config, run_one
+from components.testing import logged_metrics, micro_config, run_one
 from components.validate import build
 
 
@@ -17,6 +15,5 @@ def test_validate_splits_the_data_and_publishes_report_and_metrics(micro_data, k
         assert (validated / "labelled" / f"{split}.jsonl").stat().st_size > 0
     assert (task / "report").read_text() == (validated / "report.html").read_text()
     assert "<html" in (task / "report").read_text().lower()
-    output = json.loads((task / "executor_output.json").read_text())
-    logged = output["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    logged = logged_metrics(task)
     assert logged and all(isinstance(v, (int, float)) for v in logged.values())

@@ -84,7 +84,7 @@ def run_local(
         pipeline(**args)
     except RuntimeError as exc:  # raise_on_error: the failing task's logs are printed above
         raise PipelineError(f"local run of {name} failed: {exc}") from None
-    run = latest_run(workdir, f"{cfg.kubeflow.pipeline_prefix}-{name}")
+    run = latest_run(workdir, f"{cfg.kubeflow.pipeline_prefix}-{name}").resolve()
     result: dict[str, Any] = {"pipeline": name, "run_dir": str(run)}
     registered = run / "register" / "registered" / "registered.json"
     if name != "pretrain":

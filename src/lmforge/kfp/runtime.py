@@ -63,25 +63,6 @@ def publish(report_file: Path, artifact: Any) -> None:
     shutil.copyfile(report_file, target)
 
 
-def gate_passed(cfg: Config, result: Any, evaluation_dir: Path) -> bool:
-    """Whether the evaluation passed its gate, as the evaluate step decided it.
-
-    Read from the step's result (``gate_passed``/``passed``), else from ``report.json``'s
-    ``gate``; the component returns it for the pipeline's ``dsl.If`` before registration.
-    """
-    for name in ("gate_passed", "passed"):
-        value = getattr(result, name, None)
-        if isinstance(value, bool):
-            return value
-    report = json.loads((Path(evaluation_dir) / "report.json").read_text())
-    gate = report.get("gate")
-    if isinstance(gate, dict):
-        gate = gate.get("passed")
-    if not isinstance(gate, bool):
-        raise ValueError(f"{evaluation_dir}/report.json: no gate verdict (gate.passed)")
-    return gate
-
-
 def pretrain_on_backend(cfg: Config, tokenized: Path, out: Path, backend: str, run_id: str) -> Any:
     """Launch pretraining and leave its output folder at ``out``.
 

@@ -1,0 +1,63 @@
+"""``lmforge pipeline run-local``: the full pipeline through KFP's local SubprocessRunner.
+
+One real run of the compiled DAG on micro data and a micro config, from the console script:
+every task a subprocess, pretraining on the launcher's local runner, MLflow in the run's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmforge.kfp.dag import repo_module
+
+REPO = Path(__file__).resolve().parents[1]
+testing = repo_module("components.testing")
+
+
+def run_local(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
+    lmforge = Path(sys.executable).parent / "lmforge"
+    sets = [a for o in [*testing.MICRO, *overrides] for a in ("--set", o)]
+    return subprocess.run(
+        [str(lmforge), "pipeline", "run-local", "full", "--workdir", "kfp",
+         "--params", str(REPO / "params.yaml"), *sets],
+        cwd=cwd, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_full_pipeline_runs_locally_and_registers_a_challenger(tmp_path):
+    import mlflow
+
+    testing.build_micro_data(tmp_path / "data")
+    proc = run_local(tmp_path, "register.min_primary=0.0")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout[proc.stdout.rindex("\n{") :])
+    run_dir = Path(result["run_dir"])
+    for task in ("validate", "augment", "tokenize", "pretrain", "finetune", "evaluate", "register"):
+        assert (run_dir / task / "executor_output.json").exists(), task
+    registered = result["registered"]
+    assert registered is not None
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    challenger = client.get_model_version_by_alias("lmforge-classifier", "challenger")
+    assert str(challenger.version) == str(registered["classifier"]["version"])
+    # One parent run tagged with the KFP run id; each step's run nested under it, tagged with
+    # its task name.
+    kfp_run_id = registered["pipeline_run_id"]
+    runs = client.search_runs(
+        [client.get_experiment_by_name("lmforge").experiment_id],
+        filter_string=f"tags.`lmforge.pipeline_run_id` = '{kfp_run_id}'",
+    )
+    parents = [r for r in runs if r.data.tags.get("lmforge.stage") == "pipeline"]
+    assert len(parents) == 1
+    assert parents[0].data.tags["kfp.run_id"] == kfp_run_id
+    steps = {r.data.tags.get("lmforge.stage"): r for r in runs if r not in parents}
+    assert {"pretrain", "finetune", "evaluate", "register"} <= set(steps)
+    for stage, run in steps.items():
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id, stage
+        assert run.data.tags["kfp.task_name"] == stage
