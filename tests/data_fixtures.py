@@ -1,0 +1,177 @@
+"""Fixtures of the data-stage tests: small generated corpora in the raw ``data/`` layout.
+
+- ``make_raw_data(root, ...)``: writes ``corpus/*.jsonl`` and ``labelled/spam.jsonl`` of
+  generated English-like text (unique ids, unique texts, balanced labels) and returns ``root``.
+- ``raw_data``: such a folder under the test's tmp dir.
+- ``micro_cfg``: the Config the data tests run with (small vocabulary and blocks, one worker).
+- ``validated``, ``augmented``, ``tokenized``: the stage outputs over ``raw_data`` (module-scoped
+  runs would share state between tests; these are cheap: well under a second each after GX's
+  first import).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from lmforge.config import Config, load_config
+
+__all__ = ["augmented", "make_raw_data", "micro_cfg", "raw_data", "tokenized", "validated"]
+
+WORDS = [
+    "the",
+    "king",
+    "said",
+    "that",
+    "she",
+    "would",
+    "go",
+    "to",
+    "the",
+    "river",
+    "and",
+    "find",
+    "a",
+    "small",
+    "boat",
+    "there",
+    "while",
+    "the",
+    "old",
+    "man",
+    "watched",
+    "from",
+    "his",
+    "house",
+    "near",
+    "the",
+    "market",
+    "where",
+    "people",
+    "sold",
+    "bread",
+    "fish",
+    "wine",
+    "and",
+    "cloth",
+    "in",
+    "the",
+    "morning",
+    "light",
+    "a",
+    "letter",
+    "came",
+    "from",
+    "the",
+    "city",
+    "asking",
+    "for",
+    "money",
+    "gold",
+    "silver",
+    "and",
+    "time",
+    "we",
+    "have",
+    "heard",
+    "the",
+    "news",
+    "of",
+    "war",
+    "and",
+    "peace",
+    "friends",
+    "enemies",
+    "brothers",
+    "sisters",
+    "children",
+]
+
+MICRO = [
+    "tokenizer.vocab_size=400",
+    "tokenizer.block_size=32",
+    "tokenizer.num_proc=1",
+    "data.validation_share=0.2",
+    "data.test_share=0.2",
+]
+
+
+def sentence(rng: random.Random) -> str:
+    words = [rng.choice(WORDS) for _ in range(rng.randint(5, 14))]
+    return " ".join(words).capitalize() + rng.choice([".", ".", "!", "?"])
+
+
+def paragraph(rng: random.Random, n: int) -> str:
+    return " ".join(sentence(rng) for _ in range(n))
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def corpus_records(source: str, n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(f"{source}-{seed}")
+    return [
+        {"id": f"{source}/{i:04d}", "source": source, "genre": "fiction",
+         "text": paragraph(rng, 4) + "\n\n" + paragraph(rng, 3)}
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def labelled_records(n_per_class: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(f"labelled-{seed}")
+    out = []
+    for label in ("ham", "spam"):
+        for i in range(n_per_class):
+            lead = (
+                "Win money now, free gold offer!" if label == "spam" else "Hi, about the meeting."
+            )
+            out.append({"id": f"mail/{label}/{i:04d}", "label": label,
+                        "text": f"{lead}\n\n{paragraph(rng, 3)}"})  # fmt: skip
+    return out
+
+
+def make_raw_data(root: Path, n_corpus: int = 60, n_per_class: int = 40, seed: int = 0) -> Path:
+    write_jsonl(root / "corpus" / "tales.jsonl", corpus_records("tales", n_corpus, seed))
+    write_jsonl(root / "corpus" / "letters.jsonl", corpus_records("letters", n_corpus // 2, seed))
+    write_jsonl(root / "labelled" / "spam.jsonl", labelled_records(n_per_class, seed))
+    return root
+
+
+@pytest.fixture
+def raw_data(tmp_path: Path) -> Path:
+    return make_raw_data(tmp_path / "data")
+
+
+@pytest.fixture
+def micro_cfg() -> Config:
+    return load_config(None, MICRO)
+
+
+@pytest.fixture
+def validated(micro_cfg: Config, raw_data: Path, tmp_path: Path) -> Path:
+    from lmforge.data.validate import validate
+
+    validate(micro_cfg, raw_data, tmp_path / "validated")
+    return tmp_path / "validated"
+
+
+@pytest.fixture
+def augmented(micro_cfg: Config, validated: Path, tmp_path: Path) -> Path:
+    from lmforge.data.augment import augment
+
+    augment(micro_cfg, validated, tmp_path / "augmented")
+    return tmp_path / "augmented"
+
+
+@pytest.fixture
+def tokenized(micro_cfg: Config, augmented: Path, tmp_path: Path) -> Path:
+    from lmforge.data.tokenize import tokenize
+
+    tokenize(micro_cfg, augmented, tmp_path / "tokenized")
+    return tmp_path / "tokenized"

@@ -1,0 +1,86 @@
+"""The tokenize stage: the tokenizer loads with transformers; the blocks follow the contract."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from data_fixtures import MICRO
+
+from lmforge.config import load_config
+from lmforge.data.split import SPLITS
+from lmforge.data.tokenize import tokenize
+from lmforge.errors import DataError
+
+
+def texts(path):
+    return [json.loads(line)["text"] for line in path.read_text().splitlines()]
+
+
+def blocks(tok_dir, split):
+    meta = json.loads((tok_dir / "blocks" / "meta.json").read_text())
+    arr = np.memmap(tok_dir / "blocks" / f"{split}.bin", dtype=meta["dtype"], mode="r")
+    return meta, arr.reshape(-1, meta["block_size"])
+
+
+def test_tokenizer_loads_with_transformers(tokenized):
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast.from_pretrained(tokenized / "tokenizer")
+    assert tok.eos_token == "<|endoftext|>" and tok.pad_token == "<|pad|>"
+    assert tok.eos_token_id != tok.pad_token_id
+    text = "The king said: café, 3 boats!"
+    assert tok.decode(tok(text)["input_ids"]) == text  # byte-level: everything round-trips
+
+
+def test_blocks_follow_the_contract_and_hold_every_record(micro_cfg, augmented, tokenized):
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast.from_pretrained(tokenized / "tokenizer")
+    for split in SPLITS:
+        meta, arr = blocks(tokenized, split)
+        info = meta["splits"][split]
+        assert meta["block_size"] == micro_cfg.tokenizer.block_size == arr.shape[1]
+        assert meta["dtype"] == "uint16" and meta["vocab_size"] == len(tok)
+        assert (meta["eos_id"], meta["pad_id"]) == (tok.eos_token_id, tok.pad_token_id)
+        assert arr.shape[0] == info["n_blocks"] > 0
+        assert info["n_blocks"] * meta["block_size"] == info["n_tokens"] - info["dropped_tokens"]
+        assert 0 <= info["dropped_tokens"] < meta["block_size"]
+        source = texts(augmented / "corpus" / f"{split}.jsonl")
+        assert info["n_records"] == len(source)
+        # Records packed in order, each closed by EOS: decoding the stream gives them back.
+        stream = arr.reshape(-1).tolist()
+        pieces = tok.decode(stream).split(tok.eos_token)
+        complete = pieces[:-1]  # the last one may be cut by the dropped tail
+        assert complete == source[: len(complete)]
+        assert len(complete) == stream.count(meta["eos_id"])
+    metrics = json.loads((tokenized / "metrics.json").read_text())
+    assert metrics["train"]["n_tokens"] == meta["splits"]["train"]["n_tokens"]
+
+
+def test_tokenizer_is_trained_on_the_training_split_only(micro_cfg, augmented, tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    test_file = augmented / "corpus" / "test.jsonl"
+    recs = [json.loads(line) for line in test_file.read_text().splitlines()]
+    for r in recs:
+        r["text"] += " zqxvbnk" * 30  # frequent enough to be merged, were it seen in training
+    test_file.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    tokenize(micro_cfg, augmented, tmp_path / "tok")
+    tok = PreTrainedTokenizerFast.from_pretrained(tmp_path / "tok" / "tokenizer")
+    assert len(tok(" zqxvbnk")["input_ids"]) > 3
+    assert len(tok(" king")["input_ids"]) == 1  # a frequent training word is one token
+
+
+def test_no_training_block_is_an_error(augmented, tmp_path):
+    cfg = load_config(None, [*MICRO, "tokenizer.block_size=1000000"])
+    with pytest.raises(DataError, match="make no block of tokenizer.block_size=1000000"):
+        tokenize(cfg, augmented, tmp_path / "tok")
+    assert not (tmp_path / "tok").exists()
+
+
+def test_special_tokens_must_include_eos_and_pad(augmented, tmp_path):
+    cfg = load_config(None, [*MICRO, "tokenizer.pad_token=<pad>"])
+    with pytest.raises(DataError, match="tokenizer.special_tokens"):
+        tokenize(cfg, augmented, tmp_path / "tok")
