@@ -12,7 +12,7 @@ from kfp import dsl
 
 from lmforge.config import Config, load_config
 from lmforge.kfp.dag import REPO, common_args, params_text
-from lmforge.kfp.local import init_local, latest_run
+from lmforge.kfp.local import init_local, latest_run, task_output
 
 # Seconds, not minutes: a 1-layer width-32 decoder, a few optimizer steps, one local replica.
 MICRO = [
@@ -99,5 +99,4 @@ def logged_metrics(task_dir: Path, output: str = "metrics") -> dict[str, float]:
 
 def returned(task_dir: Path) -> Any:
     """A component's return value (its ``Output`` parameter)."""
-    record = json.loads((task_dir / "executor_output.json").read_text())
-    return record["parameterValues"]["Output"]
+    return task_output(task_dir)

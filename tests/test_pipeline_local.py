@@ -40,6 +40,7 @@ def test_full_pipeline_runs_locally_and_registers_a_challenger(tmp_path):
     run_dir = Path(result["run_dir"])
     for task in ("validate", "augment", "tokenize", "pretrain", "finetune", "evaluate", "register"):
         assert (run_dir / task / "executor_output.json").exists(), task
+    assert result["gate_passed"] is True
     registered = result["registered"]
     assert registered is not None
 
@@ -61,3 +62,22 @@ def test_full_pipeline_runs_locally_and_registers_a_challenger(tmp_path):
     for stage, run in steps.items():
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id, stage
         assert run.data.tags["kfp.task_name"] == stage
+
+
+def test_a_failing_step_stops_the_run_with_one_clear_error(tmp_path):
+    data = testing.build_micro_data(tmp_path / "data")
+    with (data / "labelled" / "spam.jsonl").open("a") as fh:
+        fh.write("{not json\n")
+    proc = run_local(tmp_path)
+    assert proc.returncode == 1
+    assert "error: local run of full failed" in proc.stderr
+    assert "spam.jsonl" in proc.stdout + proc.stderr  # the step's own message names the file
+    (run_dir,) = (tmp_path / "kfp" / "runs").iterdir()
+    assert not (run_dir / "augment").exists()  # nothing downstream ran
+
+
+def test_missing_raw_data_is_named_before_anything_runs(tmp_path):
+    proc = run_local(tmp_path)
+    assert proc.returncode == 1
+    assert "data: folder not found" in proc.stderr and "make data" in proc.stderr
+    assert not (tmp_path / "kfp").exists()

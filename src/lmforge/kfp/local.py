@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,11 @@ def init_local(workdir: Path) -> None:
     """Point KFP's local runner at ``workdir`` and make ``lmforge`` findable by subprocesses."""
     from kfp import local
 
+    # The components name the lmforge image, which this interpreter stands for: KFP's warning
+    # about a non-Python image under the SubprocessRunner is expected, once per task.
+    warnings.filterwarnings(
+        "ignore", message="You may be attemping to run a task", category=RuntimeWarning
+    )
     bin_dir = str(Path(sys.executable).parent)
     if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
@@ -42,6 +48,12 @@ def latest_run(workdir: Path, pipeline_name: str) -> Path:
     if not runs:
         raise PipelineError(f"{workdir}/runs: no run of {pipeline_name}")
     return runs[-1]
+
+
+def task_output(task_dir: Path, key: str = "Output") -> Any:
+    """An output parameter of a finished local task (``Output``: its return value)."""
+    record = json.loads((task_dir / "executor_output.json").read_text())
+    return record.get("parameterValues", {}).get(key)
 
 
 def pipeline_arguments(
@@ -88,5 +100,6 @@ def run_local(
     result: dict[str, Any] = {"pipeline": name, "run_dir": str(run)}
     registered = run / "register" / "registered" / "registered.json"
     if name != "pretrain":
+        result["gate_passed"] = task_output(run / "evaluate")
         result["registered"] = json.loads(registered.read_text()) if registered.exists() else None
     return result
