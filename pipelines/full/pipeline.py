@@ -9,10 +9,9 @@ from lmforge.config import Config
 from lmforge.kfp.dag import (
     Ops,
     common_args,
+    data_to_pretrained,
     finetune_evaluate_register,
     params_text,
-    prepare_data,
-    schedule,
 )  # fmt: skip
 
 
@@ -31,14 +30,7 @@ def build(cfg: Config) -> dsl.graph_component.GraphComponent:
         backend: str = cfg.kubeflow.pretrain_backend,
     ):
         args = common_args(params, overrides)
-        augmented = prepare_data(ops, cfg, data_uri, args)
-        tokenized = schedule(
-            ops.tokenize(augmented=augmented.outputs["augmented"], **args), cfg, "tokenize"
-        )
-        pretrained = schedule(
-            ops.pretrain(tokenized=tokenized.outputs["tokenized"], backend=backend, **args),
-            cfg, "pretrain",
-        )  # fmt: skip
+        augmented, tokenized, pretrained = data_to_pretrained(ops, cfg, data_uri, backend, args)
         finetune_evaluate_register(
             ops, cfg, pretrained.outputs["pretrained"], tokenized.outputs["tokenized"],
             augmented.outputs["augmented"], args,

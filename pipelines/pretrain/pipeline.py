@@ -3,7 +3,7 @@
 from kfp import dsl
 
 from lmforge.config import Config
-from lmforge.kfp.dag import Ops, common_args, params_text, prepare_data, schedule
+from lmforge.kfp.dag import Ops, common_args, data_to_pretrained, params_text
 
 
 def build(cfg: Config) -> dsl.graph_component.GraphComponent:
@@ -20,14 +20,6 @@ def build(cfg: Config) -> dsl.graph_component.GraphComponent:
         overrides: list = [],  # noqa: B006 (a KFP default, never mutated)
         backend: str = cfg.kubeflow.pretrain_backend,
     ):
-        args = common_args(params, overrides)
-        augmented = prepare_data(ops, cfg, data_uri, args)
-        tokenized = schedule(
-            ops.tokenize(augmented=augmented.outputs["augmented"], **args), cfg, "tokenize"
-        )
-        schedule(
-            ops.pretrain(tokenized=tokenized.outputs["tokenized"], backend=backend, **args),
-            cfg, "pretrain",
-        )  # fmt: skip
+        data_to_pretrained(ops, cfg, data_uri, backend, common_args(params, overrides))
 
     return pretrain_pipeline

@@ -2,8 +2,9 @@
 
 ``Ops`` holds the seven components on the configured image; ``schedule`` applies the cluster
 settings of ``params.yaml``'s ``kubeflow`` section to a task (MLflow secret as env, caching of
-heavy steps, GPU node selector/toleration/limit, the shared volume); ``prepare_data`` and
-``finetune_evaluate_register`` are the DAG segments two pipelines share.
+heavy steps, GPU node selector/toleration/limit, the shared volume); ``prepare_data``,
+``data_to_pretrained`` and ``finetune_evaluate_register`` are the DAG segments the pipelines
+share.
 """
 
 from __future__ import annotations
@@ -117,6 +118,21 @@ def prepare_data(ops: Ops, cfg: Config, data_uri: Any, args: dict[str, Any]) -> 
     raw = import_artifact(data_uri, Dataset, "raw-data")
     validated = schedule(ops.validate(raw_data=raw.output, **args), cfg, "validate")
     return schedule(ops.augment(validated=validated.outputs["validated"], **args), cfg, "augment")
+
+
+def data_to_pretrained(
+    ops: Ops, cfg: Config, data_uri: Any, backend: Any, args: dict[str, Any]
+) -> tuple[dsl.PipelineTask, dsl.PipelineTask, dsl.PipelineTask]:
+    """Raw data -> validate -> augment -> tokenize -> pretrain; returns those last three tasks."""
+    augmented = prepare_data(ops, cfg, data_uri, args)
+    tokenized = schedule(
+        ops.tokenize(augmented=augmented.outputs["augmented"], **args), cfg, "tokenize"
+    )
+    pretrained = schedule(
+        ops.pretrain(tokenized=tokenized.outputs["tokenized"], backend=backend, **args),
+        cfg, "pretrain",
+    )  # fmt: skip
+    return augmented, tokenized, pretrained
 
 
 def finetune_evaluate_register(
