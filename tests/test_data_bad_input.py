@@ -125,7 +125,7 @@ def test_failed_run_leaves_the_previous_output_untouched(micro_cfg, raw_data, tm
 
 
 def test_cli_prints_one_paragraph_and_exits_1(raw_data, tmp_path):
-    path, problem = binary_file(raw_data)
+    path, _ = binary_file(raw_data)
     out = tmp_path / "validated"
     proc = subprocess.run(
         [LMFORGE, "validate", "--data-dir", str(raw_data), "--out", str(out)],

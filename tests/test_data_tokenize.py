@@ -75,12 +75,12 @@ def test_tokenizer_is_trained_on_the_training_split_only(micro_cfg, augmented, t
 
 def test_no_training_block_is_an_error(augmented, tmp_path):
     cfg = load_config(None, [*MICRO, "tokenizer.block_size=1000000"])
-    with pytest.raises(DataError, match="make no block of tokenizer.block_size=1000000"):
+    with pytest.raises(DataError, match=r"make no block of tokenizer\.block_size=1000000"):
         tokenize(cfg, augmented, tmp_path / "tok")
     assert not (tmp_path / "tok").exists()
 
 
 def test_special_tokens_must_include_eos_and_pad(augmented, tmp_path):
     cfg = load_config(None, [*MICRO, "tokenizer.pad_token=<pad>"])
-    with pytest.raises(DataError, match="tokenizer.special_tokens"):
+    with pytest.raises(DataError, match=r"tokenizer\.special_tokens"):
         tokenize(cfg, augmented, tmp_path / "tok")

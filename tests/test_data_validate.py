@@ -118,5 +118,5 @@ def test_bounds_come_from_params(raw_data, tmp_path):
 
 def test_missing_corpus_names_the_glob(micro_cfg, tmp_path):
     write_jsonl(tmp_path / "data" / "labelled" / "spam.jsonl", corpus_records("x", 2))
-    with pytest.raises(DataError, match="no file matches data.corpus_glob"):
+    with pytest.raises(DataError, match=r"no file matches data\.corpus_glob"):
         validate(micro_cfg, tmp_path / "data", tmp_path / "v")
