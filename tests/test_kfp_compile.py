@@ -106,7 +106,9 @@ def test_gpu_scheduling_volume_and_mlflow_secret_follow_the_config():
     assert finetune["nodeSelector"]["labels"] == kf.gpu_node_selector
     assert finetune["tolerations"][0]["key"] == kf.gpu_toleration_key
     assert "nodeSelector" not in executors["exec-validate"]
-    assert executors["exec-pretrain"]["pvcMount"][0]["constant"] == kf.pvc_name
+    (mount,) = executors["exec-pretrain"]["pvcMount"]
+    launch = repo_config().launch
+    assert (mount["constant"], mount["mountPath"]) == (launch.pvc_name, launch.mount_path)
     for name, executor in executors.items():
         (secret,) = executor["secretAsEnv"]
         assert secret["secretName"] == kf.mlflow_secret, name

@@ -255,7 +255,6 @@ class KubeflowConfig:
             "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
         ]
     )  # fmt: skip
-    pvc_name: str = "lmforge-work"  # shared volume the pretrain step stages data onto
     # Pipeline inputs as artifact URIs: the DVC-tracked raw data; for the finetune pipeline,
     # a pretrain pipeline's outputs (its Model and tokenized Dataset).
     data_uri: str = "minio://mlpipeline/lmforge/data"

@@ -95,8 +95,8 @@ def schedule(task: dsl.PipelineTask, cfg: Config, step: str) -> dsl.PipelineTask
         task.set_caching_options(kf.cache_heavy_steps)
     if step == "register":  # a side effect on the registry: never replayed from cache
         task.set_caching_options(False)
-    if step == "pretrain":  # stages data on the volume the PyTorchJob mounts
-        kubernetes.mount_pvc(task, pvc_name=kf.pvc_name, mount_path=cfg.launch.mount_path)
+    if step == "pretrain":  # stages data on the volume the PyTorchJob mounts, at the same path
+        kubernetes.mount_pvc(task, pvc_name=cfg.launch.pvc_name, mount_path=cfg.launch.mount_path)
     if step in kf.gpu_steps and kf.gpus_per_step > 0:
         task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(kf.gpus_per_step)
         for key, value in kf.gpu_node_selector.items():
