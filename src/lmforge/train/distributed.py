@@ -87,9 +87,34 @@ def init_distributed(device: str = "auto", num_threads: int = 0) -> Runtime:
                 )
         backend = "nccl" if rt.device.type == "cuda" else "gloo"
         dist.init_process_group(
-            backend, rank=rt.rank, world_size=rt.world_size, device_id=_device_id(rt)
+            backend,
+            store=_store(rt),
+            rank=rt.rank,
+            world_size=rt.world_size,
+            device_id=_device_id(rt),
         )
     return rt
+
+
+def _store(rt: Runtime) -> dist.Store:
+    """The rendezvous store at MASTER_ADDR:MASTER_PORT, with keys scoped to this restart.
+
+    Under torchrun the agent's store outlives a worker restart; without a per-attempt prefix the
+    restarted ranks read the dead ranks' gloo addresses from the first attempt and never connect.
+    """
+    from datetime import timedelta
+
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        rt.world_size,
+        is_master=rt.rank == 0 and not agent_store,
+        timeout=timedelta(minutes=10),
+        multi_tenant=not agent_store,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"lmforge/attempt-{attempt}", store)
 
 
 def _device_id(rt: Runtime) -> torch.device | None:

@@ -1,0 +1,139 @@
+"""Multi-process training on CPU (gloo) with real torchrun processes.
+
+- DDP and FSDP2 (with activation checkpointing) on 2 processes follow the single-process loss
+  curve on the same global batch (fp32: equal up to summation order, tolerance 1e-4).
+- A rank killed with SIGKILL under ``torchrun --max-restarts 1`` resumes from the last
+  checkpoint, and the run ends with the same losses as an uninterrupted one (tolerance 1e-4).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from lmforge.train.distributed import torchrun_command
+from lmforge.train.synthetic import write_synthetic_tokenized
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+SETTINGS = [
+    "model.n_layers=2",
+    "model.d_model=64",
+    "model.n_heads=4",
+    "model.max_seq_len=32",
+    "pretrain.max_steps=30",
+    "pretrain.warmup_steps=5",
+    "pretrain.lr=0.01",
+    "pretrain.log_every=5",
+    "pretrain.eval_every=15",
+    "pretrain.eval_batches=2",
+    "pretrain.ckpt_every=10",
+    "pretrain.precision=fp32",
+]
+GLOBAL_BATCH = 8
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("dist")
+    write_synthetic_tokenized(root / "tokenized")
+    return root
+
+
+def env(root: Path) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")}  # fmt: skip
+    e.update(
+        PATH=f"{BIN}:{e.get('PATH', '')}",
+        MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
+        OMP_NUM_THREADS="1",
+    )
+    return e
+
+
+def args(root: Path, out: str, parallel: str, nproc: int, *extra: str) -> list[str]:
+    sets = [*SETTINGS, f"pretrain.parallel={parallel}", f"pretrain.micro_batch_size={GLOBAL_BATCH // nproc}", *extra]  # fmt: skip
+    cmd = ["pretrain", "--backend", "inline", "--data", str(root / "tokenized"), "--out", str(root / out)]  # fmt: skip
+    return cmd + [a for s in sets for a in ("--set", s)]
+
+
+def train_losses(out: Path) -> dict[int, float]:
+    rows = csv.DictReader((out / "plots" / "loss.csv").open())
+    return {int(r["step"]): float(r["train_loss"]) for r in rows}
+
+
+@pytest.fixture(scope="module")
+def runs(workdir) -> dict[str, Path]:
+    """single (1 process) and ddp / fsdp+AC (2 processes via `lmforge pretrain --nproc 2`)."""
+    outs = {}
+    plan = {
+        "single": ("single", 1, []),
+        "ddp": ("ddp", 2, []),
+        # FSDP2 with activation checkpointing: recomputation must not change the numbers either.
+        "fsdp": ("fsdp", 2, ["pretrain.activation_checkpointing=true"]),
+    }
+    for name, (parallel, nproc, extra) in plan.items():
+        cmd = [str(BIN / "lmforge"), *args(workdir, name, parallel, nproc, *extra)]
+        if nproc > 1:
+            cmd += ["--nproc", str(nproc)]
+        proc = subprocess.run(cmd, env=env(workdir), capture_output=True, text=True, cwd=workdir)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs[name] = workdir / name
+    return outs
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_follow_the_single_process_curve(runs, mode):
+    single, other = train_losses(runs["single"]), train_losses(runs[mode])
+    assert list(single) == list(other) == list(range(5, 31, 5))
+    for step, loss in single.items():
+        assert other[step] == pytest.approx(loss, abs=TOL), step
+    assert single[30] < single[5] - 1  # it learned something: the comparison is not of noise
+    m = json.loads((runs[mode] / "metrics.json").read_text())
+    assert m["world_size"] == 2
+    assert m["val_loss"] == pytest.approx(json.loads((runs["single"] / "metrics.json").read_text())["val_loss"], abs=TOL)  # fmt: skip
+
+
+def test_fsdp_checkpoints_are_sharded_per_rank(runs):
+    step = runs["fsdp"] / "checkpoints" / "step-00000030"
+    shards = sorted(p.name for p in step.glob("*.distcp"))
+    assert shards == ["__0_0.distcp", "__1_0.distcp"]
+    sizes = [(step / s).stat().st_size for s in shards]
+    assert min(sizes) > 0.3 * max(sizes)  # each rank wrote its half, not one rank everything
+
+
+def test_sigkilled_rank_resumes_and_matches_the_uninterrupted_run(workdir, runs):
+    out = workdir / "killed"
+    cmd = torchrun_command(2, args(workdir, "killed", "ddp", 2), max_restarts=1)
+    proc = subprocess.Popen(cmd, env=env(workdir), cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoints" / "step-00000010").exists():
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.02)
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "pretrain" in " ".join(p.cmdline())]  # fmt: skip
+        assert len(workers) == 2
+        workers[-1].send_signal(signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_from"] is not None and 10 <= metrics["resumed_from"] < 30, metrics
+    reference, resumed = train_losses(runs["ddp"]), train_losses(out)
+    assert list(resumed) == list(reference)
+    for step, loss in reference.items():
+        assert resumed[step] == pytest.approx(loss, abs=TOL), step
+    assert metrics["val_loss"] == pytest.approx(json.loads((runs["ddp"] / "metrics.json").read_text())["val_loss"], abs=TOL)  # fmt: skip
