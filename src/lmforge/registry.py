@@ -407,7 +407,7 @@ def _promote(cfg: Config, client, name: str, version: str | None) -> PromoteResu
             raise RegistryError(f"model {name}: version {version} does not exist") from None
     champion = _alias(client, name, reg.champion_alias)
     previous = _alias(client, name, reg.previous_alias)
-    if champion is not None and champion.version == candidate.version:
+    if champion is not None and str(champion.version) == str(candidate.version):
         return PromoteResult(
             name,
             "unchanged",
