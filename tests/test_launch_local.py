@@ -64,6 +64,10 @@ action = plan.get(f"{name}{n}", plan.get(name, "ok"))
 print(f"{name} run {n}: {action}", flush=True)
 if action == "hang":
     time.sleep(3600)
+elif action == "talk":  # healthy and logging (training in the new world)
+    for i in range(15):
+        print(f"step {i}", flush=True)
+        time.sleep(0.1)
 elif action.startswith("exit"):
     sys.exit(int(action[4:]))
 """
@@ -188,7 +192,7 @@ def test_a_stuck_peer_is_stopped_and_restarted_so_the_job_converges(tmp_path):
     result = runner(cfg, root, configmap, job, lines, peer_timeout_s=0.5).run()
     assert result["restarts"] == 2
     assert (runs(root, "master"), runs(root, "worker")) == (2, 2)
-    assert any("[master-0] still running" in line for line in lines)
+    assert any("[master-0] silent for 0.5s after a peer died" in line for line in lines)
 
 
 def test_timeout_stops_every_replica(tmp_path):
@@ -203,3 +207,14 @@ def test_job_succeeds_when_the_master_does(tmp_path):
     lines: list[str] = []
     result = runner(cfg, root, configmap, job, lines, peer_timeout_s=0.5).run()
     assert result["restarts"] == 0 and "[master-0] succeeded" in lines
+
+
+def test_a_peer_that_keeps_logging_is_left_alone(tmp_path):
+    # The master was still in rendezvous when the worker died: it joins the new world and
+    # trains on (logging), so the runner must not stop it.
+    cfg, root, configmap, job = make_job(tmp_path, SCRIPTED, ["worker0=exit1", "master0=talk"])
+    lines: list[str] = []
+    result = runner(cfg, root, configmap, job, lines, peer_timeout_s=0.5).run()
+    assert result["restarts"] == 1
+    assert (runs(root, "master"), runs(root, "worker")) == (1, 2)
+    assert not any("silent for" in line for line in lines)

@@ -228,7 +228,7 @@ class LaunchConfig:
     master_port: int = 23456  # the container port named pytorchjob-port (local runner: a free one)
     # Local runner: when a replica dies, its peers' collectives break; peers still running this
     # long after are stopped and restarted too (what a cluster's NCCL/gloo timeout would do).
-    peer_timeout_s: int = 60
+    peer_timeout_s: int = 120
     poll_s: float = 5.0  # Kubernetes backend: seconds between job status reads
 
 

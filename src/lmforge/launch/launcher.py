@@ -70,7 +70,8 @@ def _launch_local(cfg: Config, tokenized_dir: Path, out_dir: Path, **kwargs: Any
         peer_timeout_s=cfg.launch.peer_timeout_s,
         **kwargs,
     )
-    return {**_metrics(out_dir), **runner.run(), "backend": "local"}
+    job_result = runner.run()
+    return {**_metrics(out_dir), **job_result, "backend": "local"}
 
 
 def _launch_kubernetes(

@@ -13,9 +13,11 @@ What the Kubeflow training operator and the kubelet do, done with processes:
 - the job succeeds when the Master succeeds (no Master: when every Worker has).
 
 A static world breaks when one replica dies: its peers' collectives fail, so they exit and are
-restarted too. A peer still running ``peer_timeout_s`` after that (stuck in a collective) is
-stopped and restarted, as a cluster's collective timeout would, so the job converges instead of
-hanging; the restarted replicas meet again and resume from the last checkpoint.
+restarted too. A peer of the broken world that stays silent for ``peer_timeout_s`` (stuck in a
+collective: no log line) is stopped and restarted, as a cluster's collective timeout would, so
+the job converges instead of hanging; one that keeps logging has joined the new world (it was
+still in rendezvous) and is left alone. The restarted replicas meet again and resume from the
+last checkpoint.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class Replica:
     proc: subprocess.Popen | None = None
     pump: threading.Thread | None = None  # copies its output to the log, line by line
     started_at: float = 0.0
-    peer_deadline: float | None = None  # stop it then: a peer of its world died
+    peer_deadline: float | None = None  # a peer of its world died: stop it if silent till then
     restarts: int = 0
     succeeded: bool = False
     tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=30))
@@ -226,6 +228,8 @@ class LocalRunner:
         for line in proc.stdout:
             line = line.rstrip("\n")
             r.tail.append(line)
+            if r.peer_deadline is not None:  # it is alive, not stuck: push the deadline back
+                r.peer_deadline = time.monotonic() + self.peer_timeout_s
             with self._lock:
                 self.echo(f"[{r.name}] {line}")
 
@@ -300,8 +304,8 @@ class LocalRunner:
                 code = None if r.proc is None else r.proc.poll()
                 if r.succeeded or code is None:
                     if code is None and r.peer_deadline and time.monotonic() > r.peer_deadline:
-                        self.echo(f"[{r.name}] still running {self.peer_timeout_s}s after a "
-                                  "peer died: stopping it")  # fmt: skip
+                        self.echo(f"[{r.name}] silent for {self.peer_timeout_s}s after a peer "
+                                  "died (stuck in a collective): stopping it")  # fmt: skip
                         self._stop(r, grace_s=5)
                     continue
                 if r.pump is not None:

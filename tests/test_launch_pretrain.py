@@ -1,0 +1,77 @@
+"""End to end: `launch_pretrain` runs the rendered PyTorchJob locally with the real trainer.
+
+Two replicas (Master + Worker, world size 2, gloo) each run `lmforge pretrain --backend inline`
+on a tiny model and synthetic blocks. The Worker is killed mid-run: the runner restarts it per
+restartPolicy, the broken world is restarted, and training resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from lmforge.config import load_config
+from lmforge.errors import LaunchError
+from lmforge.launch.launcher import launch_pretrain
+from lmforge.train.synthetic import write_synthetic_tokenized
+
+TINY = [
+    "model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.max_seq_len=32",
+    "pretrain.max_steps=240", "pretrain.micro_batch_size=4", "pretrain.warmup_steps=5",
+    "pretrain.eval_every=120", "pretrain.eval_batches=2", "pretrain.log_every=20",
+    "pretrain.ckpt_every=20", "pretrain.keep_last=2", "pretrain.precision=fp32",
+    "pretrain.device=cpu", "pretrain.parallel=ddp", "pretrain.num_threads=1",
+    "launch.peer_timeout_s=30", "launch.timeout_s=600",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_dvc_default_pretrains_two_replicas_and_survives_a_killed_worker(
+    tmp_path, monkeypatch, embedded_store
+):
+    monkeypatch.chdir(tmp_path)
+    write_synthetic_tokenized(tmp_path / "outputs" / "tokenized", vocab_size=128, block_size=32)
+    cfg = load_config(None, [*TINY, f"tracking.artifact_location={tmp_path / 'mlartifacts'}"])
+    assert (cfg.launch.backend, cfg.launch.nnodes, cfg.launch.nproc_per_node) == ("local", 2, 1)
+    checkpoints = tmp_path / "outputs" / "pretrain" / "checkpoints"
+    killed: list[str] = []
+
+    def kill_worker_after_first_checkpoint(replica):
+        if replica.name != "worker-0" or killed:
+            return
+        proc = replica.proc
+
+        def kill():
+            while not any(checkpoints.glob("step-*")):
+                time.sleep(0.02)
+            killed.append(sorted(p.name for p in checkpoints.glob("step-*"))[-1])
+            os.kill(proc.pid, signal.SIGKILL)
+
+        threading.Thread(target=kill, daemon=True).start()
+
+    lines: list[str] = []
+    result = launch_pretrain(
+        cfg, Path("outputs/tokenized"), Path("outputs/pretrain"), backend=cfg.launch.backend,
+        echo=lines.append, on_start=kill_worker_after_first_checkpoint,
+    )  # fmt: skip
+    assert killed, "the worker finished before its first checkpoint"
+    assert result["restarts"] >= 1
+    assert any(line.startswith("[worker-0] exited with code 137; restarting") for line in lines)
+    metrics = json.loads((tmp_path / "outputs" / "pretrain" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 240
+    assert metrics["resumed_from"] >= int(killed[0].removeprefix("step-"))
+    assert (tmp_path / "outputs" / "pretrain" / "model" / "config.json").exists()
+    assert result["val_loss"] == metrics["val_loss"]
+    assert any(line.startswith("[master-0] ") for line in lines)
+
+
+def test_missing_blocks_are_named_before_anything_starts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LaunchError, match=r"outputs/tokenized/blocks.*lmforge tokenize"):
+        launch_pretrain(load_config(None), Path("outputs/tokenized"), Path("outputs/pretrain"))
