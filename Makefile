@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 IMAGE  ?= ghcr.io/lmforge/lmforge:0.1.0
 PYTEST_ARGS ?=
 
-.PHONY: install run data test lint image compile ui clean
+.PHONY: install run data test lint image k8s-jobs compile ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,8 +42,15 @@ lint: install
 compile: install
 	$(BIN)/lmforge pipeline compile
 
+# The lmforge image (CUDA torch, non-root); push it where the cluster pulls from.
 image:
-	docker build -f docker/Dockerfile -t $(IMAGE) .
+	docker build -f docker/Dockerfile --build-arg GIT_COMMIT=$$(git rev-parse HEAD) -t $(IMAGE) .
+
+# The PyTorchJobs in k8s/ rendered from their params.yaml (tests check they are current).
+k8s-jobs: install
+	for env in base overlays/gpu; do \
+	  $(BIN)/python -m lmforge.launch.pytorchjob k8s/$$env/params.yaml > k8s/$$env/pytorchjob.yaml; \
+	done
 
 ui: install
 	$(BIN)/lmforge ui
