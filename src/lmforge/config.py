@@ -226,8 +226,8 @@ class LaunchConfig:
     delete_on_finish: bool = True
     nccl_debug: str = "WARN"
     master_port: int = 23456  # the container port named pytorchjob-port (local runner: a free one)
-    # Local runner: when a replica dies, its peers' collectives break; peers still running this
-    # long after are stopped and restarted too (what a cluster's NCCL/gloo timeout would do).
+    # Local runner: when a replica dies, its peers' collectives break; a peer that stays silent
+    # (no log line) this long is stopped and restarted too, as a cluster's NCCL timeout would.
     peer_timeout_s: int = 120
     poll_s: float = 5.0  # Kubernetes backend: seconds between job status reads
 
