@@ -1,0 +1,140 @@
+"""Training throughput: the lmforge loop against ``transformers.Trainer``, interleaved in one run.
+
+Same model (6 layers, width 384, 6 heads, context 256, vocabulary 8192), same synthetic blocks,
+batch 8, AdamW (betas 0.9/0.95, weight decay 0.1), clipping at 1.0, warmup + cosine, one
+process, all cores. Each round runs both trainers for the same steps, alternating, at fp32 and
+bf16 (autocast); tokens/s is the median over rounds of the post-warm-up steps. MFU divides the
+achieved model FLOP/s (6N + 12LdT per token) by the matmul peak of the same precision measured
+in the same round (``lmforge.train.flops.measure_matmul_peak``).
+
+    .venv/bin/python benchmarks/train_throughput.py [--rounds 3 --steps 12 --warmup 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmforge.config import ModelConfig, TrainConfig
+from lmforge.model import build_config, build_model, model_size
+from lmforge.train.data import BlockDataset, GlobalBatchSampler
+from lmforge.train.distributed import Runtime
+from lmforge.train.flops import measure_matmul_peak, precision_dtype
+from lmforge.train.loop import fit
+from lmforge.train.pretrain import LMTask
+from lmforge.train.synthetic import write_synthetic_tokenized
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = ModelConfig(n_layers=6, d_model=384, n_heads=6, max_seq_len=256, vocab_size=8192)
+BATCH, SEQ = 8, 256
+
+
+def run_lmforge(ds: BlockDataset, precision: str, steps: int, warmup: int) -> float:
+    cfg = TrainConfig(
+        max_steps=warmup + steps, micro_batch_size=BATCH, warmup_steps=2, lr=1e-3,
+        precision=precision, parallel="single", eval_every=0, ckpt_every=0, log_every=warmup,
+    )  # fmt: skip
+    rt = Runtime()
+    model = build_model(build_config(SHAPE), seed=0)
+    sampler = GlobalBatchSampler(len(ds), BATCH, 1, 1, seed=0)
+    task = LMTask(ds, ds, sampler, rt, SEQ, np.arange(0), BATCH)
+    # Log windows of `warmup` steps: the first holds the warm-up, the rest are timed.
+    result = fit(model, task, cfg, rt, progress=False)
+    rows = [r for r in result.history if "tokens_per_s" in r][1:]
+    return statistics.fmean(r["tokens_per_s"] for r in rows)
+
+
+def run_trainer(ds: BlockDataset, precision: str, steps: int, warmup: int, out: Path) -> float:
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter())
+
+    class Blocks(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(ds)
+
+        def __getitem__(self, i):
+            ids = torch.from_numpy(ds.tokens[i, :SEQ].astype(np.int64))
+            return {"input_ids": ids, "labels": ids}
+
+    args = TrainingArguments(
+        output_dir=str(out), max_steps=warmup + steps, per_device_train_batch_size=BATCH,
+        learning_rate=1e-3, weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.95,
+        max_grad_norm=1.0, lr_scheduler_type="cosine", warmup_steps=2,
+        bf16=precision == "bf16", use_cpu=True, report_to=[], save_strategy="no",
+        logging_strategy="no", dataloader_num_workers=0, optim="adamw_torch_fused",
+        disable_tqdm=True, seed=0,
+    )  # fmt: skip
+    clock = Clock()
+    model = build_model(build_config(SHAPE), seed=0)
+    Trainer(model=model, args=args, train_dataset=Blocks(), callbacks=[clock]).train()
+    elapsed = clock.times[-1] - clock.times[warmup - 1]
+    return steps * BATCH * SEQ / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args()
+    flops = model_size(build_config(SHAPE), SEQ).flops_per_token
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_synthetic_tokenized(
+            Path(tmp) / "tok", vocab_size=8192, block_size=SEQ, n_blocks={"train": 512}
+        )
+        ds = BlockDataset(data / "blocks", "train")
+        for precision in ("fp32", "bf16"):
+            samples: dict[str, list[float]] = {"lmforge": [], "trainer": [], "peak": []}
+            for r in range(args.rounds):
+                samples["peak"].append(measure_matmul_peak(torch.device("cpu"), precision_dtype(precision), 1.0))  # fmt: skip
+                order = ("lmforge", "trainer") if r % 2 == 0 else ("trainer", "lmforge")
+                for name in order:
+                    if name == "lmforge":
+                        tps = run_lmforge(ds, precision, args.steps, args.warmup)
+                    else:
+                        tps = run_trainer(ds, precision, args.steps, args.warmup, Path(tmp) / "hf")
+                    samples[name].append(tps)
+                    print(f"{precision} round {r} {name}: {tps:.0f} tokens/s", flush=True)
+            peak = statistics.median(samples["peak"])
+            row = {"matmul_peak_gflops": peak / 1e9}
+            for name in ("lmforge", "trainer"):
+                tps = statistics.median(samples[name])
+                row[name] = {"tokens_per_s": tps, "mfu": tps * flops / peak, "samples": samples[name]}  # fmt: skip
+            row["speedup"] = row["lmforge"]["tokens_per_s"] / row["trainer"]["tokens_per_s"]
+            results[precision] = row
+    payload = {
+        "shape": {
+            "n_layers": 6,
+            "d_model": 384,
+            "n_heads": 6,
+            "seq_len": SEQ,
+            "vocab": 8192,
+            "batch": BATCH,
+        },
+        "flops_per_token": flops,
+        "threads": torch.get_num_threads(),
+        "rounds": args.rounds,
+        "timed_steps": args.steps,
+        "results": results,
+    }
+    out = ROOT / "benchmarks" / "results" / "train_throughput.json"
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
