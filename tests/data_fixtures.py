@@ -3,6 +3,8 @@
 - ``make_raw_data(root, ...)``: writes ``corpus/*.jsonl`` and ``labelled/spam.jsonl`` of
   generated English-like text (unique ids, unique texts, balanced labels) and returns ``root``.
 - ``raw_data``: such a folder under the test's tmp dir.
+- ``data_store``: MLflow on a fresh embedded store outside the test's tmp dir (the stages log a
+  nested run each); the data test modules use it with ``pytest.mark.usefixtures``.
 - ``micro_cfg``: the Config the data tests run with (small vocabulary and blocks, one worker).
 - ``validated``, ``augmented``, ``tokenized``: the stage outputs over ``raw_data`` (module-scoped
   runs would share state between tests; these are cheap: well under a second each after GX's
@@ -19,7 +21,9 @@ import pytest
 
 from lmforge.config import Config, load_config
 
-__all__ = ["augmented", "make_raw_data", "micro_cfg", "raw_data", "tokenized", "validated"]
+__all__ = [
+    "augmented", "data_store", "make_raw_data", "micro_cfg", "raw_data", "tokenized", "validated",
+]  # fmt: skip
 
 WORDS = [
     "the",
@@ -140,6 +144,17 @@ def make_raw_data(root: Path, n_corpus: int = 60, n_per_class: int = 40, seed: i
     write_jsonl(root / "corpus" / "tales.jsonl", corpus_records("tales", n_corpus, seed))
     write_jsonl(root / "corpus" / "letters.jsonl", corpus_records("letters", n_corpus // 2, seed))
     write_jsonl(root / "labelled" / "spam.jsonl", labelled_records(n_per_class, seed))
+    return root
+
+
+@pytest.fixture
+def data_store(tmp_path_factory, monkeypatch, blank_store_db) -> Path:
+    import shutil
+
+    root = tmp_path_factory.mktemp("data-store")
+    shutil.copyfile(blank_store_db, root / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    monkeypatch.setenv("LMFORGE_PIPELINE_RUN_ID", f"data-test-{root.name}")
     return root
 
 

@@ -13,6 +13,8 @@ from lmforge.data import augment as aug
 from lmforge.data.augment import OPS, augment
 from lmforge.errors import DataError
 
+pytestmark = pytest.mark.usefixtures("data_store")  # MLflow runs go to a throwaway store
+
 
 def records(path):
     return [json.loads(line) for line in path.read_text().splitlines()]

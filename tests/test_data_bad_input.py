@@ -15,6 +15,8 @@ from lmforge.config import load_config
 from lmforge.data.validate import validate
 from lmforge.errors import DataError
 
+pytestmark = pytest.mark.usefixtures("data_store")  # MLflow runs go to a throwaway store
+
 LMFORGE = str(Path(sys.executable).parent / "lmforge")
 
 

@@ -13,6 +13,8 @@ from lmforge.data.split import SPLITS
 from lmforge.data.tokenize import tokenize
 from lmforge.errors import DataError
 
+pytestmark = pytest.mark.usefixtures("data_store")  # MLflow runs go to a throwaway store
+
 
 def texts(path):
     return [json.loads(line)["text"] for line in path.read_text().splitlines()]

@@ -13,6 +13,8 @@ from lmforge.data.split import SPLITS, split_of
 from lmforge.data.validate import validate
 from lmforge.errors import DataError
 
+pytestmark = pytest.mark.usefixtures("data_store")  # MLflow runs go to a throwaway store
+
 
 def read_ids(path):
     return [json.loads(line)["id"] for line in path.read_text().splitlines()]
@@ -120,3 +122,24 @@ def test_missing_corpus_names_the_glob(micro_cfg, tmp_path):
     write_jsonl(tmp_path / "data" / "labelled" / "spam.jsonl", corpus_records("x", 2))
     with pytest.raises(DataError, match=r"no file matches data\.corpus_glob"):
         validate(micro_cfg, tmp_path / "data", tmp_path / "v")
+
+
+def test_runs_are_logged_to_mlflow(data_store, micro_cfg, raw_data, tmp_path):
+    import mlflow
+
+    validate(micro_cfg, raw_data, tmp_path / "ok")
+    _set_labels(raw_data, lambda i, r: {**r, "label": "eggs"} if i == 2 else r)
+    with pytest.raises(DataError):
+        validate(micro_cfg, raw_data, tmp_path / "bad")
+    client = mlflow.MlflowClient()
+    (exp,) = [e for e in client.search_experiments() if e.name == micro_cfg.tracking.experiment]
+    runs = client.search_runs([exp.experiment_id], "tags.`lmforge.stage` = 'validate'")
+    by_status = {r.info.status: r for r in runs}
+    assert set(by_status) == {"FINISHED", "FAILED"}
+    ok = by_status["FINISHED"]
+    assert ok.data.params["data.min_alpha_share"] == "0.5"
+    assert ok.data.metrics["corpus.records"] == 90
+    assert {a.path for a in client.list_artifacts(ok.info.run_id)} >= {"report.html", "report.json"}
+    assert (
+        "expect_column_values_to_be_in_set(label" in by_status["FAILED"].data.tags["lmforge.error"]
+    )

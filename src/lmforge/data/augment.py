@@ -22,6 +22,7 @@ from lmforge.config import AugmentConfig, Config
 from lmforge.data.expectations import Profile, failure_message, run_suites
 from lmforge.data.records import JsonlWriters, Kind, atomic_dir, read_records, write_json
 from lmforge.data.split import SPLITS, hash_unit
+from lmforge.data.track import log_outputs, tracked
 from lmforge.errors import DataError
 
 OPS = ("random_deletion", "random_swap", "random_insertion", "char_noise", "sentence_shuffle")
@@ -136,51 +137,55 @@ def augment_split(
 
 def augment(cfg: Config, validated_dir: Path, out_dir: Path) -> AugmentResult:
     """Augment ``validated_dir``'s training splits into ``out_dir`` (others copied as they are)."""
-    validated_dir = Path(validated_dir)
-    kinds: list[Kind] = ["corpus", "labelled"]
-    for kind in kinds:
-        for split in SPLITS:
-            path = validated_dir / kind / f"{split}.jsonl"
-            if not path.is_file():
-                raise DataError(
-                    f"{path}: missing; run the validate stage first (`dvc repro validate`)."
-                )
-    ops: Counter = Counter()
-    records, added = {}, {}
-    with atomic_dir(out_dir) as tmp:
-        profiles = {}
+    with tracked(cfg, "augment", sections=("augment",)):
+        validated_dir = Path(validated_dir)
+        kinds: list[Kind] = ["corpus", "labelled"]
         for kind in kinds:
-            dest = tmp / kind
-            for split in ("validation", "test"):
-                dest.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(validated_dir / kind / f"{split}.jsonl", dest / f"{split}.jsonl")
-            prof = Profile(kind, labels=list(cfg.data.labels) if kind == "labelled" else [])
-            src = validated_dir / kind / "train.jsonl"
-            with JsonlWriters(dest, ["train"]) as writers:
-                if kind == "labelled" and not cfg.augment.augment_labelled:
-                    for rec in read_records(src, kind):
-                        writers.write("train", rec)
-                        prof.add(rec)
-                    records[kind], added[kind] = len(prof), 0
-                else:
-                    records[kind], added[kind] = augment_split(
-                        cfg.augment, kind, src, writers, prof, ops
+            for split in SPLITS:
+                path = validated_dir / kind / f"{split}.jsonl"
+                if not path.is_file():
+                    raise DataError(
+                        f"{path}: missing; run the validate stage first (`dvc repro validate`)."
                     )
-            profiles[f"{kind}_train"] = prof
-        report: dict[str, Any] = run_suites(cfg.data, profiles, stage="augment")
-        if not report["success"]:
-            raise DataError(failure_message(report, f"augmented {validated_dir}"))
-        report["augmented"] = added
-        report["ops"] = dict(ops)
-        write_json(tmp / "report.json", report)
-        metrics = {
-            "success": True,
-            **{
-                kind: {"train_records": records[kind], "augmented": added[kind],
-                       "augmented_share": round(added[kind] / max(1, records[kind]), 4)}
-                for kind in kinds
-            },
-            "ops": {op: ops.get(op, 0) for op in OPS},
-        }  # fmt: skip
-        write_json(tmp / "metrics.json", metrics)
+        ops: Counter = Counter()
+        records, added = {}, {}
+        with atomic_dir(out_dir) as tmp:
+            profiles = {}
+            for kind in kinds:
+                dest = tmp / kind
+                for split in ("validation", "test"):
+                    dest.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(
+                        validated_dir / kind / f"{split}.jsonl", dest / f"{split}.jsonl"
+                    )
+                prof = Profile(kind, labels=list(cfg.data.labels) if kind == "labelled" else [])
+                src = validated_dir / kind / "train.jsonl"
+                with JsonlWriters(dest, ["train"]) as writers:
+                    if kind == "labelled" and not cfg.augment.augment_labelled:
+                        for rec in read_records(src, kind):
+                            writers.write("train", rec)
+                            prof.add(rec)
+                        records[kind], added[kind] = len(prof), 0
+                    else:
+                        records[kind], added[kind] = augment_split(
+                            cfg.augment, kind, src, writers, prof, ops
+                        )
+                profiles[f"{kind}_train"] = prof
+            report: dict[str, Any] = run_suites(cfg.data, profiles, stage="augment")
+            if not report["success"]:
+                raise DataError(failure_message(report, f"augmented {validated_dir}"))
+            report["augmented"] = added
+            report["ops"] = dict(ops)
+            write_json(tmp / "report.json", report)
+            metrics = {
+                "success": True,
+                **{
+                    kind: {"train_records": records[kind], "augmented": added[kind],
+                           "augmented_share": round(added[kind] / max(1, records[kind]), 4)}
+                    for kind in kinds
+                },
+                "ops": {op: ops.get(op, 0) for op in OPS},
+            }  # fmt: skip
+            write_json(tmp / "metrics.json", metrics)
+        log_outputs(metrics, [Path(out_dir) / "report.json"])
     return AugmentResult(records=records, augmented=added, ops=dict(ops), out_dir=str(out_dir))

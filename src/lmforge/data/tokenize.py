@@ -30,6 +30,7 @@ import numpy as np
 from lmforge.config import Config, TokenizerConfig
 from lmforge.data.records import atomic_dir, read_records, write_json
 from lmforge.data.split import SPLITS
+from lmforge.data.track import log_outputs, tracked
 from lmforge.errors import DataError
 
 
@@ -140,51 +141,48 @@ def pack(ds, block_size: int, dtype: np.dtype, dest: Path) -> dict[str, int]:
 
 def tokenize(cfg: Config, augmented_dir: Path, out_dir: Path) -> TokenizeResult:
     """Train the tokenizer on ``corpus/train.jsonl`` and pack every split into ``out_dir``."""
-    tcfg = cfg.tokenizer
-    src = Path(augmented_dir) / "corpus"
-    for split in SPLITS:
-        if not (src / f"{split}.jsonl").is_file():
-            raise DataError(f"{src / split}.jsonl: missing; run the augment stage first.")
-    if tcfg.block_size < 2:
-        raise DataError(f"tokenizer.block_size={tcfg.block_size}: must be at least 2.")
-    with atomic_dir(out_dir) as tmp:
-        tok = train_tokenizer(tcfg, _texts(src / "train.jsonl"))
-        fast = save_tokenizer(tcfg, tok, tmp / "tokenizer")
-        eos_id, pad_id = fast.eos_token_id, fast.pad_token_id
-        vocab_size = len(fast)
-        dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
-        # The tokenizer ran threads in this process; forked map workers must not reuse them.
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        blocks = tmp / "blocks"
-        blocks.mkdir()
-        cache = tmp / ".datasets-cache"
-        splits: dict[str, dict[str, int]] = {}
+    with tracked(cfg, "tokenize", sections=("tokenizer",)):
+        tcfg = cfg.tokenizer
+        src = Path(augmented_dir) / "corpus"
         for split in SPLITS:
-            ds = _encode_split(tok, eos_id, src / f"{split}.jsonl", tcfg, cache)
-            splits[split] = pack(ds, tcfg.block_size, dtype, blocks / f"{split}.bin")
-            del ds
-        shutil.rmtree(cache, ignore_errors=True)
-        if splits["train"]["n_blocks"] == 0:
-            raise DataError(
-                f"{src / 'train.jsonl'}: {splits['train']['n_tokens']} tokens make no block of "
-                f"tokenizer.block_size={tcfg.block_size}; add data or lower block_size."
-            )
-        meta: dict[str, Any] = {
-            "dtype": dtype.name,
-            "block_size": tcfg.block_size,
-            "vocab_size": vocab_size,
-            "eos_id": eos_id,
-            "pad_id": pad_id,
-            "splits": splits,
-        }
-        write_json(blocks / "meta.json", meta)
-        write_json(
-            tmp / "metrics.json",
-            {
+            if not (src / f"{split}.jsonl").is_file():
+                raise DataError(f"{src / split}.jsonl: missing; run the augment stage first.")
+        if tcfg.block_size < 2:
+            raise DataError(f"tokenizer.block_size={tcfg.block_size}: must be at least 2.")
+        with atomic_dir(out_dir) as tmp:
+            tok = train_tokenizer(tcfg, _texts(src / "train.jsonl"))
+            fast = save_tokenizer(tcfg, tok, tmp / "tokenizer")
+            eos_id, pad_id = fast.eos_token_id, fast.pad_token_id
+            vocab_size = len(fast)
+            dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+            # The tokenizer ran threads in this process; forked map workers must not reuse them.
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+            blocks = tmp / "blocks"
+            blocks.mkdir()
+            cache = tmp / ".datasets-cache"
+            splits: dict[str, dict[str, int]] = {}
+            for split in SPLITS:
+                ds = _encode_split(tok, eos_id, src / f"{split}.jsonl", tcfg, cache)
+                splits[split] = pack(ds, tcfg.block_size, dtype, blocks / f"{split}.bin")
+                del ds
+            shutil.rmtree(cache, ignore_errors=True)
+            if splits["train"]["n_blocks"] == 0:
+                raise DataError(
+                    f"{src / 'train.jsonl'}: {splits['train']['n_tokens']} tokens make no block of "
+                    f"tokenizer.block_size={tcfg.block_size}; add data or lower block_size."
+                )
+            meta: dict[str, Any] = {
+                "dtype": dtype.name,
+                "block_size": tcfg.block_size,
                 "vocab_size": vocab_size,
-                **{s: {k: v for k, v in d.items()} for s, d in splits.items()},
-            },
-        )
+                "eos_id": eos_id,
+                "pad_id": pad_id,
+                "splits": splits,
+            }
+            write_json(blocks / "meta.json", meta)
+            metrics = {"vocab_size": vocab_size, **splits}
+            write_json(tmp / "metrics.json", metrics)
+        log_outputs(metrics, [Path(out_dir) / "blocks" / "meta.json"])
     return TokenizeResult(
         vocab_size=vocab_size,
         block_size=tcfg.block_size,

@@ -24,6 +24,7 @@ from lmforge.data.records import (
 )
 from lmforge.data.report_html import render
 from lmforge.data.split import SPLITS, split_of
+from lmforge.data.track import log_outputs, tracked
 from lmforge.errors import DataError
 
 
@@ -85,19 +86,24 @@ def metrics_of(report: dict[str, Any], counts: dict[str, dict[str, int]]) -> dic
 
 def validate(cfg: Config, data_dir: Path, out_dir: Path) -> ValidationResult:
     """Check ``data_dir`` with the GX suites; write the splits and reports to ``out_dir``."""
-    files = raw_files(cfg.data, data_dir)
-    with atomic_dir(out_dir) as tmp:
-        profiles, counts = {}, {}
-        for kind, paths in files.items():
-            profiles[kind], counts[kind] = split_and_profile(cfg.data, kind, paths, tmp / kind)
-        report = run_suites(cfg.data, profiles, stage="validate")
-        report["files"] = {k: [str(p) for p in v] for k, v in files.items()}
-        report["splits"] = counts
-        if not report["success"]:
-            raise DataError(failure_message(report, str(data_dir)))
-        write_json(tmp / "report.json", report)
-        (tmp / "report.html").write_text(render(report, f"Validation of {data_dir}"))
-        write_json(tmp / "metrics.json", metrics_of(report, counts))
+    files = raw_files(cfg.data, data_dir)  # missing, empty, binary: refused before anything starts
+    with tracked(cfg, "validate", sections=("data",)):
+        with atomic_dir(out_dir) as tmp:
+            profiles, counts = {}, {}
+            for kind, paths in files.items():
+                profiles[kind], counts[kind] = split_and_profile(cfg.data, kind, paths, tmp / kind)
+            report = run_suites(cfg.data, profiles, stage="validate")
+            report["files"] = {k: [str(p) for p in v] for k, v in files.items()}
+            report["splits"] = counts
+            if not report["success"]:
+                raise DataError(failure_message(report, str(data_dir)))
+            write_json(tmp / "report.json", report)
+            (tmp / "report.html").write_text(render(report, f"Validation of {data_dir}"))
+            write_json(tmp / "metrics.json", metrics_of(report, counts))
+        log_outputs(
+            metrics_of(report, counts),
+            [Path(out_dir) / "report.html", Path(out_dir) / "report.json"],
+        )
     return ValidationResult(
         success=True,
         records=counts,

@@ -1,0 +1,37 @@
+"""MLflow for the data stages: a nested run per stage (``lmforge.tracking.stage_run``) with the
+stage's params, its metrics flattened, its reports as artifacts, and on a refusal the one-paragraph
+error as the tag ``lmforge.error`` (the run ends FAILED)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from lmforge.config import Config
+from lmforge.errors import LmforgeError
+
+
+@contextlib.contextmanager
+def tracked(cfg: Config, stage: str, sections: tuple[str, ...]) -> Iterator[Any]:
+    import mlflow
+
+    from lmforge.tracking import stage_run
+
+    with stage_run(cfg, stage, sections=sections) as run:
+        try:
+            yield run
+        except LmforgeError as exc:
+            mlflow.set_tag("lmforge.error", str(exc)[:5000])
+            raise
+
+
+def log_outputs(metrics: dict[str, Any], files: list[Path]) -> None:
+    import mlflow
+
+    from lmforge.kfp.runtime import flat_metrics
+
+    mlflow.log_metrics(flat_metrics(metrics))
+    for path in files:
+        mlflow.log_artifact(str(path))
