@@ -61,3 +61,19 @@ def test_gate_fails_below_threshold_and_compares_with_the_champion(
     assert result.champion_version == "1"
     assert report["champion"]["macro_f1"] == pytest.approx(report["classifier"]["macro_f1"])
     assert any(c["name"] == "beats champion v1" for c in report["gate"]["comparisons"])
+
+
+def test_output_folder_is_replaced_whole_or_not_at_all(tmp_path):
+    from lmforge.outputs import atomic_output_dir
+
+    out = tmp_path / "evaluate"
+    out.mkdir()
+    (out / "report.json").write_text("old")
+    with pytest.raises(RuntimeError), atomic_output_dir(out) as tmp:
+        (tmp / "report.json").write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert (out / "report.json").read_text() == "old"
+    with atomic_output_dir(out) as tmp:
+        (tmp / "metrics.json").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evaluate"]  # no temp folders left
