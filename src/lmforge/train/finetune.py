@@ -136,6 +136,7 @@ class ClassifyTask:
             len(train.ids), cfg.micro_batch_size, cfg.grad_accum_steps, rt.world_size, cfg.seed
         )
         n_val = min(len(val.ids), max(1, cfg.eval_batches) * cfg.micro_batch_size * rt.world_size)
+        n_val -= n_val % rt.world_size  # equal forward passes per rank (FSDP gathers in each)
         self.val_ids = np.arange(n_val)[rt.rank :: rt.world_size]
         self.n_classes = int(max(train.labels.max(), val.labels.max())) + 1
 
