@@ -96,6 +96,26 @@ def runner(cfg, root, configmap, job, lines, **kwargs):
     )  # fmt: skip
 
 
+def kill_first_run_of(name: str, ready, killed: list):
+    """An ``on_start`` hook: SIGKILL replica ``name``'s first process once ``ready()`` returns
+    something (appended to ``killed``), as a node failure or an OOM kill would."""
+
+    def on_start(replica):
+        if replica.name != name or replica.restarts:
+            return
+        proc = replica.proc
+
+        def kill():
+            while (seen := ready()) is None:
+                time.sleep(0.02)
+            killed.append(seen)
+            os.kill(proc.pid, signal.SIGKILL)
+
+        threading.Thread(target=kill, daemon=True).start()
+
+    return on_start
+
+
 def runs(root: Path, name: str) -> int:
     return len((root / "out" / f"runs-{name}").read_text().splitlines())
 
@@ -126,23 +146,15 @@ def test_two_replicas_form_a_gloo_world_with_the_operators_env(tmp_path):
 def test_killed_replica_is_restarted_and_the_world_resumes_from_its_checkpoint(tmp_path):
     cfg, root, configmap, job = make_job(tmp_path, GLOO_STANDIN, ["30", "/etc/lmforge/params.yaml"])
     ckpt = root / "out" / "ckpt.json"
+
+    def checkpointed_step() -> int | None:
+        step = json.loads(ckpt.read_text())["step"] if ckpt.exists() else 0
+        return step if step >= 5 else None
+
     killed: list[int] = []
-
-    def kill_worker_mid_run(replica):
-        if replica.name != "worker-0" or killed:
-            return
-        proc = replica.proc
-
-        def kill():
-            while not ckpt.exists() or json.loads(ckpt.read_text())["step"] < 5:
-                time.sleep(0.05)
-            killed.append(json.loads(ckpt.read_text())["step"])
-            os.kill(proc.pid, signal.SIGKILL)
-
-        threading.Thread(target=kill, daemon=True).start()
-
     lines: list[str] = []
-    result = runner(cfg, root, configmap, job, lines, on_start=kill_worker_mid_run).run()
+    on_start = kill_first_run_of("worker-0", checkpointed_step, killed)
+    result = runner(cfg, root, configmap, job, lines, on_start=on_start).run()
     assert killed and result["restarts"] >= 1
     assert any(line.startswith("[worker-0] exited with code 137; restarting") for line in lines)
     resumed = [int(line.rsplit(" ", 1)[1]) for line in lines if "resuming at" in line]

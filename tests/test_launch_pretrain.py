@@ -8,13 +8,10 @@ restartPolicy, the broken world is restarted, and training resumes from its last
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
+from test_launch_local import kill_first_run_of
 
 from lmforge.config import load_config
 from lmforge.errors import LaunchError
@@ -40,25 +37,15 @@ def test_dvc_default_pretrains_two_replicas_and_survives_a_killed_worker(
     cfg = load_config(None, [*TINY, f"tracking.artifact_location={tmp_path / 'mlartifacts'}"])
     assert (cfg.launch.backend, cfg.launch.nnodes, cfg.launch.nproc_per_node) == ("local", 2, 1)
     checkpoints = tmp_path / "outputs" / "pretrain" / "checkpoints"
+
+    def first_checkpoint() -> str | None:
+        return max((p.name for p in checkpoints.glob("step-*")), default=None)
+
     killed: list[str] = []
-
-    def kill_worker_after_first_checkpoint(replica):
-        if replica.name != "worker-0" or killed:
-            return
-        proc = replica.proc
-
-        def kill():
-            while not any(checkpoints.glob("step-*")):
-                time.sleep(0.02)
-            killed.append(sorted(p.name for p in checkpoints.glob("step-*"))[-1])
-            os.kill(proc.pid, signal.SIGKILL)
-
-        threading.Thread(target=kill, daemon=True).start()
-
     lines: list[str] = []
     result = launch_pretrain(
         cfg, Path("outputs/tokenized"), Path("outputs/pretrain"), backend=cfg.launch.backend,
-        echo=lines.append, on_start=kill_worker_after_first_checkpoint,
+        echo=lines.append, on_start=kill_first_run_of("worker-0", first_checkpoint, killed),
     )  # fmt: skip
     assert killed, "the worker finished before its first checkpoint"
     assert result["restarts"] >= 1
