@@ -85,3 +85,34 @@ def test_macro_f1_matches_its_definition():
     # class 0: P=2/3 R=1 F1=0.8; class 1: P=1 R=1/2 F1=2/3
     confusion = [[2, 0], [1, 1]]
     assert macro_f1(__import__("numpy").array(confusion)) == pytest.approx((0.8 + 2 / 3) / 2)
+
+
+@pytest.mark.slow
+def test_ddp_fine_tuning_on_two_processes(tiny_stages, embedded_store, tmp_path):
+    """The loop's parallelism serves fine-tuning too: two gloo ranks under torchrun."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bin_dir = Path(sys.executable).parent
+    torchrun = shutil.which("torchrun", path=str(bin_dir)) or "torchrun"
+    lmforge = shutil.which("lmforge", path=str(bin_dir)) or "lmforge"
+    sets = [
+        "finetune.parallel=ddp", "finetune.max_steps=6", "finetune.micro_batch_size=4",
+        "finetune.max_length=24", "finetune.eval_every=6", "finetune.eval_batches=2",
+        "finetune.ckpt_every=0", "finetune.precision=fp32", "finetune.num_threads=1",
+        "finetune.baseline=false", f"tracking.artifact_location={tmp_path / 'mlartifacts'}",
+    ]  # fmt: skip
+    cmd = [
+        torchrun, "--standalone", "--nproc-per-node=2", lmforge, "finetune",
+        "--pretrained", str(tiny_stages["pretrain"]), "--data", str(tiny_stages["augmented"]),
+        "--out", str(tmp_path / "ft"), *(a for s in sets for a in ("--set", s)),
+    ]  # fmt: skip
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and 0.0 <= metrics["val_accuracy"] <= 1.0
+    AutoModelForSequenceClassification.from_pretrained(tmp_path / "ft" / "model")
