@@ -230,3 +230,27 @@ def test_a_peer_that_keeps_logging_is_left_alone(tmp_path):
     assert result["restarts"] == 1
     assert (runs(root, "master"), runs(root, "worker")) == (1, 2)
     assert not any("silent for" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_elastic_job_forms_its_world_through_torchrun_rendezvous(tmp_path):
+    # Workers only, no Master: the rendered container runs torchrun, which reads PET_NNODES=1:2,
+    # PET_RDZV_ENDPOINT and PET_RDZV_BACKEND=c10d that the runner injects, as the operator would.
+    cfg, root, configmap, job = make_job(
+        tmp_path, GLOO_STANDIN, ["4", "/etc/lmforge/params.yaml"],
+        ["launch.elastic_min_nodes=1", "launch.elastic_max_nodes=2"],
+    )  # fmt: skip
+    worker = job["spec"]["pytorchReplicaSpecs"]["Worker"]
+    assert set(job["spec"]["pytorchReplicaSpecs"]) == {"Worker"} and worker["replicas"] == 2
+    container = worker["template"]["spec"]["containers"][0]
+    container["args"] = ["--no-python", *container["command"], *container["args"]]
+    container["command"] = ["torchrun"]
+    lines: list[str] = []
+    result = runner(cfg, root, configmap, job, lines).run()
+    assert result == {"job": job["metadata"]["name"], "replicas": 2, "restarts": 0}
+    assert json.loads((root / "out" / "ckpt.json").read_text()) == {
+        "step": 4,
+        "sum": 3.0,
+        "world": 2,
+    }
+    assert {"[worker-0] succeeded", "[worker-1] succeeded"} <= set(lines)
