@@ -106,15 +106,26 @@ def _encode_split(tok, eos_id: int, path: Path, cfg: TokenizerConfig, cache: Pat
         }
 
     n_proc = min(cfg.num_proc, max(1, len(ds) // 64))  # workers cost ~1 s each: not for tiny splits
-    return ds.map(
-        encode,
-        batched=True,
-        batch_size=cfg.batch_size,
-        num_proc=n_proc if n_proc > 1 else None,
-        remove_columns=ds.column_names,
-        cache_file_name=str(cache / f"{path.stem}-ids.arrow"),
-        desc=None,
-    )
+    # In one process the tokenizer's own threads encode; forked workers must not use them (the
+    # tokenizer already ran threads in this process), so they encode one thread each.
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    if n_proc > 1:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        return ds.map(
+            encode,
+            batched=True,
+            batch_size=cfg.batch_size,
+            num_proc=n_proc if n_proc > 1 else None,
+            remove_columns=ds.column_names,
+            cache_file_name=str(cache / f"{path.stem}-ids.arrow"),
+            desc=None,
+        )
+    finally:
+        if saved is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
 
 
 def pack(ds, block_size: int, dtype: np.dtype, dest: Path) -> dict[str, int]:
@@ -155,8 +166,6 @@ def tokenize(cfg: Config, augmented_dir: Path, out_dir: Path) -> TokenizeResult:
             eos_id, pad_id = fast.eos_token_id, fast.pad_token_id
             vocab_size = len(fast)
             dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
-            # The tokenizer ran threads in this process; forked map workers must not reuse them.
-            os.environ["TOKENIZERS_PARALLELISM"] = "false"
             blocks = tmp / "blocks"
             blocks.mkdir()
             cache = tmp / ".datasets-cache"
