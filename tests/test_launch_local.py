@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -59,7 +60,7 @@ out, plan = sys.argv[1], dict(a.split("=") for a in sys.argv[2:])
 name = "master" if os.environ["RANK"] == "0" else "worker"
 runs = os.path.join(out, f"runs-{name}")
 n = len(open(runs).read().splitlines()) if os.path.exists(runs) else 0
-open(runs, "a").write(f"{n}\\n")
+open(runs, "a").write(f"{n} {os.getpid()}\\n")
 action = plan.get(f"{name}{n}", plan.get(name, "ok"))
 print(f"{name} run {n}: {action}", flush=True)
 if action == "hang":
@@ -254,3 +255,33 @@ def test_elastic_job_forms_its_world_through_torchrun_rendezvous(tmp_path):
         "world": 2,
     }
     assert {"[worker-0] succeeded", "[worker-1] succeeded"} <= set(lines)
+
+
+@pytest.mark.timeout(120)  # were they to outlive it, the wait below would never end
+def test_replicas_die_with_a_killed_launcher(tmp_path):
+    """A launcher killed outright (no cleanup code runs) takes its replicas with it."""
+    _, root, configmap, job = make_job(tmp_path, SCRIPTED, ["master=hang", "worker=hang"])
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"job": job, "configmap": configmap, "root": str(root)}))
+    launcher = subprocess.Popen([sys.executable, "-c", (
+        "import json, sys; from lmforge.launch.local_runner import LocalRunner; "
+        f"d = json.load(open({str(spec)!r})); "
+        "LocalRunner(d['job'], volumes={'lmforge-work': d['root']}, configmaps=[d['configmap']]).run()"
+    )])  # fmt: skip
+    record = [root / "out" / f"runs-{name}" for name in ("master", "worker")]
+    while not all(f.exists() and f.read_text().endswith("\n") for f in record):
+        assert launcher.poll() is None
+        time.sleep(0.05)
+    pids = [int(f.read_text().split()[1]) for f in record]
+    launcher.kill()
+    launcher.wait()
+    for pid in pids:
+        while Path(f"/proc/{pid}").exists() and "Z" not in _state(pid):
+            time.sleep(0.05)  # SIGKILL from the kernel: gone (or a zombie) in a moment
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"

@@ -76,6 +76,20 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _die_with_parent() -> None:
+    """In the replica, before exec: get SIGKILL when the runner dies (Linux), so a killed
+    launcher leaves no replica training on behind it (a pod goes with its job, too)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _map_path(value: str, mounts: list[tuple[str, Path]]) -> str:
     for mount, local in mounts:
         if value == mount or value.startswith(mount + "/"):
@@ -180,8 +194,12 @@ class LocalRunner:
         base_env = dict(os.environ)
         # The image's PATH: the package's console scripts (lmforge, torchrun) come first.
         base_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{base_env.get('PATH', '')}"
-        replicas = []
         specs = self.job["spec"]["pytorchReplicaSpecs"]
+        # Pods on a cluster get their own cores; here every process shares this machine's.
+        procs = sum(int(s.get("replicas", 1)) for s in specs.values())
+        procs *= int(self.job["spec"].get("nprocPerNode", "1"))
+        base_env.setdefault("OMP_NUM_THREADS", str(max(1, _cores() // procs)))
+        replicas = []
         for rtype in ("Master", "Worker"):
             if rtype not in specs:
                 continue
@@ -215,6 +233,7 @@ class LocalRunner:
         r.proc = subprocess.Popen(
             r.argv, env=r.env, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, bufsize=1, start_new_session=True,  # its own group: stop torchrun's children too
+            preexec_fn=_die_with_parent,
         )  # fmt: skip
         r.started_at, r.peer_deadline = time.monotonic(), None
         r.pump = threading.Thread(target=self._pump, args=(r, r.proc), daemon=True)
