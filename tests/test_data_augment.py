@@ -68,19 +68,35 @@ def test_labelled_set_can_be_left_alone(validated, tmp_path):
     ).read_bytes()
 
 
-def test_augmented_split_is_validated_again(validated, tmp_path):
-    # Every copy a near-duplicate of its source is fine; copies of *all* records with nothing
-    # but a sentence shuffle of one-sentence texts would be unchanged and are dropped instead.
-    # What the second validation catches: bounds the copies break, here a maximum length.
+def test_copies_outside_the_bounds_are_rejected(validated, tmp_path):
     cfg = load_config(None, ["augment.share=1.0", "augment.p_random_insertion=0.9",
                              "data.max_chars=600"])  # fmt: skip
-    longest = max(len(r["text"]) for r in records(validated / "corpus" / "train.jsonl"))
-    assert longest <= 600, "the originals pass; only the grown copies break the bound"
+    originals = records(validated / "corpus" / "train.jsonl")
+    assert max(len(r["text"]) for r in originals) <= 600, "the originals pass the bound"
+    result = augment(cfg, validated, tmp_path / "out")
+    assert result.rejected["corpus"] > 0
+    out = records(tmp_path / "out" / "corpus" / "train.jsonl")
+    assert all(len(r["text"]) <= 600 for r in out)
+    assert len(out) == len(originals) + result.augmented["corpus"]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["corpus"]["rejected"] == result.rejected["corpus"]
+
+
+def test_augmented_split_is_validated_again(micro_cfg, validated, tmp_path, monkeypatch):
+    # An operation that breaks the text in a way the per-record bounds do not look at (a bell
+    # character): the second run of the suites catches it and nothing is written.
+    real = aug.augment_text
+
+    def buggy(text, cfg, rng):
+        new, ops = real(text, cfg, rng)
+        return new.replace(" ", "\x07", 1), ops
+
+    monkeypatch.setattr(aug, "augment_text", buggy)
     out = tmp_path / "out"
     with pytest.raises(
-        DataError, match=r"corpus_train: expect_column_values_to_be_between\(n_chars"
+        DataError, match=r"corpus_train: expect_column_values_to_be_between\(control_chars"
     ):
-        augment(cfg, validated, out)
+        augment(micro_cfg, validated, out)
     assert not out.exists()
 
 

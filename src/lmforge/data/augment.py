@@ -5,7 +5,8 @@ random swap, random insertion (of a word from the same line: no thesaurus needed
 character noise and sentence shuffling, each at its own rate from ``params.yaml``. Which records
 get a copy, and what happens to it, depends only on the seed and the record id, so a run is
 reproducible whatever the file order. Only ``train`` is augmented (the split happened before, by
-id), and the augmented training split is validated again by the same suites.
+id). A copy that leaves the per-record bounds of ``data`` is dropped (counted as rejected), and
+the augmented training split is validated again by the same suites.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.config import AugmentConfig, Config
-from lmforge.data.expectations import Profile, failure_message, run_suites
+from lmforge.config import AugmentConfig, Config, DataConfig
+from lmforge.data.expectations import Profile, failure_message, letter_share, run_suites
 from lmforge.data.records import JsonlWriters, Kind, atomic_dir, read_records, write_json
 from lmforge.data.split import SPLITS, hash_unit
 from lmforge.data.track import log_outputs, tracked
@@ -34,6 +35,7 @@ _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 class AugmentResult:
     records: dict[str, int]  # dataset -> training records after augmentation
     augmented: dict[str, int]  # dataset -> augmented copies added
+    rejected: dict[str, int]  # dataset -> copies dropped for leaving the per-record bounds
     ops: dict[str, int]  # operation -> copies it changed
     out_dir: str
 
@@ -110,21 +112,39 @@ def augment_text(text: str, cfg: AugmentConfig, rng: random.Random) -> tuple[str
     return current, applied
 
 
+def within_bounds(text: str, bounds: DataConfig) -> bool:
+    """A copy must pass the per-record bounds its source passed (inserted or noisy words can
+    push a short text under ``min_alpha_share``, insertions a long one over ``max_chars``)."""
+    return bounds.min_chars <= len(text) <= bounds.max_chars and (
+        letter_share(text) >= bounds.min_alpha_share
+    )
+
+
 def augment_split(
-    cfg: AugmentConfig, kind: Kind, src: Path, writers: JsonlWriters, prof: Profile, ops: Counter
-) -> tuple[int, int]:
-    """Stream ``src`` (a train split) to ``writers``, each selected record followed by its copy."""
-    n = added = 0
+    cfg: Config, kind: Kind, src: Path, writers: JsonlWriters, prof: Profile, ops: Counter
+) -> tuple[int, int, int]:
+    """Stream ``src`` (a train split) to ``writers``, each selected record followed by its copy.
+    Returns (records written, copies added, copies rejected by the bounds)."""
+    acfg = cfg.augment
+    enabled = kind == "corpus" or acfg.augment_labelled
+    n = added = rejected = 0
     for rec in read_records(src, kind):
         writers.write("train", rec)
         prof.add(rec)
         n += 1
-        if hash_unit(rec["id"], f"augment-{cfg.seed}") >= cfg.share or not rec["text"]:
+        if (
+            not enabled
+            or not rec["text"]
+            or hash_unit(rec["id"], f"augment-{acfg.seed}") >= acfg.share
+        ):
             continue
-        rng = random.Random(f"{cfg.seed}:{rec['id']}")
-        text, applied = augment_text(rec["text"], cfg, rng)
-        if not applied or not text.strip():
+        rng = random.Random(f"{acfg.seed}:{rec['id']}")
+        text, applied = augment_text(rec["text"], acfg, rng)
+        if not applied:
             continue  # an unchanged copy would only be a duplicate
+        if not within_bounds(text, cfg.data):
+            rejected += 1
+            continue
         copy = {**rec, "id": f"{rec['id']}#aug", "text": text,
                 "augmented_from": rec["id"], "ops": applied}  # fmt: skip
         writers.write("train", copy)
@@ -132,7 +152,7 @@ def augment_split(
         ops.update(applied)
         n += 1
         added += 1
-    return n, added
+    return n, added, rejected
 
 
 def augment(cfg: Config, validated_dir: Path, out_dir: Path) -> AugmentResult:
@@ -148,7 +168,7 @@ def augment(cfg: Config, validated_dir: Path, out_dir: Path) -> AugmentResult:
                         f"{path}: missing; run the validate stage first (`dvc repro validate`)."
                     )
         ops: Counter = Counter()
-        records, added = {}, {}
+        records, added, rejected = {}, {}, {}
         with atomic_dir(out_dir) as tmp:
             profiles = {}
             for kind in kinds:
@@ -161,26 +181,22 @@ def augment(cfg: Config, validated_dir: Path, out_dir: Path) -> AugmentResult:
                 prof = Profile(kind, labels=list(cfg.data.labels) if kind == "labelled" else [])
                 src = validated_dir / kind / "train.jsonl"
                 with JsonlWriters(dest, ["train"]) as writers:
-                    if kind == "labelled" and not cfg.augment.augment_labelled:
-                        for rec in read_records(src, kind):
-                            writers.write("train", rec)
-                            prof.add(rec)
-                        records[kind], added[kind] = len(prof), 0
-                    else:
-                        records[kind], added[kind] = augment_split(
-                            cfg.augment, kind, src, writers, prof, ops
-                        )
+                    records[kind], added[kind], rejected[kind] = augment_split(
+                        cfg, kind, src, writers, prof, ops
+                    )
                 profiles[f"{kind}_train"] = prof
             report: dict[str, Any] = run_suites(cfg.data, profiles, stage="augment")
             if not report["success"]:
                 raise DataError(failure_message(report, f"augmented {validated_dir}"))
             report["augmented"] = added
+            report["rejected"] = rejected
             report["ops"] = dict(ops)
             write_json(tmp / "report.json", report)
             metrics = {
                 "success": True,
                 **{
                     kind: {"train_records": records[kind], "augmented": added[kind],
+                           "rejected": rejected[kind],
                            "augmented_share": round(added[kind] / max(1, records[kind]), 4)}
                     for kind in kinds
                 },
@@ -188,4 +204,6 @@ def augment(cfg: Config, validated_dir: Path, out_dir: Path) -> AugmentResult:
             }  # fmt: skip
             write_json(tmp / "metrics.json", metrics)
         log_outputs(metrics, [Path(out_dir) / "report.json"])
-    return AugmentResult(records=records, augmented=added, ops=dict(ops), out_dir=str(out_dir))
+    return AugmentResult(
+        records=records, augmented=added, rejected=rejected, ops=dict(ops), out_dir=str(out_dir)
+    )
