@@ -37,6 +37,11 @@ def empty_file(raw: Path) -> tuple[Path, str]:
     return corpus_file(raw), "empty file"
 
 
+def blank_lines(raw: Path) -> tuple[Path, str]:
+    corpus_file(raw).write_text("\n  \n\n")
+    return corpus_file(raw), "no records (only blank lines)"
+
+
 def binary_file(raw: Path) -> tuple[Path, str]:
     path = raw / "corpus" / "model.jsonl"
     path.write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)) * 4)
@@ -96,7 +101,7 @@ def duplicate_ids(raw: Path) -> tuple[Path, str]:
     return raw, "expect_column_values_to_be_unique(id) failed for 2 of 90 records"
 
 
-CASES = [empty_file, binary_file, invalid_utf8, huge_line, wrong_schema, wrong_type, not_json,
+CASES = [empty_file, blank_lines, binary_file, invalid_utf8, huge_line, wrong_schema, wrong_type, not_json,
          missing_label, duplicate_ids]  # fmt: skip
 
 
