@@ -7,6 +7,7 @@ every task a subprocess, pretraining on the launcher's local runner, MLflow in t
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,10 +23,13 @@ testing = repo_module("components.testing")
 def run_local(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
     lmforge = Path(sys.executable).parent / "lmforge"
     sets = [a for o in [*testing.MICRO, *overrides] for a in ("--set", o)]
+    # mlflow.set_tracking_uri (in-process steps of other tests) exports MLFLOW_TRACKING_URI;
+    # this run must use its own store, the config's mlflow.db in ``cwd``.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     return subprocess.run(
         [str(lmforge), "pipeline", "run-local", "full", "--workdir", "kfp",
          "--params", str(REPO / "params.yaml"), *sets],
-        cwd=cwd, capture_output=True, text=True, timeout=900,
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
 
 
