@@ -86,3 +86,15 @@ def test_special_tokens_must_include_eos_and_pad(augmented, tmp_path):
     cfg = load_config(None, [*MICRO, "tokenizer.pad_token=<pad>"])
     with pytest.raises(DataError, match=r"tokenizer\.special_tokens"):
         tokenize(cfg, augmented, tmp_path / "tok")
+
+
+def test_tokenizer_training_sample_is_a_deterministic_share(augmented):
+    from lmforge.data.tokenize import training_texts
+
+    path = augmented / "corpus" / "train.jsonl"
+    everything = list(training_texts(path, 0))
+    assert everything == texts(path)
+    cap_mb = path.stat().st_size / 3 / 1e6
+    sample = list(training_texts(path, cap_mb))
+    assert sample == list(training_texts(path, cap_mb))  # the same records every time
+    assert 0.1 < len(sample) / len(everything) < 0.6 and set(sample) < set(everything)

@@ -82,6 +82,9 @@ class TokenizerConfig:
     block_size: int = 256  # tokens per packed block (the model's context length)
     num_proc: int = 2  # datasets.map workers
     batch_size: int = 1000
+    # BPE merges settle long before the whole corpus is seen: train on a hash-sampled share of
+    # about this many MB of the training split (0: all of it), so the stage scales with encoding.
+    train_max_mb: float = 8.0
 
 
 @dataclass

@@ -10,7 +10,8 @@ Layout of ``out_dir`` (the contract the trainer reads, see docs/architecture.md)
                          "splits": {split: {"n_blocks", "n_tokens", "n_records"}}}
     metrics.json        token counts per split
 
-Records are concatenated, each followed by EOS, and cut into blocks; the last partial block of a
+The tokenizer sees at most about ``train_max_mb`` of the training split (a hash-sampled share of
+its records). Records are concatenated, each followed by EOS, and cut into blocks; the last partial block of a
 split is dropped (its tokens are counted in ``dropped_tokens``). Encoding runs through
 ``datasets.map`` (batched, ``num_proc`` workers) on Arrow files that live in a scratch folder,
 and packing streams Arrow chunks to disk, so memory stays flat as the corpus grows.
@@ -29,7 +30,7 @@ import numpy as np
 
 from lmforge.config import Config, TokenizerConfig
 from lmforge.data.records import atomic_dir, read_records, write_json
-from lmforge.data.split import SPLITS
+from lmforge.data.split import SPLITS, hash_unit
 from lmforge.data.track import log_outputs, tracked
 from lmforge.errors import DataError
 
@@ -43,9 +44,13 @@ class TokenizeResult:
     out_dir: str
 
 
-def _texts(path: Path) -> Iterator[str]:
+def training_texts(path: Path, max_mb: float) -> Iterator[str]:
+    """The texts of ``path``; over ``max_mb``, a share of the records chosen by a hash of their
+    id (deterministic, independent of file order)."""
+    size = path.stat().st_size
+    keep = 1.0 if max_mb <= 0 or size <= max_mb * 1e6 else max_mb * 1e6 / size
     for rec in read_records(path, "corpus", allow_empty=True):
-        if rec["text"]:
+        if rec["text"] and (keep >= 1.0 or hash_unit(rec["id"], "tokenizer-sample") < keep):
             yield rec["text"]
 
 
@@ -161,7 +166,7 @@ def tokenize(cfg: Config, augmented_dir: Path, out_dir: Path) -> TokenizeResult:
         if tcfg.block_size < 2:
             raise DataError(f"tokenizer.block_size={tcfg.block_size}: must be at least 2.")
         with atomic_dir(out_dir) as tmp:
-            tok = train_tokenizer(tcfg, _texts(src / "train.jsonl"))
+            tok = train_tokenizer(tcfg, training_texts(src / "train.jsonl", tcfg.train_max_mb))
             fast = save_tokenizer(tcfg, tok, tmp / "tokenizer")
             eos_id, pad_id = fast.eos_token_id, fast.pad_token_id
             vocab_size = len(fast)
