@@ -150,12 +150,12 @@ class FinetuneConfig(TrainConfig):
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
     )
-    max_length: int = 256  # tokens per example, truncated
+    max_length: int = 128  # tokens per example, truncated
     baseline: bool = True  # also train from scratch with the same budget
     parallel: Literal["single", "ddp", "fsdp"] = "single"
-    max_steps: int = 200
+    max_steps: int = 150
     lr: float = 3e-4
-    warmup_steps: int = 20
+    warmup_steps: int = 15
     eval_every: int = 50
 
 
