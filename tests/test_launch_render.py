@@ -106,6 +106,13 @@ def test_folders_outside_the_shared_volume_are_refused(tmp_path):
         volume_path(Path("/elsewhere/out"), tmp_path, "/mnt/x")
 
 
+def test_relative_folders_resolve_against_the_working_directory(tmp_path, monkeypatch):
+    # dvc.yaml passes relative paths; with an output elsewhere the volume's root moves up.
+    (tmp_path / "proj").mkdir()
+    monkeypatch.chdir(tmp_path / "proj")
+    assert volume_path(Path("outputs/tok"), tmp_path, "/mnt/x") == "/mnt/x/proj/outputs/tok"
+
+
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [

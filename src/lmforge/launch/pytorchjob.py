@@ -57,8 +57,8 @@ def is_valid_job_name(name: str) -> bool:
 def volume_path(path: Path, root: Path, mount_path: str) -> str:
     """Where ``path`` (a local folder under ``root``) is inside a replica."""
     path = Path(path)
-    if not path.is_absolute():
-        return str(PurePosixPath(mount_path) / path.as_posix())
+    if not path.is_absolute():  # relative to the working directory, like every CLI path
+        path = Path.cwd() / path
     if str(path).startswith(mount_path.rstrip("/") + "/"):
         return str(path)  # already a path on the volume (a step running in the cluster)
     try:
