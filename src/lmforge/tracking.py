@@ -80,15 +80,10 @@ def git_commit(repo: Path | None = None) -> str:
     env_commit = os.environ.get("LMFORGE_GIT_COMMIT")  # baked into images, set by KFP
     if env_commit:
         return env_commit
+    from lmforge.vcs import git_state
+
     try:
-        cwd = repo or Path.cwd()
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
+        sha, dirty = git_state(repo)
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lmforge import vcs
 from lmforge.config import Config
 from lmforge.errors import PipelineError
 from lmforge.kfp.compile import PIPELINES, compile_pipeline
@@ -27,18 +28,11 @@ from lmforge.kfp.dag import REPO
 def git_state(repo: Path = REPO) -> tuple[str, list[str]]:
     """(HEAD commit, changed tracked files) of ``repo``."""
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=repo, capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
+        return vcs.git_state(repo)
     except (OSError, subprocess.CalledProcessError) as exc:
         raise PipelineError(
             f"{repo}: not a git checkout ({exc}); versions are named from the git commit"
         ) from None
-    return sha, [line[3:] for line in status.splitlines() if line.strip()]
 
 
 def version_name(sha: str, dirty: list[str], now: datetime | None = None) -> str:
