@@ -1,0 +1,117 @@
+"""`dvc repro` of the whole chain on a micro config, as a user runs it: the repo's own
+`dvc.yaml` and code in a fresh DVC project, pretraining through the local PyTorchJob runner
+(2 replicas), registration in the project's embedded MLflow store, then `lmforge promote` and a
+prediction from `models:/NAME@champion`. A second `dvc repro` finds nothing to do."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lmforge.config import parse_override
+from lmforge.kfp.dag import repo_module
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+testing = repo_module("components.testing")
+STAGES = ("validate", "augment", "tokenize", "pretrain", "finetune", "evaluate", "register")
+RUN_ID = "dvc-micro-run"
+
+pytestmark = pytest.mark.slow
+
+
+def micro_params(*extra: str) -> dict:
+    """The repo's params.yaml with the micro overrides written in, as a user would edit it."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for item in [*testing.MICRO, *extra]:
+        keys, value = parse_override(item)
+        node = params
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    return params
+
+
+def run(*cmd: str, cwd: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the repo's store
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", LMFORGE_PIPELINE_RUN_ID=RUN_ID)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("dvc-project")
+    shutil.copytree(REPO / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", work / "dvc.yaml")
+    params = micro_params(
+        "launch.nnodes=2", "pretrain.parallel=ddp",  # the default launch: Master + Worker
+        "register.min_primary=0.0", "register.lm_max_primary=1000000.0",  # a micro model's gate
+    )  # fmt: skip
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    testing.build_micro_data(work / "data")
+    run("git", "init", "--quiet", cwd=work)
+    run(str(BIN / "dvc"), "init", "--quiet", cwd=work)
+    return work
+
+
+@pytest.fixture(scope="module")
+def first_repro(project) -> str:
+    return run(str(BIN / "dvc"), "repro", cwd=project)
+
+
+def test_repro_runs_every_stage_and_registers_both_models(project, first_repro):
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in first_repro, stage
+    registered = json.loads((project / "outputs/register/registered.json").read_text())
+    assert registered["pipeline_run_id"] == RUN_ID
+    pretrain = json.loads((project / "outputs/pretrain/metrics.json").read_text())
+    assert pretrain["world_size"] == 2  # through the local runner's two replicas
+    shown = json.loads(run(str(BIN / "dvc"), "metrics", "show", "--json", cwd=project))
+    assert shown  # dvc reads every declared metrics file
+    run(str(BIN / "dvc"), "plots", "show", "--json", cwd=project)
+
+
+def test_one_parent_run_with_a_nested_run_per_stage_and_lineage(project, first_repro):
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("lmforge")
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`lmforge.pipeline_run_id` = '{RUN_ID}'"
+    )
+    parents = [r for r in runs if r.data.tags.get("lmforge.stage") == "pipeline"]
+    assert len(parents) == 1
+    steps = {r.data.tags["lmforge.stage"]: r for r in runs if r not in parents}
+    assert set(STAGES) <= set(steps)
+    lineage = ("lmforge.git_commit", "lmforge.params_hash", "lmforge.data_version")
+    for stage, step in steps.items():
+        assert step.data.tags["mlflow.parentRunId"] == parents[0].info.run_id, stage
+        assert step.info.status == "FINISHED", stage
+        for tag in lineage:
+            assert step.data.tags[tag] == parents[0].data.tags[tag], (stage, tag)
+
+
+def test_promoted_champion_predicts(project, first_repro):
+    import mlflow
+
+    out = run(str(BIN / "lmforge"), "promote", cwd=project)
+    assert json.loads(out[out.index("{") :])["action"] == "promoted"
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/lmforge-classifier@champion")
+    texts = ["Win a free prize now, click here", "Meeting moved to 3pm"]
+    out = model.predict(texts)
+    assert len(out) == len(texts) and set(out["label"]) <= {"ham", "spam"}
+
+
+def test_second_repro_has_nothing_to_do(project, first_repro):
+    second = run(str(BIN / "dvc"), "repro", cwd=project)
+    assert "Running stage" not in second
