@@ -42,6 +42,21 @@ def test_outputs_follow_the_contract(trained_stages):
     assert not (out.parent / f".{out.name}-checkpoints").exists()
 
 
+def test_training_sees_the_tokens_the_served_pipeline_sees(trained_stages):
+    # Train/serve skew guard: the classifier head pools the last token of what it is given, so
+    # training must tokenize like MLflow's text-classification pipeline does at serving time.
+    from transformers import pipeline
+
+    from lmforge.train.finetune import encode
+
+    pipe = pipeline("text-classification", model=str(trained_stages["finetune"] / "model"))
+    texts = ["Win a free prize now", "See you at the meeting tomorrow."]
+    rows = [{"text": t, "label": "ham"} for t in texts]
+    trained = encode(rows, pipe.tokenizer, ["ham", "spam"], max_length=10_000).ids
+    served = [pipe.preprocess(t)["input_ids"][0].tolist() for t in texts]
+    assert trained == served
+
+
 @pytest.mark.slow
 def test_lora_trains_adapters_and_merges_them(tiny_stages, embedded_store, tmp_path):
     cfg = tiny_config(

@@ -92,11 +92,12 @@ def read_labelled(path: Path, labels: list[str]) -> list[dict]:
 
 
 def encode(rows: list[dict], tokenizer, labels: list[str], max_length: int) -> Encoded:
-    """Token ids truncated to ``max_length``, each ending with EOS: the token the head reads."""
-    eos = tokenizer.eos_token_id
-    body = max_length - (1 if eos is not None else 0)
+    """Token ids truncated to ``max_length``, tokenized as the served pipeline does (no EOS
+    appended): the head reads the last text token. An appended EOS would differ from serving,
+    and pretraining teaches the model to reset its state at EOS (the document boundary), so the
+    last text token carries far more of the text than EOS does."""
     ids = tokenizer([r["text"] for r in rows], add_special_tokens=False)["input_ids"]
-    ids = [seq[:body] + ([eos] if eos is not None else []) for seq in ids]
+    ids = [seq[:max_length] for seq in ids]
     return Encoded(ids, np.array([labels.index(r["label"]) for r in rows], dtype=np.int64))
 
 
