@@ -55,6 +55,7 @@ def test_training_sees_the_tokens_the_served_pipeline_sees(trained_stages):
     trained = encode(rows, pipe.tokenizer, ["ham", "spam"], max_length=10_000).ids
     served = [pipe.preprocess(t)["input_ids"][0].tolist() for t in texts]
     assert trained == served
+    assert all(ids[-1] == pipe.tokenizer.eos_token_id for ids in served)  # the pooled token
 
 
 @pytest.mark.slow

@@ -91,13 +91,25 @@ def read_labelled(path: Path, labels: list[str]) -> list[dict]:
     return rows
 
 
+def with_eos_appended(tokenizer):
+    """Make ``tokenizer`` append EOS to every text, in its saved ``tokenizer.json`` too, so that
+    training, ``evaluate`` and the served MLflow pipeline all end an example with EOS: the token
+    the head pools (the last non-pad one)."""
+    from tokenizers.processors import TemplateProcessing
+
+    eos, eos_id = tokenizer.eos_token, tokenizer.eos_token_id
+    if eos is not None and eos_id is not None:
+        tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+            single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, eos_id)]
+        )
+    return tokenizer
+
+
 def encode(rows: list[dict], tokenizer, labels: list[str], max_length: int) -> Encoded:
-    """Token ids truncated to ``max_length``, tokenized as the served pipeline does (no EOS
-    appended): the head reads the last text token. An appended EOS would differ from serving,
-    and pretraining teaches the model to reset its state at EOS (the document boundary), so the
-    last text token carries far more of the text than EOS does."""
-    ids = tokenizer([r["text"] for r in rows], add_special_tokens=False)["input_ids"]
-    ids = [seq[:max_length] for seq in ids]
+    """Token ids as the served pipeline tokenizes them (EOS appended by ``with_eos_appended``),
+    the text truncated so that the whole example fits in ``max_length``."""
+    texts = [r["text"] for r in rows]
+    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     return Encoded(ids, np.array([labels.index(r["label"]) for r in rows], dtype=np.int64))
 
 
@@ -235,7 +247,7 @@ def finetune(
     model_dir = Path(pretrained_dir) / "model"
     if not (model_dir / "config.json").is_file():
         raise DataError(f"{model_dir}: no pretrained model (config.json); run pretrain first")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = with_eos_appended(AutoTokenizer.from_pretrained(model_dir))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     labelled = Path(augmented_dir) / "labelled"
     train = encode(read_labelled(labelled / "train.jsonl", labels), tokenizer, labels, tcfg.max_length)  # fmt: skip
