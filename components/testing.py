@@ -25,7 +25,7 @@ MICRO = [
     "launch.nnodes=1",
     "finetune.max_steps=4", "finetune.micro_batch_size=4", "finetune.warmup_steps=1",
     "finetune.eval_every=2", "finetune.eval_batches=1", "finetune.log_every=1",
-    "finetune.max_length=32", "finetune.precision=fp32",
+    "finetune.max_length=32", "finetune.precision=fp32", "finetune.lr=0.0003",
     "evaluate.max_perplexity_batches=2", "evaluate.sample_max_new_tokens=4",
 ]  # fmt: skip
 MICRO_RECORDS = {"corpus/brown.jsonl": 15, "corpus/kjv.jsonl": 40, "corpus/shakespeare.jsonl": 40}
