@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 IMAGE  ?= ghcr.io/lmforge/lmforge:0.1.0
 PYTEST_ARGS ?=
 
-.PHONY: install run data test lint image k8s-jobs compile ui clean
+.PHONY: install run data browser test lint image k8s-jobs compile ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,14 @@ run: data
 	@echo "MLflow runs:       sqlite:///$(CURDIR)/mlflow.db (artifacts in mlartifacts/)"
 	@echo "Open the UI:       $(BIN)/lmforge ui   # then http://127.0.0.1:5000"
 
-test: data
+# Headless Chromium for the browser test of the MLflow UI (Debian package; needs root for apt).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing: sudo apt-get install chromium (the browser test is skipped)"; fi; }
+
+test: data browser
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
