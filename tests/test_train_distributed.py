@@ -4,6 +4,8 @@
   curve on the same global batch (fp32: equal up to summation order, tolerance 1e-4).
 - A rank killed with SIGKILL under ``torchrun --max-restarts 1`` resumes from the last
   checkpoint, and the run ends with the same losses as an uninterrupted one (tolerance 1e-4).
+- Under FSDP2 a rank holds only its half of the parameters, even at start (meta init), and the
+  initial weights are exactly the one-process seeded model's.
 """
 
 from __future__ import annotations
@@ -137,3 +139,42 @@ def test_sigkilled_rank_resumes_and_matches_the_uninterrupted_run(workdir, runs)
     for step, loss in reference.items():
         assert resumed[step] == pytest.approx(loss, abs=TOL), step
     assert metrics["val_loss"] == pytest.approx(json.loads((runs["ddp"] / "metrics.json").read_text())["val_loss"], abs=TOL)  # fmt: skip
+
+
+META_INIT = """
+import torch, torch.distributed as dist
+from lmforge.config import ModelConfig, TrainConfig
+from lmforge.model import build_config, build_model
+from lmforge.train.distributed import init_distributed
+from lmforge.train.parallel import full_state_dict, meta_init, parallelize
+
+rt = init_distributed("cpu", 1)
+hf = build_config(ModelConfig(n_layers=2, d_model=64, n_heads=4, max_seq_len=32, vocab_size=512))
+cfg = TrainConfig(parallel="fsdp")
+with meta_init(cfg, rt):
+    model = build_model(hf, seed=7)
+assert any(p.is_meta for p in model.parameters()) == (rt.rank == 1)
+model = parallelize(model, cfg, rt)
+local = sum(p.to_local().numel() for p in model.parameters())
+total = sum(p.numel() for p in model.parameters())  # tied embedding counted once
+assert model.lm_head.weight is model.model.embed_tokens.weight
+assert 0.45 * total <= local <= 0.55 * total, (local, total)
+reference = build_model(hf, seed=7)
+for (name, buf), ref in zip(model.named_buffers(), reference.buffers(), strict=True):
+    assert torch.equal(buf, ref), name  # non-persistent RoPE frequencies, on every rank
+state = full_state_dict(model)
+if rt.rank == 0:
+    expected = reference.state_dict()
+    assert state.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(state[key], value), key
+dist.destroy_process_group()
+"""
+
+
+def test_fsdp_ranks_hold_half_the_weights_and_start_from_the_seeded_model(tmp_path):
+    script = tmp_path / "meta_init.py"
+    script.write_text(META_INIT)
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node=2", str(script)]
+    proc = subprocess.run(cmd, env=env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -4,8 +4,9 @@ API::
 
     result = fit(model, task, cfg, rt, checkpoint_dir=..., fingerprint=..., on_log=...)
 
-- ``model``: an ``nn.Module`` built identically (same seed) on every rank; ``fit`` moves it to
-  the device and wraps it as ``cfg.parallel`` says (``lmforge.train.parallel``).
+- ``model``: an ``nn.Module`` built identically (same seed) on every rank, or under FSDP on the
+  meta device on ranks 1.. (``meta_init``); ``fit`` moves it to the device and wraps it as
+  ``cfg.parallel`` says (``lmforge.train.parallel``).
 - ``task``: what is trained, as a ``Task`` (below): its batches, its loss, its validation. The
   loop knows nothing of tokens, labels or heads. Batches are addressed by (step, micro step), so
   a resumed run continues the same data order from the step in the checkpoint alone.

@@ -5,11 +5,19 @@ ranks. ``single``: as is. ``ddp``: gradients all-reduced after backward. ``fsdp`
 ``fully_shard`` per decoder block and then the root, so parameters, gradients and optimizer state
 are sharded over ranks and gathered block by block. Activation checkpointing (recompute each
 block in backward) applies to any of them.
+
+Under FSDP a rank need not hold the whole model even at start: build it inside
+``meta_init(cfg, rt)`` and only rank 0 allocates the seeded weights (the initial weights stay
+those of a one-process run with the same seed); the other ranks build on the meta device,
+allocate just their shards after ``fully_shard`` and receive them from rank 0.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from lmforge.config import TrainConfig
@@ -26,9 +34,19 @@ def decoder_blocks(model: nn.Module) -> list[nn.Module]:
     raise TrainingError(f"{type(model).__name__}: no decoder block list (`layers`) to shard")
 
 
+def meta_init(cfg: TrainConfig, rt: Runtime) -> contextlib.AbstractContextManager:
+    """Where to build the model: on the meta device (no storage) on ranks 1.. under FSDP, which
+    ``parallelize`` fills from rank 0's weights; as usual everywhere else."""
+    if rt.distributed and cfg.parallel == "fsdp" and not rt.is_main:
+        return torch.device("meta")
+    return contextlib.nullcontext()
+
+
 def parallelize(model: nn.Module, cfg: TrainConfig, rt: Runtime) -> nn.Module:
     """Move ``model`` to the device and wrap it as ``cfg.parallel`` says; returns the model to train."""
-    model.to(rt.device)
+    on_meta = any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    if not on_meta:
+        model.to(rt.device)
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not rt.distributed:
@@ -54,11 +72,32 @@ def parallelize(model: nn.Module, cfg: TrainConfig, rt: Runtime) -> nn.Module:
             if cfg.precision == "bf16" and rt.device.type == "cuda"
             else MixedPrecisionPolicy()
         )
+        # Built under meta_init on some rank? Then rank 0's weights fill every rank's shards.
+        flag = torch.tensor([float(on_meta)], device=rt.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        fill = bool(flag.item())
+        full = model.state_dict() if fill and rt.is_main else {}  # before sharding: whole
         for block in decoder_blocks(model):
             fully_shard(block, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
+        if fill:
+            _fill_from_rank0(model, full, rt, on_meta)
         return model
     raise TrainingError(f"parallel={cfg.parallel!r}: expected single, ddp or fsdp")
+
+
+def _fill_from_rank0(model: nn.Module, full: dict, rt: Runtime, on_meta: bool) -> None:
+    """Allocate the local shards of a meta model and copy every rank's share of ``full``."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if on_meta:
+        model.to_empty(device=rt.device)  # shards only; tied weights stay one parameter
+    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, full, options=opts)
+    # Non-persistent buffers (RoPE's inv_freq) are in no state dict and to_empty left them
+    # uninitialised: rank 0 built them, so they come from there too (they are small).
+    for buf in model.buffers():
+        dist.broadcast(buf, src=0)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

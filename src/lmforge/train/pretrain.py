@@ -37,7 +37,7 @@ from lmforge.train.data import BlockDataset, GlobalBatchSampler
 from lmforge.train.distributed import Runtime, all_reduce_sum, barrier, init_distributed, shutdown
 from lmforge.train.flops import measure_matmul_peak, precision_dtype
 from lmforge.train.loop import fit
-from lmforge.train.parallel import full_state_dict
+from lmforge.train.parallel import full_state_dict, meta_init
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,8 @@ def pretrain(cfg: Config, tokenized_dir: Path, out_dir: Path) -> PretrainResult:
     try:
         hf_config = build_config(cfg.model, meta.vocab_size, meta.eos_id, meta.pad_id)
         size = model_size(hf_config, seq_len)
-        model = build_model(hf_config, seed=tcfg.seed)
+        with meta_init(tcfg, rt):  # FSDP: only rank 0 allocates the whole model
+            model = build_model(hf_config, seed=tcfg.seed)
         sampler = GlobalBatchSampler(
             len(train_ds), tcfg.micro_batch_size, tcfg.grad_accum_steps, rt.world_size, tcfg.seed
         )
