@@ -29,7 +29,6 @@ def augment(
     from pathlib import Path
 
     from lmforge.data.augment import augment as step
-
     from lmforge.kfp.runtime import log_metrics, step_config
 
     cfg = step_config(params, overrides, run_id, task_name)

@@ -30,9 +30,8 @@ def finetune(
     """
     from pathlib import Path
 
-    from lmforge.train.finetune import finetune as step
-
     from lmforge.kfp.runtime import log_metrics, step_config
+    from lmforge.train.finetune import finetune as step
 
     cfg = step_config(params, overrides, run_id, task_name)
     step(cfg, Path(pretrained.path), Path(augmented.path), Path(finetuned.path))

@@ -31,7 +31,6 @@ def validate(
     from pathlib import Path
 
     from lmforge.data.validate import validate as step
-
     from lmforge.kfp.runtime import log_metrics, publish, step_config
 
     cfg = step_config(params, overrides, run_id, task_name)
