@@ -49,7 +49,9 @@ def test_blocks_follow_the_contract_and_hold_every_record(micro_cfg, augmented, 
         assert arr.shape[0] == info["n_blocks"] > 0
         assert info["n_blocks"] * meta["block_size"] == info["n_tokens"] - info["dropped_tokens"]
         assert 0 <= info["dropped_tokens"] < meta["block_size"]
+        # The split's LM text: the corpus, then the labelled records' texts (no labels).
         source = texts(augmented / "corpus" / f"{split}.jsonl")
+        source += texts(augmented / "labelled" / f"{split}.jsonl")
         assert info["n_records"] == len(source)
         # Records packed in order, each closed by EOS: decoding the stream gives them back.
         stream = arr.reshape(-1).tolist()
@@ -61,18 +63,39 @@ def test_blocks_follow_the_contract_and_hold_every_record(micro_cfg, augmented, 
     assert metrics["train"]["n_tokens"] == meta["splits"]["train"]["n_tokens"]
 
 
+def _append_to_texts(path, word: str) -> None:
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in recs:
+        r["text"] += f" {word}" * 30  # frequent enough to be merged, were it seen in training
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
 def test_tokenizer_is_trained_on_the_training_split_only(micro_cfg, augmented, tmp_path):
     from transformers import PreTrainedTokenizerFast
 
-    test_file = augmented / "corpus" / "test.jsonl"
-    recs = [json.loads(line) for line in test_file.read_text().splitlines()]
-    for r in recs:
-        r["text"] += " zqxvbnk" * 30  # frequent enough to be merged, were it seen in training
-    test_file.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    _append_to_texts(augmented / "corpus" / "test.jsonl", "zqxvbnk")
+    _append_to_texts(augmented / "labelled" / "validation.jsonl", "qwxjvpd")
+    _append_to_texts(augmented / "labelled" / "train.jsonl", "mailwordx")
     tokenize(micro_cfg, augmented, tmp_path / "tok")
     tok = PreTrainedTokenizerFast.from_pretrained(tmp_path / "tok" / "tokenizer")
     assert len(tok(" zqxvbnk")["input_ids"]) > 3
-    assert len(tok(" king")["input_ids"]) == 1  # a frequent training word is one token
+    assert len(tok(" qwxjvpd")["input_ids"]) > 3  # held-out emails: never trained on
+    assert len(tok(" the")["input_ids"]) == 1  # a frequent training word is one token
+    assert len(tok(" mailwordx")["input_ids"]) == 1  # so is one of the training emails'
+
+
+def test_labelled_text_can_be_left_out(augmented, tmp_path):
+    cfg = load_config(None, [*MICRO, "tokenizer.include_labelled_text=false"])
+    tokenize(cfg, augmented, tmp_path / "tok")
+    meta, _ = blocks(tmp_path / "tok", "train")
+    assert meta["splits"]["train"]["n_records"] == len(texts(augmented / "corpus" / "train.jsonl"))
+
+
+def test_missing_labelled_split_names_the_file_and_the_switch(micro_cfg, augmented, tmp_path):
+    (augmented / "labelled" / "test.jsonl").unlink()
+    with pytest.raises(DataError, match=r"labelled/test\.jsonl: missing.*include_labelled_text"):
+        tokenize(micro_cfg, augmented, tmp_path / "tok")
+    assert not (tmp_path / "tok").exists()
 
 
 def test_no_training_block_is_an_error(augmented, tmp_path):
@@ -91,10 +114,10 @@ def test_special_tokens_must_include_eos_and_pad(augmented, tmp_path):
 def test_tokenizer_training_sample_is_a_deterministic_share(augmented):
     from lmforge.data.tokenize import training_texts
 
-    path = augmented / "corpus" / "train.jsonl"
-    everything = list(training_texts(path, 0))
-    assert everything == texts(path)
-    cap_mb = path.stat().st_size / 3 / 1e6
-    sample = list(training_texts(path, cap_mb))
-    assert sample == list(training_texts(path, cap_mb))  # the same records every time
+    paths = [augmented / "corpus" / "train.jsonl", augmented / "labelled" / "train.jsonl"]
+    everything = list(training_texts(paths, 0))
+    assert everything == texts(paths[0]) + texts(paths[1])
+    cap_mb = sum(p.stat().st_size for p in paths) / 3 / 1e6
+    sample = list(training_texts(paths, cap_mb))
+    assert sample == list(training_texts(paths, cap_mb))  # the same records every time
     assert 0.1 < len(sample) / len(everything) < 0.6 and set(sample) < set(everything)

@@ -85,6 +85,10 @@ class TokenizerConfig:
     # BPE merges settle long before the whole corpus is seen: train on a hash-sampled share of
     # about this many MB of the training split (0: all of it), so the stage scales with encoding.
     train_max_mb: float = 8.0
+    # The labelled records' texts (labels dropped) join the language-model text of their own
+    # split: the decoder (and the tokenizer) learn the downstream domain before fine-tuning,
+    # i.e. domain-adaptive pretraining. Only the train split is trained on, as for the corpus.
+    include_labelled_text: bool = True
 
 
 @dataclass

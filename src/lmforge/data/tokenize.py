@@ -10,9 +10,12 @@ Layout of ``out_dir`` (the contract the trainer reads, see docs/architecture.md)
                          "splits": {split: {"n_blocks", "n_tokens", "n_records"}}}
     metrics.json        token counts per split
 
+A split's text is ``corpus/{split}.jsonl`` and, with ``tokenizer.include_labelled_text``, the
+texts of ``labelled/{split}.jsonl`` (labels dropped): the language model then learns the
+fine-tuning domain too (domain-adaptive pretraining), and only ever trains on the train split.
 The tokenizer sees at most about ``train_max_mb`` of the training split (a hash-sampled share of
-its records). Records are concatenated, each followed by EOS, and cut into blocks; the last partial block of a
-split is dropped (its tokens are counted in ``dropped_tokens``). Encoding runs through
+its records). Records are concatenated, each followed by EOS, and cut into blocks; the last
+partial block of a split is dropped (its tokens are counted in ``dropped_tokens``). Encoding runs through
 ``datasets.map`` (batched, ``num_proc`` workers) on Arrow files that live in a scratch folder,
 and packing streams Arrow chunks to disk, so memory stays flat as the corpus grows.
 """
@@ -44,14 +47,31 @@ class TokenizeResult:
     out_dir: str
 
 
-def training_texts(path: Path, max_mb: float) -> Iterator[str]:
-    """The texts of ``path``; over ``max_mb``, a share of the records chosen by a hash of their
-    id (deterministic, independent of file order)."""
-    size = path.stat().st_size
+def split_sources(augmented_dir: Path, split: str, cfg: TokenizerConfig) -> list[Path]:
+    """The files whose texts make up ``split``'s language-model text (module doc)."""
+    sources = [Path(augmented_dir) / "corpus" / f"{split}.jsonl"]
+    if cfg.include_labelled_text:
+        sources.append(Path(augmented_dir) / "labelled" / f"{split}.jsonl")
+    for path in sources:
+        if not path.is_file():
+            hint = (
+                " (or set tokenizer.include_labelled_text: false)" if "labelled" in path.parts else ""
+            )
+            raise DataError(f"{path}: missing; run the augment stage first{hint}.")
+    return sources
+
+
+def training_texts(paths: list[Path], max_mb: float) -> Iterator[str]:
+    """The texts of ``paths``; over ``max_mb`` in all, a share of the records chosen by a hash of
+    their id (deterministic, independent of file order)."""
+    size = sum(p.stat().st_size for p in paths)
     keep = 1.0 if max_mb <= 0 or size <= max_mb * 1e6 else max_mb * 1e6 / size
-    for rec in read_records(path, "corpus", allow_empty=True):
-        if rec["text"] and (keep >= 1.0 or hash_unit(rec["id"], "tokenizer-sample") < keep):
-            yield rec["text"]
+    for path in paths:
+        # Labelled records are read as text only: their labels never reach the language model.
+        kind = "labelled" if path.parent.name == "labelled" else "corpus"
+        for rec in read_records(path, kind, allow_empty=True):
+            if rec["text"] and (keep >= 1.0 or hash_unit(rec["id"], "tokenizer-sample") < keep):
+                yield rec["text"]
 
 
 def train_tokenizer(cfg: TokenizerConfig, texts: Iterator[str]):
@@ -92,15 +112,21 @@ def save_tokenizer(cfg: TokenizerConfig, tok, out: Path):
     return fast
 
 
-def _encode_split(tok, eos_id: int, path: Path, cfg: TokenizerConfig, cache: Path):
+def _encode_split(tok, eos_id: int, paths: list[Path], cfg: TokenizerConfig, cache: Path):
     """``datasets``: the split's texts -> a dataset with one ``input_ids`` list per record."""
     import datasets
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
-    if path.stat().st_size == 0:
+    parts = []
+    for path in paths:
+        if path.stat().st_size:
+            part = datasets.Dataset.from_json(str(path), cache_dir=str(cache), keep_in_memory=False)
+            parts.append(part.select_columns(["text"]))
+    if not parts:
         return None
-    ds = datasets.Dataset.from_json(str(path), cache_dir=str(cache), keep_in_memory=False)
+    ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    name = f"{paths[0].stem}-ids.arrow"
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         texts = [t or "" for t in batch["text"]]
@@ -123,7 +149,7 @@ def _encode_split(tok, eos_id: int, path: Path, cfg: TokenizerConfig, cache: Pat
             batch_size=cfg.batch_size,
             num_proc=n_proc if n_proc > 1 else None,
             remove_columns=ds.column_names,
-            cache_file_name=str(cache / f"{path.stem}-ids.arrow"),
+            cache_file_name=str(cache / name),
             desc=None,
         )
     finally:
@@ -156,17 +182,14 @@ def pack(ds, block_size: int, dtype: np.dtype, dest: Path) -> dict[str, int]:
 
 
 def tokenize(cfg: Config, augmented_dir: Path, out_dir: Path) -> TokenizeResult:
-    """Train the tokenizer on ``corpus/train.jsonl`` and pack every split into ``out_dir``."""
+    """Train the tokenizer on the training split and pack every split into ``out_dir``."""
     with tracked(cfg, "tokenize", sections=("tokenizer",)):
         tcfg = cfg.tokenizer
-        src = Path(augmented_dir) / "corpus"
-        for split in SPLITS:
-            if not (src / f"{split}.jsonl").is_file():
-                raise DataError(f"{src / split}.jsonl: missing; run the augment stage first.")
+        sources = {split: split_sources(Path(augmented_dir), split, tcfg) for split in SPLITS}
         if tcfg.block_size < 2:
             raise DataError(f"tokenizer.block_size={tcfg.block_size}: must be at least 2.")
         with atomic_dir(out_dir) as tmp:
-            tok = train_tokenizer(tcfg, training_texts(src / "train.jsonl", tcfg.train_max_mb))
+            tok = train_tokenizer(tcfg, training_texts(sources["train"], tcfg.train_max_mb))
             fast = save_tokenizer(tcfg, tok, tmp / "tokenizer")
             eos_id, pad_id = fast.eos_token_id, fast.pad_token_id
             vocab_size = len(fast)
@@ -176,13 +199,13 @@ def tokenize(cfg: Config, augmented_dir: Path, out_dir: Path) -> TokenizeResult:
             cache = tmp / ".datasets-cache"
             splits: dict[str, dict[str, int]] = {}
             for split in SPLITS:
-                ds = _encode_split(tok, eos_id, src / f"{split}.jsonl", tcfg, cache)
+                ds = _encode_split(tok, eos_id, sources[split], tcfg, cache)
                 splits[split] = pack(ds, tcfg.block_size, dtype, blocks / f"{split}.bin")
                 del ds
             shutil.rmtree(cache, ignore_errors=True)
             if splits["train"]["n_blocks"] == 0:
                 raise DataError(
-                    f"{src / 'train.jsonl'}: {splits['train']['n_tokens']} tokens make no block of "
+                    f"{sources['train'][0]}: {splits['train']['n_tokens']} tokens make no block of "
                     f"tokenizer.block_size={tcfg.block_size}; add data or lower block_size."
                 )
             meta: dict[str, Any] = {
