@@ -2,8 +2,11 @@
 
 Same model (6 layers, width 384, 6 heads, context 256, vocabulary 8192), same synthetic blocks,
 batch 8, AdamW (betas 0.9/0.95, weight decay 0.1), clipping at 1.0, warmup + cosine, one
-process, all cores. Each round runs both trainers for the same steps, alternating, at fp32 and
-bf16 (autocast); tokens/s is the median over rounds of the post-warm-up steps. MFU divides the
+process, all cores. Four contenders: each trainer eager (its default) and under
+``torch.compile`` (``TrainConfig.compile`` / ``TrainingArguments.torch_compile``; compilation
+falls in the untimed warm-up steps). Each round runs all of them for the same steps, in a
+rotating order, at fp32 and bf16 (autocast); tokens/s is the median over rounds of the
+post-warm-up steps. MFU divides the
 achieved model FLOP/s (6N + 12LdT per token) by the matmul peak of the same precision measured
 in the same round (``lmforge.train.flops.measure_matmul_peak``).
 
@@ -36,10 +39,14 @@ SHAPE = ModelConfig(n_layers=6, d_model=384, n_heads=6, max_seq_len=256, vocab_s
 BATCH, SEQ = 8, 256
 
 
-def run_lmforge(ds: BlockDataset, precision: str, steps: int, warmup: int) -> float:
+CONTENDERS = ("lmforge", "lmforge+compile", "trainer", "trainer+compile")
+
+
+def run_lmforge(ds: BlockDataset, precision: str, steps: int, warmup: int, compile: bool) -> float:
     cfg = TrainConfig(
         max_steps=warmup + steps, micro_batch_size=BATCH, warmup_steps=2, lr=1e-3,
         precision=precision, parallel="single", eval_every=0, ckpt_every=0, log_every=warmup,
+        compile=compile,
     )  # fmt: skip
     rt = Runtime()
     model = build_model(build_config(SHAPE), seed=0)
@@ -51,7 +58,9 @@ def run_lmforge(ds: BlockDataset, precision: str, steps: int, warmup: int) -> fl
     return statistics.fmean(r["tokens_per_s"] for r in rows)
 
 
-def run_trainer(ds: BlockDataset, precision: str, steps: int, warmup: int, out: Path) -> float:
+def run_trainer(
+    ds: BlockDataset, precision: str, steps: int, warmup: int, compile: bool, out: Path
+) -> float:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     class Clock(TrainerCallback):
@@ -75,7 +84,7 @@ def run_trainer(ds: BlockDataset, precision: str, steps: int, warmup: int, out: 
         max_grad_norm=1.0, lr_scheduler_type="cosine", warmup_steps=2,
         bf16=precision == "bf16", use_cpu=True, report_to=[], save_strategy="no",
         logging_strategy="no", dataloader_num_workers=0, optim="adamw_torch_fused",
-        disable_tqdm=True, seed=0,
+        disable_tqdm=True, seed=0, torch_compile=compile,
     )  # fmt: skip
     clock = Clock()
     model = build_model(build_config(SHAPE), seed=0)
@@ -98,23 +107,29 @@ def main() -> None:
         )
         ds = BlockDataset(data / "blocks", "train")
         for precision in ("fp32", "bf16"):
-            samples: dict[str, list[float]] = {"lmforge": [], "trainer": [], "peak": []}
+            samples: dict[str, list[float]] = {name: [] for name in (*CONTENDERS, "peak")}
             for r in range(args.rounds):
                 samples["peak"].append(measure_matmul_peak(torch.device("cpu"), precision_dtype(precision), 1.0))  # fmt: skip
-                order = ("lmforge", "trainer") if r % 2 == 0 else ("trainer", "lmforge")
+                order = CONTENDERS[r % 4 :] + CONTENDERS[: r % 4]  # no contender always first
                 for name in order:
-                    if name == "lmforge":
-                        tps = run_lmforge(ds, precision, args.steps, args.warmup)
+                    compile = name.endswith("+compile")
+                    if name.startswith("lmforge"):
+                        tps = run_lmforge(ds, precision, args.steps, args.warmup, compile)
                     else:
-                        tps = run_trainer(ds, precision, args.steps, args.warmup, Path(tmp) / "hf")
+                        tps = run_trainer(ds, precision, args.steps, args.warmup, compile, Path(tmp) / "hf")  # fmt: skip
                     samples[name].append(tps)
                     print(f"{precision} round {r} {name}: {tps:.0f} tokens/s", flush=True)
             peak = statistics.median(samples["peak"])
-            row = {"matmul_peak_gflops": peak / 1e9}
-            for name in ("lmforge", "trainer"):
+            row: dict = {"matmul_peak_gflops": peak / 1e9}
+            for name in CONTENDERS:
                 tps = statistics.median(samples[name])
                 row[name] = {"tokens_per_s": tps, "mfu": tps * flops / peak, "samples": samples[name]}  # fmt: skip
-            row["speedup"] = row["lmforge"]["tokens_per_s"] / row["trainer"]["tokens_per_s"]
+            tps = {name: row[name]["tokens_per_s"] for name in CONTENDERS}
+            row["speedup"] = {
+                "eager_vs_trainer": tps["lmforge"] / tps["trainer"],
+                "compiled_vs_trainer": tps["lmforge+compile"] / tps["trainer"],
+                "compiled_vs_trainer_compiled": tps["lmforge+compile"] / tps["trainer+compile"],
+            }
             results[precision] = row
     payload = {
         "shape": {
