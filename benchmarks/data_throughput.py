@@ -6,8 +6,9 @@ validate, augment and tokenize; a second child times the trained tokenizer's ``e
 (all threads) over the same corpus texts: the limit a tokenize stage could reach. Each child's
 peak RSS (and that of its workers) is recorded: memory must stay flat as the corpus grows.
 
-Throughput is MB of corpus text (UTF-8) per second. The pipeline also validates and augments the
-labelled set, which the raw tokenizer never sees: the ratio is conservative.
+Throughput is MB of corpus text (UTF-8) per second. The pipeline also validates, augments and
+(``tokenizer.include_labelled_text``) tokenizes the labelled set, which the raw tokenizer never
+sees: the ratio is conservative.
 
     .venv/bin/python benchmarks/data_throughput.py [--scales 1 10]
 
