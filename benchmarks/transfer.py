@@ -32,19 +32,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("validation", "test")
 
 
-def score_split(cfg, model_dir: Path, labelled: Path, split: str) -> float:
-    labels = list(cfg.data.labels)
+def read_split(labelled: Path, split: str, labels: list[str]) -> tuple[list[str], np.ndarray]:
     rows = read_labelled(labelled / f"{split}.jsonl", labels)
-    y = np.array([labels.index(r["label"]) for r in rows])
-    model, tokenizer = load_classifier(model_dir)
-    pred = classify(model, tokenizer, [r["text"] for r in rows], labels, cfg)
-    return scores(y, pred, len(labels))["macro_f1"]
+    return [r["text"] for r in rows], np.array([labels.index(r["label"]) for r in rows])
 
 
-def majority_f1(cfg, labelled: Path, split: str) -> float:
+def macro_f1(cfg, model_dir: Path, texts: list[str], y: np.ndarray) -> float:
     labels = list(cfg.data.labels)
-    y = np.array([labels.index(r["label"]) for r in read_labelled(labelled / f"{split}.jsonl", labels)])  # fmt: skip
-    return scores(y, np.full_like(y, np.bincount(y).argmax()), len(labels))["macro_f1"]
+    model, tokenizer = load_classifier(model_dir)
+    return scores(y, classify(model, tokenizer, texts, labels, cfg), len(labels))["macro_f1"]
 
 
 def main() -> None:
@@ -55,24 +51,29 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     labelled = args.augmented / "labelled"
+    cfg = load_config(ROOT / "params.yaml", args.overrides)
+    labels = list(cfg.data.labels)
+    data = {split: read_split(labelled, split, labels) for split in SPLITS}
+    # The majority class of the training split, as lmforge.evaluate defines it.
+    majority = int(np.bincount(read_split(labelled, "train", labels)[1]).argmax())
     rows = []
     for seed in args.seeds:
-        cfg = load_config(ROOT / "params.yaml", [*args.overrides, f"finetune.seed={seed}"])
+        seeded = load_config(ROOT / "params.yaml", [*args.overrides, f"finetune.seed={seed}"])
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "finetune"
-            finetune(cfg, args.pretrained, args.augmented, out)
+            finetune(seeded, args.pretrained, args.augmented, out)
             row: dict = {"seed": seed}
             for split in SPLITS:
                 for variant in ("model", "baseline"):
-                    row[f"{split}_{variant}"] = score_split(cfg, out / variant, labelled, split)
+                    row[f"{split}_{variant}"] = macro_f1(seeded, out / variant, *data[split])
         rows.append(row)
         print(json.dumps(row), flush=True)
-    cfg = load_config(ROOT / "params.yaml", args.overrides)
     summary = {}
     for split in SPLITS:
         gains = [r[f"{split}_model"] - r[f"{split}_baseline"] for r in rows]
+        y = data[split][1]
         summary[split] = {
-            "majority_macro_f1": majority_f1(cfg, labelled, split),
+            "majority_macro_f1": scores(y, np.full_like(y, majority), len(labels))["macro_f1"],
             "mean_model": statistics.fmean(r[f"{split}_model"] for r in rows),
             "mean_baseline": statistics.fmean(r[f"{split}_baseline"] for r in rows),
             "mean_gain": statistics.fmean(gains),
