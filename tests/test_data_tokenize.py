@@ -115,9 +115,10 @@ def test_tokenizer_training_sample_is_a_deterministic_share(augmented):
     from lmforge.data.tokenize import training_texts
 
     paths = [augmented / "corpus" / "train.jsonl", augmented / "labelled" / "train.jsonl"]
-    everything = list(training_texts(paths, 0))
+    sources = [(paths[0], "corpus"), (paths[1], "labelled")]
+    everything = list(training_texts(sources, 0))
     assert everything == texts(paths[0]) + texts(paths[1])
     cap_mb = sum(p.stat().st_size for p in paths) / 3 / 1e6
-    sample = list(training_texts(paths, cap_mb))
-    assert sample == list(training_texts(paths, cap_mb))  # the same records every time
+    sample = list(training_texts(sources, cap_mb))
+    assert sample == list(training_texts(sources, cap_mb))  # the same records every time
     assert 0.1 < len(sample) / len(everything) < 0.6 and set(sample) < set(everything)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from lmforge.config import Config, TokenizerConfig
-from lmforge.data.records import atomic_dir, read_records, write_json
+from lmforge.data.records import Kind, atomic_dir, read_records, write_json
 from lmforge.data.split import SPLITS, hash_unit
 from lmforge.data.track import log_outputs, tracked
 from lmforge.errors import DataError
@@ -47,28 +47,28 @@ class TokenizeResult:
     out_dir: str
 
 
-def split_sources(augmented_dir: Path, split: str, cfg: TokenizerConfig) -> list[Path]:
+Source = tuple[Path, Kind]  # a JSON-lines file and its record schema
+
+
+def split_sources(augmented_dir: Path, split: str, cfg: TokenizerConfig) -> list[Source]:
     """The files whose texts make up ``split``'s language-model text (module doc)."""
-    sources = [Path(augmented_dir) / "corpus" / f"{split}.jsonl"]
+    sources: list[Source] = [(Path(augmented_dir) / "corpus" / f"{split}.jsonl", "corpus")]
     if cfg.include_labelled_text:
-        sources.append(Path(augmented_dir) / "labelled" / f"{split}.jsonl")
-    for path in sources:
+        sources.append((Path(augmented_dir) / "labelled" / f"{split}.jsonl", "labelled"))
+    for path, kind in sources:
         if not path.is_file():
-            hint = (
-                " (or set tokenizer.include_labelled_text: false)" if "labelled" in path.parts else ""
-            )
+            hint = " (or set tokenizer.include_labelled_text: false)" if kind == "labelled" else ""
             raise DataError(f"{path}: missing; run the augment stage first{hint}.")
     return sources
 
 
-def training_texts(paths: list[Path], max_mb: float) -> Iterator[str]:
-    """The texts of ``paths``; over ``max_mb`` in all, a share of the records chosen by a hash of
-    their id (deterministic, independent of file order)."""
-    size = sum(p.stat().st_size for p in paths)
+def training_texts(sources: list[Source], max_mb: float) -> Iterator[str]:
+    """The texts of ``sources``; over ``max_mb`` in all, a share of the records chosen by a hash
+    of their id (deterministic, independent of file order)."""
+    size = sum(path.stat().st_size for path, _ in sources)
     keep = 1.0 if max_mb <= 0 or size <= max_mb * 1e6 else max_mb * 1e6 / size
-    for path in paths:
+    for path, kind in sources:
         # Labelled records are read as text only: their labels never reach the language model.
-        kind = "labelled" if path.parent.name == "labelled" else "corpus"
         for rec in read_records(path, kind, allow_empty=True):
             if rec["text"] and (keep >= 1.0 or hash_unit(rec["id"], "tokenizer-sample") < keep):
                 yield rec["text"]
@@ -112,21 +112,21 @@ def save_tokenizer(cfg: TokenizerConfig, tok, out: Path):
     return fast
 
 
-def _encode_split(tok, eos_id: int, paths: list[Path], cfg: TokenizerConfig, cache: Path):
+def _encode_split(tok, eos_id: int, sources: list[Source], cfg: TokenizerConfig, cache: Path):
     """``datasets``: the split's texts -> a dataset with one ``input_ids`` list per record."""
     import datasets
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     parts = []
-    for path in paths:
+    for path, _ in sources:
         if path.stat().st_size:
             part = datasets.Dataset.from_json(str(path), cache_dir=str(cache), keep_in_memory=False)
             parts.append(part.select_columns(["text"]))
     if not parts:
         return None
     ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-    name = f"{paths[0].stem}-ids.arrow"
+    name = f"{sources[0][0].stem}-ids.arrow"
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         texts = [t or "" for t in batch["text"]]
@@ -205,7 +205,7 @@ def tokenize(cfg: Config, augmented_dir: Path, out_dir: Path) -> TokenizeResult:
             shutil.rmtree(cache, ignore_errors=True)
             if splits["train"]["n_blocks"] == 0:
                 raise DataError(
-                    f"{sources['train'][0]}: {splits['train']['n_tokens']} tokens make no block of "
+                    f"{sources['train'][0][0]}: {splits['train']['n_tokens']} tokens make no block of "
                     f"tokenizer.block_size={tcfg.block_size}; add data or lower block_size."
                 )
             meta: dict[str, Any] = {
