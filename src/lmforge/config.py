@@ -25,8 +25,7 @@ import yaml
 PRESETS_FILE = Path(__file__).parent / "presets" / "models.yaml"
 
 
-class ConfigError(ValueError):
-    """A params file or override that does not fit the schema; the message says where and how."""
+from lmforge.errors import ConfigError  # noqa: E402  (re-exported: one error family)
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,7 +124,9 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    precision: Literal["fp32", "bf16"] = "bf16"
+    # auto: bf16 where the device computes it natively (CUDA with bf16, a CPU with AVX512-BF16
+    # or AMX), else fp32. An explicit bf16 on a device without native support still runs.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
     parallel: Literal["single", "ddp", "fsdp"] = "ddp"
     activation_checkpointing: bool = False
@@ -195,6 +196,7 @@ class RegisterConfig:
     lm_max_primary: float = 1000.0
     promote_margin: float = 0.0  # the challenger must beat the champion by more than this
     lock_timeout_s: float = 60.0  # wait this long for a concurrent promotion to finish
+    lock_lease_s: float = 300.0  # a lock older than this is a dead holder's: taken over
 
 
 @dataclass
@@ -204,6 +206,12 @@ class TrackingConfig:
     tracking_uri: str = "sqlite:///mlflow.db"
     artifact_location: str = "mlartifacts"
     experiment: str = "lmforge"
+    # Training path: a tracking outage must not kill training. Each request gets this timeout
+    # and at most this many retries; what could not be sent is buffered and replayed.
+    request_timeout_s: float = 5.0
+    max_retries: int = 1
+    # Stages that need the server (register, promote): give up after this long, naming the URI.
+    connect_timeout_s: float = 15.0
 
 
 @dataclass

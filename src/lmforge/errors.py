@@ -7,6 +7,12 @@ class LmforgeError(Exception):
     exit_code = 1
 
 
+class ConfigError(LmforgeError, ValueError):
+    """A params file or override that does not fit the schema; the message says where and how."""
+
+    exit_code = 2
+
+
 class DataError(LmforgeError):
     """Input data that a stage refuses (bad file, schema, encoding, failed expectations)."""
 
