@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -38,27 +38,9 @@ from lmforge.train.distributed import Runtime, all_reduce_sum, barrier, init_dis
 from lmforge.train.flops import measure_matmul_peak, precision_dtype
 from lmforge.train.loop import fit
 from lmforge.train.parallel import full_state_dict, meta_init
+from lmforge.train.result import PretrainResult  # the launcher reports it without torch
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PretrainResult:
-    val_loss: float
-    val_perplexity: float
-    unigram_perplexity: float
-    train_loss: float
-    steps: int
-    tokens_seen: int
-    n_params: int
-    flops_per_token: float
-    tokens_per_s: float
-    mfu: float
-    peak_memory_bytes: int
-    train_seconds: float
-    world_size: int
-    resumed_from: int | None
-    model_dir: str
 
 
 class LMTask:
