@@ -12,7 +12,7 @@ import yaml
 from k8s_schema import errors
 
 from lmforge.config import load_config, load_config_text
-from lmforge.errors import LaunchError
+from lmforge.errors import ConfigError, LaunchError
 from lmforge.launch.pytorchjob import is_valid_job_name, job_name, render, volume_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ def test_relative_folders_resolve_against_the_working_directory(tmp_path, monkey
     ],
 )
 def test_inconsistent_launch_settings_name_the_field(overrides, field):
-    with pytest.raises(LaunchError, match=field):
+    with pytest.raises(ConfigError, match=field):
         rendered(overrides)
 
 

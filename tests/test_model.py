@@ -7,7 +7,7 @@ import torch
 from transformers import LlamaForCausalLM, MistralForCausalLM
 
 from lmforge.config import ModelConfig, load_config, load_presets
-from lmforge.errors import TrainingError
+from lmforge.errors import ConfigError, TrainingError
 from lmforge.model import build_config, build_model, model_size, swiglu_hidden
 
 
@@ -68,10 +68,11 @@ def test_vocab_from_tokenizer_and_errors_name_the_field():
     assert build_config(tiny(vocab_size=None), vocab_size=77).vocab_size == 77
     with pytest.raises(TrainingError, match=r"model\.vocab_size"):
         build_config(tiny(vocab_size=None))
-    with pytest.raises(TrainingError, match=r"model\.n_heads"):
-        build_config(tiny(d_model=66))
-    with pytest.raises(TrainingError, match="n_kv_heads"):
-        build_config(tiny(n_kv_heads=3))
+    # Shape rules are the model section's own: checked when the section is built.
+    with pytest.raises(ConfigError, match=r"model\.n_heads: 4 must divide model.d_model 66"):
+        tiny(d_model=66)
+    with pytest.raises(ConfigError, match=r"model\.n_kv_heads: 3 must divide model.n_heads 4"):
+        tiny(n_kv_heads=3)
 
 
 @pytest.mark.parametrize("preset", list(load_presets()))

@@ -1,14 +1,19 @@
 """The ``lmforge`` command: one thin subcommand per pipeline step.
 
 Every subcommand loads the typed config (``--params``, ``--set``) and calls one function in
-``src/lmforge/``; ``dvc.yaml`` runs these commands and the KFP components call the same
-functions. Heavy libraries (torch, mlflow, great_expectations, kfp) are imported inside the
-commands, so ``lmforge --help`` stays fast.
+``src/lmforge/`` (``_step`` names it as ``module:function``); ``dvc.yaml`` runs these commands
+and the KFP components call the same functions. A command's ``--help`` lists every parameter
+of the sections its step reads, from the fields' own documentation. Heavy libraries (torch,
+mlflow, great_expectations, kfp) are imported inside the steps, so ``lmforge --help`` stays fast.
+
+Errors: :func:`main` is the one handler. Any exception ends the command with one paragraph on
+stderr (the step, the cause, the fix) and a non-zero exit; ``LMFORGE_DEBUG=1`` adds the traceback.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -16,8 +21,9 @@ from typing import Annotated, Any
 
 import typer
 
-from lmforge.config import Config, ConfigError, load_config
-from lmforge.errors import LmforgeError
+from lmforge.config import Config, load_config
+from lmforge.config.docs import section_help
+from lmforge.errors import failure_paragraph
 
 app = typer.Typer(
     help="Train transformer language models: validate, augment, tokenize, pretrain, finetune, "
@@ -25,8 +31,11 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,
 )
-pipeline_app = typer.Typer(help="Compile, submit or locally run the Kubeflow pipelines.")
+pipeline_app = typer.Typer(
+    help="Compile, submit or locally run the Kubeflow pipelines.", rich_markup_mode=None
+)
 app.add_typer(pipeline_app, name="pipeline")
 
 ParamsOpt = Annotated[
@@ -38,91 +47,71 @@ SetOpt = Annotated[
 ]
 
 
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+def _dir(help_text: str, *flags: str) -> Any:
+    return typer.Option(*flags, help=help_text)
 
 
-def _config(params: Path, overrides: list[str] | None) -> Config:
-    try:
-        return load_config(params, overrides or [])
-    except ConfigError as exc:
-        _fail(str(exc), 2)
-        raise  # unreachable; keeps type checkers calm
+def _config(params: Path, overrides: list[str] | None, step: str) -> Config:
+    from lmforge.config.record import record_reads
+
+    cfg = load_config(params, overrides or [])
+    record_reads(cfg, step)
+    return cfg
 
 
-def _report(result: Any) -> None:
-    """Print a step's small result (its metrics) as JSON on stdout."""
-    if result is None:
-        return
+def _step(target: str, *args: Any, **kwargs: Any) -> Any:
+    """Call ``module:function`` (imported only now) and print its small result as JSON."""
+    module, _, name = target.partition(":")
+    result = getattr(importlib.import_module(module), name)(*args, **kwargs)
     if dataclasses.is_dataclass(result):
         result = dataclasses.asdict(result)
-    typer.echo(json.dumps(result, indent=2, default=str))
+    if result is not None:
+        typer.echo(json.dumps(result, indent=2, default=str))
+    return result
 
 
-def _run(fn, *args, **kwargs) -> Any:
-    """Call a step; turn its user-facing errors into a one-paragraph message and exit 1."""
-    try:
-        return fn(*args, **kwargs)
-    except ConfigError as exc:
-        _fail(str(exc), 2)
-    except LmforgeError as exc:
-        _fail(str(exc), exc.exit_code)
+def _command(*sections: str, app_: typer.Typer = app, name: str | None = None):
+    """Register a command whose ``--help`` documents the parameters of ``sections``."""
+    return app_.command(name=name, epilog=section_help(sections) if sections else None)
 
 
-@app.command()
+@_command("data")
 def validate(
-    data_dir: Annotated[Path, typer.Option(help="Raw data (DVC-tracked).")] = Path("data"),
-    out: Annotated[Path, typer.Option(help="Validated, split data.")] = Path("outputs/validated"),
+    data_dir: Annotated[Path, _dir("Raw data (DVC-tracked).")] = Path("data"),
+    out: Annotated[Path, _dir("Validated, split data.")] = Path("outputs/validated"),
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
     """Check the raw data with Great Expectations, then split it by a hash of the record id."""
-    from lmforge.data.validate import validate as step
-
-    _report(_run(step, _config(params, set_), data_dir, out))
+    _step("lmforge.data.validate:validate", _config(params, set_, "validate"), data_dir, out)
 
 
-@app.command()
+@_command("data", "augment")
 def augment(
-    in_dir: Annotated[Path, typer.Option("--in", help="Output of validate.")] = Path(
-        "outputs/validated"
-    ),
-    out: Annotated[Path, typer.Option(help="Augmented training split.")] = Path(
-        "outputs/augmented"
-    ),
+    in_dir: Annotated[Path, _dir("Output of validate.", "--in")] = Path("outputs/validated"),
+    out: Annotated[Path, _dir("Augmented training split.")] = Path("outputs/augmented"),
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
     """Augment the training split (seeded, provenance kept), then validate it again."""
-    from lmforge.data.augment import augment as step
-
-    _report(_run(step, _config(params, set_), in_dir, out))
+    _step("lmforge.data.augment:augment", _config(params, set_, "augment"), in_dir, out)
 
 
-@app.command()
+@_command("tokenizer")
 def tokenize(
-    in_dir: Annotated[Path, typer.Option("--in", help="Output of augment.")] = Path(
-        "outputs/augmented"
-    ),
-    out: Annotated[Path, typer.Option(help="Tokenizer and packed blocks.")] = Path(
-        "outputs/tokenized"
-    ),
+    in_dir: Annotated[Path, _dir("Output of augment.", "--in")] = Path("outputs/augmented"),
+    out: Annotated[Path, _dir("Tokenizer and packed blocks.")] = Path("outputs/tokenized"),
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
     """Train the byte-level BPE tokenizer on the training split and pack every split."""
-    from lmforge.data.tokenize import tokenize as step
-
-    _report(_run(step, _config(params, set_), in_dir, out))
+    _step("lmforge.data.tokenize:tokenize", _config(params, set_, "tokenize"), in_dir, out)
 
 
-@app.command()
+@_command("model", "pretrain", "launch")
 def pretrain(
-    data: Annotated[Path, typer.Option(help="Output of tokenize.")] = Path("outputs/tokenized"),
-    out: Annotated[Path, typer.Option(help="Model directory, checkpoints, metrics.")] = Path(
-        "outputs/pretrain"
-    ),
+    data: Annotated[Path, _dir("Output of tokenize.")] = Path("outputs/tokenized"),
+    out: Annotated[Path, _dir("Model directory, checkpoints, metrics.")] = Path("outputs/pretrain"),
     backend: Annotated[
         str | None,
         typer.Option(
@@ -138,93 +127,71 @@ def pretrain(
     set_: SetOpt = None,
 ) -> None:
     """Pretrain the decoder LM: as a Kubeflow PyTorchJob (cluster or local runner) or inline."""
-    cfg = _config(params, set_)
+    cfg = _config(params, set_, "pretrain")
     backend = backend or cfg.launch.backend
     if render:
         from lmforge.launch.pytorchjob import render_yaml
 
-        typer.echo(_run(render_yaml, cfg, data, out))
-        return
-    if backend == "inline":
-        if nproc > 1:
-            from lmforge.train.distributed import run_torchrun
+        typer.echo(render_yaml(cfg, data, out))
+    elif backend == "inline" and nproc > 1:
+        from lmforge.train.distributed import run_torchrun
 
-            raise typer.Exit(_run(run_torchrun, nproc, sys.argv[1:]))
-        from lmforge.train.pretrain import pretrain as step
+        raise typer.Exit(run_torchrun(nproc, sys.argv[1:]))
+    elif backend == "inline":
+        _step("lmforge.train.pretrain:pretrain", cfg, data, out)
+    elif backend in ("local", "kubernetes"):
+        _step("lmforge.launch.launcher:launch_pretrain", cfg, data, out, backend=backend)
+    else:
+        from lmforge.errors import ConfigError
 
-        _report(_run(step, cfg, data, out))
-        return
-    if backend not in ("local", "kubernetes"):
-        _fail(f"--backend {backend!r}: expected local, kubernetes or inline", 2)
-    from lmforge.launch.launcher import launch_pretrain
-
-    _report(_run(launch_pretrain, cfg, data, out, backend=backend))
+        raise ConfigError(f"--backend {backend!r}: expected local, kubernetes or inline")
 
 
-@app.command()
+@_command("finetune", "data")
 def finetune(
-    pretrained: Annotated[Path, typer.Option(help="Output of pretrain.")] = Path(
-        "outputs/pretrain"
-    ),
-    data: Annotated[Path, typer.Option(help="Output of augment (labelled splits).")] = Path(
-        "outputs/augmented"
-    ),
-    out: Annotated[Path, typer.Option(help="Fine-tuned classifier and baseline.")] = Path(
-        "outputs/finetune"
-    ),
+    pretrained: Annotated[Path, _dir("Output of pretrain.")] = Path("outputs/pretrain"),
+    data: Annotated[Path, _dir("Output of augment (labelled splits).")] = Path("outputs/augmented"),
+    out: Annotated[Path, _dir("Fine-tuned classifier and baseline.")] = Path("outputs/finetune"),
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
     """Fine-tune a classifier from the pretrained model (full or LoRA), plus a scratch baseline."""
-    from lmforge.train.finetune import finetune as step
+    cfg = _config(params, set_, "finetune")
+    _step("lmforge.train.finetune:finetune", cfg, pretrained, data, out)
 
-    _report(_run(step, _config(params, set_), pretrained, data, out))
 
-
-@app.command()
+@_command("evaluate", "register")
 def evaluate(
-    pretrained: Annotated[Path, typer.Option(help="Output of pretrain.")] = Path(
-        "outputs/pretrain"
-    ),
-    finetuned: Annotated[Path, typer.Option(help="Output of finetune.")] = Path("outputs/finetune"),
-    tokenized: Annotated[Path, typer.Option(help="Output of tokenize.")] = Path(
-        "outputs/tokenized"
-    ),
-    data: Annotated[Path, typer.Option(help="Output of augment (labelled test split).")] = Path(
+    pretrained: Annotated[Path, _dir("Output of pretrain.")] = Path("outputs/pretrain"),
+    finetuned: Annotated[Path, _dir("Output of finetune.")] = Path("outputs/finetune"),
+    tokenized: Annotated[Path, _dir("Output of tokenize.")] = Path("outputs/tokenized"),
+    data: Annotated[Path, _dir("Output of augment (labelled test split).")] = Path(
         "outputs/augmented"
     ),
-    out: Annotated[Path, typer.Option(help="Report, metrics, plots.")] = Path("outputs/evaluate"),
+    out: Annotated[Path, _dir("Report, metrics, plots.")] = Path("outputs/evaluate"),
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
     """Perplexity, accuracy, macro-F1, samples; compared with the champion and the baseline."""
-    from lmforge.evaluate import evaluate as step
+    cfg = _config(params, set_, "evaluate")
+    _step("lmforge.evaluate:evaluate", cfg, pretrained, finetuned, tokenized, data, out)
 
-    _report(_run(step, _config(params, set_), pretrained, finetuned, tokenized, data, out))
 
-
-@app.command()
+@_command("register", "tracking")
 def register(
-    pretrained: Annotated[Path, typer.Option(help="Output of pretrain.")] = Path(
-        "outputs/pretrain"
-    ),
-    finetuned: Annotated[Path, typer.Option(help="Output of finetune.")] = Path("outputs/finetune"),
-    evaluation: Annotated[Path, typer.Option(help="Output of evaluate.")] = Path(
-        "outputs/evaluate"
-    ),
-    out: Annotated[Path, typer.Option(help="What was registered (names, versions).")] = Path(
-        "outputs/register"
-    ),
+    pretrained: Annotated[Path, _dir("Output of pretrain.")] = Path("outputs/pretrain"),
+    finetuned: Annotated[Path, _dir("Output of finetune.")] = Path("outputs/finetune"),
+    evaluation: Annotated[Path, _dir("Output of evaluate.")] = Path("outputs/evaluate"),
+    out: Annotated[Path, _dir("What was registered (names, versions).")] = Path("outputs/register"),
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
     """Log both models to MLflow, register new versions and set the alias ``challenger``."""
-    from lmforge.registry import register as step
+    cfg = _config(params, set_, "register")
+    _step("lmforge.registry:register", cfg, pretrained, finetuned, evaluation, out)
 
-    _report(_run(step, _config(params, set_), pretrained, finetuned, evaluation, out))
 
-
-@app.command()
+@_command("register", "tracking")
 def promote(
     model: Annotated[str | None, typer.Option(help="Registered model name.")] = None,
     version: Annotated[
@@ -235,14 +202,12 @@ def promote(
     set_: SetOpt = None,
 ) -> None:
     """Move the ``champion`` alias to the challenger if it passes the gate (or roll back)."""
-    from lmforge.registry import promote as step
-
-    cfg = _config(params, set_)
+    cfg = _config(params, set_, "promote")
     name = model or cfg.register.classifier_model_name
-    _report(_run(step, cfg, name, version=version, rollback=rollback))
+    _step("lmforge.registry:promote", cfg, name, version=version, rollback=rollback)
 
 
-@app.command()
+@_command("tracking")
 def ui(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 5000,
@@ -252,24 +217,38 @@ def ui(
     """Serve MLflow's UI over the project's tracking store (the one ``dvc repro`` writes)."""
     from lmforge.tracking import serve_ui
 
-    raise typer.Exit(_run(serve_ui, _config(params, set_), host=host, port=port))
+    raise typer.Exit(serve_ui(_config(params, set_, "ui"), host=host, port=port))
 
 
-@pipeline_app.command("compile")
+@app.command()
+def params(
+    section: Annotated[str | None, typer.Argument(help="One section (default: all).")] = None,
+    markdown: Annotated[bool, typer.Option(help="docs/params.md, as Markdown.")] = False,
+) -> None:
+    """Document every parameter of params.yaml: type, default, allowed range, meaning."""
+    from lmforge.config import SECTIONS
+    from lmforge.config import docs as config_docs
+    from lmforge.errors import ConfigError
+
+    if section is not None and section not in SECTIONS:
+        raise ConfigError(f"{section!r}: unknown section; sections are {', '.join(SECTIONS)}")
+    if markdown:
+        typer.echo(config_docs.markdown())
+    else:
+        typer.echo(section_help((section,) if section else tuple(SECTIONS)).replace("\b\n", ""))
+
+
+@_command("kubeflow", app_=pipeline_app, name="compile")
 def pipeline_compile(
-    out_dir: Annotated[Path, typer.Option(help="Where the compiled YAML goes.")] = Path(
-        "pipelines"
-    ),
+    out_dir: Annotated[Path, _dir("Where the compiled YAML goes.")] = Path("pipelines"),
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
     """Compile every pipeline to KFP v2 YAML (defaults taken from params.yaml)."""
-    from lmforge.kfp.compile import compile_all
-
-    _report(_run(compile_all, _config(params, set_), out_dir))
+    _step("lmforge.kfp.compile:compile_all", _config(params, set_, "pipeline compile"), out_dir)
 
 
-@pipeline_app.command("submit")
+@_command("kubeflow", app_=pipeline_app, name="submit")
 def pipeline_submit(
     name: Annotated[str, typer.Argument(help="Pipeline: pretrain, finetune or full.")] = "full",
     host: Annotated[str | None, typer.Option(help="Kubeflow Pipelines API URL.")] = None,
@@ -278,28 +257,40 @@ def pipeline_submit(
     set_: SetOpt = None,
 ) -> None:
     """Upload the pipeline as a version named from the git commit and start a run."""
-    from lmforge.kfp.submit import submit
+    cfg = _config(params, set_, "pipeline submit")
+    _step("lmforge.kfp.submit:submit", cfg, name, host=host, force=force)
 
-    _report(_run(submit, _config(params, set_), name, host=host, force=force))
 
-
-@pipeline_app.command("run-local")
+@_command("kubeflow", app_=pipeline_app, name="run-local")
 def pipeline_run_local(
     name: Annotated[str, typer.Argument(help="Pipeline: pretrain, finetune or full.")] = "full",
-    workdir: Annotated[Path, typer.Option(help="KFP local pipeline root.")] = Path(
-        "outputs/kfp-local"
-    ),
+    workdir: Annotated[Path, _dir("KFP local pipeline root.")] = Path("outputs/kfp-local"),
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
     """Run a pipeline through KFP's local SubprocessRunner on this machine."""
-    from lmforge.kfp.local import run_local
+    cfg = _config(params, set_, "pipeline run-local")
+    _step("lmforge.kfp.local:run_local", cfg, name, workdir)
 
-    _report(_run(run_local, _config(params, set_), name, workdir))
+
+def _step_name(argv: list[str]) -> str:
+    words = [a for a in argv if not a.startswith("-")][:2]
+    if words[:1] == ["pipeline"]:
+        return " ".join(words)
+    return words[0] if words else "lmforge"
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the command; any exception becomes one paragraph and an exit."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        app(args=argv, prog_name="lmforge", standalone_mode=True)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # the one place every failure is explained
+        message, code = failure_paragraph(exc, f"lmforge {_step_name(argv)}")
+        typer.echo(message, err=True)
+        raise SystemExit(code) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -39,15 +39,7 @@ def build_config(
     vocab = mcfg.vocab_size or vocab_size
     if not vocab:
         raise TrainingError("model.vocab_size: unknown; set it or train with a tokenizer")
-    if mcfg.d_model % mcfg.n_heads:
-        raise TrainingError(
-            f"model.d_model={mcfg.d_model} is not a multiple of model.n_heads={mcfg.n_heads}"
-        )
-    kv_heads = mcfg.n_kv_heads or mcfg.n_heads
-    if mcfg.n_heads % kv_heads:
-        raise TrainingError(
-            f"model.n_heads={mcfg.n_heads} is not a multiple of model.n_kv_heads={kv_heads}"
-        )
+    kv_heads = mcfg.n_kv_heads or mcfg.n_heads  # shape rules: ModelConfig.check
     common = dict(
         vocab_size=vocab,
         hidden_size=mcfg.d_model,

@@ -1,0 +1,125 @@
+"""Config of the data stages: validate (``data``), augment (``augment``), tokenize (``tokenizer``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lmforge.config.schema import Section, setting
+
+
+@dataclass
+class DataConfig(Section):
+    """Raw data layout (under the DVC-tracked ``data/``), validation bounds and the split."""
+
+    name = "data"
+
+    corpus_glob: str = setting(
+        "corpus/*.jsonl", "Pretraining text under data/: JSON lines {id, source, genre, text}."
+    )
+    labelled_file: str = setting(
+        "labelled/spam.jsonl", "Downstream labelled set under data/: JSON lines {id, text, label}."
+    )
+    labels: list[str] = setting(["ham", "spam"], "The classes of the labelled set, in id order.")
+    min_chars: int = setting(1, "Shortest record text accepted, in characters.", ge=1)
+    max_chars: int = setting(200_000, "Longest record text accepted, in characters.", ge=1)
+    min_alpha_share: float = setting(
+        0.5, "Least share of letters among a record's non-space characters.", ge=0, le=1
+    )
+    max_duplicate_share: float = setting(
+        0.05, "Most share of records whose text repeats another's.", ge=0, le=1
+    )
+    min_class_share: float = setting(
+        0.3, "Least share of the labelled set each label must have.", ge=0, le=1
+    )
+    max_file_mb: float = setting(100.0, "Larger raw files are refused before reading.", gt=0)
+    max_line_mb: float = setting(
+        4.0, "One record a line: a longer line is refused while reading.", gt=0
+    )
+    split_salt: str = setting(
+        "lmforge-v1", "Salt of the hash of the record id that assigns each record its split."
+    )
+    validation_share: float = setting(
+        0.05, "Share of records (by id hash) in the validation split.", gt=0, lt=1
+    )
+    test_share: float = setting(
+        0.05, "Share of records (by id hash) in the test split.", gt=0, lt=1
+    )
+    failed_examples: int = setting(3, "Offending records quoted per failed expectation.", ge=0)
+
+    def check(self) -> None:
+        if self.validation_share + self.test_share >= 1:
+            self.fail(
+                "test_share",
+                f"validation_share {self.validation_share} + test_share {self.test_share} must "
+                "leave a training split (sum < 1)",
+            )
+        if self.min_chars > self.max_chars:
+            self.fail("min_chars", f"{self.min_chars} exceeds data.max_chars {self.max_chars}")
+        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+            self.fail("labels", f"{self.labels!r}: list at least two distinct labels")
+        if self.min_class_share * len(self.labels) > 1:
+            self.fail(
+                "min_class_share",
+                f"{self.min_class_share} for {len(self.labels)} labels cannot all hold "
+                f"(at most {1 / len(self.labels):.3g})",
+            )
+
+
+@dataclass
+class AugmentConfig(Section):
+    """Seeded text augmentation of the training split only (EDA-style operations)."""
+
+    name = "augment"
+
+    seed: int = setting(1234, "Seed of the augmentation; the same seed gives the same copies.")
+    share: float = setting(
+        0.3, "Fraction of training records that get one augmented copy.", ge=0, le=1
+    )
+    p_random_deletion: float = setting(0.1, "Probability a word is deleted.", ge=0, le=1)
+    p_random_swap: float = setting(0.1, "Share of words swapped with another.", ge=0, le=1)
+    p_random_insertion: float = setting(
+        0.1, "Share of words inserted (copies of the record's own words).", ge=0, le=1
+    )
+    p_char_noise: float = setting(0.02, "Probability a letter is replaced (typo).", ge=0, le=1)
+    p_sentence_shuffle: float = setting(
+        0.2, "Probability a record's sentences are shuffled.", ge=0, le=1
+    )
+    augment_labelled: bool = setting(True, "Augment the labelled training split too.")
+
+
+@dataclass
+class TokenizerConfig(Section):
+    """Byte-level BPE trained on the training split; packing into fixed-length blocks."""
+
+    name = "tokenizer"
+
+    vocab_size: int = setting(4096, "BPE vocabulary size, special tokens included.", ge=300)
+    min_frequency: int = setting(2, "A merge must occur at least this often.", ge=1)
+    special_tokens: list[str] = setting(
+        ["<|endoftext|>", "<|pad|>", "<|unk|>"], "Tokens never split; must hold eos and pad."
+    )
+    eos_token: str = setting("<|endoftext|>", "Appended to every document: the end of a text.")
+    pad_token: str = setting("<|pad|>", "Pads classifier batches (never a training target).")
+    block_size: int = setting(
+        256, "Tokens per packed block: the model's context length in pretraining.", ge=2
+    )
+    num_proc: int = setting(2, "datasets.map worker processes for encoding.", ge=1)
+    batch_size: int = setting(1000, "Records per datasets.map batch.", ge=1)
+    train_max_mb: float = setting(
+        8.0,
+        "BPE merges settle long before the whole corpus is seen: train on a hash-sampled ~this "
+        "many MB of the training split (0: all of it), so the stage scales with encoding.",
+        ge=0,
+    )
+    include_labelled_text: bool = setting(
+        True,
+        "The labelled records' texts (labels dropped) join the LM text of their own split: "
+        "domain-adaptive pretraining. Only the train split is trained on.",
+    )
+
+    def check(self) -> None:
+        for key in ("eos_token", "pad_token"):
+            if getattr(self, key) not in self.special_tokens:
+                self.fail(key, f"{getattr(self, key)!r} must be listed in tokenizer.special_tokens")
+        if self.eos_token == self.pad_token:
+            self.fail("pad_token", "must differ from tokenizer.eos_token")

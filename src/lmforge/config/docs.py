@@ -1,0 +1,52 @@
+"""The parameters' documentation, from the fields themselves: ``--help`` and ``docs/params.md``."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from typing import Any
+
+from lmforge.config.root import SECTIONS
+from lmforge.config.schema import FieldDoc, field_docs
+
+
+def _default(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) else repr(value)
+
+
+def section_help(sections: tuple[str, ...]) -> str:
+    """Plain-text help of ``sections`` for a command's ``--help`` (click keeps ``\\b`` blocks)."""
+    lines = ["Parameters (params.yaml; override with --set KEY=VALUE):", ""]
+    for name in sections:
+        lines += ["\b", f"{name}: {SECTIONS[name].__doc__.strip()}"]
+        for doc in field_docs(SECTIONS[name]):
+            head = f"  {doc.key} ({doc.type}, default {_default(doc.default)}"
+            head += f"; {doc.range})" if doc.range else ")"
+            lines.append(head)
+            lines += textwrap.wrap(doc.doc, 92, initial_indent="      ", subsequent_indent="      ")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _row(doc: FieldDoc) -> str:
+    cells = [f"`{doc.key}`", doc.type, f"`{_default(doc.default)}`", doc.range, doc.doc]
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def markdown() -> str:
+    """``docs/params.md``: every section and key, generated (a test checks it is current)."""
+    out = [
+        "# Parameters",
+        "",
+        "Every key of `params.yaml`, generated from the config sections in `src/lmforge/config/`",
+        "by `lmforge params --markdown > docs/params.md` (a test fails when this file is stale).",
+        "A value outside its range, of the wrong type, or an unknown key stops the step with one",
+        "line naming the file, the key, the value and what is allowed.",
+        "",
+    ]
+    for name, cls in SECTIONS.items():
+        out += [f"## `{name}`", "", cls.__doc__.strip(), ""]
+        out += ["| key | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"]
+        out += [_row(doc) for doc in field_docs(cls)]
+        out.append("")
+    return "\n".join(out)

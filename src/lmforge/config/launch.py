@@ -1,0 +1,129 @@
+"""Config of launching pretraining (``launch``) and of Kubeflow Pipelines (``kubeflow``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from lmforge.config.schema import Section, setting
+
+PIPELINE_STEPS = ("validate", "augment", "tokenize", "pretrain", "finetune", "evaluate", "register")
+
+
+@dataclass
+class LaunchConfig(Section):
+    """How pretraining is launched: a Kubeflow PyTorchJob, on a cluster or on local processes."""
+
+    name = "launch"
+
+    backend: Literal["local", "kubernetes", "inline"] = setting(
+        "local",
+        "local: the PyTorchJob spec on local processes; kubernetes: on the cluster; "
+        "inline: train in this process.",
+    )
+    job_name: str = setting(
+        "lmforge-pretrain",
+        "Base of the PyTorchJob name (folded into an RFC 1035 label with the run id).",
+    )
+    namespace: str = setting("lmforge", "Namespace of the job; the pipeline's pods' namespace.")
+    image: str = setting("ghcr.io/lmforge/lmforge:0.1.0", "Container image of the replicas.")
+    nnodes: int = setting(2, "Pods: Master + (nnodes - 1) Workers.", ge=1)
+    nproc_per_node: int = setting(1, "Processes per pod (= GPUs per node on GPU pools).", ge=1)
+    gpus_per_node: int = setting(0, "GPUs requested per pod; 0 on CPU.", ge=0)
+    elastic_min_nodes: int | None = setting(
+        None, "Elastic policy: fewest pods (set both elastic keys, or neither).", ge=1
+    )
+    elastic_max_nodes: int | None = setting(None, "Elastic policy: most pods.", ge=1)
+    restart_policy: Literal["OnFailure", "Never", "Always", "ExitCode"] = setting(
+        "OnFailure", "The replicas' restart policy."
+    )
+    backoff_limit: int = setting(3, "Restarts (across replicas) before the job fails.", ge=0)
+    cpu: str = setting("1", "CPU request and limit per pod (Kubernetes quantity).")
+    memory: str = setting("4Gi", "Memory request and limit per pod.")
+    shm_size: str = setting("2Gi", "Size of /dev/shm (DataLoader workers, NCCL).")
+    node_selector: dict[str, str] = setting({}, "Node labels the pods must match.")
+    tolerations: list[dict[str, str]] = setting([], "Tolerations of the pods.")
+    pvc_name: str = setting("lmforge-work", "The shared volume for data, checkpoints, model.")
+    mount_path: str = setting("/mnt/lmforge", "Where the shared volume is mounted in the pods.")
+    service_account: str = setting("lmforge-launcher", "ServiceAccount of the pods.")
+    timeout_s: int = setting(6 * 3600, "The job's deadline (activeDeadlineSeconds).", ge=1)
+    delete_on_finish: bool = setting(True, "Delete the job once it has ended and been collected.")
+    nccl_debug: str = setting("WARN", "NCCL_DEBUG of the replicas.")
+    master_port: int = setting(
+        23456,
+        "The container port named pytorchjob-port (local runner: a free one).",
+        ge=1,
+        le=65535,
+    )
+    peer_timeout_s: int = setting(
+        120,
+        "Local runner: a peer of a dead replica that stays silent this long is stopped and "
+        "restarted too, as a cluster's NCCL timeout would.",
+        ge=1,
+    )
+    poll_s: float = setting(5.0, "Kubernetes backend: seconds between job status reads.", gt=0)
+
+    def check(self) -> None:
+        if self.gpus_per_node and self.nproc_per_node != self.gpus_per_node:
+            self.fail(
+                "nproc_per_node",
+                f"{self.nproc_per_node} but launch.gpus_per_node={self.gpus_per_node}: one "
+                "process per GPU; set both to the same number",
+            )
+        low, high = self.elastic_min_nodes, self.elastic_max_nodes
+        if (low is None) != (high is None):
+            self.fail(
+                "elastic_min_nodes", "set both elastic_min_nodes and elastic_max_nodes, or neither"
+            )
+        if low is not None and high is not None and not low <= self.nnodes <= high:
+            self.fail(
+                "nnodes",
+                f"elastic_min_nodes={low} <= nnodes={self.nnodes} <= elastic_max_nodes={high} "
+                "must hold",
+            )
+
+
+@dataclass
+class KubeflowConfig(Section):
+    """Kubeflow Pipelines: image, caching, GPU scheduling, submission."""
+
+    name = "kubeflow"
+
+    image: str = setting("ghcr.io/lmforge/lmforge:0.1.0", "Image of every pipeline step.")
+    host: str = setting("", "Kubeflow Pipelines API URL (or pass --host).")
+    namespace: str = setting("kubeflow", "Namespace of the pipeline runs.")
+    experiment: str = setting("lmforge", "KFP experiment the runs go to.")
+    pipeline_prefix: str = setting("lmforge", "Uploaded pipelines are named PREFIX-NAME.")
+    cache_heavy_steps: bool = setting(False, "Let KFP cache pretrain, finetune and evaluate.")
+    gpu_node_selector: dict[str, str] = setting(
+        {"nvidia.com/gpu.present": "true"}, "Node labels of GPU steps."
+    )
+    gpu_toleration_key: str = setting("nvidia.com/gpu", "Taint the GPU steps tolerate.")
+    gpu_steps: list[str] = setting(["finetune", "evaluate"], "Pipeline steps that get GPUs.")
+    gpus_per_step: int = setting(1, "GPUs per GPU step.", ge=0)
+    mlflow_secret: str = setting(
+        "lmforge-mlflow", "Secret whose keys become the env of every step (MLflow server, auth)."
+    )
+    mlflow_secret_keys: list[str] = setting(
+        ["MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"],
+        "Keys of that secret passed to the steps.",
+    )
+    data_uri: str = setting(
+        "minio://mlpipeline/lmforge/data", "Pipeline input: the DVC-tracked raw data's URI."
+    )
+    pretrained_uri: str = setting(
+        "minio://mlpipeline/lmforge/pretrain", "Finetune pipeline input: a pretrain run's Model."
+    )
+    tokenized_uri: str = setting(
+        "minio://mlpipeline/lmforge/tokenized", "Finetune pipeline input: its tokenized Dataset."
+    )
+    pretrain_backend: Literal["kubernetes", "local"] = setting(
+        "kubernetes", "Where the pipeline's pretrain step trains: a PyTorchJob, or in its pod."
+    )
+
+    def check(self) -> None:
+        unknown = sorted(set(self.gpu_steps) - set(PIPELINE_STEPS))
+        if unknown:
+            self.fail(
+                "gpu_steps", f"unknown step {unknown[0]!r}; steps: {', '.join(PIPELINE_STEPS)}"
+            )

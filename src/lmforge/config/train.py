@@ -1,0 +1,91 @@
+"""Config of the training loop (``pretrain``, ``finetune``): one loop, two uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from lmforge.config.schema import Section, setting
+
+
+@dataclass
+class TrainConfig(Section):
+    """The training loop's knobs, shared by pretraining and fine-tuning."""
+
+    seed: int = setting(1337, "Seed of the weights, the data order and dropout.")
+    max_steps: int = setting(300, "Optimizer steps.", ge=1)
+    micro_batch_size: int = setting(8, "Sequences per rank per micro step.", ge=1)
+    grad_accum_steps: int = setting(1, "Micro steps accumulated per optimizer step.", ge=1)
+    lr: float = setting(1e-3, "Peak learning rate (AdamW).", gt=0, le=1)
+    min_lr_ratio: float = setting(0.1, "The cosine decays to lr * min_lr_ratio.", ge=0, le=1)
+    warmup_steps: int = setting(30, "Linear warmup from 0 to lr over this many steps.", ge=0)
+    weight_decay: float = setting(0.1, "Decoupled weight decay, on matrices only.", ge=0)
+    beta1: float = setting(0.9, "AdamW first-moment decay.", ge=0, lt=1)
+    beta2: float = setting(0.95, "AdamW second-moment decay.", ge=0, lt=1)
+    grad_clip: float = setting(1.0, "Clip the global gradient norm to this; 0: no clipping.", ge=0)
+    precision: Literal["auto", "fp32", "bf16"] = setting(
+        "auto",
+        "auto: bf16 where the device computes it natively (CUDA with bf16, a CPU with "
+        "AVX512-BF16 or AMX), else fp32. An explicit bf16 elsewhere runs, with a warning.",
+    )
+    compile: bool = setting(False, "torch.compile the model (pays back on long runs).")
+    parallel: Literal["single", "ddp", "fsdp"] = setting(
+        "ddp", "Data parallelism across ranks: single process, DDP or FSDP2 (sharded)."
+    )
+    activation_checkpointing: bool = setting(
+        False, "Recompute each block's activations in backward: less memory, more compute."
+    )
+    device: Literal["auto", "cpu", "cuda"] = setting("auto", "auto: CUDA when present, else CPU.")
+    eval_every: int = setting(
+        100, "Validate every this many steps (and at the end); 0: at the end.", ge=0
+    )
+    eval_batches: int = setting(20, "Validation batches per rank per evaluation.", ge=1)
+    log_every: int = setting(10, "Log the training loss every this many steps.", ge=1)
+    ckpt_every: int = setting(
+        100, "Checkpoint every this many steps (and at the end); 0: never.", ge=0
+    )
+    keep_last: int = setting(2, "Verified checkpoints kept; the newest is never removed.", ge=1)
+    num_threads: int = setting(
+        0, "torch intra-op threads per rank; 0: the cores this process may use / local ranks.", ge=0
+    )
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """Pretraining of the decoder on the packed corpus blocks."""
+
+    name = "pretrain"
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """Transfer learning on the labelled set: a classification head on the pretrained decoder."""
+
+    name = "finetune"
+
+    method: Literal["full", "lora"] = setting(
+        "full", "full: every weight trains; lora: low-rank adapters, merged before saving."
+    )
+    lora_r: int = setting(8, "LoRA rank.", ge=1)
+    lora_alpha: int = setting(16, "LoRA scaling numerator (scale = alpha / r).", ge=1)
+    lora_dropout: float = setting(0.05, "Dropout on the LoRA input.", ge=0, lt=1)
+    lora_target_modules: list[str] = setting(
+        ["q_proj", "k_proj", "v_proj", "o_proj"], "Linear layers that get LoRA adapters."
+    )
+    max_length: int = setting(128, "Tokens per example, truncated.", ge=2)
+    baseline: bool = setting(True, "Also train from scratch with the same budget, to compare.")
+    parallel: Literal["single", "ddp", "fsdp"] = setting(
+        "single", "Data parallelism across ranks: single process, DDP or FSDP2 (sharded)."
+    )
+    max_steps: int = setting(
+        60, "Optimizer steps; a short budget is where pretraining beats the baseline.", ge=1
+    )
+    lr: float = setting(1e-3, "Peak learning rate (AdamW).", gt=0, le=1)
+    warmup_steps: int = setting(6, "Linear warmup from 0 to lr over this many steps.", ge=0)
+    eval_every: int = setting(
+        30, "Validate every this many steps (and at the end); 0: at the end.", ge=0
+    )
+
+    def check(self) -> None:
+        if self.method == "lora" and not self.lora_target_modules:
+            self.fail("lora_target_modules", "list at least one module for method lora")
