@@ -93,6 +93,12 @@ def missing_label(raw: Path) -> tuple[Path, str]:
     return path, "line 8: missing field 'label'"
 
 
+def deeply_nested(raw: Path) -> tuple[Path, str]:
+    path = corpus_file(raw)
+    path.write_text(path.read_text() + "[" * 100_000 + "]" * 100_000 + "\n")
+    return path, "JSON nested too deeply to read"
+
+
 def duplicate_ids(raw: Path) -> tuple[Path, str]:
     path = corpus_file(raw)
     recs = lines(path)
@@ -101,8 +107,10 @@ def duplicate_ids(raw: Path) -> tuple[Path, str]:
     return raw, "expect_column_values_to_be_unique(id) failed for 2 of 90 records"
 
 
-CASES = [empty_file, blank_lines, binary_file, invalid_utf8, huge_line, wrong_schema, wrong_type, not_json,
-         missing_label, duplicate_ids]  # fmt: skip
+CASES = [
+    *(empty_file, blank_lines, binary_file, invalid_utf8, huge_line, wrong_schema, wrong_type),
+    *(not_json, deeply_nested, missing_label, duplicate_ids),
+]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
@@ -136,9 +144,11 @@ def test_cli_prints_one_paragraph_and_exits_1(raw_data, tmp_path):
     out = tmp_path / "validated"
     proc = subprocess.run(
         [LMFORGE, "validate", "--data-dir", str(raw_data), "--out", str(out)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
-    assert proc.stderr.startswith(f"error: {path}: binary file")
+    assert proc.stderr.startswith(f"error: lmforge validate: {path}: binary file")
     assert proc.stderr.strip().count("\n") == 0
     assert not out.exists()

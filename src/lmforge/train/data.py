@@ -49,6 +49,32 @@ def read_meta(blocks_dir: Path) -> BlocksMeta:
         raise DataError(f"{path}: not a blocks meta file ({exc!r}); re-run tokenize") from None
 
 
+def check_tokenizer(tok_dir: Path, meta: BlocksMeta) -> None:
+    """Load the tokenizer that the model folder will carry; a broken one names its file.
+
+    Pretrain copies ``tok_dir`` into the model, and fine-tuning, evaluation and serving load it
+    from there: a garbage file must stop pretraining now, not a later stage with a traceback.
+    """
+    from tokenizers import Tokenizer
+
+    path = Path(tok_dir) / "tokenizer.json"
+    if not path.is_file():
+        raise DataError(f"{path}: missing; run the tokenize stage first")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:  # the Rust loader raises plain Exception subclasses
+        raise DataError(
+            f"{path}: not a loadable tokenizer ({' '.join(str(exc).split())[:200]}); "
+            "re-run the tokenize stage (dvc repro tokenize)"
+        ) from None
+    if tok.get_vocab_size() > meta.vocab_size:
+        raise DataError(
+            f"{path}: vocabulary of {tok.get_vocab_size()} tokens, but the blocks were encoded "
+            f"with {meta.vocab_size}: the tokenizer and blocks/ come from different runs; "
+            "re-run the tokenize stage"
+        )
+
+
 class BlockDataset:
     """One split of packed blocks, memory-mapped: ``ds[i]`` is block i as int64 tokens."""
 
