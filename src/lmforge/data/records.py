@@ -123,6 +123,11 @@ def read_records(
                     f"{path}: line {line_no}: not valid JSON ({exc.msg} at column {exc.colno}); "
                     "expected one JSON object per line."
                 ) from None
+            except RecursionError:  # the parser's nesting bound (about 1000 levels)
+                raise DataError(
+                    f"{path}: line {line_no}: JSON nested too deeply to read; a record is one "
+                    'flat object such as {"id": ..., "text": ...}.'
+                ) from None
             n += 1
             yield _check_schema(path, line_no, rec, kind)
     if n == 0 and not allow_empty:
