@@ -21,10 +21,11 @@ from typing import Any
 
 from lmforge.config import AugmentConfig, Config, DataConfig
 from lmforge.data.expectations import Profile, failure_message, letter_share, run_suites
-from lmforge.data.records import JsonlWriters, Kind, atomic_dir, read_records, write_json
+from lmforge.data.records import JsonlWriters, Kind, read_records
 from lmforge.data.split import SPLITS, hash_unit
 from lmforge.data.track import log_outputs, tracked
 from lmforge.errors import DataError
+from lmforge.outputs import atomic_output_dir, write_json
 
 OPS = ("random_deletion", "random_swap", "random_insertion", "char_noise", "sentence_shuffle")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
@@ -169,7 +170,7 @@ def augment(cfg: Config, validated_dir: Path, out_dir: Path) -> AugmentResult:
                     )
         ops: Counter = Counter()
         records, added, rejected = {}, {}, {}
-        with atomic_dir(out_dir) as tmp:
+        with atomic_output_dir(out_dir) as tmp:
             profiles = {}
             for kind in kinds:
                 dest = tmp / kind

@@ -1,4 +1,4 @@
-"""JSON-lines records: checked reading, streaming writing, and all-or-nothing output folders.
+"""JSON-lines records: checked reading and streaming writing (atomic folders: ``lmforge.outputs``).
 
 The checks a Great Expectations suite cannot make (it needs a table first) happen here, while a
 file is read: empty or binary files, invalid UTF-8, a line too long to be a record, JSON that is
@@ -8,10 +8,7 @@ file, the line and the fix, before anything downstream is written.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -168,29 +165,3 @@ class JsonlWriters:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-
-
-@contextlib.contextmanager
-def atomic_dir(out_dir: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out_dir``; on success it replaces ``out_dir`` in one rename,
-    on any error it is deleted and ``out_dir`` (if it existed) is left untouched."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the output is an ordinary folder
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.{tmp.name}.old")
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

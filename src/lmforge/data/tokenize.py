@@ -32,10 +32,11 @@ from typing import Any
 import numpy as np
 
 from lmforge.config import Config, TokenizerConfig
-from lmforge.data.records import Kind, atomic_dir, read_records, write_json
+from lmforge.data.records import Kind, read_records
 from lmforge.data.split import SPLITS, hash_unit
 from lmforge.data.track import log_outputs, tracked
 from lmforge.errors import DataError
+from lmforge.outputs import atomic_output_dir, write_json
 
 
 @dataclass
@@ -188,7 +189,7 @@ def tokenize(cfg: Config, augmented_dir: Path, out_dir: Path) -> TokenizeResult:
         sources = {split: split_sources(Path(augmented_dir), split, tcfg) for split in SPLITS}
         if tcfg.block_size < 2:
             raise DataError(f"tokenizer.block_size={tcfg.block_size}: must be at least 2.")
-        with atomic_dir(out_dir) as tmp:
+        with atomic_output_dir(out_dir) as tmp:
             tok = train_tokenizer(tcfg, training_texts(sources["train"], tcfg.train_max_mb))
             fast = save_tokenizer(tcfg, tok, tmp / "tokenizer")
             eos_id, pad_id = fast.eos_token_id, fast.pad_token_id

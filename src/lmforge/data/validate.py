@@ -14,18 +14,12 @@ from typing import Any
 
 from lmforge.config import Config, DataConfig
 from lmforge.data.expectations import Profile, failure_message, run_suites
-from lmforge.data.records import (
-    JsonlWriters,
-    Kind,
-    atomic_dir,
-    check_file,
-    read_records,
-    write_json,
-)
+from lmforge.data.records import JsonlWriters, Kind, check_file, read_records
 from lmforge.data.report_html import render
 from lmforge.data.split import SPLITS, split_of
 from lmforge.data.track import log_outputs, tracked
 from lmforge.errors import DataError
+from lmforge.outputs import atomic_output_dir, write_json
 
 
 @dataclass
@@ -88,7 +82,7 @@ def validate(cfg: Config, data_dir: Path, out_dir: Path) -> ValidationResult:
     """Check ``data_dir`` with the GX suites; write the splits and reports to ``out_dir``."""
     files = raw_files(cfg.data, data_dir)  # missing, empty, binary: refused before anything starts
     with tracked(cfg, "validate", sections=("data",)):
-        with atomic_dir(out_dir) as tmp:
+        with atomic_output_dir(out_dir) as tmp:
             profiles, counts = {}, {}
             for kind, paths in files.items():
                 profiles[kind], counts[kind] = split_and_profile(cfg.data, kind, paths, tmp / kind)
