@@ -1,11 +1,17 @@
-"""Atomic, resumable checkpoints with ``torch.distributed.checkpoint`` (DCP).
+"""Atomic, verified, resumable checkpoints with ``torch.distributed.checkpoint`` (DCP).
 
 Layout: ``<root>/step-00000100/`` holds DCP's shard files (one per rank; FSDP2 saves only the
 local shards) and ``.metadata``, ``rng-rank<r>.safetensors`` per rank, and ``manifest.json``
-(step, run fingerprint, loop state, and the size of every file). Writes go to ``.tmp-step-*``;
-the manifest is written last and the folder renamed into place, so a crash mid-write leaves
-the previous checkpoint as the latest complete one. A folder whose files do not match its
-manifest (truncated, partly deleted) is skipped with a warning in favour of an older one.
+(step, run fingerprint, loop state, and the size and sha256 of every file). Writes go to
+``.tmp-step-*``; the files are hashed (each rank a share of them), the manifest is written last
+and the folder renamed into place, so a crash mid-write leaves the previous checkpoint as the
+latest complete one. A folder whose files do not match its manifest (truncated, overwritten,
+partly deleted) is skipped with a warning naming it, in favour of an older one.
+
+One run writes a checkpoint folder at a time: ``writer_lock`` (a lock file holding the
+writer's pid and host) refuses a second. Pruning keeps the newest ``keep_last`` verified
+checkpoints of this run's fingerprint, always including the one just written; checkpoints of
+other configs (or that fail verification) are neither counted nor deleted.
 
 Loading never unpickles arbitrary objects: tensors come from DCP's tensor files and safetensors,
 the loop state from JSON, and DCP's pickled ``.metadata`` is read with an unpickler that admits
@@ -14,6 +20,8 @@ only DCP's own metadata classes.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -21,8 +29,9 @@ import os
 import pickle
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -32,12 +41,14 @@ from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from lmforge.errors import TrainingError
+from lmforge.outputs import acquire_lock, release_lock, write_json
 from lmforge.train.distributed import Runtime, barrier, broadcast_object
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 PREFIX = "step-"
+LOCK = ".writer.lock"
 
 # What DCP's metadata pickle may reference; anything else is refused before it is built.
 _ALLOWED_GLOBALS = {
@@ -108,58 +119,122 @@ def _step_dir(root: Path, step: int) -> Path:
     return root / f"{PREFIX}{step:08d}"
 
 
-def _fsync_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".part")
-    with tmp.open("w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def sha256_of(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def _files_with_sizes(folder: Path) -> dict[str, int]:
-    return {
-        str(p.relative_to(folder)): p.stat().st_size
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
+def _data_files(folder: Path) -> list[str]:
+    return sorted(
+        str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST
+    )
+
+
+def _hash_files(folder: Path, rt: Runtime) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file in ``folder``; rank r hashes every world_size-th file, so
+    the cost is shared like the writing was. Every rank calls it; rank 0 gets the whole map."""
+    files = _data_files(folder)
+    mine = {
+        rel: {"size": (folder / rel).stat().st_size, "sha256": sha256_of(folder / rel)}
+        for rel in files[rt.rank :: rt.world_size]
     }
+    if not torch.distributed.is_initialized():
+        return mine
+    parts: list[Any] = [None] * rt.world_size
+    torch.distributed.all_gather_object(parts, mine)
+    return {rel: entry for part in parts for rel, entry in part.items()}
+
+
+Status = Literal["good", "foreign", "bad"]
+
+
+def _inspect(
+    folder: Path, fingerprint: str | None, hashes: bool = True
+) -> tuple[Status, dict[str, Any] | None, str]:
+    """Whether ``folder`` is a complete checkpoint of ``fingerprint`` (any, if None): the
+    status, the manifest when readable, and the reason when not good."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = manifest["files"]
+        int(manifest["step"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return "bad", None, f"no readable manifest ({exc})"
+    if fingerprint is not None and manifest.get("fingerprint") != fingerprint:
+        return "foreign", manifest, "written by a different config or data"
+    if ".metadata" not in files:
+        return "bad", manifest, "no DCP metadata"
+    if any(not isinstance(e, dict) or "sha256" not in e for e in files.values()):
+        return "bad", manifest, "manifest without checksums (written by an older lmforge)"
+    for rel, entry in files.items():
+        path = folder / rel
+        actual = path.stat().st_size if path.exists() else None
+        if actual != entry["size"]:
+            why = f"{rel} has {actual} bytes, manifest says {entry['size']} (truncated write?)"
+            return "bad", manifest, why
+    if hashes:
+        for rel, entry in files.items():
+            if sha256_of(folder / rel) != entry["sha256"]:
+                return "bad", manifest, f"{rel} does not match its sha256 (overwritten on disk?)"
+    return "good", manifest, ""
 
 
 def verify(folder: Path, fingerprint: str | None = None) -> dict[str, Any] | None:
-    """The manifest of a complete checkpoint folder, or None (with the reason logged)."""
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
-        log.warning("skipping checkpoint %s: no readable manifest (%s)", folder, exc)
-        return None
-    if fingerprint is not None and manifest.get("fingerprint") != fingerprint:
-        log.warning("skipping checkpoint %s: written by a different config or data", folder)
-        return None
-    for rel, size in manifest.get("files", {}).items():
-        path = folder / rel
-        actual = path.stat().st_size if path.exists() else None
-        if actual != size:
-            log.warning(
-                "skipping checkpoint %s: %s has %s bytes, manifest says %s (truncated write?)",
-                folder, rel, actual, size,
-            )  # fmt: skip
-            return None
-    if ".metadata" not in manifest.get("files", {}):
-        log.warning("skipping checkpoint %s: no DCP metadata", folder)
+    """The manifest of a complete, uncorrupted checkpoint folder, or None (reason logged)."""
+    status, manifest, reason = _inspect(folder, fingerprint)
+    if status != "good":
+        log.warning("skipping checkpoint %s: %s", folder, reason)
         return None
     return manifest
+
+
+def _signature(folder: Path) -> tuple:
+    """What changes when any file of a folder is rewritten (size or modification time)."""
+    return tuple(
+        (str(p.relative_to(folder)), st.st_size, st.st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and (st := p.stat())
+    )
+
+
+@contextlib.contextmanager
+def writer_lock(root: Path, rt: Runtime) -> Iterator[None]:
+    """Hold ``root``'s lock file for this run (rank 0 takes it; every rank calls this).
+
+    A second run writing the same folder gets a ``TrainingError`` naming the folder and the
+    holder, on every rank; a lock left by a run that died on this host is taken over."""
+    root, owner, error = Path(root), None, None
+    if rt.is_main:
+        try:
+            owner = acquire_lock(root / LOCK, f"checkpoint folder {root}", TrainingError)
+        except TrainingError as exc:
+            error = str(exc)
+    error = broadcast_object(error)
+    if error is not None:
+        raise TrainingError(error)
+    try:
+        yield
+    finally:
+        if owner is not None:
+            release_lock(root / LOCK, owner)
 
 
 class Checkpointer:
     """Save, find and load the checkpoints of one run under ``root``; every rank calls each method."""
 
     def __init__(self, root: Path, rt: Runtime, keep_last: int = 2, fingerprint: str = ""):
+        if keep_last < 1:  # 0 would delete the checkpoint just written
+            raise TrainingError(
+                f"keep_last={keep_last}: at least the newest checkpoint must be kept; set "
+                "keep_last >= 1 (or ckpt_every=0 to write no checkpoints)."
+            )
         self.root, self.rt, self.keep_last, self.fingerprint = (
             Path(root),
             rt,
             keep_last,
             fingerprint,
         )
+        self._known: dict[str, tuple[tuple, Status, int]] = {}  # name -> (signature, status, step)
+        self._reported: set[str] = set()
 
     def complete(self) -> list[Path]:
         """Checkpoint folders, newest first (not yet verified)."""
@@ -183,7 +258,7 @@ class Checkpointer:
     def save(
         self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict
     ) -> Path:
-        """Write checkpoint ``step`` atomically; drop all but the newest ``keep_last``."""
+        """Write checkpoint ``step`` atomically; keep the newest ``keep_last`` of this run."""
         final = _step_dir(self.root, step)
         tmp = self.root / f".tmp-{final.name}"
         if self.rt.is_main:
@@ -196,22 +271,64 @@ class Checkpointer:
             dcp.save(_tensor_state(model, optimizer)[0], storage_writer=dcp.FileSystemWriter(tmp))
         save_file(_rng_state(), str(tmp / f"rng-rank{self.rt.rank}.safetensors"))
         barrier()
+        files = _hash_files(tmp, self.rt)
         if self.rt.is_main:
             manifest = {
                 "step": step,
                 "fingerprint": self.fingerprint,
                 "world_size": self.rt.world_size,
                 "state": state,
-                "files": _files_with_sizes(tmp),
+                "files": files,
             }
-            _fsync_write(tmp / MANIFEST, json.dumps(manifest, indent=1))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            for old in self.complete()[self.keep_last :]:
-                shutil.rmtree(old, ignore_errors=True)
+            write_json(tmp / MANIFEST, manifest, indent=1)
+            self._replace(final, tmp)
+            self._known[final.name] = (_signature(final), "good", step)
+            self._prune(final)
         barrier()
         return final
+
+    def _replace(self, final: Path, tmp: Path) -> None:
+        if final.exists():
+            status, _, _ = _inspect(final, self.fingerprint, hashes=False)
+            if status == "foreign":
+                log.warning("replacing %s, a checkpoint of another config at the same step", final)
+            aside = final.with_name(f".old-{final.name}")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(final, aside)
+            os.replace(tmp, final)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+
+    def _classify(self, folder: Path) -> tuple[Status, int]:
+        """A folder's status, verified once and remembered until any of its files changes."""
+        sig = _signature(folder)
+        known = self._known.get(folder.name)
+        if known is not None and known[0] == sig:
+            return known[1], known[2]
+        status, manifest, reason = _inspect(folder, self.fingerprint)
+        step = int(manifest["step"]) if manifest else -1
+        self._known[folder.name] = (sig, status, step)
+        if status != "good" and folder.name not in self._reported:
+            self._reported.add(folder.name)
+            if status == "foreign":
+                log.info("leaving %s alone: %s; not counted for keep_last", folder, reason)
+            else:
+                log.warning("leaving %s alone (not counted for keep_last): %s", folder, reason)
+        return status, step
+
+    def _prune(self, newest: Path) -> None:
+        """Drop this run's verified checkpoints beyond the newest ``keep_last`` (rank 0)."""
+        ours = []
+        for folder in self.complete():
+            if folder != newest:
+                status, step = self._classify(folder)
+                if status == "good":
+                    ours.append((step, folder))
+        ours.sort(reverse=True)
+        for _, folder in ours[self.keep_last - 1 :]:
+            shutil.rmtree(folder, ignore_errors=True)
+            self._known.pop(folder.name, None)
 
     def load(self, folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Restore model, optimizer and this rank's RNG from ``folder`` in place."""
@@ -226,9 +343,10 @@ class Checkpointer:
             _set_rng_state(load_file(str(rng_file)))
 
     def clean_partial(self) -> None:
-        """Remove ``.tmp-*`` folders a crash left behind (rank 0)."""
+        """Remove ``.tmp-*`` and ``.old-*`` folders a crash left behind (rank 0, under the lock:
+        no other writer can be filling them)."""
         if self.rt.is_main and self.root.exists():
-            for p in self.root.glob(".tmp-*"):
+            for p in [*self.root.glob(".tmp-*"), *self.root.glob(".old-*")]:
                 shutil.rmtree(p, ignore_errors=True)
         barrier()
 

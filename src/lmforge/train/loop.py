@@ -36,7 +36,7 @@ from torch import nn
 
 from lmforge.config import TrainConfig
 from lmforge.errors import TrainingError
-from lmforge.train.checkpoint import Checkpointer
+from lmforge.train.checkpoint import Checkpointer, writer_lock
 from lmforge.train.distributed import Runtime, all_reduce_sum
 from lmforge.train.optim import build_optimizer, lr_at
 from lmforge.train.parallel import parallelize
@@ -94,6 +94,23 @@ def _no_grad_sync(model: nn.Module, sync: bool):
 
 
 def fit(
+    model: nn.Module,
+    task: Task,
+    cfg: TrainConfig,
+    rt: Runtime,
+    *,
+    checkpoint_dir: Path | None = None,
+    **options: Any,
+) -> FitResult:
+    """Train ``model`` on ``task`` (see ``_fit``), holding ``checkpoint_dir``'s writer lock
+    throughout: a second run checkpointing into the same folder is refused, not interleaved."""
+    if checkpoint_dir is None or cfg.ckpt_every <= 0:
+        return _fit(model, task, cfg, rt, checkpoint_dir=checkpoint_dir, **options)
+    with writer_lock(checkpoint_dir, rt):
+        return _fit(model, task, cfg, rt, checkpoint_dir=checkpoint_dir, **options)
+
+
+def _fit(
     model: nn.Module,
     task: Task,
     cfg: TrainConfig,
