@@ -32,6 +32,7 @@ from torch import nn
 
 from lmforge.config import Config, FinetuneConfig
 from lmforge.errors import DataError
+from lmforge.metrics import macro_f1
 from lmforge.outputs import atomic_output_dir
 from lmforge.train.data import GlobalBatchSampler
 from lmforge.train.distributed import Runtime, all_reduce_sum, barrier, init_distributed, shutdown
@@ -122,16 +123,6 @@ def collate(ids: list[list[int]], pad_id: int, device: torch.device) -> dict[str
         input_ids[i, : len(seq)] = torch.tensor(seq)
         mask[i, : len(seq)] = 1
     return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
-
-
-def macro_f1(confusion: np.ndarray) -> float:
-    """Mean over classes of F1, from a (true, predicted) count matrix; 0 for an absent class."""
-    tp = np.diag(confusion).astype(float)
-    precision = np.divide(tp, confusion.sum(0), out=np.zeros_like(tp), where=confusion.sum(0) > 0)
-    recall = np.divide(tp, confusion.sum(1), out=np.zeros_like(tp), where=confusion.sum(1) > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    return float(f1.mean())
 
 
 # --------------------------------------------------------------------------------------------

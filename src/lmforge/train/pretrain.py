@@ -31,6 +31,7 @@ from torch import nn
 
 from lmforge.config import Config
 from lmforge.errors import DataError
+from lmforge.metrics import perplexity_of, token_nll
 from lmforge.model import build_config, build_model, model_size
 from lmforge.outputs import atomic_output_dir
 from lmforge.train.data import BlockDataset, GlobalBatchSampler
@@ -72,16 +73,14 @@ class LMTask:
         return batch.numel()
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        total, count = 0.0, 0
-        for i in range(0, len(self.eval_blocks), self.micro):
-            batch = self.val.batch(self.eval_blocks[i : i + self.micro], self.seq_len)
-            batch = batch.to(self.rt.device)
-            n = batch.shape[0] * (batch.shape[1] - 1)  # predicted positions
-            total += float(model(input_ids=batch, labels=batch).loss) * n
-            count += n
+        batches = (
+            self.val.batch(self.eval_blocks[i : i + self.micro], self.seq_len).to(self.rt.device)
+            for i in range(0, len(self.eval_blocks), self.micro)
+        )
+        total, count = token_nll(model, batches)
         total, count = all_reduce_sum([total, float(count)], self.rt.device)
         val_loss = total / max(count, 1.0)
-        return {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0))}
+        return {"val_loss": val_loss, "val_perplexity": perplexity_of(val_loss)}
 
 
 def eval_block_ids(n_val: int, cfg_batches: int, micro: int, world: int) -> np.ndarray:
