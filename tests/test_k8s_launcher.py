@@ -1,96 +1,37 @@
-"""The launcher's Kubernetes side against recorded API responses.
+"""The launcher's Kubernetes side against recorded API responses (``k8s_fake``).
 
-A tiny real HTTP server on 127.0.0.1 answers with responses recorded in the API's own shapes
-(``tests/k8s_responses/``); the real ``kubernetes`` client talks to it, so serialization,
-paths, status codes and the log stream all go through the client's code.
+The real ``kubernetes`` client talks to a real HTTP server on 127.0.0.1; faults (5xx, 429 with
+Retry-After, dropped connections, a log stream cut short) are recorded replies too.
 """
 
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import asdict
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from kubernetes import client
+from k8s_fake import CORE, DROP, JOBS, NAME, RESPONSES, Reply, recorded, routes, server_error
+from k8s_fake import start as start_api
 
 from lmforge.config import load_config
 from lmforge.errors import LaunchError
-from lmforge.launch.launcher import launch_pretrain
-from lmforge.launch.pytorchjob import render
+from lmforge.launch.launcher import KubernetesPretrain, launch_pretrain
+from lmforge.launch.pytorchjob import PARAMS_HASH_LABEL, render
+from lmforge.train.result import PretrainResult
 
-RESPONSES = Path(__file__).parent / "k8s_responses"
-NAME = "lmforge-pretrain-recorded"
-JOBS = "/apis/kubeflow.org/v1/namespaces/lmforge/pytorchjobs"
-CORE = "/api/v1/namespaces/lmforge"
-
-
-def recorded(name: str) -> tuple[int, bytes]:
-    body = (RESPONSES / name).read_bytes()
-    code = json.loads(body).get("code", 200) if name.endswith(".json") else 200
-    return code, body
-
-
-class RecordedApi(ThreadingHTTPServer):
-    """Answers (method, path) with the next recorded response; the last one repeats."""
-
-    daemon_threads = True
-
-    def __init__(self, routes: dict[tuple[str, str], list[tuple[int, bytes]]]):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.routes = {k: list(v) for k, v in routes.items()}
-        self.calls: list[tuple[str, str, dict, object]] = []
-        self.lock = threading.Lock()
-
-    def answer(self, method: str, url: str, body: bytes) -> tuple[int, bytes, str]:
-        parts = urlsplit(url)
-        with self.lock:
-            self.calls.append(
-                (method, parts.path, parse_qs(parts.query), json.loads(body or "null"))
-            )
-            queue = self.routes.get((method, parts.path))
-            if not queue:
-                return 404, b'{"kind":"Status","code":404,"reason":"NotFound"}', "application/json"
-            code, payload = queue.pop(0) if len(queue) > 1 else queue[0]
-        ctype = "text/plain" if parts.path.endswith("/log") else "application/json"
-        return code, payload, ctype
-
-    def called(self, method: str, path: str) -> list:
-        return [c for c in self.calls if c[0] == method and c[1] == path]
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def _serve(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        code, payload, ctype = self.server.answer(self.command, self.path, body)
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    do_GET = do_POST = do_DELETE = _serve
-
-    def log_message(self, *args):  # keep pytest's output clean
-        pass
+pytestmark = pytest.mark.timeout(60)
+LOG = f"{CORE}/pods/{NAME}-master-0/log"
 
 
 @pytest.fixture
 def api_server():
     servers = []
 
-    def start(routes):
-        server = RecordedApi(routes)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+    def start(route_map):
+        server, api = start_api(route_map)
         servers.append(server)
-        conf = client.Configuration()
-        conf.host = f"http://127.0.0.1:{server.server_address[1]}"
-        return server, client.ApiClient(conf)
+        return server, api
 
     yield start
     for server in servers:
@@ -99,22 +40,10 @@ def api_server():
 
 
 @pytest.fixture
-def cfg(monkeypatch):
+def cfg(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # no metrics.json of a real run in sight
     monkeypatch.setenv("LMFORGE_PIPELINE_RUN_ID", "recorded")
     return load_config(None, ["launch.poll_s=0.01", "launch.timeout_s=30"])
-
-
-def routes(job_states, extra=None):
-    base = {
-        ("POST", f"{CORE}/configmaps"): [recorded("configmap_created.json")],
-        ("POST", JOBS): [(201, (RESPONSES / "job_created.json").read_bytes())],
-        ("GET", f"{JOBS}/{NAME}"): [recorded(f"job_{s}.json") for s in job_states],
-        ("GET", f"{CORE}/pods/{NAME}-master-0"): [recorded("pod_master_running.json")],
-        ("GET", f"{CORE}/pods/{NAME}-master-0/log"): [recorded("master_log.txt")],
-        ("DELETE", f"{JOBS}/{NAME}"): [recorded("deleted.json")],
-        ("DELETE", f"{CORE}/configmaps/{NAME}-params"): [recorded("deleted.json")],
-    }
-    return base | (extra or {})
 
 
 def launch(cfg, api, lines):
@@ -124,22 +53,45 @@ def launch(cfg, api, lines):
     )  # fmt: skip
 
 
+def states(lines):
+    return [line.rsplit(": ", 1)[1] for line in lines if line.startswith("PyTorchJob ")]
+
+
+def deletes_after_the_end(server) -> bool:
+    """Every DELETE came after the last read of the job (the one that saw it end)."""
+    calls = [(c[0], c[1]) for c in server.calls]
+    last_get = max(i for i, c in enumerate(calls) if c == ("GET", f"{JOBS}/{NAME}"))
+    return all(i > last_get for i, c in enumerate(calls) if c[0] == "DELETE")
+
+
 def test_created_running_succeeded(api_server, cfg):
     server, api = api_server(routes(["pending", "running", "running", "succeeded"]))
     lines: list[str] = []
     result = launch(cfg, api, lines)
-    assert result["job"] == NAME and result["adopted"] is False
+    assert isinstance(result, PretrainResult) and isinstance(result, KubernetesPretrain)
+    assert result.job == NAME and result.adopted is False
+    assert result.val_loss == 6.1203 and result.steps == 20  # the master's printed result
+    fields = [*PretrainResult.field_names(), "job", "adopted", "backend"]
+    assert list(asdict(result)) == fields  # `lmforge pretrain`'s JSON, as before
     (post,) = server.called("POST", JOBS)
     configmap, job = render(cfg, Path("outputs/tokenized"), Path("outputs/pretrain"))
     assert post[3] == job  # the rendered job, as sent
     assert server.called("POST", f"{CORE}/configmaps")[0][3] == configmap
-    states = [line.rsplit(": ", 1)[1] for line in lines if line.startswith("PyTorchJob ")]
-    assert states == ["Created", "Running", "Succeeded"]
+    assert states(lines) == ["Created", "Running", "Succeeded"]
     assert "[master-0] step 20 | loss 6.4410 | lr 6.7e-04" in lines  # the master's log stream
-    (log_call,) = server.called("GET", f"{CORE}/pods/{NAME}-master-0/log")
+    (log_call,) = server.called("GET", LOG)
     assert log_call[2]["follow"][0].lower() == "true" and log_call[2]["container"] == ["pytorch"]
     assert server.called("DELETE", f"{JOBS}/{NAME}")
     assert server.called("DELETE", f"{CORE}/configmaps/{NAME}-params")
+
+
+def test_metrics_on_the_mounted_volume_are_the_result(api_server, cfg, tmp_path):
+    out = tmp_path / "outputs" / "pretrain"
+    out.mkdir(parents=True)
+    values = dict.fromkeys(PretrainResult.field_names(), 1) | {"val_loss": 2.5, "model_dir": "m"}
+    (out / "metrics.json").write_text(json.dumps(values))
+    _, api = api_server(routes(["running", "succeeded"]))
+    assert launch(cfg, api, []).val_loss == 2.5
 
 
 def test_failed_job_reports_its_condition_and_pod_states(api_server, cfg):
@@ -155,6 +107,7 @@ def test_failed_job_reports_its_condition_and_pod_states(api_server, cfg):
     (pods_call,) = server.called("GET", f"{CORE}/pods")
     assert pods_call[2]["labelSelector"] == [f"training.kubeflow.org/job-name={NAME}"]
     assert server.called("DELETE", f"{JOBS}/{NAME}")  # delete_on_finish covers failures too
+    assert deletes_after_the_end(server)
 
 
 def test_existing_job_is_adopted_not_duplicated(api_server, cfg):
@@ -169,23 +122,136 @@ def test_existing_job_is_adopted_not_duplicated(api_server, cfg):
     )
     lines: list[str] = []
     result = launch(cfg, api, lines)
-    assert result["adopted"] is True
+    assert result.adopted is True
     assert len(server.called("POST", JOBS)) == 1
     assert any("already exists (Running): adopting it" in line for line in lines)
 
 
-def test_timeout_raises_and_keeps_the_job_when_asked(api_server, cfg):
+def test_a_create_whose_answer_was_lost_adopts_the_job_it_made(api_server, cfg):
+    # The POST reached the server but the connection dropped before the answer: the retry
+    # is told 409, and the job is adopted instead of failing the step or duplicating it.
+    extra = {("POST", JOBS): [DROP, recorded("job_already_exists.json")]}
+    server, api = api_server(routes(["running", "succeeded"], extra))
+    lines: list[str] = []
+    assert launch(cfg, api, lines).adopted is True
+    assert len(server.called("POST", JOBS)) == 2
+    assert any("while trying to create the PyTorchJob; retrying" in line for line in lines)
+
+
+def test_a_job_of_other_params_is_not_adopted(api_server, cfg):
+    other = json.loads((RESPONSES / "job_running.json").read_text())
+    other["metadata"]["labels"][PARAMS_HASH_LABEL] = "0123456789ab"
+    extra = {("POST", JOBS): [recorded("job_already_exists.json")]}
+    server, api = api_server(routes(["running"], extra))
+    server.routes[("GET", f"{JOBS}/{NAME}")] = [Reply(200, json.dumps(other).encode())]
+    with pytest.raises(LaunchError, match=r"created with other params.*another run id"):
+        launch(cfg, api, [])
+    assert not server.called("DELETE")
+
+
+def test_api_errors_while_watching_neither_end_nor_delete_the_job(api_server, cfg):
+    job_reads = [
+        recorded("job_pending.json"), recorded("job_running.json"), server_error(500),
+        server_error(503), server_error(429, headers={"Retry-After": "1"}),
+        DROP, DROP,
+        recorded("job_running.json"), recorded("job_succeeded.json"),
+    ]  # fmt: skip
+    log = recorded("master_log.txt")
+    extra = {
+        ("GET", f"{JOBS}/{NAME}"): job_reads,
+        # the log stream is cut mid-way, then re-opened
+        ("GET", LOG): [Reply(200, log.body, truncate=True), log],
+    }
+    server, api = api_server(routes([], extra))
+    lines: list[str] = []
+    result = launch(cfg, api, lines)
+    assert result.job == NAME and result.val_loss == 6.1203
+    assert states(lines) == ["Created", "Running", "Succeeded"]
+    assert any("HTTP 500" in line and "retrying" in line for line in lines)
+    assert any("HTTP 429" in line and "retrying in 1.0s" in line for line in lines)  # Retry-After
+    assert any("RemoteDisconnected" in line or "ProtocolError" in line for line in lines)
+    assert deletes_after_the_end(server)  # only the ended job is deleted
+    # the log: every line once, the second stream asked from where the first one broke
+    for text in ("step 10 | loss 7.9012", "step 20 | loss 6.4410"):
+        assert sum(text in line for line in lines) == 1
+    first, second = server.called("GET", LOG)[:2]
+    assert "sinceSeconds" not in first[2] and int(second[2]["sinceSeconds"][0]) > 0
+    assert second[2]["timestamps"][0].lower() == "true"
+
+
+def test_a_failure_seen_through_api_errors_is_reported(api_server, cfg):
+    extra = {
+        ("GET", f"{JOBS}/{NAME}"): [
+            recorded("job_running.json"), server_error(503), DROP,
+            recorded("job_failed.json"),
+        ],
+        ("GET", f"{CORE}/pods"): [server_error(500), recorded("pods_failed.json")],
+    }  # fmt: skip
+    server, api = api_server(routes([], extra))
+    with pytest.raises(LaunchError, match=r"PyTorchJobFailed.*\n.*OOMKilled"):
+        launch(cfg, api, [])
+    assert deletes_after_the_end(server)
+
+
+def test_an_api_lost_past_the_deadline_keeps_the_job(api_server, cfg):
+    cfg.launch.timeout_s = 1
+    server, api = api_server(routes(["running"], {("GET", f"{JOBS}/{NAME}"): [server_error(503)]}))
+    lines: list[str] = []
+    with pytest.raises(LaunchError, match=r"could not read the PyTorchJob .*HTTP 503"):
+        launch(cfg, api, lines)
+    assert not server.called("DELETE")
+    assert any(
+        "was left as it is" in line and "kubectl -n lmforge delete" in line for line in lines
+    )
+
+
+def test_credentials_refused_mid_watch_keep_the_job(api_server, cfg):
+    extra = {("GET", f"{JOBS}/{NAME}"): [recorded("job_running.json"), recorded("job_unauthorized.json")]}  # fmt: skip
+    server, api = api_server(routes([], extra))
+    with pytest.raises(LaunchError, match=r"HTTP 401.*refresh the kubeconfig"):
+        launch(cfg, api, [])
+    assert not server.called("DELETE")
+
+
+def test_an_interrupt_keeps_the_job(api_server, cfg):
+    server, api = api_server(routes(["running"]))
+    lines: list[str] = []
+
+    def echo(line):
+        lines.append(line)
+        if line.endswith(": Running"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        launch_pretrain(
+            cfg, Path("outputs/tokenized"), Path("outputs/pretrain"), backend="kubernetes",
+            api=api, echo=echo,
+        )  # fmt: skip
+    assert not server.called("DELETE")
+    assert any("a retried step with the same run id adopts it" in line for line in lines)
+
+
+def test_timeout_raises_and_keeps_the_job(api_server, cfg):
     cfg.launch.timeout_s = 0
-    cfg.launch.delete_on_finish = False
     server, api = api_server(routes(["running"]))
     with pytest.raises(
         LaunchError, match=r"did not finish within launch.timeout_s=0s \(still Running\)"
     ):
         launch(cfg, api, [])
-    assert not server.called("DELETE", f"{JOBS}/{NAME}")
+    assert not server.called("DELETE")  # the job's activeDeadlineSeconds is the cluster's call
 
 
-def test_forbidden_names_the_missing_role(api_server, cfg):
-    _, api = api_server(routes(["running"], {("POST", JOBS): [recorded("job_forbidden.json")]}))
-    with pytest.raises(LaunchError, match=r"HTTP 403.*k8s/base/rbac.yaml"):
+@pytest.mark.parametrize(
+    ("route", "reply", "expected"),
+    [(("POST", JOBS), "job_forbidden.json", r"HTTP 403.*k8s/base/rbac.yaml"),
+     (("POST", JOBS), "job_invalid.json", r"HTTP 422.*Master.replicas.*lmforge pretrain --render"),
+     (("POST", f"{CORE}/configmaps"), "namespace_not_found.json",
+      r"HTTP 404.*kubectl create namespace lmforge.*launch.namespace")],
+)  # fmt: skip
+def test_refused_creates_name_the_object_and_the_fix(api_server, cfg, route, reply, expected):
+    server, api = api_server(routes(["running"], {route: [recorded(reply)]}))
+    with pytest.raises(LaunchError, match=expected) as err:
         launch(cfg, api, [])
+    assert f"lmforge/{NAME}" in str(err.value)
+    assert len(server.called(*route)) == 1  # a refusal is not retried
+    assert not server.called("DELETE")

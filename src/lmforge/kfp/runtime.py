@@ -63,25 +63,52 @@ def publish(report_file: Path, artifact: Any) -> None:
     shutil.copyfile(report_file, target)
 
 
-def pretrain_on_backend(cfg: Config, tokenized: Path, out: Path, backend: str, run_id: str) -> Any:
+def pretrain_on_backend(
+    cfg: Config, tokenized: Path, out: Path, backend: str, run_id: str, **options: Any
+) -> Any:
     """Launch pretraining and leave its output folder at ``out``.
 
     ``local``: the launcher's local runner of the PyTorchJob spec, straight on the artifact
     folders. ``kubernetes``: the job's pods cannot see this pod's artifact folders, so the data is
     staged onto the shared volume (mounted here and in the job at ``launch.mount_path``), the job
-    writes its output there, and the output is copied back into the ``Model`` artifact.
+    writes its output and checkpoints there, and the output is copied into the ``Model`` artifact.
+
+    The staging folder belongs to the run id, as the job does: a retried step (same run id)
+    finds the data already staged, adopts the job (running, or finished: its output is
+    collected) and the job resumes from its checkpoints there. It is removed only once a
+    succeeded job's output has been collected; a failure leaves it for the retry.
+    ``options`` go to ``launch_pretrain`` (``api``, ``echo``).
     """
     from lmforge.launch.launcher import launch_pretrain
 
     if backend != "kubernetes":
-        return launch_pretrain(cfg, tokenized, out, backend=backend)
-    stage = Path(cfg.launch.mount_path) / "kfp" / (run_id or "manual")
+        return launch_pretrain(cfg, tokenized, out, backend=backend, **options)
+    if options.get("api") is None:  # no credentials: fail before touching the volume
+        from lmforge.launch.kube import api_client
+
+        options["api"] = api_client()
+    from lmforge.tracking import pipeline_run_id
+
+    # The job is named after the same id (``pytorchjob.render``): one folder per job.
+    stage = Path(cfg.launch.mount_path) / "kfp" / (run_id or pipeline_run_id(cfg))
     staged_data, staged_out = stage / "tokenized", stage / "pretrain"
-    shutil.rmtree(stage, ignore_errors=True)
-    shutil.copytree(tokenized, staged_data)
-    try:
-        result = launch_pretrain(cfg, staged_data, staged_out, backend="kubernetes")
-        shutil.copytree(staged_out, out, dirs_exist_ok=True)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    _stage_once(tokenized, staged_data)
+    result = launch_pretrain(cfg, staged_data, staged_out, backend="kubernetes", **options)
+    shutil.copytree(staged_out, out, dirs_exist_ok=True)
+    shutil.rmtree(stage, ignore_errors=True)  # collected: no job of this run needs it any more
     return result
+
+
+def _stage_once(src: Path, dest: Path) -> None:
+    """Copy ``src`` to ``dest`` unless an earlier attempt did: a job of the same run may be
+    reading it right now, so a staged copy is never rewritten in place. The mark beside it is
+    written last, so a copy cut short is recognised (and no job was created from it)."""
+    mark = dest.with_name(dest.name + ".staged")
+    if mark.exists():
+        return
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(src, partial)
+    shutil.rmtree(dest, ignore_errors=True)  # an unmarked copy: cut short before any job
+    partial.rename(dest)
+    mark.write_text("")

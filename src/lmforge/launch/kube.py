@@ -1,4 +1,4 @@
-"""The Kubernetes API side of the launcher: create or adopt, wait, stream logs, explain, delete.
+"""The Kubernetes API side of the launcher: create or adopt, wait, explain, delete.
 
 Uses the official ``kubernetes`` client: PyTorchJobs through ``CustomObjectsApi``, the params
 ConfigMap, pods and logs through ``CoreV1Api``. The ServiceAccount of ``k8s/base`` (Role
@@ -8,37 +8,50 @@ ConfigMap, pods and logs through ``CoreV1Api``. The ServiceAccount of ``k8s/base
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from lmforge.errors import LaunchError
-from lmforge.launch.pytorchjob import CONTAINER, is_valid_job_name
+from lmforge.launch.kube_logs import LogFollower
+from lmforge.launch.pytorchjob import (
+    CONTAINER,
+    PARAMS_HASH_LABEL,
+    is_valid_job_name,
+    params_configmap_name,
+)
+from lmforge.launch.retry import CALL_ATTEMPTS, RETRY_BASE_S, Backoff, describe, is_transient
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
 JOB_LABEL = "training.kubeflow.org/job-name"  # the operator labels every pod of a job with it
+# Every call has a bound: a half-open connection must not stall the watch forever.
+CONNECT_TIMEOUT_S, READ_TIMEOUT_S = 15.0, 60.0
 
 
 def api_client(host: str | None = None):
-    """A client for ``host``, else in-cluster credentials (a pipeline step), else ~/.kube/config."""
+    """A client for ``host``, else in-cluster credentials (a pipeline step), else ~/.kube/config.
+
+    urllib3's own retries are off: ``KubeJob`` retries every call itself, with one backoff, the
+    server's ``Retry-After`` and a message per failure, and knows when a POST is safe to repeat.
+    """
     from kubernetes import client, config
 
+    conf = client.Configuration()
+    conf.retries = False
     if host:
-        conf = client.Configuration()
         conf.host = host
         return client.ApiClient(conf)
     try:
-        config.load_incluster_config()
+        config.load_incluster_config(client_configuration=conf)
     except config.ConfigException:
         try:
-            config.load_kube_config()
+            config.load_kube_config(client_configuration=conf)
         except (config.ConfigException, OSError) as exc:
             raise LaunchError(
                 f"no Kubernetes credentials: not in a cluster and no kubeconfig ({exc}); "
                 "set KUBECONFIG or use launch.backend=local"
             ) from None
-    return client.ApiClient()
+    return client.ApiClient(conf)
 
 
 def job_state(job: dict[str, Any]) -> str:
@@ -75,80 +88,200 @@ def _describe_container(pod: str, status: dict[str, Any]) -> str | None:
     return f"pod {pod} ({restarts} restarts): " + "; ".join(parts)
 
 
-class KubeJob:
-    """One PyTorchJob (and its params ConfigMap) in one namespace."""
+class DeadlineExceeded(LaunchError):
+    """The job did not end within ``launch.timeout_s``; it is left to its own deadline."""
 
-    def __init__(self, api, namespace: str, name: str, echo: Callable[[str], None] = print):
+
+class KubeJob:
+    """One PyTorchJob (and its params ConfigMap) in one namespace.
+
+    Nothing the launcher sees on its side (an API error, its own deadline, an interrupt) deletes
+    the job: only a job that reached a terminal condition is deleted (``launch.delete_on_finish``).
+    """
+
+    def __init__(
+        self,
+        api,
+        namespace: str,
+        name: str,
+        echo: Callable[[str], None] = print,
+        retry_base_s: float = RETRY_BASE_S,
+    ):
         from kubernetes import client
 
         if not is_valid_job_name(name):
             raise LaunchError(f"PyTorchJob name {name!r} is not a valid DNS-1035 label")
         self.custom, self.core = client.CustomObjectsApi(api), client.CoreV1Api(api)
         self.namespace, self.name, self.echo = namespace, name, echo
+        self.retry_base_s = retry_base_s
+        self.timeouts = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
+        self.host = getattr(getattr(api, "configuration", None), "host", "the API server")
+
+    @property
+    def ref(self) -> str:
+        return f"PyTorchJob {self.namespace}/{self.name}"
+
+    def inspect_hint(self) -> str:
+        ns = self.namespace
+        return (
+            f"{self.ref} was left as it is. Inspect it: `kubectl -n {ns} describe pytorchjob "
+            f"{self.name}` and `kubectl -n {ns} logs {self.name}-master-0`; a retried step "
+            f"with the same run id adopts it; delete it: `kubectl -n {ns} delete pytorchjob "
+            f"{self.name} configmap {params_configmap_name(self.name)}`"
+        )
+
+    # -- calls through transient failures -------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[], Any], deadline: float | None = None) -> Any:
+        """``fn()``, retried through transient failures: until ``deadline`` (monotonic) when
+        given, else ``CALL_ATTEMPTS`` times. A refusal (4xx) is raised at once."""
+        backoff = Backoff(self.retry_base_s)
+        while True:
+            try:
+                result = fn()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                delay = backoff.next_delay(exc)
+                if (
+                    backoff.failures >= CALL_ATTEMPTS
+                    if deadline is None
+                    else time.monotonic() + delay > deadline
+                ):
+                    raise LaunchError(
+                        f"could not {what} {self.namespace}/{self.name}: {describe(exc)} from "
+                        f"{self.host} ({backoff.failures} tries); check that the API server is "
+                        "reachable (kubectl cluster-info)"
+                    ) from None
+                self.echo(
+                    f"Kubernetes API: {describe(exc)} while trying to {what}; retrying in "
+                    f"{delay:.1f}s (the job is not affected)"
+                )
+                time.sleep(delay)
+                continue
+            if backoff.failures:
+                self.echo(f"Kubernetes API: back after {backoff.failures} failed tries")
+            return result
 
     # -- create / adopt / delete --------------------------------------------------------
 
     def submit(self, configmap: dict[str, Any], job: dict[str, Any]) -> bool:
-        """Create the ConfigMap and the job; adopt a job of the same name. True when adopted."""
+        """Create the ConfigMap and the job; adopt a job of the same name. True when adopted.
+
+        A create that timed out may have reached the server: its retry answers 409 and the job
+        is adopted, never duplicated.
+        """
         from kubernetes.client.exceptions import ApiException
 
         try:
-            self.core.create_namespaced_config_map(self.namespace, configmap)
+            self._call(
+                "create the params ConfigMap",
+                lambda: self.core.create_namespaced_config_map(
+                    self.namespace, configmap, _request_timeout=self.timeouts
+                ),
+            )
         except ApiException as exc:
             if exc.status != 409:  # exists: a retried step already created it
                 raise self._api_error("create the params ConfigMap", exc) from None
         try:
-            self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, job)
-            self.echo(f"created PyTorchJob {self.namespace}/{self.name}")
+            self._call(
+                "create the PyTorchJob",
+                lambda: self.custom.create_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, job, _request_timeout=self.timeouts
+                ),
+            )
+            self.echo(f"created {self.ref}")
             return False
         except ApiException as exc:
             if exc.status != 409:
                 raise self._api_error("create the PyTorchJob", exc) from None
         existing = self.get()
+        self._check_same_params(existing, job)
         self.echo(
-            f"PyTorchJob {self.namespace}/{self.name} already exists ({job_state(existing)}): "
+            f"{self.ref} already exists ({job_state(existing)}): "
             "adopting it instead of creating a duplicate"
         )
         return True
 
-    def get(self) -> dict[str, Any]:
+    def _check_same_params(self, existing: dict[str, Any], job: dict[str, Any]) -> None:
+        theirs = existing.get("metadata", {}).get("labels", {}).get(PARAMS_HASH_LABEL)
+        ours = job.get("metadata", {}).get("labels", {}).get(PARAMS_HASH_LABEL)
+        if theirs and ours and theirs != ours:
+            raise LaunchError(
+                f"{self.ref} already exists but was created with other params "
+                f"({PARAMS_HASH_LABEL}={theirs}, this launch has {ours}): it belongs to another "
+                f"run. Delete it (`kubectl -n {self.namespace} delete pytorchjob {self.name}`) "
+                "or launch with another run id (LMFORGE_PIPELINE_RUN_ID)"
+            )
+
+    def get(self, deadline: float | None = None) -> dict[str, Any]:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, self.name
-            )
+            return self._call(
+                "read the PyTorchJob",
+                lambda: self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, self.name,
+                    _request_timeout=self.timeouts,
+                ),
+                deadline,
+            )  # fmt: skip
         except ApiException as exc:
             raise self._api_error("read the PyTorchJob", exc) from None
 
-    def delete(self) -> None:
+    def delete(self) -> bool:
+        """Delete the job and its ConfigMap; on failure say how to, and return False."""
         from kubernetes.client.exceptions import ApiException
 
         calls = (
             lambda: self.custom.delete_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, PLURAL, self.name,
                 propagation_policy="Background",  # pods and services go with the job
+                _request_timeout=self.timeouts,
             ),
-            lambda: self.core.delete_namespaced_config_map(f"{self.name}-params", self.namespace),
+            lambda: self.core.delete_namespaced_config_map(
+                params_configmap_name(self.name), self.namespace, _request_timeout=self.timeouts
+            ),
         )  # fmt: skip
         for call in calls:
             try:
-                call()
+                self._call("delete the PyTorchJob", call)
             except ApiException as exc:
                 if exc.status != 404:
-                    raise self._api_error("delete the PyTorchJob", exc) from None
-        self.echo(f"deleted PyTorchJob {self.namespace}/{self.name}")
+                    self.echo(
+                        f"{self._api_error('delete the PyTorchJob', exc)}; {self.inspect_hint()}"
+                    )
+                    return False
+            except LaunchError as exc:  # the API stayed away: the outcome still stands
+                self.echo(f"{exc}; {self.inspect_hint()}")
+                return False
+        self.echo(f"deleted {self.ref}")
+        return True
 
     def _api_error(self, what: str, exc) -> LaunchError:
+        body = str(exc.body or "")
         hint = ""
-        if exc.status in (401, 403):
+        if exc.status == 401:
+            hint = (
+                "; the credentials were refused: refresh the kubeconfig or the ServiceAccount token"
+            )
+        elif exc.status == 403:
             hint = "; the ServiceAccount needs the Role in k8s/base/rbac.yaml"
-        elif exc.status == 404 and "pytorchjobs" in str(exc.body or ""):
+        elif exc.status == 404 and "namespaces" in body and "not found" in body:
+            hint = (
+                f"; create it (kubectl create namespace {self.namespace}) or set launch.namespace"
+            )
+        elif exc.status == 404 and "pytorchjobs" in body:
             hint = "; is the Kubeflow Training Operator (PyTorchJob CRD) installed?"
+        elif exc.status == 422:
+            hint = (
+                "; the API rejected the manifest: check the launch.* settings it names "
+                "(`lmforge pretrain --render` prints what was sent)"
+            )
         try:  # the API explains itself in a Status object
             detail = json.loads(exc.body)["message"]
         except (TypeError, ValueError, KeyError):
-            detail = str(exc.body or "").strip()[:500]
+            detail = body.strip()[:500]
         return LaunchError(
             f"could not {what} {self.namespace}/{self.name}: HTTP {exc.status} {exc.reason}: "
             f"{detail}{hint}"
@@ -159,41 +292,54 @@ class KubeJob:
     def wait(
         self, timeout_s: float, poll_s: float = 5.0, log_pod: str | None = None
     ) -> dict[str, Any]:
-        """Poll until Succeeded (returns the job) or Failed/timeout (raises, with the reason)."""
+        """Poll until the job is Succeeded or Failed and return it (the caller decides what a
+        failure means). Transient API failures are waited out; ``DeadlineExceeded`` after
+        ``timeout_s``; any other ``LaunchError`` is the launcher's, not the job's."""
         follower = LogFollower(self, log_pod or f"{self.name}-master-0", poll_s)
         follower.start()
+        self.follower = follower
         deadline = time.monotonic() + timeout_s
-        state, last = "Pending", None
+        state, last, ended = "Pending", None, False
         try:
             while True:
-                job = self.get()
+                try:
+                    job = self.get(deadline)
+                except LaunchError as exc:
+                    if "HTTP 404" in str(exc):
+                        raise LaunchError(
+                            f"{self.ref} disappeared while the launcher watched it (deleted "
+                            "by someone else?); its output, if any, is on the shared volume"
+                        ) from None
+                    raise
                 state = job_state(job)
                 if state != last:
-                    self.echo(f"PyTorchJob {self.namespace}/{self.name}: {state}")
+                    self.echo(f"{self.ref}: {state}")
                     last = state
-                if state == "Succeeded":
+                if state in ("Succeeded", "Failed"):
+                    ended = True
                     return job
-                if state == "Failed":
-                    raise LaunchError(self.failure_reason(job))
                 if time.monotonic() > deadline:
-                    raise LaunchError(
-                        f"PyTorchJob {self.namespace}/{self.name} did not finish within "
-                        f"launch.timeout_s={timeout_s}s (still {state}); inspect it with "
+                    raise DeadlineExceeded(
+                        f"{self.ref} did not finish within launch.timeout_s={timeout_s}s "
+                        f"(still {state}); its runPolicy.activeDeadlineSeconds ends it on the "
+                        f"cluster. Inspect it with "
                         f"`kubectl -n {self.namespace} describe pytorchjob {self.name}`"
                     )
                 time.sleep(poll_s)
         finally:
-            follower.stop()
+            follower.stop(drain=ended)
 
     def pods(self) -> list[dict[str, Any]]:
-        from kubernetes.client.exceptions import ApiException
-
         try:
-            listing = self.core.list_namespaced_pod(
-                self.namespace, label_selector=f"{JOB_LABEL}={self.name}", _preload_content=False
-            )
-        except ApiException:
-            return []  # the reason from the job's conditions is still worth reporting
+            listing = self._call(
+                "list the job's pods",
+                lambda: self.core.list_namespaced_pod(
+                    self.namespace, label_selector=f"{JOB_LABEL}={self.name}",
+                    _preload_content=False, _request_timeout=self.timeouts,
+                ),
+            )  # fmt: skip
+        except Exception:  # the job's own conditions are still worth reporting
+            return []
         return json.loads(listing.data).get("items", [])
 
     def failure_reason(self, job: dict[str, Any]) -> str:
@@ -203,7 +349,7 @@ class KubeJob:
         ]
         cond = failed[-1] if failed else {}
         lines = [
-            f"PyTorchJob {self.namespace}/{self.name} failed: "
+            f"{self.ref} failed: "
             f"{cond.get('reason', 'unknown reason')}: {cond.get('message', '').strip()}"
         ]
         for pod in self.pods():
@@ -215,60 +361,3 @@ class KubeJob:
                         lines.append(line)
         lines.append(f"logs: kubectl -n {self.namespace} logs {self.name}-master-0 --previous")
         return "\n".join(lines)
-
-
-class LogFollower(threading.Thread):
-    """Streams one pod's logs (``follow=True``) with a ``[pod]`` prefix while the job runs.
-
-    The pod may not exist yet or still be pulling its image (HTTP 400/404): retry. When the
-    container restarts, the stream ends; follow the new container.
-    """
-
-    def __init__(self, job: KubeJob, pod: str, poll_s: float):
-        super().__init__(daemon=True)
-        self.job, self.pod, self.poll_s = job, pod, poll_s
-        self.prefix = f"[{pod.removeprefix(job.name + '-')}]"
-        self._stop_event = threading.Event()
-        self.streamed = 0  # container instances whose logs were read
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=30)
-
-    def _restart_count(self) -> int | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            pod = self.job.core.read_namespaced_pod(self.pod, self.job.namespace)
-        except ApiException:
-            return None
-        statuses = pod.status.container_statuses or []
-        return next((s.restart_count for s in statuses if s.name == CONTAINER), None)
-
-    def _stream(self, follow: bool) -> bool:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            resp = self.job.core.read_namespaced_pod_log(
-                self.pod, self.job.namespace, container=CONTAINER, follow=follow,
-                _preload_content=False,
-            )  # fmt: skip
-        except ApiException:
-            return False
-        try:
-            for raw in resp:
-                self.job.echo(f"{self.prefix} {raw.decode(errors='replace').rstrip()}")
-        finally:
-            resp.release_conn()
-        self.streamed += 1
-        return True
-
-    def run(self) -> None:
-        seen = None
-        while not self._stop_event.is_set():
-            count = self._restart_count()
-            if count is not None and count != seen and self._stream(follow=True):
-                seen = count
-            self._stop_event.wait(self.poll_s)
-        if not self.streamed:  # finished before we could follow: print what it wrote once
-            self._stream(follow=False)

@@ -8,14 +8,17 @@ Both backends run the manifests ``pytorchjob.render`` produces; each replica run
 
 from __future__ import annotations
 
-import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lmforge.config import Config
 from lmforge.errors import LaunchError
+from lmforge.launch.kube_logs import trainer_summary
 from lmforge.launch.pytorchjob import is_elastic, render
+from lmforge.launch.retry import RETRY_BASE_S
+from lmforge.train.result import PretrainResult
 
 
 def _root(tokenized_dir: Path, out_dir: Path) -> Path:
@@ -28,17 +31,29 @@ def _root(tokenized_dir: Path, out_dir: Path) -> Path:
     return Path(os.path.commonpath(paths))
 
 
-def _metrics(out_dir: Path) -> dict[str, Any]:
-    path = Path(out_dir) / "metrics.json"
-    if not path.exists():
-        return {}
-    return json.loads(path.read_text())
+@dataclass
+class LocalPretrain(PretrainResult):
+    """The trainer's result and how the local runner ran the job."""
+
+    job: str = ""
+    replicas: int = 0
+    restarts: int = 0
+    backend: str = "local"
+
+
+@dataclass
+class KubernetesPretrain(PretrainResult):
+    """The trainer's result and which PyTorchJob produced it (``adopted``: created earlier)."""
+
+    job: str = ""
+    adopted: bool = False
+    backend: str = "kubernetes"
 
 
 def launch_pretrain(
     cfg: Config, tokenized_dir: Path, out_dir: Path, backend: str = "local", **options: Any
-) -> dict[str, Any]:
-    """Run the PyTorchJob to completion; return the trainer's metrics plus the job's name.
+) -> PretrainResult:
+    """Run the PyTorchJob to completion; return the trainer's result and the job's name.
 
     ``options`` go to the backend: the local runner's (``echo``, ``on_start``), or for
     Kubernetes ``api`` (a ``kubernetes.client.ApiClient``; default: in-cluster or kubeconfig)
@@ -52,7 +67,7 @@ def launch_pretrain(
     raise LaunchError(f"launch.backend={backend!r}: expected local or kubernetes")
 
 
-def _launch_local(cfg: Config, tokenized_dir: Path, out_dir: Path, **kwargs: Any) -> dict[str, Any]:
+def _launch_local(cfg: Config, tokenized_dir: Path, out_dir: Path, **kwargs: Any) -> LocalPretrain:
     from lmforge.launch.local_runner import LocalRunner
 
     if not (tokenized_dir / "blocks").is_dir():
@@ -70,25 +85,59 @@ def _launch_local(cfg: Config, tokenized_dir: Path, out_dir: Path, **kwargs: Any
         peer_timeout_s=cfg.launch.peer_timeout_s,
         **kwargs,
     )
-    job_result = runner.run()
-    return {**_metrics(out_dir), **job_result, "backend": "local"}
+    ran = runner.run()
+    metrics = out_dir / "metrics.json"
+    try:
+        return LocalPretrain.from_metrics_file(metrics, **ran)
+    except (OSError, ValueError, KeyError) as exc:
+        raise LaunchError(
+            f"{metrics}: job {ran['job']} succeeded but its result is unreadable ({exc}); "
+            "rerun `lmforge pretrain` (it resumes from the last checkpoint)"
+        ) from None
 
 
 def _launch_kubernetes(
     cfg: Config, tokenized_dir: Path, out_dir: Path, api: Any = None, echo: Any = print
-) -> dict[str, Any]:
-    from lmforge.launch.kube import KubeJob, api_client
+) -> KubernetesPretrain:
+    from lmforge.launch.kube import KubeJob, api_client, job_state
 
     la = cfg.launch
     configmap, job = render(cfg, tokenized_dir, out_dir)
     name = job["metadata"]["name"]
-    kube = KubeJob(api if api is not None else api_client(), la.namespace, name, echo=echo)
+    kube = KubeJob(
+        api if api is not None else api_client(), la.namespace, name, echo=echo,
+        retry_base_s=min(RETRY_BASE_S, la.poll_s),  # tests poll fast; so may they retry
+    )  # fmt: skip
     adopted = kube.submit(configmap, job)
     log_pod = f"{name}-worker-0" if is_elastic(cfg) else f"{name}-master-0"
     try:
-        kube.wait(la.timeout_s, la.poll_s, log_pod=log_pod)
-    finally:
-        if la.delete_on_finish:
-            kube.delete()
-    # A step that mounts the shared volume at the same path sees the trainer's metrics.
-    return {**_metrics(out_dir), "job": name, "adopted": adopted, "backend": "kubernetes"}
+        finished = kube.wait(la.timeout_s, la.poll_s, log_pod=log_pod)
+    except BaseException:
+        # The launcher's problem (API gone, its deadline, Ctrl-C), not the job's: a multi-day
+        # run keeps going, and a retried step adopts it.
+        echo(kube.inspect_hint())
+        raise
+    failure = kube.failure_reason(finished) if job_state(finished) == "Failed" else None
+    if la.delete_on_finish:
+        kube.delete()
+    if failure:
+        raise LaunchError(failure)
+    return _kubernetes_result(out_dir, kube, adopted)
+
+
+def _kubernetes_result(out_dir: Path, kube: Any, adopted: bool) -> KubernetesPretrain:
+    """The trainer's ``metrics.json`` where this process mounts the shared volume (a pipeline
+    step), else the same result as the master printed it at its end (a workstation)."""
+    extra = {"job": kube.name, "adopted": adopted}
+    metrics = Path(out_dir) / "metrics.json"
+    if metrics.exists():
+        return KubernetesPretrain.from_metrics_file(metrics, **extra)
+    summary = trainer_summary(list(kube.follower.tail))
+    try:
+        return KubernetesPretrain.from_mapping(summary or {}, **extra)
+    except KeyError:
+        raise LaunchError(
+            f"{kube.ref} succeeded, but its result is neither at {metrics} (this machine does not "
+            "mount the shared volume there) nor in the master's log; read it on the volume "
+            f"(launch.pvc_name, {out_dir}/metrics.json)"
+        ) from None
