@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 from kubernetes import client
 
 from lmforge.launch.kube import api_client
+from lmforge.launch.pytorchjob import params_configmap_name
 
 RESPONSES = Path(__file__).parent / "k8s_responses"
 NAME = "lmforge-pretrain-recorded"
@@ -137,6 +138,6 @@ def routes(job_states, extra=None) -> dict[tuple[str, str], list[Reply]]:
         ("GET", f"{CORE}/pods/{NAME}-master-0"): [recorded("pod_master_running.json")],
         ("GET", f"{CORE}/pods/{NAME}-master-0/log"): [recorded("master_log.txt")],
         ("DELETE", f"{JOBS}/{NAME}"): [recorded("deleted.json")],
-        ("DELETE", f"{CORE}/configmaps/{NAME}-params"): [recorded("deleted.json")],
+        ("DELETE", f"{CORE}/configmaps/{params_configmap_name(NAME)}"): [recorded("deleted.json")],
     }
     return base | (extra or {})

@@ -17,7 +17,7 @@ from k8s_fake import start as start_api
 from lmforge.config import load_config
 from lmforge.errors import LaunchError
 from lmforge.launch.launcher import KubernetesPretrain, launch_pretrain
-from lmforge.launch.pytorchjob import PARAMS_HASH_LABEL, render
+from lmforge.launch.pytorchjob import PARAMS_HASH_LABEL, params_configmap_name, render
 from lmforge.train.result import PretrainResult
 
 pytestmark = pytest.mark.timeout(60)
@@ -82,7 +82,7 @@ def test_created_running_succeeded(api_server, cfg):
     (log_call,) = server.called("GET", LOG)
     assert log_call[2]["follow"][0].lower() == "true" and log_call[2]["container"] == ["pytorch"]
     assert server.called("DELETE", f"{JOBS}/{NAME}")
-    assert server.called("DELETE", f"{CORE}/configmaps/{NAME}-params")
+    assert server.called("DELETE", f"{CORE}/configmaps/{params_configmap_name(NAME)}")
 
 
 def test_metrics_on_the_mounted_volume_are_the_result(api_server, cfg, tmp_path):
