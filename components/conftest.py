@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from components.testing import build_micro_data, micro_config
+from lmforge_components.testing import build_micro_data, micro_config
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,12 @@ from typing import Any
 from kfp import dsl
 
 from lmforge.config import Config, load_config
-from lmforge.kfp.dag import REPO, common_args, params_text
+from lmforge.kfp.dag import common_args, params_text
 from lmforge.kfp.local import init_local, latest_run, task_output
+
+# The checkout these tests run from: its params.yaml and its DVC-fetched data/. A test helper:
+# the library and the pipelines never look for the repository.
+REPO = Path(__file__).resolve().parents[1]
 
 # Seconds, not minutes: a 1-layer width-32 decoder, a few optimizer steps, one local replica.
 MICRO = [

@@ -16,11 +16,10 @@ import pytest
 import yaml
 
 from lmforge.config import parse_override
-from lmforge.kfp.dag import repo_module
+from lmforge_components import testing
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-testing = repo_module("components.testing")
 STAGES = ("validate", "augment", "tokenize", "pretrain", "finetune", "evaluate", "register")
 RUN_ID = "dvc-micro-run"
 

@@ -15,6 +15,7 @@ from lmforge.config import KubeflowConfig, LaunchConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "docker" / "Dockerfile"
+PACKAGE_DIRS = ("components", "pipelines")  # packages of the distribution besides src/lmforge
 SECRETISH = re.compile(r"(PASSWORD|SECRET|TOKEN|CREDENTIAL|ACCESS_KEY|API_KEY|PRIVATE)", re.I)
 
 
@@ -92,7 +93,8 @@ def test_no_secret_is_baked_in():
         if op in ("COPY", "ADD"):
             sources = [s for s in rest.split() if not s.startswith("--")][:-1]
             assert all(
-                s in {"pyproject.toml", "README.md", "src", "./src", "/wheels"} for s in sources
+                s in {"pyproject.toml", "README.md", "src", "./src", "/wheels", *PACKAGE_DIRS}
+                for s in sources
             ), rest
 
 
@@ -121,7 +123,11 @@ def test_build_context_holds_only_the_package_sources():
     ).stdout.split()  # fmt: skip
     sent = [f for f in files if not _ignored(f, patterns)]
     assert "pyproject.toml" in sent and "src/lmforge/cli.py" in sent
-    assert all(f in ("pyproject.toml", "README.md") or f.startswith("src/") for f in sent)
+    assert all(
+        f in ("pyproject.toml", "README.md")
+        or f.startswith(("src/", *(f"{d}/" for d in PACKAGE_DIRS)))
+        for f in sent
+    )
     for leak in ("params.yaml", ".env", "src/x/.env", "mlflow.db", ".git/config", "id_rsa.pem"):
         assert _ignored(leak, patterns), leak
 

@@ -162,3 +162,19 @@ def test_components_and_pipelines_import_without_torch_or_mlflow():
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_pipelines_build_from_the_installed_packages_without_sys_path_edits(tmp_path):
+    """Compiling imports lmforge_pipelines/lmforge_components by name, from any directory."""
+    code = (
+        "import sys; before = list(sys.path); from lmforge.config import load_config; "
+        "from lmforge.kfp.compile import build_pipeline; "
+        "[build_pipeline(load_config(None), n) for n in ('pretrain', 'finetune', 'full')]; "
+        "assert sys.path == before, set(sys.path) ^ set(before); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'components', 'pipelines', 'lmforge_components', 'lmforge_pipelines'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "['lmforge_components', 'lmforge_pipelines']"

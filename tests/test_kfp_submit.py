@@ -177,6 +177,28 @@ def test_forced_dirty_submit_names_the_version_as_dirty(checkout, cfg):
     assert result["version"] == name
 
 
+def test_the_version_comes_from_the_working_directorys_checkout(checkout, cfg, monkeypatch):
+    """lmforge may be installed anywhere: without ``repo`` the commit is the cwd's checkout's."""
+    (checkout / "sub").mkdir()
+    monkeypatch.chdir(checkout / "sub")
+    sha = git(checkout, "rev-parse", "HEAD")
+    with Replay("first_submit.json", {"@VERSION@": sha[:12]}) as api:
+        result = submit(cfg, "full", host=api.url)
+    assert api.errors == []
+    assert result["version"] == sha[:12]
+
+
+def test_outside_a_checkout_is_a_clear_error_before_any_api_call(tmp_path, cfg, monkeypatch):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    monkeypatch.chdir(plain)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # no checkout above either
+    refused = pytest.raises(PipelineError, match=rf"{plain}: not a git checkout.*inside the")
+    with Replay("first_submit.json", {}) as api, refused:
+        submit(cfg, "full", host=api.url)
+    assert api.requests == []
+
+
 def test_version_names():
     assert version_name("a" * 40, []) == "a" * 12
     assert version_name("a" * 40, ["x"]).startswith("aaaaaaaaaaaa-dirty-")

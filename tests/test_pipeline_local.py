@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from lmforge.kfp.dag import repo_module
+from lmforge_components import testing
 
 REPO = Path(__file__).resolve().parents[1]
-testing = repo_module("components.testing")
 
 
 def run_local(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:

@@ -1,5 +1,5 @@
-"""The augment component: ``build(image)`` gives it on the lmforge image."""
+"""The augment component: ``augment`` on the default image, ``build(image)`` on another."""
 
-from .component import build
+from .component import augment, build
 
-__all__ = ["build"]
+__all__ = ["augment", "build"]

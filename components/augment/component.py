@@ -3,9 +3,10 @@
 from kfp.dsl import Dataset, Input, Metrics, Output
 from kfp.dsl.python_component import PythonComponent
 
-from lmforge.kfp.factory import DEFAULT_IMAGE, lmforge_component
+from lmforge.kfp.factory import DEFAULT_IMAGE, lmforge_component, on_image
 
 
+@lmforge_component
 def augment(
     validated: Input[Dataset],
     params: str,
@@ -38,4 +39,4 @@ def augment(
 
 def build(image: str = DEFAULT_IMAGE) -> PythonComponent:
     """The component on ``image`` (``kubeflow.image``)."""
-    return lmforge_component(augment, image)
+    return on_image(augment, image)

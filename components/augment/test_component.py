@@ -2,8 +2,8 @@
 
 from kfp.dsl import Dataset
 
-from components.augment import build
-from components.testing import logged_metrics, micro_config, run_one
+from lmforge_components.augment import build
+from lmforge_components.testing import logged_metrics, micro_config, run_one
 
 
 def lines(path):

@@ -1,5 +1,5 @@
-"""The evaluate component: ``build(image)`` gives it on the lmforge image."""
+"""The evaluate component: ``evaluate`` on the default image, ``build(image)`` on another."""
 
-from .component import build
+from .component import build, evaluate
 
-__all__ = ["build"]
+__all__ = ["build", "evaluate"]

@@ -3,9 +3,10 @@
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
 from kfp.dsl.python_component import PythonComponent
 
-from lmforge.kfp.factory import DEFAULT_IMAGE, lmforge_component
+from lmforge.kfp.factory import DEFAULT_IMAGE, lmforge_component, on_image
 
 
+@lmforge_component
 def evaluate(
     pretrained: Input[Model],
     finetuned: Input[Model],
@@ -55,4 +56,4 @@ def evaluate(
 
 def build(image: str = DEFAULT_IMAGE) -> PythonComponent:
     """The component on ``image`` (``kubeflow.image``)."""
-    return lmforge_component(evaluate, image)
+    return on_image(evaluate, image)

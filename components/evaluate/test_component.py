@@ -5,8 +5,8 @@ import json
 import pytest
 from kfp.dsl import Dataset, Model
 
-from components.evaluate import build
-from components.testing import logged_metrics, micro_config, returned, run_one
+from lmforge_components.evaluate import build
+from lmforge_components.testing import logged_metrics, micro_config, returned, run_one
 
 
 @pytest.mark.parametrize(("threshold", "passes"), [(0.0, True), (1.01, False)])

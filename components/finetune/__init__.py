@@ -1,5 +1,5 @@
-"""The finetune component: ``build(image)`` gives it on the lmforge image."""
+"""The finetune component: ``finetune`` on the default image, ``build(image)`` on another."""
 
-from .component import build
+from .component import build, finetune
 
-__all__ = ["build"]
+__all__ = ["build", "finetune"]

@@ -3,9 +3,10 @@
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 from kfp.dsl.python_component import PythonComponent
 
-from lmforge.kfp.factory import DEFAULT_IMAGE, lmforge_component
+from lmforge.kfp.factory import DEFAULT_IMAGE, lmforge_component, on_image
 
 
+@lmforge_component
 def finetune(
     pretrained: Input[Model],
     augmented: Input[Dataset],
@@ -40,4 +41,4 @@ def finetune(
 
 def build(image: str = DEFAULT_IMAGE) -> PythonComponent:
     """The component on ``image`` (``kubeflow.image``)."""
-    return lmforge_component(finetune, image)
+    return on_image(finetune, image)

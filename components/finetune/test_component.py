@@ -2,8 +2,8 @@
 
 from kfp.dsl import Dataset, Model
 
-from components.finetune import build
-from components.testing import logged_metrics, micro_config, run_one
+from lmforge_components.finetune import build
+from lmforge_components.testing import logged_metrics, micro_config, run_one
 
 
 def test_finetune_writes_classifier_and_baseline(upstream, kfp_workdir):

@@ -1,5 +1,5 @@
-"""The pretrain component: ``build(image)`` gives it on the lmforge image."""
+"""The pretrain component: ``pretrain`` on the default image, ``build(image)`` on another."""
 
-from .component import build
+from .component import build, pretrain
 
-__all__ = ["build"]
+__all__ = ["build", "pretrain"]

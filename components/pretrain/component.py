@@ -3,9 +3,10 @@
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 from kfp.dsl.python_component import PythonComponent
 
-from lmforge.kfp.factory import DEFAULT_IMAGE, lmforge_component
+from lmforge.kfp.factory import DEFAULT_IMAGE, lmforge_component, on_image
 
 
+@lmforge_component
 def pretrain(
     tokenized: Input[Dataset],
     params: str,
@@ -43,4 +44,4 @@ def pretrain(
 
 def build(image: str = DEFAULT_IMAGE) -> PythonComponent:
     """The component on ``image`` (``kubeflow.image``)."""
-    return lmforge_component(pretrain, image)
+    return on_image(pretrain, image)

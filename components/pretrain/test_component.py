@@ -4,8 +4,8 @@ import json
 
 from kfp.dsl import Dataset
 
-from components.pretrain import build
-from components.testing import logged_metrics, micro_config, run_one
+from lmforge_components.pretrain import build
+from lmforge_components.testing import logged_metrics, micro_config, run_one
 
 
 def test_pretrain_on_the_local_backend_hands_on_a_model(upstream, kfp_workdir):

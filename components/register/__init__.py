@@ -1,5 +1,5 @@
-"""The register component: ``build(image)`` gives it on the lmforge image."""
+"""The register component: ``register`` on the default image, ``build(image)`` on another."""
 
-from .component import build
+from .component import build, register
 
-__all__ = ["build"]
+__all__ = ["build", "register"]

@@ -3,9 +3,10 @@
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 from kfp.dsl.python_component import PythonComponent
 
-from lmforge.kfp.factory import DEFAULT_IMAGE, lmforge_component
+from lmforge.kfp.factory import DEFAULT_IMAGE, lmforge_component, on_image
 
 
+@lmforge_component
 def register(
     pretrained: Input[Model],
     finetuned: Input[Model],
@@ -40,4 +41,4 @@ def register(
 
 def build(image: str = DEFAULT_IMAGE) -> PythonComponent:
     """The component on ``image`` (``kubeflow.image``)."""
-    return lmforge_component(register, image)
+    return on_image(register, image)

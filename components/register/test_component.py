@@ -4,8 +4,8 @@ import json
 
 from kfp.dsl import Dataset, Model
 
-from components.register import build
-from components.testing import micro_config, run_one
+from lmforge_components.register import build
+from lmforge_components.testing import micro_config, run_one
 
 
 def test_register_creates_challenger_versions_tagged_with_the_kfp_task(upstream, kfp_workdir):

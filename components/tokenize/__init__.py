@@ -1,5 +1,5 @@
-"""The tokenize component: ``build(image)`` gives it on the lmforge image."""
+"""The tokenize component: ``tokenize`` on the default image, ``build(image)`` on another."""
 
-from .component import build
+from .component import build, tokenize
 
-__all__ = ["build"]
+__all__ = ["build", "tokenize"]

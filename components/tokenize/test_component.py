@@ -4,8 +4,8 @@ import json
 
 from kfp.dsl import Dataset
 
-from components.testing import logged_metrics, micro_config, run_one
-from components.tokenize import build
+from lmforge_components.testing import logged_metrics, micro_config, run_one
+from lmforge_components.tokenize import build
 
 
 def test_tokenize_writes_tokenizer_and_packed_blocks(upstream, kfp_workdir):

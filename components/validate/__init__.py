@@ -1,5 +1,5 @@
-"""The validate component: ``build(image)`` gives it on the lmforge image."""
+"""The validate component: ``validate`` on the default image, ``build(image)`` on another."""
 
-from .component import build
+from .component import build, validate
 
-__all__ = ["build"]
+__all__ = ["build", "validate"]

@@ -3,9 +3,10 @@
 from kfp.dsl import HTML, Dataset, Input, Metrics, Output
 from kfp.dsl.python_component import PythonComponent
 
-from lmforge.kfp.factory import DEFAULT_IMAGE, lmforge_component
+from lmforge.kfp.factory import DEFAULT_IMAGE, lmforge_component, on_image
 
 
+@lmforge_component
 def validate(
     raw_data: Input[Dataset],
     params: str,
@@ -41,4 +42,4 @@ def validate(
 
 def build(image: str = DEFAULT_IMAGE) -> PythonComponent:
     """The component on ``image`` (``kubeflow.image``)."""
-    return lmforge_component(validate, image)
+    return on_image(validate, image)

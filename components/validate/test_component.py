@@ -2,8 +2,8 @@
 
 from kfp.dsl import Dataset
 
-from components.testing import logged_metrics, micro_config, run_one
-from components.validate import build
+from lmforge_components.testing import logged_metrics, micro_config, run_one
+from lmforge_components.validate import build
 
 
 def test_validate_splits_the_data_and_publishes_report_and_metrics(micro_data, kfp_workdir):

@@ -9,13 +9,13 @@ from kfp.dsl import Dataset, Model
 
 from lmforge.config import Config
 from lmforge.kfp.dag import (
-    Ops,
     common_args,
     finetune_evaluate_register,
     import_artifact,
     params_text,
     prepare_data,
 )  # fmt: skip
+from lmforge_pipelines.ops import Ops
 
 
 def build(cfg: Config) -> dsl.graph_component.GraphComponent:

@@ -7,12 +7,12 @@ from kfp import dsl
 
 from lmforge.config import Config
 from lmforge.kfp.dag import (
-    Ops,
     common_args,
     data_to_pretrained,
     finetune_evaluate_register,
     params_text,
 )  # fmt: skip
+from lmforge_pipelines.ops import Ops
 
 
 def build(cfg: Config) -> dsl.graph_component.GraphComponent:

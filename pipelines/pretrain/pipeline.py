@@ -3,7 +3,8 @@
 from kfp import dsl
 
 from lmforge.config import Config
-from lmforge.kfp.dag import Ops, common_args, data_to_pretrained, params_text
+from lmforge.kfp.dag import common_args, data_to_pretrained, params_text
+from lmforge_pipelines.ops import Ops
 
 
 def build(cfg: Config) -> dsl.graph_component.GraphComponent:

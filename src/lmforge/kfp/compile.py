@@ -1,21 +1,24 @@
-"""``lmforge pipeline compile``: every pipeline in ``pipelines/`` to KFP v2 YAML.
+"""``lmforge pipeline compile``: every pipeline of ``lmforge_pipelines`` to KFP v2 YAML.
 
 Each pipeline is compiled with its parameter defaults taken from the config (``params.yaml``),
-into ``<out_dir>/<name>/pipeline.yaml``; ``tests/test_kfp_compile.py`` fails when a committed
-file differs from what this writes, so the YAML in the repository is never stale.
+into ``<out_dir>/<name>/pipeline.yaml``; ``out_dir`` defaults to ``pipelines`` in the working
+directory, which in a checkout is where the committed files sit (``tests/test_kfp_compile.py``
+fails when one differs from what this writes, so the YAML in the repository is never stale).
+The pipelines are imported by package name (``pipelines/`` is installed as
+``lmforge_pipelines``), so this works the same from a wheel as from the checkout.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import tempfile
 from pathlib import Path
 
 from lmforge.config import Config
-from lmforge.kfp.dag import REPO, repo_module
 
 PIPELINES = ("pretrain", "finetune", "full")
-PIPELINES_DIR = REPO / "pipelines"
+PIPELINES_DIR = Path("pipelines")  # relative: the working directory's (the checkout's) folder
 
 
 def build_pipeline(cfg: Config, name: str):
@@ -24,7 +27,7 @@ def build_pipeline(cfg: Config, name: str):
         from lmforge.errors import PipelineError
 
         raise PipelineError(f"pipeline {name!r}: unknown; choose one of {', '.join(PIPELINES)}")
-    return repo_module(f"pipelines.{name}.pipeline").build(cfg)
+    return importlib.import_module(f"lmforge_pipelines.{name}.pipeline").build(cfg)
 
 
 def compile_pipeline(cfg: Config, name: str, path: Path) -> Path:

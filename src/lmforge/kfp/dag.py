@@ -1,53 +1,26 @@
-"""The pieces the pipelines in ``pipelines/`` are built from.
+"""The pieces the pipelines in ``pipelines/`` (package ``lmforge_pipelines``) are built from.
 
-``Ops`` holds the seven components on the configured image; ``schedule`` applies the cluster
-settings of ``params.yaml``'s ``kubeflow`` section to a task (MLflow secret as env, caching of
-heavy steps, GPU node selector/toleration/limit, the shared volume); ``prepare_data``,
-``data_to_pretrained`` and ``finetune_evaluate_register`` are the DAG segments the pipelines
-share.
+``schedule`` applies the cluster settings of ``params.yaml``'s ``kubeflow`` section to a task
+(MLflow secret as env, caching of heavy steps, GPU node selector/toleration/limit, the shared
+volume); ``prepare_data``, ``data_to_pretrained`` and ``finetune_evaluate_register`` are the DAG
+segments the pipelines share. They take the components as an ``Ops`` (``lmforge_pipelines.ops``):
+the library never imports the component or pipeline packages, which import it.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kfp import dsl, kubernetes
 from kfp.dsl import Dataset
 
 from lmforge.config import Config
 
-REPO = Path(__file__).resolve().parents[3]
+if TYPE_CHECKING:
+    from lmforge_pipelines.ops import Ops
+
 HEAVY_STEPS = ("pretrain", "finetune", "evaluate")
-STEPS = ("validate", "augment", "tokenize", "pretrain", "finetune", "evaluate", "register")
-
-
-def repo_module(name: str) -> Any:
-    """Import ``components.*``/``pipelines.*`` from the repository (they are not installed)."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    return importlib.import_module(name)
-
-
-@dataclass
-class Ops:
-    """The components, each built on ``kubeflow.image``."""
-
-    validate: Any
-    augment: Any
-    tokenize: Any
-    pretrain: Any
-    finetune: Any
-    evaluate: Any
-    register: Any
-
-    @classmethod
-    def on_image(cls, image: str) -> Ops:
-        return cls(**{s: repo_module(f"components.{s}.component").build(image) for s in STEPS})
 
 
 def _changed(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

@@ -18,5 +18,16 @@ DEFAULT_IMAGE = KubeflowConfig().image
 
 
 def lmforge_component(fn: Callable, image: str = DEFAULT_IMAGE) -> PythonComponent:
-    """A lightweight Python component of ``fn`` on ``image`` (``kubeflow.image`` in params)."""
+    """A lightweight Python component of ``fn`` on ``image`` (``kubeflow.image`` in params).
+
+    Used bare as the decorator of each ``lmforge_components.<step>`` function (the default
+    image); ``on_image`` rebuilds it on the configured one.
+    """
     return dsl.component(fn, base_image=image, install_kfp_package=False)
+
+
+def on_image(component: PythonComponent, image: str) -> PythonComponent:
+    """``component`` (a module-level ``@lmforge_component``) on ``image`` instead."""
+    if component.component_spec.implementation.container.image == image:
+        return component
+    return lmforge_component(component.python_func, image)

@@ -22,16 +22,19 @@ from lmforge import vcs
 from lmforge.config import Config
 from lmforge.errors import PipelineError
 from lmforge.kfp.compile import PIPELINES, compile_pipeline
-from lmforge.kfp.dag import REPO
 
 
-def git_state(repo: Path = REPO) -> tuple[str, list[str]]:
-    """(HEAD commit, changed tracked files) of ``repo``."""
+def git_state(repo: Path | None = None) -> tuple[str, list[str]]:
+    """(HEAD commit, changed tracked files) of ``repo``, by default the working directory's
+    checkout (lmforge may be installed anywhere: the code submitted is the checkout's)."""
+    repo = Path(repo) if repo is not None else Path.cwd()
     try:
         return vcs.git_state(repo)
     except (OSError, subprocess.CalledProcessError) as exc:
+        detail = (getattr(exc, "stderr", None) or str(exc)).strip().splitlines()
         raise PipelineError(
-            f"{repo}: not a git checkout ({exc}); versions are named from the git commit"
+            f"{repo}: not a git checkout ({detail[0] if detail else exc}); pipeline versions are "
+            "named from the git commit: run `lmforge pipeline submit` inside the lmforge checkout"
         ) from None
 
 
@@ -60,9 +63,10 @@ def submit(
     name: str = "full",
     host: str | None = None,
     force: bool = False,
-    repo: Path = REPO,
+    repo: Path | None = None,
 ) -> dict[str, str]:
-    """Upload pipeline ``name`` as a version named from ``repo``'s commit; start a run."""
+    """Upload pipeline ``name`` as a version named from ``repo``'s commit (default: the
+    working directory's checkout); start a run."""
     import kfp
 
     if name not in PIPELINES:
