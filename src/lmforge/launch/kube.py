@@ -116,6 +116,7 @@ class KubeJob:
         self.retry_base_s = retry_base_s
         self.timeouts = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
         self.host = getattr(getattr(api, "configuration", None), "host", "the API server")
+        self.follower: LogFollower | None = None  # of the last wait(); keeps the log's tail
 
     @property
     def ref(self) -> str:

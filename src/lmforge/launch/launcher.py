@@ -132,7 +132,7 @@ def _kubernetes_result(out_dir: Path, kube: Any, adopted: bool) -> KubernetesPre
     metrics = Path(out_dir) / "metrics.json"
     if metrics.exists():
         return KubernetesPretrain.from_metrics_file(metrics, **extra)
-    summary = trainer_summary(list(kube.follower.tail))
+    summary = trainer_summary(list(kube.follower.tail) if kube.follower else [])
     try:
         return KubernetesPretrain.from_mapping(summary or {}, **extra)
     except KeyError:
