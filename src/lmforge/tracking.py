@@ -2,7 +2,17 @@
 
 ``MLFLOW_TRACKING_URI`` wins; otherwise the embedded store in the repository
 (``sqlite:///mlflow.db`` with artifacts in ``mlartifacts/``), so ``dvc repro`` needs no server
-and ``lmforge ui`` serves exactly what the pipeline wrote.
+and ``lmforge ui`` serves exactly what the pipeline wrote. Inside a pod that fallback is refused:
+a sqlite file in a pod vanishes with it (``tracking_uri`` names the secret to fix).
+
+Two modes against a server:
+
+- strict (``client``, ``stage_run``: data stages, evaluate, register, promote): a server that does
+  not answer within ``tracking.connect_timeout_s`` is one ``TrackingUnavailable`` line naming the
+  URI;
+- tolerant (the training path, ``lmforge.train.tracker``): an outage never stops or slows
+  training; what could not be sent is buffered in the step's output and replayed
+  (``replay(cfg, out_dir)``).
 """
 
 from __future__ import annotations
@@ -10,18 +20,52 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
-from lmforge.config import Config
+from lmforge.config import Config, TrackingConfig
+from lmforge.errors import ConfigError, LmforgeError
+
+
+class TrackingUnavailable(LmforgeError):
+    """The MLflow tracking server does not answer (the message names the URI and the fix)."""
+
+
+POD_ENV = "KUBERNETES_SERVICE_HOST"  # set by Kubernetes in every container of a pod
 
 
 def tracking_uri(cfg: Config) -> str:
-    """The tracking URI in force; a relative sqlite path is made absolute against the cwd."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.tracking_uri
+    """The tracking URI in force; a relative sqlite path is made absolute against the cwd.
+
+    Inside a pod with no URI configured (the secret that carries ``MLFLOW_TRACKING_URI`` missing)
+    this is a ``ConfigError``: never a silent local file that is gone with the pod.
+    """
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = env_uri or cfg.tracking.tracking_uri
+    if os.environ.get(POD_ENV) and not env_uri and uri == _default_uri():
+        raise ConfigError(
+            f"running in a pod with no MLflow tracking URI: MLFLOW_TRACKING_URI is unset (the "
+            f"secret '{cfg.kubeflow.mlflow_secret}' is missing or lacks that key) and "
+            f"tracking.tracking_uri is the default {uri}, a file that vanishes with the pod. Fix: "
+            f"kubectl -n {cfg.kubeflow.namespace} create secret generic "
+            f"{cfg.kubeflow.mlflow_secret} --from-literal=MLFLOW_TRACKING_URI=http://<server>:5000"
+            " (or set tracking.tracking_uri to a server or a volume's path)"
+        )
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         uri = prefix + str(Path(uri[len(prefix) :]).resolve())
     return uri
+
+
+def _default_uri() -> str:
+    return TrackingConfig().tracking_uri
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
 
 
 def artifact_location(cfg: Config) -> str | None:
@@ -33,17 +77,76 @@ def artifact_location(cfg: Config) -> str | None:
     loc = cfg.tracking.artifact_location
     if "://" in loc:
         return loc
-    if tracking_uri(cfg).startswith(("http://", "https://")):
+    if is_server(tracking_uri(cfg)):
         return None
     return Path(loc).resolve().as_uri()
 
 
+def server_answers(uri: str, timeout_s: float) -> str | None:
+    """None when the server at ``uri`` answers HTTP at all (any status: an auth proxy's 401 is
+    an answer), else why not. One request of at most ``timeout_s``."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except (OSError, ValueError) as exc:  # refused, reset, DNS, timeout, malformed URL
+        reason = getattr(exc, "reason", None) or exc
+        return f"{type(exc).__name__}: {reason}"
+
+
+_REACHED: set[str] = set()  # servers this process already reached (one check each)
+
+
+def check_reachable(uri: str, timeout_s: float) -> None:
+    """Return once the server at ``uri`` answers; after ``timeout_s`` without an answer, raise
+    ``TrackingUnavailable``. Stores other than http(s) servers are not checked."""
+    if not is_server(uri) or uri in _REACHED:
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        why = server_answers(uri, max(0.2, min(left, 5.0)))
+        if why is None:
+            _REACHED.add(uri)
+            return
+        if time.monotonic() + 0.5 >= deadline:
+            raise TrackingUnavailable(
+                f"MLflow tracking server {uri} did not answer within {timeout_s:g} s ({why}). "
+                "Fix: start the server, or point MLFLOW_TRACKING_URI (or tracking.tracking_uri) "
+                "at one that runs"
+            )
+        time.sleep(0.5)
+
+
 def client(cfg: Config):
-    """An ``MlflowClient`` on the project's store (tracking and model registry alike)."""
+    """An ``MlflowClient`` on the project's store (tracking and model registry alike): strict,
+    a server that does not answer within ``tracking.connect_timeout_s`` is an error."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(cfg))
+    uri = tracking_uri(cfg)
+    check_reachable(uri, cfg.tracking.connect_timeout_s)
+    mlflow.set_tracking_uri(uri)
     return mlflow.MlflowClient()
+
+
+def flat_metrics(values: Any, prefix: str = "") -> dict[str, float]:
+    """Numbers of a (nested) metrics mapping as ``a.b`` -> float; text and lists are skipped."""
+    out: dict[str, float] = {}
+    if isinstance(values, dict):
+        for key, value in values.items():
+            out.update(flat_metrics(value, f"{prefix}{key}."))
+    elif isinstance(values, (int, float)) and not isinstance(values, bool):
+        out[prefix.rstrip(".")] = float(values)
+    return out
+
+
+def replay(cfg: Config, out_dir: Path) -> dict[str, Any]:
+    """Send what a training step buffered in ``out_dir`` (``tracking-buffer.jsonl``) to the
+    store now; returns what was sent and what is still unsent (the buffer keeps that)."""
+    from lmforge.train.tracker import replay_buffer
+
+    return replay_buffer(cfg, Path(out_dir))
 
 
 def ui_command(cfg: Config, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
@@ -118,8 +221,9 @@ def lineage_tags(cfg: Config) -> dict[str, str]:
     }
 
 
-def _experiment_id(cfg: Config) -> str:
-    mlflow_client = client(cfg)
+def experiment_id(cfg: Config, mlflow_client=None) -> str:
+    """The id of ``tracking.experiment``, created (with our artifact root) if absent."""
+    mlflow_client = mlflow_client or client(cfg)
     exp = mlflow_client.get_experiment_by_name(cfg.tracking.experiment)
     if exp is not None:
         return exp.experiment_id
@@ -134,11 +238,15 @@ def _experiment_id(cfg: Config) -> str:
         return exp.experiment_id
 
 
-def parent_run_id(cfg: Config) -> str:
-    """Find (by tag) or create the parent run of this pipeline run."""
-    exp_id = _experiment_id(cfg)
-    mlflow_client = client(cfg)
-    run_key = pipeline_run_id(cfg)
+def parent_run_id(cfg: Config, mlflow_client=None, lineage: dict[str, str] | None = None) -> str:
+    """Find (by tag) or create the parent run of this pipeline run.
+
+    ``lineage``: tags recorded earlier (``parent_tags``), for a run created later by a replay.
+    """
+    mlflow_client = mlflow_client or client(cfg)
+    exp_id = experiment_id(cfg, mlflow_client)
+    tags = lineage or parent_tags(cfg)
+    run_key = tags[PIPELINE_RUN_TAG]
     found = mlflow_client.search_runs(
         [exp_id],
         filter_string=f"tags.`{PIPELINE_RUN_TAG}` = '{run_key}' and tags.`{STAGE_TAG}` = 'pipeline'",
@@ -146,18 +254,45 @@ def parent_run_id(cfg: Config) -> str:
     )
     if found:
         return found[0].info.run_id
+    run = mlflow_client.create_run(exp_id, tags=tags, run_name=f"pipeline-{run_key}")
+    return run.info.run_id
+
+
+def parent_tags(cfg: Config) -> dict[str, str]:
+    """Tags of the pipeline's parent run: lineage, the stage ``pipeline``, the KFP run."""
     tags = {**lineage_tags(cfg), STAGE_TAG: "pipeline"}
     kfp_run = os.environ.get("KFP_RUN_ID")
     if kfp_run:
         tags["kfp.run_id"] = kfp_run
-    run = mlflow_client.create_run(exp_id, tags=tags, run_name=f"pipeline-{run_key}")
-    return run.info.run_id
+    return tags
+
+
+def stage_tags(cfg: Config, stage: str, parent: str | None = None) -> dict[str, str]:
+    """Tags of a step's run: lineage, the stage, the parent (when known), the KFP task."""
+    tags = {**lineage_tags(cfg), STAGE_TAG: stage}
+    if parent:
+        tags[PARENT_RUN_TAG] = parent
+    task = os.environ.get("KFP_TASK_NAME")
+    if task:
+        tags["kfp.task_name"] = task
+    return tags
+
+
+def section_params(cfg: Config, sections: tuple[str, ...]) -> dict[str, str]:
+    """The step's config sections as MLflow params (``section.key``; values cut to 500 chars)."""
+    out = {}
+    for section in sections:
+        values = getattr(cfg, section).__dict__
+        out.update({f"{section}.{k}": str(v)[:500] for k, v in values.items()})
+    return out
 
 
 class stage_run:
     """``with stage_run(cfg, "pretrain") as run:`` a nested MLflow run under the pipeline's parent.
 
-    Logs the step's config sections as params and the lineage tags (plus the parent's run id,
+    Strict: a server that does not answer is ``TrackingUnavailable`` at once (the training path
+    uses ``lmforge.train.tracker.TrainingTracker`` instead, which never stops training). Logs the
+    step's config sections as params and the lineage tags (plus the parent's run id,
     ``lmforge.parent_run_id``); ends FAILED on an exception. The parent run is marked finished
     (or failed) with each step, as a pipeline run has no single process that could close it.
     """
@@ -168,20 +303,15 @@ class stage_run:
     def __enter__(self):
         import mlflow
 
-        parent = self.parent_id = parent_run_id(self.cfg)
-        tags = {**lineage_tags(self.cfg), STAGE_TAG: self.stage, PARENT_RUN_TAG: parent}
-        task = os.environ.get("KFP_TASK_NAME")
-        if task:
-            tags["kfp.task_name"] = task
+        mlflow_client = client(self.cfg)  # fails fast when the server does not answer
+        parent = self.parent_id = parent_run_id(self.cfg, mlflow_client)
         self.run = mlflow.start_run(
-            experiment_id=_experiment_id(self.cfg),
+            experiment_id=experiment_id(self.cfg, mlflow_client),
             run_name=self.stage,
             parent_run_id=parent,
-            tags=tags,
+            tags=stage_tags(self.cfg, self.stage, parent),
         )
-        for section in self.sections:
-            values = getattr(self.cfg, section).__dict__
-            mlflow.log_params({f"{section}.{k}": str(v)[:500] for k, v in values.items()})
+        mlflow.log_params(section_params(self.cfg, self.sections))
         return self.run
 
     def __exit__(self, exc_type, exc, tb):

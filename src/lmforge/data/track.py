@@ -1,6 +1,6 @@
 """MLflow for the data stages: a nested run per stage (``lmforge.tracking.stage_run``) with the
 stage's params, its metrics flattened, its reports as artifacts, and on a refusal the one-paragraph
-error as the tag ``lmforge.error`` (the run ends FAILED)."""
+error as the tag ``lmforge.error`` (the run ends FAILED). Strict: these stages need the store."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def tracked(cfg: Config, stage: str, sections: tuple[str, ...]) -> Iterator[Any]
 def log_outputs(metrics: dict[str, Any], files: list[Path]) -> None:
     import mlflow
 
-    from lmforge.kfp.runtime import flat_metrics
+    from lmforge.tracking import flat_metrics
 
     mlflow.log_metrics(flat_metrics(metrics))
     for path in files:

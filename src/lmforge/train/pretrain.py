@@ -4,21 +4,23 @@
 a PyTorchJob replica): ranks come from the environment. Output folder (rank 0 writes it):
 
 - ``model/``: HF model directory (safetensors, config) with the tokenizer copied in;
-- ``checkpoints/step-*/``: DCP checkpoints (a rerun of the same config resumes from the latest);
+- ``checkpoints/step-*/``: DCP checkpoints (a rerun resumes from the latest when
+  ``lmforge.train.step.fingerprint`` matches);
 - ``metrics.json``: validation loss/perplexity, the unigram baseline's perplexity on the same
   blocks, parameters, FLOPs per token, tokens/s, MFU, peak memory;
 - ``plots/loss.csv``: step, train_loss, val_loss (DVC plots).
 
-MLflow (rank 0): a nested ``pretrain`` run with the config, per-step metrics, the loss plot and
-the model directory as artifacts.
+- ``plots/loss.png``: the same curves with the unigram baseline (also an MLflow artifact).
+
+MLflow (rank 0, ``lmforge.train.step.tracked``): a nested ``pretrain`` run with the config,
+per-step metrics, the loss plot and the model directory as artifacts. A tracking outage does not
+stop training: what could not be sent waits in ``tracking-buffer.jsonl`` and ``metrics.json``'s
+``tracking`` section says so (``lmforge.tracking.replay`` sends it later).
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import hashlib
-import json
 import logging
 import math
 import shutil
@@ -34,8 +36,9 @@ from lmforge.errors import DataError
 from lmforge.metrics import perplexity_of, token_nll
 from lmforge.model import build_config, build_model, model_size
 from lmforge.outputs import atomic_output_dir
+from lmforge.train import step
 from lmforge.train.data import BlockDataset, GlobalBatchSampler
-from lmforge.train.distributed import Runtime, all_reduce_sum, barrier, init_distributed, shutdown
+from lmforge.train.distributed import Runtime, all_reduce_sum, barrier
 from lmforge.train.flops import measure_matmul_peak, precision_dtype
 from lmforge.train.loop import fit
 from lmforge.train.parallel import full_state_dict, meta_init
@@ -105,17 +108,6 @@ def unigram_perplexity(train: BlockDataset, val: BlockDataset, blocks: np.ndarra
     return float(np.exp(-logp[targets].mean()))
 
 
-def fingerprint(cfg: Config, meta: dict) -> str:
-    """What makes checkpoints interchangeable: model shape, training config, data."""
-    keep = {k: v for k, v in asdict(cfg.pretrain).items() if k not in _NON_TRAJECTORY}
-    blob = json.dumps({"model": asdict(cfg.model), "train": keep, "data": meta}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-# Knobs that change how often things happen around training, not the training itself.
-_NON_TRAJECTORY = {"eval_every", "eval_batches", "log_every", "ckpt_every", "keep_last", "num_threads", "compile", "device"}  # fmt: skip
-
-
 def pretrain(cfg: Config, tokenized_dir: Path, out_dir: Path) -> PretrainResult:
     """Train the decoder on ``tokenized_dir/blocks`` and write ``out_dir`` (see module doc)."""
     tokenized_dir, out_dir = Path(tokenized_dir), Path(out_dir)
@@ -127,47 +119,42 @@ def pretrain(cfg: Config, tokenized_dir: Path, out_dir: Path) -> PretrainResult:
     meta = train_ds.meta
     seq_len = min(cfg.model.max_seq_len, meta.block_size)
 
-    owns_group = not torch.distributed.is_initialized()
-    rt = init_distributed(tcfg.device, tcfg.num_threads)
-    try:
-        hf_config = build_config(cfg.model, meta.vocab_size, meta.eos_id, meta.pad_id)
-        size = model_size(hf_config, seq_len)
-        with meta_init(tcfg, rt):  # FSDP: only rank 0 allocates the whole model
-            model = build_model(hf_config, seed=tcfg.seed)
-        sampler = GlobalBatchSampler(
-            len(train_ds), tcfg.micro_batch_size, tcfg.grad_accum_steps, rt.world_size, tcfg.seed
-        )
-        eval_ids = eval_block_ids(len(val_ds), tcfg.eval_batches, tcfg.micro_batch_size, rt.world_size)  # fmt: skip
-        task = LMTask(train_ds, val_ds, sampler, rt, seq_len, eval_ids, tcfg.micro_batch_size)
-        peak = measure_matmul_peak(rt.device, precision_dtype(tcfg.precision), seconds=0.3)
-
-        tracking = _tracking(cfg, rt)
-        with tracking as run:
-            if run is not None:
-                import mlflow
-
-                mlflow.log_params(
-                    {"n_params": size.n_params, "flops_per_token": size.flops_per_token,
-                     "world_size": rt.world_size, "seq_len": seq_len,
-                     "global_batch": sampler.global_batch, "matmul_peak_flops": f"{peak:.4g}"}
-                )  # fmt: skip
+    with step.process_group(tcfg) as rt:
+        tracking = step.tracked(cfg, "pretrain", ("model", "pretrain"), out_dir, rt)
+        with tracking as tracker:
+            hf_config = build_config(cfg.model, meta.vocab_size, meta.eos_id, meta.pad_id)
+            size = model_size(hf_config, seq_len)
+            with meta_init(tcfg, rt):  # FSDP: only rank 0 allocates the whole model
+                model = build_model(hf_config, seed=tcfg.seed)
+            sampler = GlobalBatchSampler(
+                len(train_ds), tcfg.micro_batch_size, tcfg.grad_accum_steps, rt.world_size,
+                tcfg.seed,
+            )  # fmt: skip
+            eval_ids = eval_block_ids(len(val_ds), tcfg.eval_batches, tcfg.micro_batch_size, rt.world_size)  # fmt: skip
+            task = LMTask(train_ds, val_ds, sampler, rt, seq_len, eval_ids, tcfg.micro_batch_size)
+            peak = measure_matmul_peak(rt.device, precision_dtype(tcfg.precision), seconds=0.3)
+            tracker.log_params(
+                {"n_params": size.n_params, "flops_per_token": size.flops_per_token,
+                 "world_size": rt.world_size, "seq_len": seq_len,
+                 "global_batch": sampler.global_batch, "matmul_peak_flops": f"{peak:.4g}"}
+            )  # fmt: skip
             result = fit(
                 model,
                 task,
                 tcfg,
                 rt,
-                checkpoint_dir=out_dir / "checkpoints",
-                fingerprint=fingerprint(cfg, asdict(meta)),
+                checkpoint_dir=step.checkpoint_dir(out_dir),
+                fingerprint=step.fingerprint(tcfg, asdict(cfg.model), asdict(meta)),
                 flops_per_token=size.flops_per_token,
                 peak_flops=peak,
-                on_log=_mlflow_logger() if run is not None else None,
+                on_log=tracker.step_logger(),
             )
             evals = [r for r in result.history if "val_loss" in r]
             val_loss = evals[-1]["val_loss"] if evals else task.evaluate(result.model)["val_loss"]
             state = full_state_dict(result.model)
             outcome = PretrainResult(
                 val_loss=val_loss,
-                val_perplexity=math.exp(min(val_loss, 50.0)),
+                val_perplexity=perplexity_of(val_loss),
                 unigram_perplexity=unigram_perplexity(
                     train_ds, val_ds, eval_ids, seq_len, hf_config.vocab_size
                 ),
@@ -186,30 +173,11 @@ def pretrain(cfg: Config, tokenized_dir: Path, out_dir: Path) -> PretrainResult:
             )
             if rt.is_main:
                 _write_outputs(out_dir, hf_config, state, tok_dir, result.history, outcome)
-                if run is not None:
-                    _log_final(out_dir, outcome)
+                _log_final(tracker, out_dir, outcome)
+        if rt.is_main:  # again, now with what the tracker could not send
+            step.write_metrics(out_dir, outcome, tracking.summary)
         barrier()
         return outcome
-    finally:
-        if owns_group:
-            shutdown()
-
-
-def _tracking(cfg: Config, rt: Runtime):
-    if not rt.is_main:
-        return contextlib.nullcontext()
-    from lmforge.tracking import stage_run
-
-    return stage_run(cfg, "pretrain", sections=("model", "pretrain"))
-
-
-def _mlflow_logger():
-    import mlflow
-
-    def log_row(step: int, row: dict[str, float]) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in row.items()}, step=step)
-
-    return log_row
 
 
 def _write_outputs(out_dir, hf_config, state, tok_dir, history, outcome) -> None:
@@ -228,22 +196,16 @@ def _write_outputs(out_dir, hf_config, state, tok_dir, history, outcome) -> None
             writer.writerow(
                 [int(row["step"]), _fmt(row.get("train_loss")), _fmt(row.get("val_loss"))]
             )
-    tmp = out_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(asdict(outcome), indent=2) + "\n")
-    tmp.replace(out_dir / "metrics.json")
+    step.write_metrics(out_dir, outcome, {})
 
 
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.5f}"
 
 
-def _log_final(out_dir: Path, outcome: PretrainResult) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import mlflow
-
+def _log_final(tracker, out_dir: Path, outcome: PretrainResult) -> None:
+    """The run's final numbers, the loss plot (written to ``plots/loss.png`` first, so a buffered
+    record can point at it), the metrics file and the model folder."""
     per_step = {
         "train_loss",
         "val_loss",
@@ -253,8 +215,21 @@ def _log_final(out_dir: Path, outcome: PretrainResult) -> None:
         "peak_memory_bytes",
     }
     final = {k: float(v) for k, v in asdict(outcome).items() if isinstance(v, int | float) and k not in per_step}  # fmt: skip
-    mlflow.log_metrics(final, step=outcome.steps)
-    rows = list(csv.DictReader((out_dir / "plots" / "loss.csv").open()))
+    tracker.log_metrics(final, step=outcome.steps)
+    _plot_loss(out_dir / "plots", outcome)
+    tracker.log_artifact(out_dir / "plots" / "loss.png", "plots")
+    tracker.log_artifact(out_dir / "plots" / "loss.csv", "plots")
+    tracker.log_artifact(out_dir / "metrics.json")
+    tracker.log_artifact(out_dir / "model", "model")
+
+
+def _plot_loss(plots: Path, outcome: PretrainResult) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader((plots / "loss.csv").open()))
     fig, ax = plt.subplots(figsize=(6, 4))
     for key in ("train_loss", "val_loss"):
         pts = [(int(r["step"]), float(r[key])) for r in rows if r[key]]
@@ -264,8 +239,5 @@ def _log_final(out_dir: Path, outcome: PretrainResult) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.legend()
-    mlflow.log_figure(fig, "plots/loss.png")
+    fig.savefig(plots / "loss.png", dpi=100)
     plt.close(fig)
-    mlflow.log_artifact(str(out_dir / "plots" / "loss.csv"), "plots")
-    mlflow.log_artifact(str(out_dir / "metrics.json"))
-    mlflow.log_artifacts(str(out_dir / "model"), "model")
