@@ -73,7 +73,8 @@ def test_a_failing_step_stops_the_run_with_one_clear_error(tmp_path):
         fh.write("{not json\n")
     proc = run_local(tmp_path)
     assert proc.returncode == 1
-    assert "error: local run of full failed" in proc.stderr
+    assert proc.stderr.startswith("error: ") and "local run of full failed" in proc.stderr
+    assert "Inner task failed: 'validate'" in proc.stderr  # names the failing task
     assert "spam.jsonl" in proc.stdout + proc.stderr  # the step's own message names the file
     (run_dir,) = (tmp_path / "kfp" / "runs").iterdir()
     assert not (run_dir / "augment").exists()  # nothing downstream ran
