@@ -11,7 +11,7 @@ from data_fixtures import MICRO
 from lmforge.config import load_config
 from lmforge.data.split import SPLITS
 from lmforge.data.tokenize import tokenize
-from lmforge.errors import DataError
+from lmforge.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.usefixtures("data_store")  # MLflow runs go to a throwaway store
 
@@ -105,10 +105,10 @@ def test_no_training_block_is_an_error(augmented, tmp_path):
     assert not (tmp_path / "tok").exists()
 
 
-def test_special_tokens_must_include_eos_and_pad(augmented, tmp_path):
-    cfg = load_config(None, [*MICRO, "tokenizer.pad_token=<pad>"])
-    with pytest.raises(DataError, match=r"tokenizer\.special_tokens"):
-        tokenize(cfg, augmented, tmp_path / "tok")
+def test_special_tokens_must_include_eos_and_pad():
+    # A rule of the tokenizer section: checked when params.yaml is loaded, before any stage.
+    with pytest.raises(ConfigError, match=r"tokenizer\.pad_token: '<pad>' must be listed in"):
+        load_config(None, [*MICRO, "tokenizer.pad_token=<pad>"])
 
 
 def test_tokenizer_training_sample_is_a_deterministic_share(augmented):

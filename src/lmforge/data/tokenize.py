@@ -79,11 +79,6 @@ def train_tokenizer(cfg: TokenizerConfig, texts: Iterator[str]):
     """Byte-level BPE (GPT-2 style: no unknown tokens, any byte sequence round-trips)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if cfg.eos_token not in cfg.special_tokens or cfg.pad_token not in cfg.special_tokens:
-        raise DataError(
-            f"tokenizer.eos_token {cfg.eos_token!r} and tokenizer.pad_token {cfg.pad_token!r} "
-            f"must be listed in tokenizer.special_tokens ({cfg.special_tokens}) in params.yaml."
-        )
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -187,8 +182,6 @@ def tokenize(cfg: Config, augmented_dir: Path, out_dir: Path) -> TokenizeResult:
     with tracked(cfg, "tokenize", sections=("tokenizer",)):
         tcfg = cfg.tokenizer
         sources = {split: split_sources(Path(augmented_dir), split, tcfg) for split in SPLITS}
-        if tcfg.block_size < 2:
-            raise DataError(f"tokenizer.block_size={tcfg.block_size}: must be at least 2.")
         with atomic_output_dir(out_dir) as tmp:
             tok = train_tokenizer(tcfg, training_texts(sources["train"], tcfg.train_max_mb))
             fast = save_tokenizer(tcfg, tok, tmp / "tokenizer")
