@@ -34,6 +34,14 @@ def test_report_metrics_and_plots(trained_stages):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["macro_f1"] == report["classifier"]["macro_f1"]
     assert metrics["gate_passed"] == 1
+    # One report: per-model numbers (what the registry logs), the classifier's confusion once.
+    assert list(report) == ["labels", "primary_metric", "lm", "samples", "classifier", "baseline",
+                            "majority", "champion", "gate", "confusion"]  # fmt: skip
+    assert "confusion" not in report["classifier"] and "confusion" not in report["majority"]
+    labels = report["labels"]
+    counted = [[sum(r["actual"] == a and r["predicted"] == p for r in rows) for p in labels]
+               for a in labels]  # fmt: skip
+    assert counted == report["confusion"]  # the plots come from the same predictions
     md = (out / "report.md").read_text()
     assert "majority class (ham)" in md and "Perplexity" in md
 
@@ -77,3 +85,55 @@ def test_output_folder_is_replaced_whole_or_not_at_all(tmp_path):
         (tmp / "metrics.json").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evaluate"]  # no temp folders left
+
+
+def _champion_with_custom_code(cfg, root, marker, where: str) -> None:
+    """Register a champion whose files point transformers at code of their own: ``where`` is
+    ``"mlmodel"`` (the MLmodel names a class transformers lacks) or ``"config"`` (only the model
+    config's ``auto_map`` does). Importing that code would write ``marker``."""
+    import mlflow
+    import yaml
+
+    from lmforge import tracking
+
+    (root / "model").mkdir(parents=True)
+    (root / "components" / "tokenizer").mkdir(parents=True)
+    (root / "model" / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    custom = "EvilForSequenceClassification"
+    config = {"model_type": "llama", "architectures": ["LlamaForSequenceClassification"]}
+    flavor = {"task": "text-classification", "instance_type": "TextClassificationPipeline",
+              "pipeline_model_type": "LlamaForSequenceClassification", "model_binary": "model",
+              "components": ["tokenizer"], "tokenizer_type": "PreTrainedTokenizerFast"}  # fmt: skip
+    if where == "mlmodel":
+        flavor["pipeline_model_type"] = custom
+    else:
+        config["auto_map"] = {"AutoModelForSequenceClassification": f"modeling_evil.{custom}"}
+    (root / "model" / "config.json").write_text(json.dumps(config))
+    (root / "MLmodel").write_text(yaml.safe_dump({"flavors": {"transformers": flavor}}))
+    client = tracking.client(cfg)
+    name = cfg.register.classifier_model_name
+    client.create_registered_model(name)
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(root), "classifier")
+    mv = client.create_model_version(
+        name, f"runs:/{run.info.run_id}/classifier", run_id=run.info.run_id
+    )
+    client.set_registered_model_alias(name, cfg.register.champion_alias, mv.version)
+
+
+@pytest.mark.parametrize("where", ["mlmodel", "config"])
+def test_a_champion_naming_code_outside_transformers_is_refused(
+    where, embedded_store, trained_stages, tmp_path
+):
+    from lmforge.errors import RegistryError
+
+    marker = tmp_path / "code-ran"
+    _champion_with_custom_code(embedded_store, tmp_path / "evil", marker, where)
+    stages = trained_stages
+    with pytest.raises(RegistryError, match="refused: it names classes outside transformers"):
+        evaluate(
+            embedded_store, stages["pretrain"], stages["finetune"], stages["tokenized"],
+            stages["augmented"], tmp_path / "eval",
+        )  # fmt: skip
+    assert not marker.exists()  # nothing from the registry ran
+    assert not (tmp_path / "eval").exists()  # and nothing was written

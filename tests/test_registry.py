@@ -299,3 +299,258 @@ def test_register_and_promote_through_a_tracking_server(server_store, trained_st
     source = tracking.client(cfg).get_model_version(name, result.classifier.version).source
     assert source.startswith("models:/")
     _predicts_through_alias(name, "champion")
+
+
+# --------------------------------------------------------------------------------------------
+# Faults: transient errors, crashes between writes, dead lock holders, a dead server
+# --------------------------------------------------------------------------------------------
+
+
+def _bare_model(cfg, *f1s: float) -> list[str]:
+    """Versions of the classifier carrying only their evaluation tag (no model files needed:
+    promotion reads tags and aliases); the last one is the challenger."""
+    client = tracking.client(cfg)
+    name = cfg.register.classifier_model_name
+    client.create_registered_model(name)
+    run = client.create_run("0")  # a server accepts a version's source only from a run
+    versions = []
+    for f1 in f1s:
+        tags = {METRIC_TAG + "macro_f1": repr(f1)}
+        source = f"runs:/{run.info.run_id}/model"
+        mv = client.create_model_version(name, source, run_id=run.info.run_id, tags=tags)
+        versions.append(str(mv.version))
+    client.set_registered_model_alias(name, cfg.register.challenger_alias, versions[-1])
+    return versions
+
+
+def _model_tags(cfg, name: str) -> dict[str, str]:
+    return tracking.client(cfg).get_registered_model(name).tags
+
+
+@pytest.mark.parametrize("store", ["embedded_store", "server_store"])
+def test_a_transient_error_reading_the_champion_refuses_and_changes_nothing(
+    store, request, tmp_path, monkeypatch
+):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+    cfg = request.getfixturevalue(store)
+    name = cfg.register.classifier_model_name
+    v1, v2 = _bare_model(cfg, 0.80, 0.90)
+    assert promote(cfg, name, version=v1).action == "promoted"  # no champion: absent, not error
+    assert promote(cfg, name, version=v2).previous == v1
+    worse = _add_version(cfg, name, {"macro_f1": 0.70})
+    before = _aliases(cfg, name)
+    assert before == {"champion": v2, "previous": v1, "challenger": worse}
+
+    original = mlflow.MlflowClient.get_model_version_by_alias
+    failures = []
+
+    def flaky(self, model, alias):
+        if alias == cfg.register.champion_alias and not failures:
+            failures.append(alias)
+            raise MlflowException("the database is busy", error_code=TEMPORARILY_UNAVAILABLE)
+        return original(self, model, alias)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_model_version_by_alias", flaky)
+    with pytest.raises(
+        RegistryError, match=r"could not read alias 'champion'.*TEMPORARILY_UNAVAIL"
+    ):
+        promote(cfg, name)
+    assert failures == ["champion"]  # the injected error was hit, once
+    assert _aliases(cfg, name) == before
+    assert "lmforge.transition" not in _model_tags(cfg, name)
+    assert not _lock_models(cfg)
+    # Once the registry answers, the real gate refuses the worse challenger.
+    with pytest.raises(RegistryError, match=r"0\.7000 vs champion 0\.9000"):
+        promote(cfg, name)
+    assert _aliases(cfg, name) == before
+
+
+CRASHER = """
+import os, signal, sys
+import mlflow
+from lmforge.config import load_config
+from lmforge.registry import promote
+op, nth, when = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+original = mlflow.MlflowClient.set_registered_model_alias
+calls = []
+def crashing(self, *args, **kwargs):  # SIGKILL around the nth alias write: no cleanup runs
+    calls.append(args)
+    if len(calls) == nth and when == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    result = original(self, *args, **kwargs)
+    if len(calls) == nth and when == "after":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+mlflow.MlflowClient.set_registered_model_alias = crashing
+cfg = load_config(None)
+promote(cfg, cfg.register.classifier_model_name, rollback=op == "rollback")
+"""
+
+
+def _crash(op: str, nth: int, when: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASHER, op, str(nth), when],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == -9, proc.stderr
+
+
+def test_a_crash_between_alias_writes_is_completed_by_the_next_promote_or_rollback(
+    embedded_store, tmp_path
+):
+    cfg = _with(embedded_store, "register.lock_lease_s=1", "register.lock_timeout_s=60")
+    name = cfg.register.classifier_model_name
+    v1, v2 = _bare_model(cfg, 0.70, 0.80)
+    promote(cfg, name, version=v1)
+
+    # Killed after `champion` moved, before `previous` and the history were written.
+    _crash("promote", 1, "after")
+    assert _aliases(cfg, name) == {"champion": v2, "challenger": v2}  # half done
+    assert "lmforge.transition" in _model_tags(cfg, name)
+    # The next promote waits out the dead holder's lease and completes the move first.
+    result = promote(cfg, name)
+    assert (result.action, result.champion) == ("unchanged", v2)
+    assert result.checks[0].name == "repair" and "completed an interrupted promote" in result.checks[0].detail  # fmt: skip
+    assert _aliases(cfg, name) == {"champion": v2, "previous": v1, "challenger": v2}
+    tags = _model_tags(cfg, name)
+    assert json.loads(tags["lmforge.champion_history"]) == [v1, v2]
+    assert "lmforge.transition" not in tags
+    assert "lmforge.promoted_at" in tracking.client(cfg).get_model_version(name, v2).tags
+
+    # Killed during a rollback, after it was recorded and before any alias moved.
+    _crash("rollback", 1, "before")
+    assert _aliases(cfg, name) == {"champion": v2, "previous": v1, "challenger": v2}
+    back = promote(cfg, name, rollback=True)  # completes that rollback; does not roll back twice
+    assert (back.action, back.champion, back.previous) == ("rolled_back", v1, None)
+    assert _aliases(cfg, name) == {"champion": v1, "challenger": v2}
+    tags = _model_tags(cfg, name)
+    assert json.loads(tags["lmforge.champion_history"]) == [v1]
+    assert "lmforge.transition" not in tags
+    assert not _lock_models(cfg)
+
+
+HOLDER = """
+import sys, time
+from lmforge import tracking
+from lmforge.config import load_config
+from lmforge.registry import promotion_lock
+cfg = load_config(None)
+with promotion_lock(tracking.client(cfg), sys.argv[1], timeout_s=60):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_lock_holder_loses_the_lock_when_its_lease_ends(embedded_store, tmp_path):
+    cfg = embedded_store
+    name = cfg.register.classifier_model_name
+    _bare_model(cfg, 0.80)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, name], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+    finally:
+        holder.kill()  # SIGKILL: the holder cannot release anything
+        holder.wait(timeout=30)
+    lock = tracking.client(cfg).get_registered_model(name + LOCK_SUFFIX)
+    assert lock.tags["lmforge.lock_pid"] == str(holder.pid)
+
+    # Within the lease (300 s by default) the lock still counts: refused, naming the holder.
+    with pytest.raises(RegistryError, match=rf"another promotion holds the lock.*:{holder.pid} "):
+        promote(_with(cfg, "register.lock_timeout_s=0.5"), name)
+    assert "champion" not in _aliases(cfg, name)
+    # With a short lease the next promotion waits it out, takes the lock over and promotes.
+    short = _with(cfg, "register.lock_lease_s=1", "register.lock_timeout_s=60")
+    assert promote(short, name).action == "promoted"
+    assert _aliases(cfg, name)["champion"] == "1"
+    assert not [m.name for m in tracking.client(cfg).search_registered_models() if "lock" in m.name]
+
+
+CONTENDER = """
+import sys, time
+from pathlib import Path
+from lmforge import tracking
+from lmforge.config import load_config
+from lmforge.registry import promotion_lock
+cfg = load_config(None)
+name, log = sys.argv[1], Path(sys.argv[2])
+barrier, me, n = Path(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+(barrier / me).touch()
+while len(list(barrier.iterdir())) < n:
+    time.sleep(0.002)
+with promotion_lock(tracking.client(cfg), name, timeout_s=120, lease_s=float(sys.argv[6])):
+    with log.open("a") as fh:
+        fh.write(f"enter {me}\\n")
+    time.sleep(0.2)
+    with log.open("a") as fh:
+        fh.write(f"exit {me}\\n")
+"""
+
+
+def test_contenders_for_a_stale_lock_take_it_over_one_at_a_time(embedded_store, tmp_path):
+    import time
+
+    cfg = embedded_store
+    name = cfg.register.classifier_model_name
+    client = tracking.client(cfg)
+    stale = {"lmforge.lock_token": "dead", "lmforge.lock_owner": "gone@nowhere:1",
+             "lmforge.lock_acquired_at": repr(time.time() - 3600)}  # fmt: skip
+    client.create_registered_model(name + LOCK_SUFFIX, tags=stale)
+    log, barrier, n = tmp_path / "critical.log", tmp_path / "barrier", 3
+    barrier.mkdir()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONTENDER, name, str(log), str(barrier), str(i), str(n), "30"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+    lines = log.read_text().split()
+    events = list(zip(lines[::2], lines[1::2], strict=True))
+    # Strictly enter/exit pairs of one holder at a time, each contender exactly once.
+    assert [kind for kind, _ in events] == ["enter", "exit"] * n
+    assert all(events[i][1] == events[i + 1][1] for i in range(0, 2 * n, 2))
+    assert sorted({who for _, who in events}) == [str(i) for i in range(n)]
+    assert not [m.name for m in client.search_registered_models() if "lock" in m.name]
+
+
+def _dead_server(monkeypatch) -> str:
+    from mlflow_fixtures import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"  # bound once, then closed: nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def test_an_unreachable_server_fails_promote_fast_in_one_line_naming_it(monkeypatch):
+    uri = _dead_server(monkeypatch)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(
+        [LMFORGE, "promote", "--set", "tracking.connect_timeout_s=2"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert uri in lines[0] and "cannot be reached" in lines[0]
+    assert "lmforge register" not in lines[0]  # not mistaken for a missing model
+
+
+def test_an_unreachable_server_fails_register_fast_naming_it(monkeypatch, tiny_stages, tmp_path):
+    from mlflow_fixtures import tiny_config
+
+    uri = _dead_server(monkeypatch)
+    evaluation = tmp_path / "evaluate"
+    evaluation.mkdir()
+    (evaluation / "report.json").write_text(json.dumps({"lm": {}, "classifier": {}}))
+    cfg = tiny_config("tracking.connect_timeout_s=2")
+    with pytest.raises(RegistryError, match=rf"{uri} cannot be reached"):
+        register(cfg, tiny_stages["pretrain"], tiny_stages["pretrain"], evaluation, tmp_path / "r")
+    assert not (tmp_path / "r").exists()

@@ -19,7 +19,6 @@ per test record: DVC's confusion template) and ``plots/confusion.png``.
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 
 from lmforge.config import Config
 from lmforge.errors import DataError
+from lmforge.metrics import beats, classification_scores, gate, perplexity_of, token_nll
 from lmforge.outputs import atomic_output_dir
 
 
@@ -54,22 +54,18 @@ class EvaluationResult:
 
 def perplexity(model, tokenized_dir: Path, max_batches: int, batch_size: int) -> dict[str, float]:
     """Mean next-token loss over the first test blocks, and its exponential."""
-    import torch
-
     from lmforge.train.data import BlockDataset
 
     test = BlockDataset(Path(tokenized_dir) / "blocks", "test")
     seq_len = min(test.meta.block_size, model.config.max_position_embeddings)
     n_blocks = min(len(test), max(1, max_batches) * batch_size)
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, n_blocks, batch_size):
-            batch = test.batch(np.arange(start, min(start + batch_size, n_blocks)), seq_len)
-            n = batch.shape[0] * (batch.shape[1] - 1)
-            total += float(model(input_ids=batch, labels=batch).loss) * n
-            count += n
+    batches = (
+        test.batch(np.arange(start, min(start + batch_size, n_blocks)), seq_len)
+        for start in range(0, n_blocks, batch_size)
+    )
+    total, count = token_nll(model, batches)
     loss = total / count
-    return {"perplexity": math.exp(min(loss, 50.0)), "loss": loss, "n_blocks": float(n_blocks)}
+    return {"perplexity": perplexity_of(loss), "loss": loss, "n_blocks": float(n_blocks)}
 
 
 def samples(model, tokenizer, cfg: Config) -> list[dict[str, str]]:
@@ -102,16 +98,14 @@ def samples(model, tokenizer, cfg: Config) -> list[dict[str, str]]:
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, Any]:
-    from lmforge.train.finetune import macro_f1
+    """Accuracy, macro-F1, n_test and the confusion matrix (``lmforge.metrics``)."""
+    return classification_scores(y_true, y_pred, n_classes)
 
-    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(confusion, (y_true, y_pred), 1)
-    return {
-        "accuracy": float(np.mean(y_true == y_pred)),
-        "macro_f1": macro_f1(confusion),
-        "n_test": float(len(y_true)),
-        "confusion": confusion.tolist(),
-    }
+
+def _numbers_and_confusion(scored: dict[str, Any]) -> tuple[dict[str, Any], list[list[int]]]:
+    """The report keeps numbers per model (the registry logs them) and one confusion matrix."""
+    numbers = {k: v for k, v in scored.items() if k != "confusion"}
+    return numbers, scored["confusion"]
 
 
 def classify(model, tokenizer, texts: list[str], labels: list[str], cfg: Config) -> np.ndarray:
@@ -143,20 +137,23 @@ def load_classifier(model_dir: Path):
 
 
 def champion(cfg: Config) -> tuple[str, Any, Any] | None:
-    """(version, model, tokenizer) of ``models:/NAME@champion``; None when there is none."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    """(version, model, tokenizer) of ``models:/NAME@champion``; None when there is none.
 
+    Loaded with remote code disabled (``lmforge.registry.loading``); a registry that cannot be
+    read is an error, never "no champion".
+    """
     from lmforge import tracking
+    from lmforge.registry.aliases import find_alias
+    from lmforge.registry.loading import load_classifier_version
 
     name, alias = cfg.register.classifier_model_name, cfg.register.champion_alias
     client = tracking.client(cfg)
-    try:
-        version = client.get_model_version_by_alias(name, alias).version
-    except MlflowException:
+    found = find_alias(client, name, alias, model_may_be_missing=True)
+    if found is None:
         return None
-    parts = mlflow.transformers.load_model(f"models:/{name}@{alias}", return_type="components")
-    return str(version), parts["model"], parts["tokenizer"]
+    version = str(found.version)  # pinned: the alias may move while we load
+    model, tokenizer = load_classifier_version(client, name, version)
+    return version, model, tokenizer
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,7 +174,6 @@ def evaluate(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lmforge import tracking
-    from lmforge.registry import gate
     from lmforge.train.finetune import read_labelled
 
     torch.manual_seed(cfg.evaluate.sample_seed)
@@ -199,38 +195,41 @@ def evaluate(
     report["samples"] = samples(lm, lm_tokenizer, cfg)
     del lm
 
+    def score(model, tokenizer) -> tuple[dict[str, Any], np.ndarray]:
+        preds = classify(model, tokenizer, texts, labels, cfg)
+        return scores(y_true, preds, len(labels)), preds
+
     model, tokenizer = load_classifier(Path(finetuned_dir) / "model")
-    report["classifier"] = scores(y_true, classify(model, tokenizer, texts, labels, cfg), len(labels))  # fmt: skip
+    scored, y_pred = score(model, tokenizer)  # once: the report and the plots share these
+    report["classifier"], confusion = _numbers_and_confusion(scored)
+    del model
     baseline_dir = Path(finetuned_dir) / "baseline"
     report["baseline"] = None
     if (baseline_dir / "config.json").is_file():
-        base, base_tok = load_classifier(baseline_dir)
-        report["baseline"] = scores(y_true, classify(base, base_tok, texts, labels, cfg), len(labels))  # fmt: skip
+        report["baseline"] = _numbers_and_confusion(score(*load_classifier(baseline_dir))[0])[0]
     majority = labels.index(train_counts.most_common(1)[0][0])
-    report["majority"] = {"label": labels[majority], **scores(y_true, np.full_like(y_true, majority), len(labels))}  # fmt: skip
+    majority_scores = scores(y_true, np.full_like(y_true, majority), len(labels))
+    report["majority"] = {"label": labels[majority], **_numbers_and_confusion(majority_scores)[0]}
     report["champion"] = None
     found = champion(cfg) if cfg.evaluate.compare_champion else None
     if found is not None:
         version, champ, champ_tok = found
-        report["champion"] = {"version": version, **scores(y_true, classify(champ, champ_tok, texts, labels, cfg), len(labels))}  # fmt: skip
+        champ_scores = _numbers_and_confusion(score(champ, champ_tok)[0])[0]
+        report["champion"] = {"version": version, **champ_scores}
 
     challenger = report["classifier"]
     checks = gate(primary, challenger, None, cfg.register.min_primary, 0.0)[:1]
-    checks.append(_beats("majority class", primary, challenger, report["majority"]))
-    informative = [_beats("baseline (from scratch)", primary, challenger, report["baseline"])]
+    checks.append(beats("majority class", primary, challenger, report["majority"]))
+    informative = [beats("baseline (from scratch)", primary, challenger, report["baseline"])]
     if report["champion"] is not None:
-        informative.append(_beats(f"champion v{report['champion']['version']}", primary, challenger, report["champion"]))  # fmt: skip
+        informative.append(beats(f"champion v{report['champion']['version']}", primary, challenger, report["champion"]))  # fmt: skip
     passed = all(c.passed for c in checks)
     report["gate"] = {
         "passed": passed,
         "checks": [asdict(c) for c in checks],
         "comparisons": [asdict(c) for c in informative if c is not None],
     }
-    # The registry logs report["lm"] and report["classifier"] as metrics: numbers only there.
-    report["confusion"] = report["classifier"].pop("confusion")
-    for key in ("baseline", "majority", "champion"):
-        if report[key] is not None:
-            report[key].pop("confusion")
+    report["confusion"] = confusion
 
     result = EvaluationResult(
         perplexity=report["lm"]["perplexity"],
@@ -245,45 +244,35 @@ def evaluate(
         primary_metric=primary,
         passed=passed,
     )
+    metrics = _dvc_metrics(result)
     with tracking.stage_run(cfg, "evaluate", sections=("evaluate", "register")) as _run:
         import mlflow
 
         with atomic_output_dir(Path(out_dir)) as tmp:
-            _write_report(tmp, report, result, y_true, texts, model, tokenizer, labels, cfg)
-        metrics = json.loads((Path(out_dir) / "metrics.json").read_text())
+            _write_report(tmp, report, metrics, y_true, y_pred, labels)
         mlflow.log_metrics(metrics)
         for name in ("report.md", "report.json", "samples.json", "plots/confusion.png"):
             mlflow.log_artifact(str(Path(out_dir) / name), str(Path(name).parent) if "/" in name else None)  # fmt: skip
     return result
 
 
-def _beats(what: str, metric: str, challenger: dict, other: dict | None):
-    from lmforge.registry import Check
-
-    if other is None:
-        return None
-    gain = challenger[metric] - other[metric]
-    return Check(
-        f"beats {what}",
-        gain > 0,
-        f"{metric} {challenger[metric]:.4f} vs {what} {other[metric]:.4f} ({gain:+.4f})",
-    )
+def _dvc_metrics(result: EvaluationResult) -> dict[str, float]:
+    metrics = {k: v for k, v in asdict(result).items() if isinstance(v, int | float) and not isinstance(v, bool) and v is not None}  # fmt: skip
+    metrics["gate_passed"] = int(result.passed)
+    return metrics
 
 
-def _write_report(tmp, report, result, y_true, texts, model, tokenizer, labels, cfg) -> None:
+def _write_report(tmp, report, metrics, y_true, y_pred, labels) -> None:
     import csv
 
     (tmp / "plots").mkdir()
     (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (tmp / "samples.json").write_text(json.dumps(report["samples"], indent=2) + "\n")
-    metrics = {k: v for k, v in asdict(result).items() if isinstance(v, int | float) and not isinstance(v, bool) and v is not None}  # fmt: skip
-    metrics["gate_passed"] = int(result.passed)
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    preds = classify(model, tokenizer, texts, labels, cfg)
     with (tmp / "plots" / "confusion.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["actual", "predicted"])
-        writer.writerows((labels[a], labels[p]) for a, p in zip(y_true, preds, strict=True))
+        writer.writerows((labels[a], labels[p]) for a, p in zip(y_true, y_pred, strict=True))
     _confusion_png(tmp / "plots" / "confusion.png", np.array(report["confusion"]), labels)
     (tmp / "report.md").write_text(_markdown(report))
 

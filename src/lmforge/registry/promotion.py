@@ -1,0 +1,190 @@
+"""Promote a challenger to ``champion`` through the gate, or roll back to ``previous``.
+
+Compare-and-set, under the promotion lock (:mod:`lmforge.registry.lock`): complete any
+transition a crashed promotion left (:mod:`lmforge.registry.transition`), re-read the champion,
+judge the candidate against it (:func:`lmforge.metrics.gate`), check the lock is still ours, then
+record and apply the move. Any registry error while reading refuses the promotion and changes
+nothing; an error while writing leaves a recorded transition that the next call completes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lmforge.config import Config
+from lmforge.errors import RegistryError
+from lmforge.metrics import Check, gate
+from lmforge.registry import aliases, transition
+from lmforge.registry.connection import bounded_http, describe, ensure_reachable
+from lmforge.registry.lock import Lease, promotion_lock
+
+
+@dataclass
+class PromoteResult:
+    model: str
+    action: str  # promoted | unchanged | rolled_back
+    champion: str
+    previous: str | None
+    checks: list[Check] = field(default_factory=list)
+
+
+def _gate_of(cfg: Config, name: str) -> tuple[str, float]:
+    if name == cfg.register.lm_model_name:
+        return cfg.register.lm_primary_metric, cfg.register.lm_max_primary
+    return cfg.register.primary_metric, cfg.register.min_primary
+
+
+def promote(
+    cfg: Config, model_name: str, version: str | None = None, rollback: bool = False
+) -> PromoteResult:
+    """Move ``champion`` to ``version`` (default: the challenger) if it passes the gate.
+
+    Idempotent: promoting the current champion again changes nothing. ``rollback=True`` gives
+    ``champion`` back to the version under ``previous``. Refusals raise ``RegistryError``
+    naming every failed check with its numbers, or the registry error and the tracking URI.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from lmforge import tracking
+
+    uri = tracking.tracking_uri(cfg)
+    ensure_reachable(cfg, uri)
+    reg = cfg.register
+    with bounded_http(cfg, cfg.tracking.request_timeout_s):
+        try:
+            client = tracking.client(cfg)
+            aliases.check_model(client, model_name)
+            with promotion_lock(client, model_name, reg.lock_timeout_s, reg.lock_lease_s) as lease:
+                repaired = transition.repair(client, model_name, reg)
+                move = None if repaired is None else repaired[0]
+                if rollback and move is not None and move.op == "rollback":
+                    # The interrupted call was a rollback too: completing it is this call's work.
+                    return _result_of(model_name, move, [repaired[1]])
+                if rollback:
+                    result = _rollback(cfg, client, model_name, lease)
+                else:
+                    result = _promote(cfg, client, model_name, version, lease)
+                if repaired is not None:
+                    result.checks.insert(0, repaired[1])
+                return result
+        except MlflowException as exc:
+            raise RegistryError(
+                f"model {model_name}: the registry at {uri} failed ({describe(exc)}); "
+                "nothing was changed: retry when it answers"
+            ) from None
+
+
+def _result_of(name: str, move: transition.Transition, checks: list[Check]) -> PromoteResult:
+    action = "rolled_back" if move.op == "rollback" else "promoted"
+    return PromoteResult(name, action, move.champion, move.previous, checks)
+
+
+def _still_held(lease: Lease, name: str, cfg: Config) -> None:
+    if not lease.held():
+        raise RegistryError(
+            f"model {name}: the promotion lock was taken over while this promotion ran (longer "
+            f"than register.lock_lease_s={cfg.register.lock_lease_s:g}s); nothing was changed: "
+            "retry, or raise the lease"
+        )
+
+
+def _candidate(client, name: str, version: str | None, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    if version is None:
+        candidate = aliases.find_alias(client, name, alias)
+        if candidate is None:
+            raise RegistryError(
+                f"model {name}: no version has the alias {alias!r}; "
+                "run `lmforge register` or pass --version"
+            )
+        return candidate
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise RegistryError(f"model {name}: version {version} does not exist") from None
+        raise
+
+
+def _promote(cfg: Config, client, name: str, version: str | None, lease: Lease) -> PromoteResult:
+    reg = cfg.register
+    candidate = _candidate(client, name, version, reg.challenger_alias)
+    champion = aliases.find_alias(client, name, reg.champion_alias)
+    if champion is not None and str(champion.version) == str(candidate.version):
+        previous = aliases.find_alias(client, name, reg.previous_alias)
+        return PromoteResult(
+            name,
+            "unchanged",
+            str(champion.version),
+            previous and str(previous.version),
+            [Check("champion", True, f"version {champion.version} already is the champion")],
+        )
+
+    metric, threshold = _gate_of(cfg, name)
+    checks = gate(
+        metric,
+        aliases.version_metrics(candidate),
+        None if champion is None else aliases.version_metrics(champion),
+        threshold,
+        reg.promote_margin,
+    )
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        reasons = "; ".join(f"{c.name}: {c.detail}" for c in failed)
+        raise RegistryError(f"model {name}: version {candidate.version} not promoted: {reasons}")
+
+    start = None if champion is None else str(champion.version)
+    if start is None:  # no champion: whatever `previous` says stays
+        kept = aliases.find_alias(client, name, reg.previous_alias)
+        new_previous = None if kept is None else str(kept.version)
+    else:
+        new_previous = start
+    history = aliases.history(aliases.model_tags(client, name))
+    move = transition.Transition(
+        op="promote",
+        start=start,
+        champion=str(candidate.version),
+        previous=new_previous,
+        history=[*history, str(candidate.version)][-transition.HISTORY_KEPT :],
+        mark=[str(candidate.version), "lmforge.promoted_at", transition.now()],
+    )
+    _still_held(lease, name, cfg)
+    transition.carry_out(client, name, move, reg)
+    return PromoteResult(name, "promoted", move.champion, start, checks)
+
+
+def _rollback(cfg: Config, client, name: str, lease: Lease) -> PromoteResult:
+    reg = cfg.register
+    champion = aliases.find_alias(client, name, reg.champion_alias)
+    previous = aliases.find_alias(client, name, reg.previous_alias)
+    if previous is None:
+        raise RegistryError(
+            f"model {name}: no version has the alias {reg.previous_alias!r}: nothing to roll "
+            "back to"
+        )
+    # The champion before `previous`, from the history, becomes the new `previous`.
+    history = aliases.history(aliases.model_tags(client, name))
+    if champion is not None and history and history[-1] == str(champion.version):
+        history.pop()
+    while history and history[-1] != str(previous.version):
+        history.pop()
+    earlier = history[-2] if len(history) >= 2 else None
+    start = None if champion is None else str(champion.version)
+    move = transition.Transition(
+        op="rollback",
+        start=start,
+        champion=str(previous.version),
+        previous=earlier,
+        history=history or [str(previous.version)],
+        mark=None if start is None else [start, "lmforge.rolled_back_at", transition.now()],
+    )
+    _still_held(lease, name, cfg)
+    transition.carry_out(client, name, move, reg)
+    return PromoteResult(
+        name,
+        "rolled_back",
+        move.champion,
+        earlier,
+        [Check("rollback", True, f"champion {start} -> {previous.version}")],
+    )

@@ -1,0 +1,189 @@
+"""Register both models: new versions with lineage, the evaluation's numbers and ``challenger``.
+
+The pretrained language model (``text-generation``) and the fine-tuned classifier
+(``text-classification``) are logged with MLflow's transformers flavour straight from their
+saved directories (no second copy in memory). Output: ``registered.json`` (model names,
+versions, run ids).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from lmforge.config import Config
+from lmforge.errors import RegistryError
+from lmforge.outputs import atomic_output_dir
+from lmforge.registry.aliases import METRIC_TAG
+from lmforge.registry.compat import transformers5_checkpoint_compat
+from lmforge.registry.connection import bounded_http, describe, ensure_reachable
+
+# Installed distributions the logged models need; pinned explicitly because MLflow's inference
+# would otherwise demand torchvision for a transformers model.
+MODEL_REQUIREMENTS = ("mlflow", "transformers", "torch", "tokenizers", "safetensors", "numpy")
+
+
+@dataclass
+class RegisteredVersion:
+    name: str
+    version: str
+    model_uri: str  # models:/NAME/VERSION
+    run_id: str
+    alias: str
+
+
+@dataclass
+class RegisterResult:
+    run_id: str
+    pipeline_run_id: str
+    lm: RegisteredVersion
+    classifier: RegisteredVersion
+
+
+def _requirements() -> list[str]:
+    pins = []
+    for dist in MODEL_REQUIREMENTS:
+        version = metadata.version(dist).split("+")[0]  # torch 2.13.0+cpu -> the public version
+        pins.append(f"{dist}=={version}")
+    return pins
+
+
+def _model_dir(stage_dir: Path, what: str) -> Path:
+    model_dir = stage_dir / "model"
+    if not (model_dir / "config.json").is_file() or not (model_dir / "tokenizer.json").is_file():
+        raise RegistryError(
+            f"{model_dir}: no {what} model directory (config.json and tokenizer.json expected); "
+            f"run the stage that writes {stage_dir} first"
+        )
+    return model_dir
+
+
+def _evaluation(evaluation_dir: Path) -> dict[str, Any]:
+    path = evaluation_dir / "report.json"
+    try:
+        report = json.loads(path.read_text())
+        return {"lm": dict(report["lm"]), "classifier": dict(report["classifier"])}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RegistryError(
+            f"{path}: unreadable evaluation report ({exc}); run `lmforge evaluate` first"
+        ) from None
+
+
+def _log_and_register(
+    cfg: Config,
+    model_dir: Path,
+    *,
+    name: str,
+    artifact: str,
+    task: str,
+    example: list[str],
+    output_example: Any,
+    params: dict[str, Any] | None,
+    metrics: dict[str, float],
+    tags: dict[str, str],
+) -> RegisteredVersion:
+    import mlflow
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(example, output_example, params=params)
+    with transformers5_checkpoint_compat():
+        info = mlflow.transformers.log_model(
+            str(model_dir),  # a path: MLflow copies the files instead of loading the model
+            name=artifact,
+            task=task,
+            signature=signature,
+            input_example=example,
+            pip_requirements=_requirements(),
+        )
+    version_tags = {**tags, **{METRIC_TAG + k: repr(float(v)) for k, v in metrics.items()}}
+    mv = mlflow.register_model(info.model_uri, name, tags=version_tags)
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias(name, cfg.register.challenger_alias, mv.version)
+    return RegisteredVersion(
+        name=name,
+        version=str(mv.version),
+        model_uri=f"models:/{name}/{mv.version}",
+        run_id=mlflow.active_run().info.run_id,
+        alias=cfg.register.challenger_alias,
+    )
+
+
+def register(
+    cfg: Config, pretrained_dir: Path, finetuned_dir: Path, evaluation_dir: Path, out_dir: Path
+) -> RegisterResult:
+    """Log and register both models as new versions with the alias ``challenger``."""
+    from mlflow.exceptions import MlflowException
+
+    from lmforge import tracking
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # MLflow asks the hub for a model card
+    pretrained_dir, finetuned_dir = Path(pretrained_dir), Path(finetuned_dir)
+    lm_dir = _model_dir(pretrained_dir, "pretrained")
+    clf_dir = _model_dir(finetuned_dir, "fine-tuned")
+    report = _evaluation(Path(evaluation_dir))
+    uri = tracking.tracking_uri(cfg)
+    ensure_reachable(cfg, uri)
+    # Retries bounded; the per-request timeout stays MLflow's (weights upload in few requests).
+    with bounded_http(cfg):
+        try:
+            result = _register(cfg, lm_dir, clf_dir, report)
+        except MlflowException as exc:
+            raise RegistryError(
+                f"registering into {uri} failed ({describe(exc)}); versions registered before "
+                "the failure keep the alias challenger: rerun `lmforge register`"
+            ) from None
+    with atomic_output_dir(Path(out_dir)) as tmp:
+        (tmp / "registered.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    return result
+
+
+def _register(cfg: Config, lm_dir: Path, clf_dir: Path, report: dict[str, Any]) -> RegisterResult:
+    import mlflow
+
+    from lmforge import tracking
+
+    labels = json.loads((clf_dir / "config.json").read_text()).get("id2label", {})
+    first_label = next(iter(labels.values()), cfg.data.labels[0])
+    stage = tracking.stage_run(cfg, "register", sections=("register",))
+    with stage as run:
+        tags = {
+            **tracking.lineage_tags(cfg),
+            tracking.PARENT_RUN_TAG: stage.parent_id,
+            "lmforge.run_id": run.info.run_id,
+        }
+        mlflow.log_metrics({f"lm.{k}": float(v) for k, v in report["lm"].items()})
+        mlflow.log_metrics({f"classifier.{k}": float(v) for k, v in report["classifier"].items()})
+        lm = _log_and_register(
+            cfg,
+            lm_dir,
+            name=cfg.register.lm_model_name,
+            artifact="language_model",
+            task="text-generation",
+            example=list(cfg.evaluate.sample_prompts[:1]) or ["Once upon a time"],
+            output_example=["Once upon a time there was"],
+            params={"max_new_tokens": cfg.evaluate.sample_max_new_tokens, "do_sample": False},
+            metrics=report["lm"],
+            tags=tags,
+        )
+        classifier = _log_and_register(
+            cfg,
+            clf_dir,
+            name=cfg.register.classifier_model_name,
+            artifact="classifier",
+            task="text-classification",
+            example=["Congratulations, you won a free prize! Reply now to claim it."],
+            output_example=[{"label": first_label, "score": 0.5}],
+            params=None,
+            metrics=report["classifier"],
+            tags=tags,
+        )
+        return RegisterResult(
+            run_id=run.info.run_id,
+            pipeline_run_id=tracking.pipeline_run_id(cfg),
+            lm=lm,
+            classifier=classifier,
+        )
