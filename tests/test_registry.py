@@ -329,7 +329,7 @@ def _model_tags(cfg, name: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("store", ["embedded_store", "server_store"])
 def test_a_transient_error_reading_the_champion_refuses_and_changes_nothing(
-    store, request, tmp_path, monkeypatch
+    store, request, monkeypatch
 ):
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
@@ -398,7 +398,7 @@ def _crash(op: str, nth: int, when: str) -> None:
 
 
 def test_a_crash_between_alias_writes_is_completed_by_the_next_promote_or_rollback(
-    embedded_store, tmp_path
+    embedded_store,
 ):
     cfg = _with(embedded_store, "register.lock_lease_s=1", "register.lock_timeout_s=60")
     name = cfg.register.classifier_model_name
@@ -443,7 +443,7 @@ with promotion_lock(tracking.client(cfg), sys.argv[1], timeout_s=60):
 """
 
 
-def test_a_killed_lock_holder_loses_the_lock_when_its_lease_ends(embedded_store, tmp_path):
+def test_a_killed_lock_holder_loses_the_lock_when_its_lease_ends(embedded_store):
     cfg = embedded_store
     name = cfg.register.classifier_model_name
     _bare_model(cfg, 0.80)

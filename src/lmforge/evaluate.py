@@ -7,7 +7,7 @@
 - the fine-tuned classifier on the labelled test split: accuracy, macro-F1, confusion matrix;
 - on the same split, for comparison: the from-scratch baseline (``finetuned_dir/baseline``), the
   majority class of the training split, and the registry's current champion
-  (``models:/NAME@champion``, loaded through the alias) when there is one.
+  (the version under ``models:/NAME@champion``, loaded with remote code disabled) when there is one.
 
 The gate (``passed``, what the pipeline tests before registering) is the promotion gate's
 absolute threshold on the primary metric (``register``) plus beating the majority class; beating
@@ -112,7 +112,7 @@ def classify(model, tokenizer, texts: list[str], labels: list[str], cfg: Config)
     """Predicted label indices (in ``labels`` order, whatever the model's own id order)."""
     import torch
 
-    from lmforge.train.finetune import collate, encode
+    from lmforge.train.classify import collate, encode
 
     rows = [{"text": t, "label": labels[0]} for t in texts]
     enc = encode(rows, tokenizer, labels, cfg.finetune.max_length)
@@ -174,7 +174,7 @@ def evaluate(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lmforge import tracking
-    from lmforge.train.finetune import read_labelled
+    from lmforge.train.classify import read_labelled
 
     torch.manual_seed(cfg.evaluate.sample_seed)
     labels = list(cfg.data.labels)
