@@ -38,8 +38,7 @@ def test_outputs_follow_the_contract(trained_stages):
     tuned = load_file(out / "model" / "model.safetensors")[key]
     scratch = load_file(out / "baseline" / "model.safetensors")[key]
     assert (tuned - pretrained[key]).abs().mean() < (scratch - pretrained[key]).abs().mean()
-    # Scratch checkpoints are removed once the output is in place.
-    assert not (out.parent / f".{out.name}-checkpoints").exists()
+    assert metrics["tracking"]["unsent"] == 0 and metrics["tracking"]["run_id"]
 
 
 def test_training_sees_the_tokens_the_served_pipeline_sees(trained_stages):
@@ -132,3 +131,26 @@ def test_ddp_fine_tuning_on_two_processes(tiny_stages, embedded_store, tmp_path)
     metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert metrics["steps"] == 6 and 0.0 <= metrics["val_accuracy"] <= 1.0
     AutoModelForSequenceClassification.from_pretrained(tmp_path / "ft" / "model")
+
+
+def test_resume_survives_cadence_and_other_sections_but_not_training_changes(
+    tiny_stages, embedded_store, tmp_path
+):
+    """Checkpoints live in the output (one folder per model); the fingerprint covers what
+    changes the weights, not how often they are validated or how evaluate is configured."""
+    base = ["finetune.max_steps=8", "finetune.ckpt_every=4", "finetune.eval_every=4"]
+    art = f"tracking.artifact_location={tmp_path / 'mlartifacts'}"
+    out = tmp_path / "ft"
+
+    def run(*extra):
+        cfg = tiny_config(*base, art, *extra)
+        return finetune(cfg, tiny_stages["pretrain"], tiny_stages["augmented"], out)
+
+    first = run()
+    assert first.resumed_from is None
+    for variant in ("model", "baseline"):
+        assert (out / "checkpoints" / variant / "step-00000008" / "manifest.json").is_file()
+    again = run("finetune.eval_every=8", "finetune.log_every=2", "evaluate.batch_size=4")
+    assert again.resumed_from == 8 and again.val_macro_f1 == first.val_macro_f1
+    changed = run("finetune.lr=0.001")
+    assert changed.resumed_from is None

@@ -75,3 +75,18 @@ def test_store_resolution(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking.artifact_location(cfg) is None
     assert "--default-artifact-root" in tracking.ui_command(cfg)
+
+
+def test_data_stages_track_without_kfp():
+    """The data stages log through ``lmforge.tracking``; kfp (a component-only dependency) is
+    never imported on their path."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lmforge.data.track as t, lmforge.tracking as k; t.log_outputs; "
+        "print(any(m.startswith(('kfp', 'lmforge.kfp')) for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    assert tracking.flat_metrics({"a": 1, "b": {"c": 2.5, "d": "x"}}) == {"a": 1.0, "b.c": 2.5}

@@ -249,6 +249,9 @@ class TrainingTracker:
     def __init__(self, cfg: Config, stage: str, sections: tuple[str, ...], out_dir: Path):
         self.cfg, self.out_dir = cfg, Path(out_dir)
         self.uri = tracking.tracking_uri(cfg)  # in a pod without a URI: a ConfigError, now
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)  # as the strict stages do: later fluent calls agree
         self._sender = _Sender(cfg, self.uri, self.out_dir)
         self._buffer = _Buffer(self.out_dir)
         self._queue: queue.Queue = queue.Queue()
