@@ -22,6 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STAGES = ("validate", "augment", "tokenize", "pretrain", "finetune", "evaluate", "register")
 RUN_ID = "dvc-micro-run"
+READS = "params-read.jsonl"  # LMFORGE_RECORD_PARAMS: the keys each stage's processes read
+# Read but not a dependency of any output: where MLflow runs are logged (`tracking`, and the
+# secret the rendered PyTorchJob takes the tracking URI from). register's output names registry
+# versions in that store, so it declares `tracking`.
+NOT_DEPENDENCIES = ("tracking.", "kubeflow.mlflow_secret")
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +46,7 @@ def micro_params(*extra: str) -> dict:
 def run(*cmd: str, cwd: Path) -> str:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the repo's store
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", LMFORGE_PIPELINE_RUN_ID=RUN_ID)
+    env["LMFORGE_RECORD_PARAMS"] = str(cwd / READS)
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout + proc.stderr
@@ -109,6 +115,29 @@ def test_promoted_champion_predicts(project, first_repro):
     texts = ["Win a free prize now, click here", "Meeting moved to 3pm"]
     out = model.predict(texts)
     assert len(out) == len(texts) and set(out["label"]) <= {"ham", "spam"}
+
+
+def test_dvc_yaml_declares_every_param_each_stage_reads(project, first_repro):
+    """Changing any key a stage reads must re-run it: dvc.yaml's `params` cover all reads."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    read: dict[str, set[str]] = {}
+    for line in (project / READS).read_text().splitlines():
+        row = json.loads(line)
+        read.setdefault(row["step"], set()).update(row["keys"])
+    assert set(STAGES) <= set(read), sorted(read)
+    for stage in STAGES:
+        declared = [str(p) for p in stages[stage].get("params", [])]
+        missing = sorted(
+            key
+            for key in read[stage]
+            if not key.startswith(NOT_DEPENDENCIES)
+            and not any(key == d or key.startswith(d + ".") for d in declared)
+        )
+        assert not missing, f"dvc.yaml stage {stage!r} reads {missing} but does not declare them"
+        unread = [
+            d for d in declared if not any(k == d or k.startswith(d + ".") for k in read[stage])
+        ]
+        assert not unread, f"dvc.yaml stage {stage!r} declares {unread} but never reads them"
 
 
 def test_second_repro_has_nothing_to_do(project, first_repro):

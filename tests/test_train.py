@@ -104,6 +104,17 @@ def test_missing_or_inconsistent_blocks_are_data_errors(tmp_path, store):
     assert not (tmp_path / "out" / "model").exists()
 
 
+def test_a_broken_tokenizer_stops_pretrain_naming_the_file(tmp_path, store):
+    data = write_synthetic_tokenized(tmp_path / "tok", n_blocks={"train": 8, "validation": 2})
+    broken = data / "tokenizer" / "tokenizer.json"
+    broken.write_text('{"version": "1.0", "model": {"type": "nonsense"}}')
+    with pytest.raises(DataError) as err:
+        pretrain(config(store), data, tmp_path / "out")
+    assert str(err.value).startswith(f"{broken}: not a loadable tokenizer")
+    assert "re-run the tokenize stage" in str(err.value)
+    assert not (tmp_path / "out" / "model").exists()
+
+
 def test_torchrun_command_drops_nproc_and_keeps_the_rest():
     cmd = torchrun_command(2, ["pretrain", "--backend", "inline", "--nproc", "2", "--out", "x"])
     assert cmd[1:3] == ["--nproc-per-node=2", "--max-restarts=0"]

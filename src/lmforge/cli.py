@@ -220,6 +220,16 @@ def ui(
     raise typer.Exit(serve_ui(_config(params, set_, "ui"), host=host, port=port))
 
 
+@_command("tracking")
+def replay(
+    out: Annotated[Path, _dir("Output folder of a training step.")] = Path("outputs/pretrain"),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Send what a training step could not log to MLflow (its tracking-buffer.jsonl) now."""
+    _step("lmforge.tracking:replay", _config(params, set_, "replay"), out)
+
+
 @app.command()
 def params(
     section: Annotated[str | None, typer.Argument(help="One section (default: all).")] = None,

@@ -37,7 +37,7 @@ from lmforge.metrics import perplexity_of, token_nll
 from lmforge.model import build_config, build_model, model_size
 from lmforge.outputs import atomic_output_dir
 from lmforge.train import step
-from lmforge.train.data import BlockDataset, GlobalBatchSampler
+from lmforge.train.data import BlockDataset, GlobalBatchSampler, check_tokenizer
 from lmforge.train.distributed import Runtime, all_reduce_sum, barrier
 from lmforge.train.flops import measure_matmul_peak, precision_dtype
 from lmforge.train.loop import fit
@@ -116,6 +116,7 @@ def pretrain(cfg: Config, tokenized_dir: Path, out_dir: Path) -> PretrainResult:
     if not tok_dir.is_dir():
         raise DataError(f"{tok_dir}: missing tokenizer folder; run the tokenize stage first")
     train_ds, val_ds = BlockDataset(blocks_dir, "train"), BlockDataset(blocks_dir, "validation")
+    check_tokenizer(tok_dir, train_ds.meta)  # copied into the model: broken, it stops here
     meta = train_ds.meta
     seq_len = min(cfg.model.max_seq_len, meta.block_size)
 
