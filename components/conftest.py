@@ -17,7 +17,7 @@ def micro_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def upstream(tmp_path_factory, micro_data) -> dict[str, Path]:
-    """validated, augmented, tokenized, pretrain, finetune, evaluate: the step functions' outputs."""
+    """Step outputs: validated, augmented, tokenized, pretrain, finetune, evaluate."""
     from lmforge.data.augment import augment
     from lmforge.data.tokenize import tokenize
     from lmforge.data.validate import validate

@@ -20,18 +20,37 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Seconds, not minutes: a 1-layer width-32 decoder, a few optimizer steps, one local replica.
 MICRO = [
-    "data.validation_share=0.2", "data.test_share=0.2",
-    "tokenizer.vocab_size=400", "tokenizer.block_size=32", "tokenizer.num_proc=1",
-    "model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.max_seq_len=32",
-    "pretrain.max_steps=4", "pretrain.micro_batch_size=4", "pretrain.warmup_steps=1",
-    "pretrain.eval_every=2", "pretrain.eval_batches=1", "pretrain.log_every=1",
-    "pretrain.ckpt_every=4", "pretrain.precision=fp32", "pretrain.parallel=single",
+    "data.validation_share=0.2",
+    "data.test_share=0.2",
+    "tokenizer.vocab_size=400",
+    "tokenizer.block_size=32",
+    "tokenizer.num_proc=1",
+    "model.n_layers=1",
+    "model.d_model=32",
+    "model.n_heads=2",
+    "model.max_seq_len=32",
+    "pretrain.max_steps=4",
+    "pretrain.micro_batch_size=4",
+    "pretrain.warmup_steps=1",
+    "pretrain.eval_every=2",
+    "pretrain.eval_batches=1",
+    "pretrain.log_every=1",
+    "pretrain.ckpt_every=4",
+    "pretrain.precision=fp32",
+    "pretrain.parallel=single",
     "launch.nnodes=1",
-    "finetune.max_steps=4", "finetune.micro_batch_size=4", "finetune.warmup_steps=1",
-    "finetune.eval_every=2", "finetune.eval_batches=1", "finetune.log_every=1",
-    "finetune.max_length=32", "finetune.precision=fp32", "finetune.lr=0.0003",
-    "evaluate.max_perplexity_batches=2", "evaluate.sample_max_new_tokens=4",
-]  # fmt: skip
+    "finetune.max_steps=4",
+    "finetune.micro_batch_size=4",
+    "finetune.warmup_steps=1",
+    "finetune.eval_every=2",
+    "finetune.eval_batches=1",
+    "finetune.log_every=1",
+    "finetune.max_length=32",
+    "finetune.precision=fp32",
+    "finetune.lr=0.0003",
+    "evaluate.max_perplexity_batches=2",
+    "evaluate.sample_max_new_tokens=4",
+]
 MICRO_RECORDS = {"corpus/brown.jsonl": 15, "corpus/kjv.jsonl": 40, "corpus/shakespeare.jsonl": 40}
 MICRO_LABELLED_PER_CLASS = 60
 

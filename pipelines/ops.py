@@ -24,8 +24,11 @@ class Ops:
     @classmethod
     def on_image(cls, image: str) -> Ops:
         return cls(
-            validate=validate.build(image), augment=augment.build(image),
-            tokenize=tokenize.build(image), pretrain=pretrain.build(image),
-            finetune=finetune.build(image), evaluate=evaluate.build(image),
+            validate=validate.build(image),
+            augment=augment.build(image),
+            tokenize=tokenize.build(image),
+            pretrain=pretrain.build(image),
+            finetune=finetune.build(image),
+            evaluate=evaluate.build(image),
             register=register.build(image),
-        )  # fmt: skip
+        )

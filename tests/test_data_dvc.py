@@ -34,8 +34,12 @@ def test_fresh_clone_pulls_the_data_offline(tmp_path):
     run("git", "clone", "--quiet", str(REPO), str(clone), cwd=tmp_path)
     run(str(BIN / "dvc"), "pull", "--quiet", "--allow-missing", cwd=clone)
     manifest = json.loads((clone / "data" / "manifest.json").read_text())
-    assert {"corpus/brown.jsonl", "corpus/shakespeare.jsonl", "corpus/kjv.jsonl",
-            "labelled/spam.jsonl"} == set(manifest["files"])  # fmt: skip
+    assert {
+        "corpus/brown.jsonl",
+        "corpus/shakespeare.jsonl",
+        "corpus/kjv.jsonl",
+        "labelled/spam.jsonl",
+    } == set(manifest["files"])
     for rel, info in manifest["files"].items():
         blob = (clone / "data" / rel).read_bytes()
         assert hashlib.sha256(blob).hexdigest() == info["sha256"]
@@ -47,8 +51,11 @@ def test_repro_tokenize_then_nothing_to_do(tmp_path, blank_store_db):
     work = tmp_path / "repo"
     shutil.copyfile(blank_store_db, tmp_path / "mlflow.db")
     store = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    shutil.copytree(REPO / "src" / "lmforge" / "data", work / "src" / "lmforge" / "data",
-                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    shutil.copytree(
+        REPO / "src" / "lmforge" / "data",
+        work / "src" / "lmforge" / "data",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     shutil.copy(REPO / "dvc.yaml", work / "dvc.yaml")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"].update(validation_share=0.2, test_share=0.2)

@@ -36,8 +36,11 @@ def test_valid_data_is_split_and_reported(micro_cfg, raw_data, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["success"] and set(report["datasets"]) == {"corpus", "labelled"}
     types = {e["expectation"] for e in report["datasets"]["labelled"]["expectations"]}
-    assert {"expect_column_values_to_be_unique", "expect_column_values_to_be_in_set",
-            "expect_column_mean_to_be_between"} <= types  # fmt: skip
+    assert {
+        "expect_column_values_to_be_unique",
+        "expect_column_values_to_be_in_set",
+        "expect_column_mean_to_be_between",
+    } <= types
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["corpus"]["records"] == 90 and metrics["labelled"]["failed"] == 0
     assert result.records["corpus"] == {s: metrics["corpus"][f"{s}_records"] for s in SPLITS}
@@ -77,23 +80,47 @@ def _set_labels(raw, fn):
 
 
 MUTATIONS = {
-    "empty text": (lambda raw: _set_text(raw, [3], lambda t: ""),
-                   "n_chars, min_value=1", "tales/0003"),
-    "null text": (lambda raw: _set_text(raw, [4], lambda t: None),
-                  "expect_column_values_to_not_be_null(text)", "tales/0004"),
-    "control characters": (lambda raw: _set_text(raw, [5], lambda t: t[:20] + "\x07\x1b" + t[20:]),
-                           "control_chars", "tales/0005"),
-    "too few letters": (lambda raw: _set_text(raw, [6], lambda t: "1234 5678 90 -- " * 40),
-                        "letter_share, min_value=0.5", "tales/0006"),
-    "duplicate texts": (lambda raw: _set_text(raw, range(10, 20), lambda t: "Same words. " * 20),
-                        "expect_column_proportion_of_unique_values_to_be_between(text_hash", None),
-    "unknown label": (lambda raw: _set_labels(raw, lambda i, r: {**r, "label": "eggs"} if i == 2 else r),
-                      "expect_column_values_to_be_in_set(label", "mail/ham/0002"),
-    "null label": (lambda raw: _set_labels(raw, lambda i, r: {**r, "label": None} if i == 2 else r),
-                   "expect_column_values_to_not_be_null(label)", "mail/ham/0002"),
-    "class imbalance": (lambda raw: _set_labels(raw, lambda i, r: {**r, "label": "ham"} if i > 12 else r),
-                        "expect_column_mean_to_be_between(is_spam", None),
-}  # fmt: skip
+    "empty text": (
+        lambda raw: _set_text(raw, [3], lambda t: ""),
+        "n_chars, min_value=1",
+        "tales/0003",
+    ),
+    "null text": (
+        lambda raw: _set_text(raw, [4], lambda t: None),
+        "expect_column_values_to_not_be_null(text)",
+        "tales/0004",
+    ),
+    "control characters": (
+        lambda raw: _set_text(raw, [5], lambda t: t[:20] + "\x07\x1b" + t[20:]),
+        "control_chars",
+        "tales/0005",
+    ),
+    "too few letters": (
+        lambda raw: _set_text(raw, [6], lambda t: "1234 5678 90 -- " * 40),
+        "letter_share, min_value=0.5",
+        "tales/0006",
+    ),
+    "duplicate texts": (
+        lambda raw: _set_text(raw, range(10, 20), lambda t: "Same words. " * 20),
+        "expect_column_proportion_of_unique_values_to_be_between(text_hash",
+        None,
+    ),
+    "unknown label": (
+        lambda raw: _set_labels(raw, lambda i, r: {**r, "label": "eggs"} if i == 2 else r),
+        "expect_column_values_to_be_in_set(label",
+        "mail/ham/0002",
+    ),
+    "null label": (
+        lambda raw: _set_labels(raw, lambda i, r: {**r, "label": None} if i == 2 else r),
+        "expect_column_values_to_not_be_null(label)",
+        "mail/ham/0002",
+    ),
+    "class imbalance": (
+        lambda raw: _set_labels(raw, lambda i, r: {**r, "label": "ham"} if i > 12 else r),
+        "expect_column_mean_to_be_between(is_spam",
+        None,
+    ),
+}
 
 
 @pytest.mark.parametrize("name", list(MUTATIONS))

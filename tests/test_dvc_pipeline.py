@@ -58,9 +58,11 @@ def project(tmp_path_factory) -> Path:
     shutil.copytree(REPO / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", work / "dvc.yaml")
     params = micro_params(
-        "launch.nnodes=2", "pretrain.parallel=ddp",  # the default launch: Master + Worker
-        "register.min_primary=0.0", "register.lm_max_primary=1000000.0",  # a micro model's gate
-    )  # fmt: skip
+        "launch.nnodes=2",
+        "pretrain.parallel=ddp",  # the default launch: Master + Worker
+        "register.min_primary=0.0",
+        "register.lm_max_primary=1000000.0",  # a micro model's gate
+    )
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     testing.build_micro_data(work / "data")
     run("git", "init", "--quiet", cwd=work)

@@ -35,12 +35,24 @@ def test_report_metrics_and_plots(trained_stages):
     assert metrics["macro_f1"] == report["classifier"]["macro_f1"]
     assert metrics["gate_passed"] == 1
     # One report: per-model numbers (what the registry logs), the classifier's confusion once.
-    assert list(report) == ["labels", "primary_metric", "lm", "samples", "classifier", "baseline",
-                            "majority", "champion", "gate", "confusion"]  # fmt: skip
+    assert list(report) == [
+        "labels",
+        "primary_metric",
+        "lm",
+        "samples",
+        "classifier",
+        "baseline",
+        "majority",
+        "champion",
+        "gate",
+        "confusion",
+    ]
     assert "confusion" not in report["classifier"] and "confusion" not in report["majority"]
     labels = report["labels"]
-    counted = [[sum(r["actual"] == a and r["predicted"] == p for r in rows) for p in labels]
-               for a in labels]  # fmt: skip
+    counted = [
+        [sum(r["actual"] == a and r["predicted"] == p for r in rows) for p in labels]
+        for a in labels
+    ]
     assert counted == report["confusion"]  # the plots come from the same predictions
     md = (out / "report.md").read_text()
     assert "majority class (ham)" in md and "Perplexity" in md
@@ -51,15 +63,21 @@ def test_gate_fails_below_threshold_and_compares_with_the_champion(
     embedded_store, trained_stages, tmp_path
 ):
     stages = trained_stages
-    register(embedded_store, stages["pretrain"], stages["finetune"], stages["evaluate"], tmp_path / "reg")  # fmt: skip
+    register(
+        embedded_store, stages["pretrain"], stages["finetune"], stages["evaluate"], tmp_path / "reg"
+    )
     promote(embedded_store, embedded_store.register.classifier_model_name)
     cfg = tiny_config(
         "register.min_primary=1.01", f"tracking.artifact_location={tmp_path / 'mlartifacts'}"
     )
     result = evaluate(
-        cfg, stages["pretrain"], stages["finetune"], stages["tokenized"], stages["augmented"],
+        cfg,
+        stages["pretrain"],
+        stages["finetune"],
+        stages["tokenized"],
+        stages["augmented"],
         tmp_path / "eval",
-    )  # fmt: skip
+    )
     assert result.passed is False
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     failed = [c for c in report["gate"]["checks"] if not c["passed"]]
@@ -101,9 +119,14 @@ def _champion_with_custom_code(cfg, root, marker, where: str) -> None:
     (root / "model" / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
     custom = "EvilForSequenceClassification"
     config = {"model_type": "llama", "architectures": ["LlamaForSequenceClassification"]}
-    flavor = {"task": "text-classification", "instance_type": "TextClassificationPipeline",
-              "pipeline_model_type": "LlamaForSequenceClassification", "model_binary": "model",
-              "components": ["tokenizer"], "tokenizer_type": "PreTrainedTokenizerFast"}  # fmt: skip
+    flavor = {
+        "task": "text-classification",
+        "instance_type": "TextClassificationPipeline",
+        "pipeline_model_type": "LlamaForSequenceClassification",
+        "model_binary": "model",
+        "components": ["tokenizer"],
+        "tokenizer_type": "PreTrainedTokenizerFast",
+    }
     if where == "mlmodel":
         flavor["pipeline_model_type"] = custom
     else:
@@ -132,8 +155,12 @@ def test_a_champion_naming_code_outside_transformers_is_refused(
     stages = trained_stages
     with pytest.raises(RegistryError, match="refused: it names classes outside transformers"):
         evaluate(
-            embedded_store, stages["pretrain"], stages["finetune"], stages["tokenized"],
-            stages["augmented"], tmp_path / "eval",
-        )  # fmt: skip
+            embedded_store,
+            stages["pretrain"],
+            stages["finetune"],
+            stages["tokenized"],
+            stages["augmented"],
+            tmp_path / "eval",
+        )
     assert not marker.exists()  # nothing from the registry ran
     assert not (tmp_path / "eval").exists()  # and nothing was written

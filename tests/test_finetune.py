@@ -60,9 +60,11 @@ def test_training_sees_the_tokens_the_served_pipeline_sees(trained_stages):
 @pytest.mark.slow
 def test_lora_trains_adapters_and_merges_them(tiny_stages, embedded_store, tmp_path):
     cfg = tiny_config(
-        "finetune.method=lora", "finetune.baseline=false", "finetune.max_steps=12",
+        "finetune.method=lora",
+        "finetune.baseline=false",
+        "finetune.max_steps=12",
         f"tracking.artifact_location={tmp_path / 'mlartifacts'}",
-    )  # fmt: skip
+    )
     result = finetune(cfg, tiny_stages["pretrain"], tiny_stages["augmented"], tmp_path / "ft")
     assert 0 < result.trainable_params < result.total_params / 4
     assert result.baseline_val_accuracy is None
@@ -115,16 +117,32 @@ def test_ddp_fine_tuning_on_two_processes(tiny_stages, embedded_store, tmp_path)
     torchrun = shutil.which("torchrun", path=str(bin_dir)) or "torchrun"
     lmforge = shutil.which("lmforge", path=str(bin_dir)) or "lmforge"
     sets = [
-        "finetune.parallel=ddp", "finetune.max_steps=6", "finetune.micro_batch_size=4",
-        "finetune.max_length=24", "finetune.eval_every=6", "finetune.eval_batches=2",
-        "finetune.ckpt_every=0", "finetune.precision=fp32", "finetune.num_threads=1",
-        "finetune.baseline=false", f"tracking.artifact_location={tmp_path / 'mlartifacts'}",
-    ]  # fmt: skip
+        "finetune.parallel=ddp",
+        "finetune.max_steps=6",
+        "finetune.micro_batch_size=4",
+        "finetune.max_length=24",
+        "finetune.eval_every=6",
+        "finetune.eval_batches=2",
+        "finetune.ckpt_every=0",
+        "finetune.precision=fp32",
+        "finetune.num_threads=1",
+        "finetune.baseline=false",
+        f"tracking.artifact_location={tmp_path / 'mlartifacts'}",
+    ]
     cmd = [
-        torchrun, "--standalone", "--nproc-per-node=2", lmforge, "finetune",
-        "--pretrained", str(tiny_stages["pretrain"]), "--data", str(tiny_stages["augmented"]),
-        "--out", str(tmp_path / "ft"), *(a for s in sets for a in ("--set", s)),
-    ]  # fmt: skip
+        torchrun,
+        "--standalone",
+        "--nproc-per-node=2",
+        lmforge,
+        "finetune",
+        "--pretrained",
+        str(tiny_stages["pretrain"]),
+        "--data",
+        str(tiny_stages["augmented"]),
+        "--out",
+        str(tmp_path / "ft"),
+        *(a for s in sets for a in ("--set", s)),
+    ]
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -119,8 +119,11 @@ def test_build_context_holds_only_the_package_sources():
     ]
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     sent = [f for f in files if not _ignored(f, patterns)]
     assert "pyproject.toml" in sent and "src/lmforge/cli.py" in sent
     assert all(

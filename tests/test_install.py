@@ -19,8 +19,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # What the wheel is built from (pyproject.toml's package-dir), source folder -> import name.
-PACKAGES = {"src/lmforge": "lmforge", "components": "lmforge_components",
-            "pipelines": "lmforge_pipelines"}  # fmt: skip
+PACKAGES = {
+    "src/lmforge": "lmforge",
+    "components": "lmforge_components",
+    "pipelines": "lmforge_pipelines",
+}
 PIPELINES = ("pretrain", "finetune", "full")
 
 
@@ -43,10 +46,23 @@ def installed(tmp_path_factory) -> Path:
         shutil.copytree(REPO / src, project / src, ignore=ignore)
     site = tmp / "site"
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-         "--no-index", "--quiet", "--target", str(site), str(project)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--quiet",
+            "--target",
+            str(site),
+            str(project),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return site
 
@@ -73,19 +89,29 @@ def test_installed_compile_from_outside_the_checkout_writes_the_committed_yaml(i
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     where = run_installed(
-        installed, elsewhere, "-c",
+        installed,
+        elsewhere,
+        "-c",
         "import json, lmforge, lmforge_components, lmforge_pipelines, lmforge_pipelines.full; "
         "print(json.dumps([m.__file__ for m in (lmforge, lmforge_components, lmforge_pipelines)]))",
-    )  # fmt: skip
+    )
     assert where.returncode == 0, where.stderr
     for path in json.loads(where.stdout):
         assert Path(path).is_relative_to(installed), path  # the installed copy, not the checkout
 
     out = tmp_path / "compiled"
     proc = run_installed(
-        installed, elsewhere, "-m", "lmforge.cli", "pipeline", "compile",
-        "--out-dir", str(out), "--params", str(REPO / "params.yaml"),
-    )  # fmt: skip
+        installed,
+        elsewhere,
+        "-m",
+        "lmforge.cli",
+        "pipeline",
+        "compile",
+        "--out-dir",
+        str(out),
+        "--params",
+        str(REPO / "params.yaml"),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in PIPELINES:
         committed = (REPO / "pipelines" / name / "pipeline.yaml").read_text()

@@ -48,9 +48,13 @@ def cfg(monkeypatch, tmp_path):
 
 def launch(cfg, api, lines):
     return launch_pretrain(
-        cfg, Path("outputs/tokenized"), Path("outputs/pretrain"), backend="kubernetes",
-        api=api, echo=lines.append,
-    )  # fmt: skip
+        cfg,
+        Path("outputs/tokenized"),
+        Path("outputs/pretrain"),
+        backend="kubernetes",
+        api=api,
+        echo=lines.append,
+    )
 
 
 def states(lines):
@@ -151,11 +155,16 @@ def test_a_job_of_other_params_is_not_adopted(api_server, cfg):
 
 def test_api_errors_while_watching_neither_end_nor_delete_the_job(api_server, cfg):
     job_reads = [
-        recorded("job_pending.json"), recorded("job_running.json"), server_error(500),
-        server_error(503), server_error(429, headers={"Retry-After": "1"}),
-        DROP, DROP,
-        recorded("job_running.json"), recorded("job_succeeded.json"),
-    ]  # fmt: skip
+        recorded("job_pending.json"),
+        recorded("job_running.json"),
+        server_error(500),
+        server_error(503),
+        server_error(429, headers={"Retry-After": "1"}),
+        DROP,
+        DROP,
+        recorded("job_running.json"),
+        recorded("job_succeeded.json"),
+    ]
     log = recorded("master_log.txt")
     extra = {
         ("GET", f"{JOBS}/{NAME}"): job_reads,
@@ -182,11 +191,13 @@ def test_api_errors_while_watching_neither_end_nor_delete_the_job(api_server, cf
 def test_a_failure_seen_through_api_errors_is_reported(api_server, cfg):
     extra = {
         ("GET", f"{JOBS}/{NAME}"): [
-            recorded("job_running.json"), server_error(503), DROP,
+            recorded("job_running.json"),
+            server_error(503),
+            DROP,
             recorded("job_failed.json"),
         ],
         ("GET", f"{CORE}/pods"): [server_error(500), recorded("pods_failed.json")],
-    }  # fmt: skip
+    }
     server, api = api_server(routes([], extra))
     with pytest.raises(LaunchError, match=r"PyTorchJobFailed.*\n.*OOMKilled"):
         launch(cfg, api, [])
@@ -206,7 +217,9 @@ def test_an_api_lost_past_the_deadline_keeps_the_job(api_server, cfg):
 
 
 def test_credentials_refused_mid_watch_keep_the_job(api_server, cfg):
-    extra = {("GET", f"{JOBS}/{NAME}"): [recorded("job_running.json"), recorded("job_unauthorized.json")]}  # fmt: skip
+    extra = {
+        ("GET", f"{JOBS}/{NAME}"): [recorded("job_running.json"), recorded("job_unauthorized.json")]
+    }
     server, api = api_server(routes([], extra))
     with pytest.raises(LaunchError, match=r"HTTP 401.*refresh the kubeconfig"):
         launch(cfg, api, [])
@@ -224,9 +237,13 @@ def test_an_interrupt_keeps_the_job(api_server, cfg):
 
     with pytest.raises(KeyboardInterrupt):
         launch_pretrain(
-            cfg, Path("outputs/tokenized"), Path("outputs/pretrain"), backend="kubernetes",
-            api=api, echo=echo,
-        )  # fmt: skip
+            cfg,
+            Path("outputs/tokenized"),
+            Path("outputs/pretrain"),
+            backend="kubernetes",
+            api=api,
+            echo=echo,
+        )
     assert not server.called("DELETE")
     assert any("a retried step with the same run id adopts it" in line for line in lines)
 
@@ -243,11 +260,20 @@ def test_timeout_raises_and_keeps_the_job(api_server, cfg):
 
 @pytest.mark.parametrize(
     ("route", "reply", "expected"),
-    [(("POST", JOBS), "job_forbidden.json", r"HTTP 403.*k8s/base/rbac.yaml"),
-     (("POST", JOBS), "job_invalid.json", r"HTTP 422.*Master.replicas.*lmforge pretrain --render"),
-     (("POST", f"{CORE}/configmaps"), "namespace_not_found.json",
-      r"HTTP 404.*kubectl create namespace lmforge.*launch.namespace")],
-)  # fmt: skip
+    [
+        (("POST", JOBS), "job_forbidden.json", r"HTTP 403.*k8s/base/rbac.yaml"),
+        (
+            ("POST", JOBS),
+            "job_invalid.json",
+            r"HTTP 422.*Master.replicas.*lmforge pretrain --render",
+        ),
+        (
+            ("POST", f"{CORE}/configmaps"),
+            "namespace_not_found.json",
+            r"HTTP 404.*kubectl create namespace lmforge.*launch.namespace",
+        ),
+    ],
+)
 def test_refused_creates_name_the_object_and_the_fix(api_server, cfg, route, reply, expected):
     server, api = api_server(routes(["running"], {route: [recorded(reply)]}))
     with pytest.raises(LaunchError, match=expected) as err:

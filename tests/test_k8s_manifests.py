@@ -33,9 +33,18 @@ def test_every_object_validates(overlay):
     objs = rendered(overlay)
     kinds = {o["kind"] for o in objs}
     assert kinds >= {
-        "Namespace", "ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim",
-        "Deployment", "StatefulSet", "Service", "NetworkPolicy", "ConfigMap", "PyTorchJob",
-    }  # fmt: skip
+        "Namespace",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "PersistentVolumeClaim",
+        "Deployment",
+        "StatefulSet",
+        "Service",
+        "NetworkPolicy",
+        "ConfigMap",
+        "PyTorchJob",
+    }
     for obj in objs:
         assert errors(obj) == [], f"{obj['kind']}/{obj['metadata']['name']}"
         if obj["kind"] != "Namespace":
@@ -106,9 +115,12 @@ def test_overlay_job_is_the_launchers_rendering(overlay):
     params = K8S / overlay / "params.yaml"
     cfg = load_config(params)
     _, job = render(
-        cfg, Path("outputs/tokenized"), Path("outputs/pretrain"), root=Path.cwd(),
+        cfg,
+        Path("outputs/tokenized"),
+        Path("outputs/pretrain"),
+        root=Path.cwd(),
         run_name="template",
-    )  # fmt: skip
+    )
     objs = rendered(overlay)
     deployed = next(o for o in objs if o["kind"] == "PyTorchJob")
     assert deployed["spec"] == job["spec"], f"stale {overlay}/pytorchjob.yaml: run make k8s-jobs"

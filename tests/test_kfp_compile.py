@@ -142,8 +142,11 @@ def test_cli_compile_writes_into_the_given_folder(tmp_path):
     lmforge = Path(sys.executable).parent / "lmforge"
     proc = subprocess.run(
         [str(lmforge), "pipeline", "compile", "--out-dir", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     for name in PIPELINES:
         parse(tmp_path / name / "pipeline.yaml")

@@ -39,7 +39,9 @@ def setup(tmp_path, monkeypatch):
         server, api = start_api(routes(job_reads, extra))
         servers.append(server)
         target = out or tmp_path / f"artifact-pretrained-{len(servers)}"
-        result = pretrain_on_backend(cfg, tokenized, target, "kubernetes", "recorded", api=api, echo=[].append)  # fmt: skip
+        result = pretrain_on_backend(
+            cfg, tokenized, target, "kubernetes", "recorded", api=api, echo=[].append
+        )
         return server, result, target
 
     yield attempt, tmp_path / "volume" / "kfp" / "recorded", tokenized, servers
@@ -59,7 +61,9 @@ def play_the_job(stage: Path, step: int, finished: bool = False) -> None:
 
 def test_a_retried_step_adopts_the_job_and_keeps_its_checkpoints(setup):
     attempt, stage, tokenized, servers = setup
-    lost = {("GET", f"{JOBS}/{NAME}"): [recorded("job_running.json"), recorded("job_unauthorized.json")]}  # fmt: skip
+    lost = {
+        ("GET", f"{JOBS}/{NAME}"): [recorded("job_running.json"), recorded("job_unauthorized.json")]
+    }
 
     # 1st attempt: creates the job, then loses the API (credentials refused) mid-run.
     with pytest.raises(LaunchError, match="HTTP 401"):
@@ -96,7 +100,9 @@ def test_the_job_reads_and_writes_the_staging_of_its_run(setup):
     play_the_job(stage, 20, finished=True)
     server, result, out = attempt(["running", "succeeded"])
     (post,) = server.called("POST", JOBS)
-    args = post[3]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"]  # fmt: skip
+    args = post[3]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
+        "args"
+    ]
     assert args[args.index("--data") + 1] == str(stage / "tokenized")
     assert args[args.index("--out") + 1] == str(stage / "pretrain")
     assert result.adopted is False and (out / "checkpoints" / "step-20").is_dir()

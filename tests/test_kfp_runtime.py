@@ -28,10 +28,16 @@ def test_step_config_rebuilds_the_config_and_exports_the_kfp_ids(monkeypatch):
 
 @pytest.mark.parametrize(
     ("params", "overrides", "expected"),
-    [('{"pretrain": {"lr": "fast"}}', [], "pipeline parameter 'params': pretrain.lr: expected float"),
-     ("{}", ["pretrain.nope=1"], "pretrain.nope: unknown key"),
-     ("pretrain: [", [], "pipeline parameter 'params': not valid YAML")],
-)  # fmt: skip
+    [
+        (
+            '{"pretrain": {"lr": "fast"}}',
+            [],
+            "pipeline parameter 'params': pretrain.lr: expected float",
+        ),
+        ("{}", ["pretrain.nope=1"], "pretrain.nope: unknown key"),
+        ("pretrain: [", [], "pipeline parameter 'params': not valid YAML"),
+    ],
+)
 def test_bad_parameters_name_the_parameter_and_the_key(params, overrides, expected):
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(")):
         step_config(params, overrides, "", "")

@@ -42,10 +42,14 @@ class Replay:
             def _serve(self):
                 url = urlsplit(self.path)
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                replay.requests.append({
-                    "method": self.command, "path": url.path,
-                    "query": parse_qs(url.query, keep_blank_values=True), "body": body,
-                })  # fmt: skip
+                replay.requests.append(
+                    {
+                        "method": self.command,
+                        "path": url.path,
+                        "query": parse_qs(url.query, keep_blank_values=True),
+                        "body": body,
+                    }
+                )
                 index = len(replay.requests) - 1
                 expected = (
                     replay.exchanges[index]["request"] if index < len(replay.exchanges) else None
@@ -135,8 +139,9 @@ def test_first_submit_uploads_pipeline_and_version_then_creates_a_run(checkout, 
     run = json.loads(api.request("POST", "/apis/v2beta1/runs")["body"])
     assert run["experiment_id"] == result["experiment_id"]
     assert run["pipeline_version_reference"] == {
-        "pipeline_id": result["pipeline_id"], "pipeline_version_id": result["version_id"],
-    }  # fmt: skip
+        "pipeline_id": result["pipeline_id"],
+        "pipeline_version_id": result["version_id"],
+    }
     assert run["display_name"] == f"lmforge-full-{sha[:12]}"
     assert result["version"] == sha[:12]
     assert result["url"] == f"{api.url}/#/runs/details/{result['run_id']}"
@@ -218,8 +223,11 @@ def test_cli_submit_prints_the_run_url(cfg):
     with Replay("first_submit.json", {"@VERSION@": "cli"}) as api:
         proc = subprocess.run(
             [str(lmforge), "pipeline", "submit", "full", "--host", api.url, "--force"],
-            cwd=REPO, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert proc.returncode == 0, proc.stderr
     assert api.errors == []
     run_id = api.exchanges[-1]["response"]["body"]["run_id"]

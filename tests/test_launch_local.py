@@ -92,9 +92,12 @@ def runner(cfg, root, configmap, job, lines, **kwargs):
     kwargs.setdefault("timeout_s", 300)
     kwargs.setdefault("peer_timeout_s", 30)
     return LocalRunner(
-        job, volumes={cfg.launch.pvc_name: root}, configmaps=[configmap], echo=lines.append,
+        job,
+        volumes={cfg.launch.pvc_name: root},
+        configmaps=[configmap],
+        echo=lines.append,
         **kwargs,
-    )  # fmt: skip
+    )
 
 
 def kill_first_run_of(name: str, ready, killed: list):
@@ -134,10 +137,16 @@ def test_two_replicas_form_a_gloo_world_with_the_operators_env(tmp_path):
     assert len(ports) == 1  # one free port, the same for every replica
     for rank, s in enumerate(seen):
         assert s["env"] | {"MASTER_PORT": None} == {
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": None, "WORLD_SIZE": "2",
-            "RANK": str(rank), "PET_NNODES": "2", "PET_NPROC_PER_NODE": "1",
-            "PET_NODE_RANK": str(rank), "PET_MASTER_ADDR": "127.0.0.1", "PYTHONUNBUFFERED": "1",
-        }  # fmt: skip
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": None,
+            "WORLD_SIZE": "2",
+            "RANK": str(rank),
+            "PET_NNODES": "2",
+            "PET_NPROC_PER_NODE": "1",
+            "PET_NODE_RANK": str(rank),
+            "PET_MASTER_ADDR": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+        }
         assert load_config_text(s["params"]) == cfg  # the ConfigMap, mounted as a folder
     assert "[master-0] rank 0/2 resuming at 0" in lines
     assert "[worker-0] rank 1/2 resuming at 0" in lines
@@ -238,9 +247,11 @@ def test_elastic_job_forms_its_world_through_torchrun_rendezvous(tmp_path):
     # Workers only, no Master: the rendered container runs torchrun, which reads PET_NNODES=1:2,
     # PET_RDZV_ENDPOINT and PET_RDZV_BACKEND=c10d that the runner injects, as the operator would.
     cfg, root, configmap, job = make_job(
-        tmp_path, GLOO_STANDIN, ["4", "/etc/lmforge/params.yaml"],
+        tmp_path,
+        GLOO_STANDIN,
+        ["4", "/etc/lmforge/params.yaml"],
         ["launch.elastic_min_nodes=1", "launch.elastic_max_nodes=2"],
-    )  # fmt: skip
+    )
     worker = job["spec"]["pytorchReplicaSpecs"]["Worker"]
     assert set(job["spec"]["pytorchReplicaSpecs"]) == {"Worker"} and worker["replicas"] == 2
     container = worker["template"]["spec"]["containers"][0]
@@ -263,11 +274,18 @@ def test_replicas_die_with_a_killed_launcher(tmp_path):
     _, root, configmap, job = make_job(tmp_path, SCRIPTED, ["master=hang", "worker=hang"])
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"job": job, "configmap": configmap, "root": str(root)}))
-    launcher = subprocess.Popen([sys.executable, "-c", (
-        "import json, sys; from lmforge.launch.local_runner import LocalRunner; "
-        f"d = json.load(open({str(spec)!r})); "
-        "LocalRunner(d['job'], volumes={'lmforge-work': d['root']}, configmaps=[d['configmap']]).run()"
-    )])  # fmt: skip
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import json, sys; from lmforge.launch.local_runner import LocalRunner; "
+                f"d = json.load(open({str(spec)!r})); "
+                "LocalRunner(d['job'], volumes={'lmforge-work': d['root']}, "
+                "configmaps=[d['configmap']]).run()"
+            ),
+        ]
+    )
     record = [root / "out" / f"runs-{name}" for name in ("master", "worker")]
     while not all(f.exists() and f.read_text().endswith("\n") for f in record):
         assert launcher.poll() is None

@@ -20,13 +20,25 @@ from lmforge.launch.launcher import launch_pretrain
 from lmforge.train.synthetic import write_synthetic_tokenized
 
 TINY = [
-    "model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.max_seq_len=32",
-    "pretrain.max_steps=240", "pretrain.micro_batch_size=4", "pretrain.warmup_steps=5",
-    "pretrain.eval_every=120", "pretrain.eval_batches=2", "pretrain.log_every=20",
-    "pretrain.ckpt_every=20", "pretrain.keep_last=2", "pretrain.precision=fp32",
-    "pretrain.device=cpu", "pretrain.parallel=ddp", "pretrain.num_threads=1",
-    "launch.peer_timeout_s=30", "launch.timeout_s=600",
-]  # fmt: skip
+    "model.n_layers=1",
+    "model.d_model=32",
+    "model.n_heads=2",
+    "model.max_seq_len=32",
+    "pretrain.max_steps=240",
+    "pretrain.micro_batch_size=4",
+    "pretrain.warmup_steps=5",
+    "pretrain.eval_every=120",
+    "pretrain.eval_batches=2",
+    "pretrain.log_every=20",
+    "pretrain.ckpt_every=20",
+    "pretrain.keep_last=2",
+    "pretrain.precision=fp32",
+    "pretrain.device=cpu",
+    "pretrain.parallel=ddp",
+    "pretrain.num_threads=1",
+    "launch.peer_timeout_s=30",
+    "launch.timeout_s=600",
+]
 
 
 @pytest.mark.slow
@@ -45,9 +57,13 @@ def test_dvc_default_pretrains_two_replicas_and_survives_a_killed_worker(
     killed: list[str] = []
     lines: list[str] = []
     result = launch_pretrain(
-        cfg, Path("outputs/tokenized"), Path("outputs/pretrain"), backend=cfg.launch.backend,
-        echo=lines.append, on_start=kill_first_run_of("worker-0", first_checkpoint, killed),
-    )  # fmt: skip
+        cfg,
+        Path("outputs/tokenized"),
+        Path("outputs/pretrain"),
+        backend=cfg.launch.backend,
+        echo=lines.append,
+        on_start=kill_first_run_of("worker-0", first_checkpoint, killed),
+    )
     assert killed, "the worker finished before its first checkpoint"
     assert result.restarts >= 1 and result.backend == "local"
     assert any(line.startswith("[worker-0] exited with code 137; restarting") for line in lines)

@@ -20,13 +20,21 @@ LMFORGE = shutil.which("lmforge") or str(Path(sys.executable).parent / "lmforge"
 
 SHAPES = {
     "1x1-gpu": ["launch.nnodes=1", "launch.nproc_per_node=1", "launch.gpus_per_node=1"],
-    "4x8-gpu": ["launch.nnodes=4", "launch.nproc_per_node=8", "launch.gpus_per_node=8",
-                "launch.node_selector={nvidia.com/gpu.present: 'true'}",
-                "launch.tolerations=[{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]"],
-    "elastic": ["launch.nnodes=3", "launch.elastic_min_nodes=2", "launch.elastic_max_nodes=4",
-                "launch.nproc_per_node=2"],
+    "4x8-gpu": [
+        "launch.nnodes=4",
+        "launch.nproc_per_node=8",
+        "launch.gpus_per_node=8",
+        "launch.node_selector={nvidia.com/gpu.present: 'true'}",
+        "launch.tolerations=[{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]",
+    ],
+    "elastic": [
+        "launch.nnodes=3",
+        "launch.elastic_min_nodes=2",
+        "launch.elastic_max_nodes=4",
+        "launch.nproc_per_node=2",
+    ],
     "cpu-default": [],
-}  # fmt: skip
+}
 
 
 def rendered(overrides, **kwargs):
@@ -128,9 +136,17 @@ def test_inconsistent_launch_settings_name_the_field(overrides, field):
 
 
 RUN_NAMES = [
-    "", "run", "Run_With.Dots_and_CAPS", "2026-11-28T10:00:00Z", "ünïcödé-rün", "--", "a" * 300,
-    "5f3c2a1e-9b7d-4c1f-8e2a-7d6b5c4a3f21", "local-0123456789ab-fedcba9876543210", "x/y\\z@#$%",
-]  # fmt: skip
+    "",
+    "run",
+    "Run_With.Dots_and_CAPS",
+    "2026-11-28T10:00:00Z",
+    "ünïcödé-rün",
+    "--",
+    "a" * 300,
+    "5f3c2a1e-9b7d-4c1f-8e2a-7d6b5c4a3f21",
+    "local-0123456789ab-fedcba9876543210",
+    "x/y\\z@#$%",
+]
 
 
 @pytest.mark.parametrize("run", RUN_NAMES)
@@ -151,9 +167,12 @@ def test_job_names_keep_runs_apart_and_simple_names_readable():
 def test_cli_render_prints_valid_manifests(tmp_path):
     proc = subprocess.run(
         [LMFORGE, "pretrain", "--render", "--set", "launch.nnodes=3"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={"PATH": str(Path(sys.executable).parent), "LMFORGE_PIPELINE_RUN_ID": "Render Test"},
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stderr
     objs = list(yaml.safe_load_all(proc.stdout))
     assert [o["kind"] for o in objs] == ["ConfigMap", "PyTorchJob"]

@@ -26,18 +26,30 @@ ALIAS_CHIP = r"<span[^>]*>@(?:&nbsp;|\s|\u00a0){alias}</span>"
 
 def chromium(url: str, profile: Path, *mode: str) -> str:
     cmd = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=20000",
-        "--window-size=1400,900", *mode, url,
-    ]  # fmt: skip
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=20000",
+        "--window-size=1400,900",
+        *mode,
+        url,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian package chromium not installed (.ci/run installs it)")  # fmt: skip
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian package chromium not installed (.ci/run installs it)"
+)
 def test_ui_shows_the_registered_model_with_its_champion(embedded_store, trained_stages, tmp_path):
     cfg = embedded_store
     stages = trained_stages

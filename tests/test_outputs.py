@@ -47,7 +47,13 @@ def writer(out: Path, flags: Path, name: str, start: Path | None = None) -> subp
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     start = start or flags / "start"
     args = [str(out), str(start), str(flags / f"inside-{name}"), str(flags / "go"), name]
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(WRITER), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(WRITER), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 60) -> None:
@@ -163,7 +169,10 @@ def test_a_temporary_folder_of_a_live_writer_is_kept(tmp_path):
 def test_a_lock_held_on_another_host_is_refused_with_the_fix(tmp_path):
     lock = tmp_path / ".out.lock"
     lock.write_text(json.dumps({"pid": 1, "host": "elsewhere-node-7", "token": "t"}))
-    with pytest.raises(OutputError, match="elsewhere-node-7") as err, atomic_output_dir(tmp_path / "out"):  # fmt: skip
+    with (
+        pytest.raises(OutputError, match="elsewhere-node-7") as err,
+        atomic_output_dir(tmp_path / "out"),
+    ):
         pass
     assert isinstance(err.value, LmforgeError) and f"delete {lock}" in str(err.value)
     lock.unlink()

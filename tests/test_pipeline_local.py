@@ -26,10 +26,23 @@ def run_local(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
     # this run must use its own store, the config's mlflow.db in ``cwd``.
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     return subprocess.run(
-        [str(lmforge), "pipeline", "run-local", "full", "--workdir", "kfp",
-         "--params", str(REPO / "params.yaml"), *sets],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        [
+            str(lmforge),
+            "pipeline",
+            "run-local",
+            "full",
+            "--workdir",
+            "kfp",
+            "--params",
+            str(REPO / "params.yaml"),
+            *sets,
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.mark.slow

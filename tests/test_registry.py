@@ -112,15 +112,22 @@ def test_register_tags_versions_with_lineage_metrics_and_challenger(
     ):
         assert _aliases(cfg, name) == {"challenger": entry.version}
         tags = client.get_model_version(name, entry.version).tags
-        for key in ("lmforge.git_commit", "lmforge.data_version", "lmforge.params_hash",
-                    "lmforge.pipeline_run_id", "lmforge.parent_run_id"):  # fmt: skip
+        for key in (
+            "lmforge.git_commit",
+            "lmforge.data_version",
+            "lmforge.params_hash",
+            "lmforge.pipeline_run_id",
+            "lmforge.parent_run_id",
+        ):
             assert tags[key], key
         section = "lm" if metric == "perplexity" else "classifier"
         assert float(tags[METRIC_TAG + metric]) == pytest.approx(report[section][metric])
     run = client.get_run(result.run_id)
     assert run.data.tags["mlflow.parentRunId"] == tags["lmforge.parent_run_id"]
     assert run.data.tags["lmforge.stage"] == "register"
-    assert run.data.metrics["classifier.macro_f1"] == pytest.approx(report["classifier"]["macro_f1"])  # fmt: skip
+    assert run.data.metrics["classifier.macro_f1"] == pytest.approx(
+        report["classifier"]["macro_f1"]
+    )
     # The LM predicts through the registry too (text generation, greedy).
     lm = mlflow.pyfunc.load_model(f"models:/{cfg.register.lm_model_name}@challenger")
     text = lm.predict(["The king"], params={"max_new_tokens": 4})
@@ -265,14 +272,18 @@ def test_two_concurrent_promotions_leave_exactly_one_champion(
     top = _add_version(cfg, name, {"macro_f1": first + 0.3}, challenger=False)
     outcome = _race([top, top], tmp_path / "race2")
     assert sorted(outcome) == ["promoted", "unchanged"]
-    history = json.loads(tracking.client(cfg).get_registered_model(name).tags["lmforge.champion_history"])  # fmt: skip
+    history = json.loads(
+        tracking.client(cfg).get_registered_model(name).tags["lmforge.champion_history"]
+    )
     assert history.count(top) == 1
     assert _aliases(cfg, name)["champion"] == top
     assert not _lock_models(cfg)
 
 
 @pytest.mark.slow
-def test_promotion_waits_for_the_lock_then_says_who_holds_it(embedded_store, trained_stages, tmp_path):  # fmt: skip
+def test_promotion_waits_for_the_lock_then_says_who_holds_it(
+    embedded_store, trained_stages, tmp_path
+):
     cfg = embedded_store
     name = cfg.register.classifier_model_name
     _register(cfg, trained_stages, tmp_path / "register")
@@ -392,8 +403,10 @@ promote(cfg, cfg.register.classifier_model_name, rollback=op == "rollback")
 def _crash(op: str, nth: int, when: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-c", CRASHER, op, str(nth), when],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == -9, proc.stderr
 
 
@@ -412,7 +425,10 @@ def test_a_crash_between_alias_writes_is_completed_by_the_next_promote_or_rollba
     # The next promote waits out the dead holder's lease and completes the move first.
     result = promote(cfg, name)
     assert (result.action, result.champion) == ("unchanged", v2)
-    assert result.checks[0].name == "repair" and "completed an interrupted promote" in result.checks[0].detail  # fmt: skip
+    assert (
+        result.checks[0].name == "repair"
+        and "completed an interrupted promote" in result.checks[0].detail
+    )
     assert _aliases(cfg, name) == {"champion": v2, "previous": v1, "challenger": v2}
     tags = _model_tags(cfg, name)
     assert json.loads(tags["lmforge.champion_history"]) == [v1, v2]
@@ -496,8 +512,11 @@ def test_contenders_for_a_stale_lock_take_it_over_one_at_a_time(embedded_store, 
     cfg = embedded_store
     name = cfg.register.classifier_model_name
     client = tracking.client(cfg)
-    stale = {"lmforge.lock_token": "dead", "lmforge.lock_owner": "gone@nowhere:1",
-             "lmforge.lock_acquired_at": repr(time.time() - 3600)}  # fmt: skip
+    stale = {
+        "lmforge.lock_token": "dead",
+        "lmforge.lock_owner": "gone@nowhere:1",
+        "lmforge.lock_acquired_at": repr(time.time() - 3600),
+    }
     client.create_registered_model(name + LOCK_SUFFIX, tags=stale)
     log, barrier, n = tmp_path / "critical.log", tmp_path / "barrier", 3
     barrier.mkdir()
@@ -534,8 +553,11 @@ def test_an_unreachable_server_fails_promote_fast_in_one_line_naming_it(monkeypa
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(
         [LMFORGE, "promote", "--set", "tracking.connect_timeout_s=2"],
-        capture_output=True, text=True, env=env, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr

@@ -54,14 +54,29 @@ class Server:
 
     def start(self) -> None:
         cmd = [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-            "--artifacts-destination", str(self.root / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-        ]  # fmt: skip
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
+        env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        }
         log = (self.root / "server.log").open("a")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         wait_healthy(self.url, self.proc)
 
     def kill(self) -> None:
@@ -100,9 +115,14 @@ def server(tmp_path, blank_store_db):
 def micro(uri_root: Path, *extra: str):
     return load_config(
         None,
-        [*MICRO, "tracking.request_timeout_s=2", "tracking.max_retries=1",
-         f"tracking.artifact_location={uri_root / 'mlartifacts'}", *extra],
-    )  # fmt: skip
+        [
+            *MICRO,
+            "tracking.request_timeout_s=2",
+            "tracking.max_retries=1",
+            f"tracking.artifact_location={uri_root / 'mlartifacts'}",
+            *extra,
+        ],
+    )
 
 
 def assert_fully_logged(srv: Server, out: Path) -> None:
@@ -110,7 +130,9 @@ def assert_fully_logged(srv: Server, out: Path) -> None:
     assert run is not None and run.info.status == "FINISHED"
     client = srv.client(via_server=True)
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
-    csv_steps = [int(line.split(",")[0]) for line in (out / "plots" / "loss.csv").read_text().split()[1:]]  # fmt: skip
+    csv_steps = [
+        int(line.split(",")[0]) for line in (out / "plots" / "loss.csv").read_text().split()[1:]
+    ]
     assert sorted(set(steps)) == csv_steps  # every logged step reached MLflow
     assert "unigram_perplexity" in run.data.metrics and "n_params" in run.data.params
     files = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "model")}
@@ -120,11 +142,15 @@ def assert_fully_logged(srv: Server, out: Path) -> None:
 
 
 @pytest.mark.slow
-def test_server_killed_mid_training_then_replayed(tokenized, tmp_path, server, single_process, monkeypatch):  # fmt: skip
+def test_server_killed_mid_training_then_replayed(
+    tokenized, tmp_path, server, single_process, monkeypatch
+):
     server.start()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
     # Long enough (a few seconds) that the outage starts while training still runs.
-    cfg = micro(tmp_path, "pretrain.max_steps=400", "pretrain.eval_every=200", "pretrain.ckpt_every=200")  # fmt: skip
+    cfg = micro(
+        tmp_path, "pretrain.max_steps=400", "pretrain.eval_every=200", "pretrain.ckpt_every=200"
+    )
     out = tmp_path / "pretrain"
 
     killed = threading.Event()
@@ -162,7 +188,9 @@ def test_server_killed_mid_training_then_replayed(tokenized, tmp_path, server, s
 
 
 @pytest.mark.slow
-def test_unreachable_server_at_start_still_trains(tokenized, tmp_path, server, single_process, monkeypatch):  # fmt: skip
+def test_unreachable_server_at_start_still_trains(
+    tokenized, tmp_path, server, single_process, monkeypatch
+):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)  # nothing listens there yet
     cfg = micro(tmp_path, "pretrain.max_steps=20", "pretrain.eval_every=20")
     out = tmp_path / "pretrain"
@@ -181,7 +209,9 @@ def test_unreachable_server_at_start_still_trains(tokenized, tmp_path, server, s
     assert tracking.replay(cfg, out)["sent"] == 0  # nothing left: replaying again is a no-op
 
 
-def test_pod_without_tracking_uri_is_one_line_naming_the_secret(tokenized, tmp_path, single_process, monkeypatch):  # fmt: skip
+def test_pod_without_tracking_uri_is_one_line_naming_the_secret(
+    tokenized, tmp_path, single_process, monkeypatch
+):
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = micro(tmp_path)

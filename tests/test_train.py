@@ -161,11 +161,22 @@ def test_mlflow_run_has_params_metrics_plot_and_model(tokenized, tmp_path, store
     pretrain(
         config(store, "pretrain.max_steps=10", "pretrain.eval_every=10"), tokenized, tmp_path / "o"
     )
-    runs = mlflow.search_runs(experiment_names=["lmforge"], output_format="list", order_by=["start_time DESC"])  # fmt: skip
+    runs = mlflow.search_runs(
+        experiment_names=["lmforge"], output_format="list", order_by=["start_time DESC"]
+    )
     run = next(r for r in runs if r.data.tags.get("lmforge.stage") == "pretrain")
     assert run.info.status == "FINISHED"
     assert run.data.params["model.d_model"] == "64" and "n_params" in run.data.params
-    for key in ("train_loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "mfu", "peak_memory_bytes", "unigram_perplexity"):  # fmt: skip
+    for key in (
+        "train_loss",
+        "val_loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "mfu",
+        "peak_memory_bytes",
+        "unigram_perplexity",
+    ):
         assert key in run.data.metrics, key
     client = mlflow.MlflowClient()
     history = client.get_metric_history(run.info.run_id, "train_loss")
@@ -277,7 +288,15 @@ class _NanAt:
 def test_divergence_guard_stops_with_the_last_good_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
-    cfg = TrainConfig(max_steps=30, warmup_steps=0, lr=0.01, ckpt_every=10, eval_every=0, precision="fp32", parallel="single")  # fmt: skip
+    cfg = TrainConfig(
+        max_steps=30,
+        warmup_steps=0,
+        lr=0.01,
+        ckpt_every=10,
+        eval_every=0,
+        precision="fp32",
+        parallel="single",
+    )
     with pytest.raises(TrainingError, match=r"diverged at step 15.*last good checkpoint: step 10"):
         fit(model, _NanAt(15), cfg, Runtime(), checkpoint_dir=tmp_path / "ck", progress=False)
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["step-00000010"]
@@ -289,8 +308,20 @@ def test_gradient_accumulation_matches_the_full_batch():
         torch.manual_seed(0)
         model = torch.nn.Linear(4, 1)
         task = _NanAt(-1)
-        task.batch = lambda step, m: (task.x[m * micro : (m + 1) * micro], task.y[m * micro : (m + 1) * micro])  # fmt: skip
-        cfg = TrainConfig(max_steps=5, micro_batch_size=micro, grad_accum_steps=accum, warmup_steps=0, eval_every=0, ckpt_every=0, precision="fp32", parallel="single")  # fmt: skip
+        task.batch = lambda step, m: (
+            task.x[m * micro : (m + 1) * micro],
+            task.y[m * micro : (m + 1) * micro],
+        )
+        cfg = TrainConfig(
+            max_steps=5,
+            micro_batch_size=micro,
+            grad_accum_steps=accum,
+            warmup_steps=0,
+            eval_every=0,
+            ckpt_every=0,
+            precision="fp32",
+            parallel="single",
+        )
         return fit(model, task, cfg, Runtime(), progress=False).model.weight.detach().clone()
 
     assert torch.allclose(run(8, 1), run(2, 4), atol=1e-6)

@@ -54,7 +54,11 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def env(root: Path) -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")}  # fmt: skip
+    e = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     e.update(
         PATH=f"{BIN}:{e.get('PATH', '')}",
         MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
@@ -64,8 +68,21 @@ def env(root: Path) -> dict[str, str]:
 
 
 def args(root: Path, out: str, parallel: str, nproc: int, *extra: str) -> list[str]:
-    sets = [*SETTINGS, f"pretrain.parallel={parallel}", f"pretrain.micro_batch_size={GLOBAL_BATCH // nproc}", *extra]  # fmt: skip
-    cmd = ["pretrain", "--backend", "inline", "--data", str(root / "tokenized"), "--out", str(root / out)]  # fmt: skip
+    sets = [
+        *SETTINGS,
+        f"pretrain.parallel={parallel}",
+        f"pretrain.micro_batch_size={GLOBAL_BATCH // nproc}",
+        *extra,
+    ]
+    cmd = [
+        "pretrain",
+        "--backend",
+        "inline",
+        "--data",
+        str(root / "tokenized"),
+        "--out",
+        str(root / out),
+    ]
     return cmd + [a for s in sets for a in ("--set", s)]
 
 
@@ -103,7 +120,9 @@ def test_two_processes_follow_the_single_process_curve(runs, mode):
     assert single[30] < single[5] - 1  # it learned something: the comparison is not of noise
     m = json.loads((runs[mode] / "metrics.json").read_text())
     assert m["world_size"] == 2
-    assert m["val_loss"] == pytest.approx(json.loads((runs["single"] / "metrics.json").read_text())["val_loss"], abs=TOL)  # fmt: skip
+    assert m["val_loss"] == pytest.approx(
+        json.loads((runs["single"] / "metrics.json").read_text())["val_loss"], abs=TOL
+    )
 
 
 def test_fsdp_checkpoints_are_sharded_per_rank(runs):
@@ -117,14 +136,25 @@ def test_fsdp_checkpoints_are_sharded_per_rank(runs):
 def test_sigkilled_rank_resumes_and_matches_the_uninterrupted_run(workdir, runs):
     out = workdir / "killed"
     cmd = torchrun_command(2, args(workdir, "killed", "ddp", 2), max_restarts=1)
-    proc = subprocess.Popen(cmd, env=env(workdir), cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        env=env(workdir),
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while not (out / "checkpoints" / "step-00000010").exists():
             assert proc.poll() is None, proc.stderr.read()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint within 240 s"
             time.sleep(0.02)
-        workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "pretrain" in " ".join(p.cmdline())]  # fmt: skip
+        workers = [
+            p
+            for p in psutil.Process(proc.pid).children(recursive=True)
+            if "pretrain" in " ".join(p.cmdline())
+        ]
         assert len(workers) == 2
         workers[-1].send_signal(signal.SIGKILL)
         _, stderr = proc.communicate(timeout=300)
@@ -138,7 +168,9 @@ def test_sigkilled_rank_resumes_and_matches_the_uninterrupted_run(workdir, runs)
     assert list(resumed) == list(reference)
     for step, loss in reference.items():
         assert resumed[step] == pytest.approx(loss, abs=TOL), step
-    assert metrics["val_loss"] == pytest.approx(json.loads((runs["ddp"] / "metrics.json").read_text())["val_loss"], abs=TOL)  # fmt: skip
+    assert metrics["val_loss"] == pytest.approx(
+        json.loads((runs["ddp"] / "metrics.json").read_text())["val_loss"], abs=TOL
+    )
 
 
 META_INIT = """

@@ -46,9 +46,13 @@ def evaluate(
     cfg = step_config(params, overrides, run_id, task_name)
     out = Path(evaluation.path)
     result = step(
-        cfg, Path(pretrained.path), Path(finetuned.path), Path(tokenized.path),
-        Path(augmented.path), out,
-    )  # fmt: skip
+        cfg,
+        Path(pretrained.path),
+        Path(finetuned.path),
+        Path(tokenized.path),
+        Path(augmented.path),
+        out,
+    )
     publish(out / "report.md", report)
     log_metrics(metrics, out)
     return bool(result.passed)

@@ -35,8 +35,13 @@ def register(
     from lmforge.registry import register as step
 
     cfg = step_config(params, overrides, run_id, task_name)
-    step(cfg, Path(pretrained.path), Path(finetuned.path), Path(evaluation.path),
-         Path(registered.path))  # fmt: skip
+    step(
+        cfg,
+        Path(pretrained.path),
+        Path(finetuned.path),
+        Path(evaluation.path),
+        Path(registered.path),
+    )
 
 
 def build(image: str = DEFAULT_IMAGE) -> PythonComponent:

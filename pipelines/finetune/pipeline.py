@@ -14,7 +14,7 @@ from lmforge.kfp.dag import (
     import_artifact,
     params_text,
     prepare_data,
-)  # fmt: skip
+)
 from lmforge_pipelines.ops import Ops
 
 

@@ -11,7 +11,7 @@ from lmforge.kfp.dag import (
     data_to_pretrained,
     finetune_evaluate_register,
     params_text,
-)  # fmt: skip
+)
 from lmforge_pipelines.ops import Ops
 
 
@@ -32,8 +32,12 @@ def build(cfg: Config) -> dsl.graph_component.GraphComponent:
         args = common_args(params, overrides)
         augmented, tokenized, pretrained = data_to_pretrained(ops, cfg, data_uri, backend, args)
         finetune_evaluate_register(
-            ops, cfg, pretrained.outputs["pretrained"], tokenized.outputs["tokenized"],
-            augmented.outputs["augmented"], args,
-        )  # fmt: skip
+            ops,
+            cfg,
+            pretrained.outputs["pretrained"],
+            tokenized.outputs["tokenized"],
+            augmented.outputs["augmented"],
+            args,
+        )
 
     return full_pipeline

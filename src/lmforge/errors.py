@@ -78,8 +78,8 @@ def _cause_and_fix(exc: BaseException) -> tuple[str, str, int]:
     if kind.startswith("mlflow."):
         return (
             f"MLflow at {_tracking_uri()} failed: {detail}",
-            "check that the tracking server is up and MLFLOW_TRACKING_URI (or tracking.tracking_uri "
-            "in params.yaml) points at it, with valid credentials",
+            "check that the tracking server is up and MLFLOW_TRACKING_URI (or "
+            "tracking.tracking_uri in params.yaml) points at it, with valid credentials",
             1,
         )
     if kind.startswith(("urllib3.", "requests.", "kfp_server_api.", "kubernetes.")) or isinstance(

@@ -191,7 +191,9 @@ def evaluate(
     lm = AutoModelForCausalLM.from_pretrained(lm_dir).eval()
     lm_tokenizer = AutoTokenizer.from_pretrained(lm_dir)
     report: dict[str, Any] = {"labels": labels, "primary_metric": primary}
-    report["lm"] = perplexity(lm, tokenized_dir, cfg.evaluate.max_perplexity_batches, cfg.evaluate.batch_size)  # fmt: skip
+    report["lm"] = perplexity(
+        lm, tokenized_dir, cfg.evaluate.max_perplexity_batches, cfg.evaluate.batch_size
+    )
     report["samples"] = samples(lm, lm_tokenizer, cfg)
     del lm
 
@@ -222,7 +224,14 @@ def evaluate(
     checks.append(beats("majority class", primary, challenger, report["majority"]))
     informative = [beats("baseline (from scratch)", primary, challenger, report["baseline"])]
     if report["champion"] is not None:
-        informative.append(beats(f"champion v{report['champion']['version']}", primary, challenger, report["champion"]))  # fmt: skip
+        informative.append(
+            beats(
+                f"champion v{report['champion']['version']}",
+                primary,
+                challenger,
+                report["champion"],
+            )
+        )
     passed = all(c.passed for c in checks)
     report["gate"] = {
         "passed": passed,
@@ -252,12 +261,18 @@ def evaluate(
             _write_report(tmp, report, metrics, y_true, y_pred, labels)
         mlflow.log_metrics(metrics)
         for name in ("report.md", "report.json", "samples.json", "plots/confusion.png"):
-            mlflow.log_artifact(str(Path(out_dir) / name), str(Path(name).parent) if "/" in name else None)  # fmt: skip
+            mlflow.log_artifact(
+                str(Path(out_dir) / name), str(Path(name).parent) if "/" in name else None
+            )
     return result
 
 
 def _dvc_metrics(result: EvaluationResult) -> dict[str, float]:
-    metrics = {k: v for k, v in asdict(result).items() if isinstance(v, int | float) and not isinstance(v, bool) and v is not None}  # fmt: skip
+    metrics = {
+        k: v
+        for k, v in asdict(result).items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and v is not None
+    }
     metrics["gate_passed"] = int(result.passed)
     return metrics
 
@@ -301,8 +316,11 @@ def _markdown(report: dict[str, Any]) -> str:
     primary = report["primary_metric"]
     lines = ["# Evaluation report", "", "## Classifier (labelled test split)", ""]
     lines += ["| model | accuracy | macro-F1 |", "| --- | --- | --- |"]
-    named = [("fine-tuned", report["classifier"]), ("baseline (from scratch)", report["baseline"]),
-             (f"majority class ({report['majority']['label']})", report["majority"])]  # fmt: skip
+    named = [
+        ("fine-tuned", report["classifier"]),
+        ("baseline (from scratch)", report["baseline"]),
+        (f"majority class ({report['majority']['label']})", report["majority"]),
+    ]
     if report["champion"] is not None:
         named.append((f"champion v{report['champion']['version']}", report["champion"]))
     for name, s in named:
@@ -313,11 +331,20 @@ def _markdown(report: dict[str, Any]) -> str:
     lines += [
         f"- {'✅' if c['passed'] else '❌'} {c['name']}: {c['detail']}" for c in gate["checks"]
     ]
-    lines += [f"- {'↑' if c['passed'] else '↓'} {c['name']}: {c['detail']}" for c in gate["comparisons"]]  # fmt: skip
+    lines += [
+        f"- {'↑' if c['passed'] else '↓'} {c['name']}: {c['detail']}" for c in gate["comparisons"]
+    ]
     lm = report["lm"]
-    lines += ["", "## Language model (test blocks)", "",
-              f"Perplexity **{lm['perplexity']:.2f}** (loss {lm['loss']:.4f} nats/token, {int(lm['n_blocks'])} blocks)",
-              "", "## Samples", ""]  # fmt: skip
+    lines += [
+        "",
+        "## Language model (test blocks)",
+        "",
+        f"Perplexity **{lm['perplexity']:.2f}** (loss {lm['loss']:.4f} nats/token, "
+        f"{int(lm['n_blocks'])} blocks)",
+        "",
+        "## Samples",
+        "",
+    ]
     for s in report["samples"]:
         lines.append(f"- **{s['prompt']}**{s['completion']}")
     lines += ["", "Confusion matrix: `plots/confusion.png` (rows: actual, columns: predicted).", ""]

@@ -85,7 +85,12 @@ def _start_time(pid: int) -> str | None:
 def this_owner() -> dict[str, Any]:
     """Who this process is, as lock and marker files record it."""
     pid = os.getpid()
-    return {"pid": pid, "host": socket.gethostname(), "boot_id": _boot_id(), "started": _start_time(pid)}  # fmt: skip
+    return {
+        "pid": pid,
+        "host": socket.gethostname(),
+        "boot_id": _boot_id(),
+        "started": _start_time(pid),
+    }
 
 
 def owner_alive(owner: dict[str, Any]) -> bool:

@@ -152,11 +152,21 @@ def replay(cfg: Config, out_dir: Path) -> dict[str, Any]:
 def ui_command(cfg: Config, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
     artifacts = artifact_location(cfg) or Path(cfg.tracking.artifact_location).resolve().as_uri()
     return [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", tracking_uri(cfg),
-        "--default-artifact-root", artifacts,
-        "--host", host, "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        tracking_uri(cfg),
+        "--default-artifact-root",
+        artifacts,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
 
 
 def serve_ui(cfg: Config, host: str = "127.0.0.1", port: int = 5000) -> int:
@@ -179,7 +189,7 @@ PARENT_RUN_TAG = "lmforge.parent_run_id"
 
 
 def git_commit(repo: Path | None = None) -> str:
-    """The checked-out commit (with ``-dirty`` when the tree has changes); ``unknown`` outside git."""
+    """The checked-out commit (``-dirty`` when the tree has changes); ``unknown`` outside git."""
     env_commit = os.environ.get("LMFORGE_GIT_COMMIT")  # baked into images, set by KFP
     if env_commit:
         return env_commit
@@ -249,7 +259,9 @@ def parent_run_id(cfg: Config, mlflow_client=None, lineage: dict[str, str] | Non
     run_key = tags[PIPELINE_RUN_TAG]
     found = mlflow_client.search_runs(
         [exp_id],
-        filter_string=f"tags.`{PIPELINE_RUN_TAG}` = '{run_key}' and tags.`{STAGE_TAG}` = 'pipeline'",
+        filter_string=(
+            f"tags.`{PIPELINE_RUN_TAG}` = '{run_key}' and tags.`{STAGE_TAG}` = 'pipeline'"
+        ),
         max_results=1,
     )
     if found:

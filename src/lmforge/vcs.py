@@ -17,6 +17,9 @@ def git_state(repo: Path | None = None) -> tuple[str, list[str]]:
     ).stdout.strip()
     status = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=cwd, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return sha, [line[3:] for line in status.splitlines() if line.strip()]

@@ -1,4 +1,5 @@
-"""Config of the data stages: validate (``data``), augment (``augment``), tokenize (``tokenizer``)."""
+"""Config of the data stages: validate (``data``), augment (``augment``), tokenize
+(``tokenizer``)."""
 
 from __future__ import annotations
 

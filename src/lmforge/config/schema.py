@@ -80,8 +80,9 @@ class Section:
             if not isinstance(value, int | float) or math.isnan(value):
                 continue  # a wrong type is the loader's error, with its own message
             if not _in_range(value, bounds):
+                allowed = range_text(bounds)
                 raise ConfigError(
-                    f"{self.name}.{f.name}: {value!r} is out of range; allowed: {range_text(bounds)}"
+                    f"{self.name}.{f.name}: {value!r} is out of range; allowed: {allowed}"
                 )
         self.check()
 
@@ -206,8 +207,7 @@ def build(cls: type, values: Any, where: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(names), key=str)
     if unknown:
-        raise ConfigError(
-            f"{where}.{unknown[0]}: unknown key; valid keys of {where} are: {', '.join(sorted(names))}"
-        )
+        valid = ", ".join(sorted(names))
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key; valid keys of {where} are: {valid}")
     kwargs = {k: coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
     return cls(**kwargs)

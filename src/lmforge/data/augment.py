@@ -146,8 +146,13 @@ def augment_split(
         if not within_bounds(text, cfg.data):
             rejected += 1
             continue
-        copy = {**rec, "id": f"{rec['id']}#aug", "text": text,
-                "augmented_from": rec["id"], "ops": applied}  # fmt: skip
+        copy = {
+            **rec,
+            "id": f"{rec['id']}#aug",
+            "text": text,
+            "augmented_from": rec["id"],
+            "ops": applied,
+        }
         writers.write("train", copy)
         prof.add(copy)
         ops.update(applied)
@@ -196,13 +201,16 @@ def augment(cfg: Config, validated_dir: Path, out_dir: Path) -> AugmentResult:
             metrics = {
                 "success": True,
                 **{
-                    kind: {"train_records": records[kind], "augmented": added[kind],
-                           "rejected": rejected[kind],
-                           "augmented_share": round(added[kind] / max(1, records[kind]), 4)}
+                    kind: {
+                        "train_records": records[kind],
+                        "augmented": added[kind],
+                        "rejected": rejected[kind],
+                        "augmented_share": round(added[kind] / max(1, records[kind]), 4),
+                    }
                     for kind in kinds
                 },
                 "ops": {op: ops.get(op, 0) for op in OPS},
-            }  # fmt: skip
+            }
             write_json(tmp / "metrics.json", metrics)
         log_outputs(metrics, [Path(out_dir) / "report.json"])
     return AugmentResult(

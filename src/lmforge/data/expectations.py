@@ -92,24 +92,32 @@ def suite_spec(cfg: DataConfig, kind: str) -> list[tuple[str, dict[str, Any]]]:
         ("ExpectColumnValuesToNotBeNull", {"column": "id"}),
         ("ExpectColumnValuesToBeUnique", {"column": "id"}),
         ("ExpectColumnValuesToNotBeNull", {"column": "text"}),
-        ("ExpectColumnValuesToBeBetween",
-         {"column": "n_chars", "min_value": cfg.min_chars, "max_value": cfg.max_chars}),
+        (
+            "ExpectColumnValuesToBeBetween",
+            {"column": "n_chars", "min_value": cfg.min_chars, "max_value": cfg.max_chars},
+        ),
         ("ExpectColumnValuesToBeBetween", {"column": "control_chars", "max_value": 0}),
-        ("ExpectColumnValuesToBeBetween",
-         {"column": "letter_share", "min_value": cfg.min_alpha_share, "max_value": 1.0}),
-        ("ExpectColumnProportionOfUniqueValuesToBeBetween",
-         {"column": "text_hash", "min_value": 1.0 - cfg.max_duplicate_share, "max_value": 1.0}),
-    ]  # fmt: skip
+        (
+            "ExpectColumnValuesToBeBetween",
+            {"column": "letter_share", "min_value": cfg.min_alpha_share, "max_value": 1.0},
+        ),
+        (
+            "ExpectColumnProportionOfUniqueValuesToBeBetween",
+            {"column": "text_hash", "min_value": 1.0 - cfg.max_duplicate_share, "max_value": 1.0},
+        ),
+    ]
     if kind == "labelled":
         spec += [
             ("ExpectColumnValuesToNotBeNull", {"column": "label"}),
             ("ExpectColumnValuesToBeInSet", {"column": "label", "value_set": list(cfg.labels)}),
         ]
         spec += [
-            ("ExpectColumnMeanToBeBetween",
-             {"column": f"is_{label}", "min_value": cfg.min_class_share, "max_value": 1.0})
+            (
+                "ExpectColumnMeanToBeBetween",
+                {"column": f"is_{label}", "min_value": cfg.min_class_share, "max_value": 1.0},
+            )
             for label in cfg.labels
-        ]  # fmt: skip
+        ]
     else:
         spec.append(("ExpectColumnValuesToNotBeNull", {"column": "source"}))
     return spec

@@ -42,8 +42,10 @@ def render(report: dict[str, Any], title: str) -> str:
         )
     out.append("</table>")
     for name, ds in report["datasets"].items():
-        out.append(f"<h2>{html.escape(name)}</h2><table><tr><th>expectation</th><th>result</th>"
-                   "<th>observed / unexpected</th><th>examples</th></tr>")  # fmt: skip
+        out.append(
+            f"<h2>{html.escape(name)}</h2><table><tr><th>expectation</th><th>result</th>"
+            "<th>observed / unexpected</th><th>examples</th></tr>"
+        )
         for item in ds["expectations"]:
             ok = item["success"]
             observed = (

@@ -15,9 +15,9 @@ texts of ``labelled/{split}.jsonl`` (labels dropped): the language model then le
 fine-tuning domain too (domain-adaptive pretraining), and only ever trains on the train split.
 The tokenizer sees at most about ``train_max_mb`` of the training split (a hash-sampled share of
 its records). Records are concatenated, each followed by EOS, and cut into blocks; the last
-partial block of a split is dropped (its tokens are counted in ``dropped_tokens``). Encoding runs through
-``datasets.map`` (batched, ``num_proc`` workers) on Arrow files that live in a scratch folder,
-and packing streams Arrow chunks to disk, so memory stays flat as the corpus grows.
+partial block of a split is dropped (its tokens are counted in ``dropped_tokens``). Encoding
+runs through ``datasets.map`` (batched, ``num_proc`` workers) on Arrow files in a scratch
+folder, and packing streams Arrow chunks to disk, so memory stays flat as the corpus grows.
 """
 
 from __future__ import annotations
@@ -199,7 +199,8 @@ def tokenize(cfg: Config, augmented_dir: Path, out_dir: Path) -> TokenizeResult:
             shutil.rmtree(cache, ignore_errors=True)
             if splits["train"]["n_blocks"] == 0:
                 raise DataError(
-                    f"{sources['train'][0][0]}: {splits['train']['n_tokens']} tokens make no block of "
+                    f"{sources['train'][0][0]}: {splits['train']['n_tokens']} tokens make no "
+                    "block of "
                     f"tokenizer.block_size={tcfg.block_size}; add data or lower block_size."
                 )
             meta: dict[str, Any] = {

@@ -61,9 +61,11 @@ def schedule(task: dsl.PipelineTask, cfg: Config, step: str) -> dsl.PipelineTask
     kf = cfg.kubeflow
     task.set_display_name(step)
     kubernetes.use_secret_as_env(
-        task, secret_name=kf.mlflow_secret,
-        secret_key_to_env={key: key for key in kf.mlflow_secret_keys}, optional=True,
-    )  # fmt: skip
+        task,
+        secret_name=kf.mlflow_secret,
+        secret_key_to_env={key: key for key in kf.mlflow_secret_keys},
+        optional=True,
+    )
     if step in HEAVY_STEPS:
         task.set_caching_options(kf.cache_heavy_steps)
     if step == "register":  # a side effect on the registry: never replayed from cache
@@ -103,8 +105,9 @@ def data_to_pretrained(
     )
     pretrained = schedule(
         ops.pretrain(tokenized=tokenized.outputs["tokenized"], backend=backend, **args),
-        cfg, "pretrain",
-    )  # fmt: skip
+        cfg,
+        "pretrain",
+    )
     return augmented, tokenized, pretrained
 
 
@@ -122,17 +125,24 @@ def finetune_evaluate_register(
     )
     evaluated = schedule(
         ops.evaluate(
-            pretrained=pretrained, finetuned=finetuned.outputs["finetuned"],
-            tokenized=tokenized, augmented=augmented, **args,
+            pretrained=pretrained,
+            finetuned=finetuned.outputs["finetuned"],
+            tokenized=tokenized,
+            augmented=augmented,
+            **args,
         ),
-        cfg, "evaluate",
-    )  # fmt: skip
+        cfg,
+        "evaluate",
+    )
     with dsl.If(evaluated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP expression)
         schedule(
             ops.register(
-                pretrained=pretrained, finetuned=finetuned.outputs["finetuned"],
-                evaluation=evaluated.outputs["evaluation"], **args,
+                pretrained=pretrained,
+                finetuned=finetuned.outputs["finetuned"],
+                evaluation=evaluated.outputs["evaluation"],
+                **args,
             ),
-            cfg, "register",
-        )  # fmt: skip
+            cfg,
+            "register",
+        )
     return evaluated

@@ -98,15 +98,19 @@ def submit(
         version_id = _existing_version(client, pipeline_id, version)
         if version_id is None:
             version_id = client.upload_pipeline_version(
-                str(package), pipeline_version_name=version, pipeline_id=pipeline_id,
+                str(package),
+                pipeline_version_name=version,
+                pipeline_id=pipeline_id,
                 description=f"git commit {sha}" + (" with uncommitted changes" if dirty else ""),
-            ).pipeline_version_id  # fmt: skip
+            ).pipeline_version_id
     experiment = client.create_experiment(cfg.kubeflow.experiment)
     run = client.run_pipeline(
-        experiment.experiment_id, job_name=f"{pipeline_name}-{version}",
-        pipeline_id=pipeline_id, version_id=version_id,
+        experiment.experiment_id,
+        job_name=f"{pipeline_name}-{version}",
+        pipeline_id=pipeline_id,
+        version_id=version_id,
         service_account=cfg.launch.service_account,
-    )  # fmt: skip
+    )
     ui = os.environ.get("KF_PIPELINES_UI_ENDPOINT", host).rstrip("/")
     return {
         "pipeline": pipeline_name,

@@ -222,11 +222,15 @@ class KubeJob:
             return self._call(
                 "read the PyTorchJob",
                 lambda: self.custom.get_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, PLURAL, self.name,
+                    GROUP,
+                    VERSION,
+                    self.namespace,
+                    PLURAL,
+                    self.name,
                     _request_timeout=self.timeouts,
                 ),
                 deadline,
-            )  # fmt: skip
+            )
         except ApiException as exc:
             raise self._api_error("read the PyTorchJob", exc) from None
 
@@ -236,14 +240,18 @@ class KubeJob:
 
         calls = (
             lambda: self.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, self.name,
+                GROUP,
+                VERSION,
+                self.namespace,
+                PLURAL,
+                self.name,
                 propagation_policy="Background",  # pods and services go with the job
                 _request_timeout=self.timeouts,
             ),
             lambda: self.core.delete_namespaced_config_map(
                 params_configmap_name(self.name), self.namespace, _request_timeout=self.timeouts
             ),
-        )  # fmt: skip
+        )
         for call in calls:
             try:
                 self._call("delete the PyTorchJob", call)
@@ -335,10 +343,12 @@ class KubeJob:
             listing = self._call(
                 "list the job's pods",
                 lambda: self.core.list_namespaced_pod(
-                    self.namespace, label_selector=f"{JOB_LABEL}={self.name}",
-                    _preload_content=False, _request_timeout=self.timeouts,
+                    self.namespace,
+                    label_selector=f"{JOB_LABEL}={self.name}",
+                    _preload_content=False,
+                    _request_timeout=self.timeouts,
                 ),
-            )  # fmt: skip
+            )
         except Exception:  # the job's own conditions are still worth reporting
             return []
         return json.loads(listing.data).get("items", [])

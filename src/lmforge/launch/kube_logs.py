@@ -109,9 +109,12 @@ class LogFollower(threading.Thread):
             options["since_seconds"] = since
         try:
             self._resp = self.job.core.read_namespaced_pod_log(
-                self.pod, self.job.namespace, _preload_content=False,
-                _request_timeout=(self.job.timeouts[0], LOG_READ_TIMEOUT_S), **options,
-            )  # fmt: skip
+                self.pod,
+                self.job.namespace,
+                _preload_content=False,
+                _request_timeout=(self.job.timeouts[0], LOG_READ_TIMEOUT_S),
+                **options,
+            )
         except Exception as exc:
             if not is_transient(exc) and not hasattr(exc, "status"):
                 raise

@@ -105,9 +105,12 @@ def _launch_kubernetes(
     configmap, job = render(cfg, tokenized_dir, out_dir)
     name = job["metadata"]["name"]
     kube = KubeJob(
-        api if api is not None else api_client(), la.namespace, name, echo=echo,
+        api if api is not None else api_client(),
+        la.namespace,
+        name,
+        echo=echo,
         retry_base_s=min(RETRY_BASE_S, la.poll_s),  # tests poll fast; so may they retry
-    )  # fmt: skip
+    )
     adopted = kube.submit(configmap, job)
     log_pod = f"{name}-worker-0" if is_elastic(cfg) else f"{name}-master-0"
     try:

@@ -71,29 +71,6 @@ def volume_path(path: Path, root: Path, mount_path: str) -> str:
     return str(PurePosixPath(mount_path) / rel.as_posix())
 
 
-def _check(cfg: Config) -> None:
-    la = cfg.launch
-    if la.nnodes < 1 or la.nproc_per_node < 1:
-        raise LaunchError(
-            f"launch.nnodes={la.nnodes}, launch.nproc_per_node={la.nproc_per_node}: both must be >= 1"
-        )
-    if la.gpus_per_node and la.nproc_per_node != la.gpus_per_node:
-        raise LaunchError(
-            f"launch.nproc_per_node={la.nproc_per_node} but launch.gpus_per_node="
-            f"{la.gpus_per_node}: one process per GPU; set both to the same number"
-        )
-    elastic = (la.elastic_min_nodes, la.elastic_max_nodes)
-    if (elastic[0] is None) != (elastic[1] is None):
-        raise LaunchError(
-            "launch.elastic_min_nodes and launch.elastic_max_nodes: set both (elastic) or neither"
-        )
-    if elastic[0] is not None and not 1 <= elastic[0] <= la.nnodes <= elastic[1]:
-        raise LaunchError(
-            f"launch.elastic_min_nodes={elastic[0]} <= launch.nnodes={la.nnodes} <= "
-            f"launch.elastic_max_nodes={elastic[1]} must hold (and min >= 1)"
-        )
-
-
 def is_elastic(cfg: Config) -> bool:
     return cfg.launch.elastic_min_nodes is not None
 
@@ -104,8 +81,17 @@ def _command(cfg: Config, data: str, out: str) -> list[str]:
     torchrun reads PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR/PORT (or
     PET_RDZV_* when elastic) that the operator sets; one process per pod needs no torchrun.
     """
-    step = ["pretrain", "--backend", "inline", "--data", data, "--out", out,
-            "--params", f"{PARAMS_DIR}/{PARAMS_FILE}"]  # fmt: skip
+    step = [
+        "pretrain",
+        "--backend",
+        "inline",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--params",
+        f"{PARAMS_DIR}/{PARAMS_FILE}",
+    ]
     if cfg.launch.nproc_per_node > 1 or is_elastic(cfg):
         return ["torchrun", "--no-python", "lmforge", *step]
     return ["lmforge", *step]
@@ -206,7 +192,7 @@ def render(
     """The ConfigMap with the resolved config, and the PyTorchJob that mounts it."""
     from lmforge.tracking import pipeline_run_id
 
-    _check(cfg)
+    # Launch settings are checked where the section is defined (LaunchConfig.check).
     la = cfg.launch
     run_id = run_name if run_name is not None else pipeline_run_id(cfg)
     name = job_name(la.job_name, run_id)

@@ -35,7 +35,7 @@ def build_config(
     eos_id: int | None = None,
     pad_id: int | None = None,
 ) -> PretrainedConfig:
-    """The HF config of ``mcfg``; ``vocab_size`` (from the tokenizer) fills a ``None`` in ``mcfg``."""
+    """The HF config of ``mcfg``; ``vocab_size`` (the tokenizer's) fills a ``None`` in ``mcfg``."""
     vocab = mcfg.vocab_size or vocab_size
     if not vocab:
         raise TrainingError("model.vocab_size: unknown; set it or train with a tokenizer")

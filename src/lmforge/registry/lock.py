@@ -132,8 +132,11 @@ def _take_over(client, lock: str, stale: dict[str, str], lease_s: float, depth: 
         if current is not None and current[TOKEN_TAG] == stale[TOKEN_TAG]:
             log.warning(
                 "taking over the promotion lock %s: held by %s since %.0f s, lease %.0f s",
-                lock, stale.get(HOLDER_TAG, "?"), _age_s(stale), lease_s,
-            )  # fmt: skip
+                lock,
+                stale.get(HOLDER_TAG, "?"),
+                _age_s(stale),
+                lease_s,
+            )
             _delete(client, lock)
     finally:
         _delete(client, marker)

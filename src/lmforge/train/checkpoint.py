@@ -104,7 +104,11 @@ class SafeFileSystemReader(dcp.FileSystemReader):
             raise TrainingError(f"{path}: refused checkpoint metadata ({exc})") from None
         if not isinstance(metadata, Metadata):
             raise TrainingError(f"{path}: not DCP metadata")
-        pickled = [k for k, v in metadata.state_dict_metadata.items() if isinstance(v, BytesStorageMetadata)]  # fmt: skip
+        pickled = [
+            k
+            for k, v in metadata.state_dict_metadata.items()
+            if isinstance(v, BytesStorageMetadata)
+        ]
         if pickled:
             raise TrainingError(f"{path}: holds pickled objects ({pickled[:3]}); refusing to load")
         from torch.distributed.checkpoint.metadata import StorageMeta
@@ -219,7 +223,7 @@ def writer_lock(root: Path, rt: Runtime) -> Iterator[None]:
 
 
 class Checkpointer:
-    """Save, find and load the checkpoints of one run under ``root``; every rank calls each method."""
+    """Save, find and load the checkpoints of one run under ``root``; every rank calls each."""
 
     def __init__(self, root: Path, rt: Runtime, keep_last: int = 2, fingerprint: str = ""):
         if keep_last < 1:  # 0 would delete the checkpoint just written

@@ -121,8 +121,12 @@ class GlobalBatchSampler:
         if n_items <= 0:
             raise DataError("the training split is empty")
         self.n, self.micro, self.accum, self.world, self.seed = (
-            n_items, micro_batch, grad_accum, world_size, seed,
-        )  # fmt: skip
+            n_items,
+            micro_batch,
+            grad_accum,
+            world_size,
+            seed,
+        )
         self._perms: dict[int, np.ndarray] = {}
 
     @property

@@ -113,8 +113,12 @@ def finetune(
     tokenizer = with_eos_appended(AutoTokenizer.from_pretrained(model_dir))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     labelled = Path(augmented_dir) / "labelled"
-    train = encode(read_labelled(labelled / "train.jsonl", labels), tokenizer, labels, tcfg.max_length)  # fmt: skip
-    val = encode(read_labelled(labelled / "validation.jsonl", labels), tokenizer, labels, tcfg.max_length)  # fmt: skip
+    train = encode(
+        read_labelled(labelled / "train.jsonl", labels), tokenizer, labels, tcfg.max_length
+    )
+    val = encode(
+        read_labelled(labelled / "validation.jsonl", labels), tokenizer, labels, tcfg.max_length
+    )
     weights = step.file_identity(model_dir / "config.json", model_dir / "model.safetensors")
     data = {"labels": labels, "train": step.file_identity(labelled / "train.jsonl")}
 
@@ -165,7 +169,10 @@ def _last_eval(fit_result: FitResult) -> dict[str, float]:
 
 
 def _result(tcfg, runs, trainable, total, n_train, out_dir) -> FinetuneResult:
-    main, base = _last_eval(runs["model"]), _last_eval(runs["baseline"]) if "baseline" in runs else {}  # fmt: skip
+    main, base = (
+        _last_eval(runs["model"]),
+        _last_eval(runs["baseline"]) if "baseline" in runs else {},
+    )
     return FinetuneResult(
         method=tcfg.method,
         steps=runs["model"].step,

@@ -96,7 +96,9 @@ def eval_block_ids(n_val: int, cfg_batches: int, micro: int, world: int) -> np.n
     return np.arange(n)
 
 
-def unigram_perplexity(train: BlockDataset, val: BlockDataset, blocks: np.ndarray, seq_len: int, vocab: int) -> float:  # fmt: skip
+def unigram_perplexity(
+    train: BlockDataset, val: BlockDataset, blocks: np.ndarray, seq_len: int, vocab: int
+) -> float:
     """Perplexity of add-one-smoothed training-split token frequencies on the same targets."""
     counts = np.zeros(vocab, dtype=np.float64)
     chunk = 4096
@@ -128,17 +130,27 @@ def pretrain(cfg: Config, tokenized_dir: Path, out_dir: Path) -> PretrainResult:
             with meta_init(tcfg, rt):  # FSDP: only rank 0 allocates the whole model
                 model = build_model(hf_config, seed=tcfg.seed)
             sampler = GlobalBatchSampler(
-                len(train_ds), tcfg.micro_batch_size, tcfg.grad_accum_steps, rt.world_size,
+                len(train_ds),
+                tcfg.micro_batch_size,
+                tcfg.grad_accum_steps,
+                rt.world_size,
                 tcfg.seed,
-            )  # fmt: skip
-            eval_ids = eval_block_ids(len(val_ds), tcfg.eval_batches, tcfg.micro_batch_size, rt.world_size)  # fmt: skip
+            )
+            eval_ids = eval_block_ids(
+                len(val_ds), tcfg.eval_batches, tcfg.micro_batch_size, rt.world_size
+            )
             task = LMTask(train_ds, val_ds, sampler, rt, seq_len, eval_ids, tcfg.micro_batch_size)
             peak = measure_matmul_peak(rt.device, precision_dtype(tcfg.precision), seconds=0.3)
             tracker.log_params(
-                {"n_params": size.n_params, "flops_per_token": size.flops_per_token,
-                 "world_size": rt.world_size, "seq_len": seq_len,
-                 "global_batch": sampler.global_batch, "matmul_peak_flops": f"{peak:.4g}"}
-            )  # fmt: skip
+                {
+                    "n_params": size.n_params,
+                    "flops_per_token": size.flops_per_token,
+                    "world_size": rt.world_size,
+                    "seq_len": seq_len,
+                    "global_batch": sampler.global_batch,
+                    "matmul_peak_flops": f"{peak:.4g}",
+                }
+            )
             result = fit(
                 model,
                 task,
@@ -215,7 +227,11 @@ def _log_final(tracker, out_dir: Path, outcome: PretrainResult) -> None:
         "mfu",
         "peak_memory_bytes",
     }
-    final = {k: float(v) for k, v in asdict(outcome).items() if isinstance(v, int | float) and k not in per_step}  # fmt: skip
+    final = {
+        k: float(v)
+        for k, v in asdict(outcome).items()
+        if isinstance(v, int | float) and k not in per_step
+    }
     tracker.log_metrics(final, step=outcome.steps)
     _plot_loss(out_dir / "plots", outcome)
     tracker.log_artifact(out_dir / "plots" / "loss.png", "plots")

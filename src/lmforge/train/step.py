@@ -33,9 +33,18 @@ from lmforge.train.tracker import NullTracker, TrainingTracker
 # Knobs that change how often things happen around training (or where, or how fast), not the
 # weights it produces; ``baseline`` says whether a second model trains beside the first.
 CADENCE = frozenset(
-    {"eval_every", "eval_batches", "log_every", "ckpt_every", "keep_last", "num_threads",
-     "compile", "device", "baseline"}
-)  # fmt: skip
+    {
+        "eval_every",
+        "eval_batches",
+        "log_every",
+        "ckpt_every",
+        "keep_last",
+        "num_threads",
+        "compile",
+        "device",
+        "baseline",
+    }
+)
 
 
 @contextlib.contextmanager
@@ -53,7 +62,9 @@ class tracked:
     """``with tracked(cfg, stage, sections, out_dir, rt) as tracker:``; afterwards
     ``.summary`` says what was sent and what is buffered (empty off rank 0)."""
 
-    def __init__(self, cfg: Config, stage: str, sections: tuple[str, ...], out_dir: Path, rt: Runtime):  # fmt: skip
+    def __init__(
+        self, cfg: Config, stage: str, sections: tuple[str, ...], out_dir: Path, rt: Runtime
+    ):
         self.args = (cfg, stage, sections, Path(out_dir))
         self.is_main = rt.is_main
         self.summary: dict[str, Any] = {}

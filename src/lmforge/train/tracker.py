@@ -148,7 +148,11 @@ def _is_rejection(exc: BaseException) -> bool:
     return 400 <= status < 500 and status != 429
 
 
-_HTTP_ENV = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")  # fmt: skip
+_HTTP_ENV = (
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+)
 
 
 @contextlib.contextmanager
@@ -307,8 +311,11 @@ class TrainingTracker:
         if unsent:
             log.warning(
                 "tracking: %d records not logged to %s (buffered in %s; replay with "
-                "lmforge.tracking.replay)", len(unsent), self.uri, self._buffer.path,
-            )  # fmt: skip
+                "lmforge.tracking.replay)",
+                len(unsent),
+                self.uri,
+                self._buffer.path,
+            )
         return self._summary
 
     def _put(self, op: str, **fields: Any) -> None:
@@ -334,8 +341,12 @@ class TrainingTracker:
             except Unsendable as exc:
                 self._rejected.append(str(exc))
             except Exception as exc:
-                log.warning("tracking: %s unreachable (%s); buffering in %s", self.uri,
-                            str(exc).splitlines()[0][:200], self._buffer.path)  # fmt: skip
+                log.warning(
+                    "tracking: %s unreachable (%s); buffering in %s",
+                    self.uri,
+                    str(exc).splitlines()[0][:200],
+                    self._buffer.path,
+                )
                 self._offline, self._next_try = True, time.monotonic() + RECONNECT_S
                 self._stash(item)
         if self._offline:  # one last try at the end; the buffer stays if it fails
