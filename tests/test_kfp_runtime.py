@@ -10,7 +10,8 @@ import pytest
 from lmforge.config import ConfigError, load_config
 from lmforge.errors import LaunchError
 from lmforge.kfp.dag import params_text
-from lmforge.kfp.runtime import flat_metrics, pretrain_on_backend, step_config
+from lmforge.kfp.runtime import pretrain_on_backend, step_config
+from lmforge.tracking import flat_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -30,6 +30,7 @@ from lmforge.config import Config
 from lmforge.errors import DataError
 from lmforge.metrics import beats, classification_scores, gate, perplexity_of, token_nll
 from lmforge.outputs import atomic_output_dir
+from lmforge.tracking import is_number
 
 
 @dataclass
@@ -268,11 +269,7 @@ def evaluate(
 
 
 def _dvc_metrics(result: EvaluationResult) -> dict[str, float]:
-    metrics = {
-        k: v
-        for k, v in asdict(result).items()
-        if isinstance(v, int | float) and not isinstance(v, bool) and v is not None
-    }
+    metrics = {k: v for k, v in asdict(result).items() if is_number(v)}
     metrics["gate_passed"] = int(result.passed)
     return metrics
 

@@ -17,6 +17,7 @@ Two modes against a server:
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -130,13 +131,18 @@ def client(cfg: Config):
     return mlflow.MlflowClient()
 
 
+def is_number(value: Any) -> bool:
+    """A finite int or float (not a bool): what a metrics store accepts as a value."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def flat_metrics(values: Any, prefix: str = "") -> dict[str, float]:
-    """Numbers of a (nested) metrics mapping as ``a.b`` -> float; text and lists are skipped."""
+    """Numbers of a (nested) metrics mapping as ``a.b`` -> float; text, lists, NaN are skipped."""
     out: dict[str, float] = {}
     if isinstance(values, dict):
         for key, value in values.items():
             out.update(flat_metrics(value, f"{prefix}{key}."))
-    elif isinstance(values, (int, float)) and not isinstance(values, bool):
+    elif is_number(values):
         out[prefix.rstrip(".")] = float(values)
     return out
 

@@ -37,19 +37,10 @@ def step_config(params: str, overrides: list[str], run_id: str, task_name: str) 
     return load_config_text(params, list(overrides or []), source=PARAMS_SOURCE)
 
 
-def flat_metrics(values: Any, prefix: str = "") -> dict[str, float]:
-    """Numbers of a (nested) metrics mapping as ``a.b`` -> float; text and lists are skipped."""
-    out: dict[str, float] = {}
-    if isinstance(values, dict):
-        for key, value in values.items():
-            out.update(flat_metrics(value, f"{prefix}{key}."))
-    elif isinstance(values, (int, float)) and not isinstance(values, bool):
-        out[prefix.rstrip(".")] = float(values)
-    return out
-
-
 def log_metrics(metrics: Any, step_dir: Path) -> dict[str, float]:
     """Log the step's ``metrics.json`` to a KFP ``Metrics`` artifact (the run's metrics tab)."""
+    from lmforge.tracking import flat_metrics
+
     values = flat_metrics(json.loads((Path(step_dir) / "metrics.json").read_text()))
     for name, value in sorted(values.items()):
         metrics.log_metric(name, value)

@@ -35,6 +35,7 @@ from lmforge.config import Config
 from lmforge.errors import DataError
 from lmforge.metrics import macro_f1
 from lmforge.outputs import atomic_output_dir
+from lmforge.tracking import is_number
 from lmforge.train import step
 from lmforge.train.classify import ClassifyTask, collate, encode, read_labelled, with_eos_appended
 from lmforge.train.distributed import barrier
@@ -150,17 +151,13 @@ def finetune(
             if rt.is_main:
                 _write_outputs(cfg, model_dir, tokenizer, states, runs, result, out_dir)
                 tracker.log_metrics(
-                    {k: float(v) for k, v in asdict(result).items() if _is_number(v)}
+                    {k: float(v) for k, v in asdict(result).items() if is_number(v)}
                 )
                 tracker.log_artifact(out_dir / "plots", "plots")
         if rt.is_main:  # again, now with what the tracker could not send
             step.write_metrics(out_dir, result, tracking.summary)
         barrier()
         return result
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _last_eval(fit_result: FitResult) -> dict[str, float]:

@@ -36,6 +36,7 @@ from lmforge.errors import DataError
 from lmforge.metrics import perplexity_of, token_nll
 from lmforge.model import build_config, build_model, model_size
 from lmforge.outputs import atomic_output_dir
+from lmforge.tracking import is_number
 from lmforge.train import step
 from lmforge.train.data import BlockDataset, GlobalBatchSampler, check_tokenizer
 from lmforge.train.distributed import Runtime, all_reduce_sum, barrier
@@ -227,11 +228,7 @@ def _log_final(tracker, out_dir: Path, outcome: PretrainResult) -> None:
         "mfu",
         "peak_memory_bytes",
     }
-    final = {
-        k: float(v)
-        for k, v in asdict(outcome).items()
-        if isinstance(v, int | float) and k not in per_step
-    }
+    final = {k: float(v) for k, v in asdict(outcome).items() if is_number(v) and k not in per_step}
     tracker.log_metrics(final, step=outcome.steps)
     _plot_loss(out_dir / "plots", outcome)
     tracker.log_artifact(out_dir / "plots" / "loss.png", "plots")
