@@ -40,6 +40,7 @@ from lmforge.train.checkpoint import Checkpointer, writer_lock
 from lmforge.train.distributed import Runtime, all_reduce_sum
 from lmforge.train.optim import build_optimizer, lr_at
 from lmforge.train.parallel import parallelize
+from lmforge.train.precision import Precision, announce, resolve
 
 
 class Task(Protocol):
@@ -70,6 +71,7 @@ class FitResult:
     peak_memory_bytes: int = 0  # this rank
     resumed_from: int | None = None
     train_seconds: float = 0.0
+    precision: Precision | None = None  # what the loop computed in, and why
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -80,7 +82,9 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 def autocast(cfg: TrainConfig, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    """bf16 autocast when ``cfg.precision`` resolves to bf16 on ``device`` (``auto`` included)."""
+    enabled = resolve(cfg.precision, device).autocast
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def _no_grad_sync(model: nn.Module, sync: bool):
@@ -125,11 +129,14 @@ def _fit(
 ) -> FitResult:
     """Train ``model`` on ``task`` for ``cfg.max_steps`` optimizer steps (resuming if possible)."""
     torch.manual_seed(cfg.seed + rt.rank)  # dropout differs per rank; init was seeded before
+    precision = resolve(cfg.precision, rt.device)
+    if rt.is_main:
+        announce(precision)
     model = parallelize(model, cfg, rt)
     if cfg.compile:
         model = torch.compile(model)
     optimizer = build_optimizer(model, cfg)
-    result = FitResult(model=model, step=0)
+    result = FitResult(model=model, step=0, precision=precision)
 
     ckpt = None
     if checkpoint_dir is not None and cfg.ckpt_every > 0:

@@ -23,6 +23,7 @@ from torch import nn
 from lmforge.config import TrainConfig
 from lmforge.errors import TrainingError
 from lmforge.train.distributed import Runtime
+from lmforge.train.precision import resolve
 
 
 def decoder_blocks(model: nn.Module) -> list[nn.Module]:
@@ -43,7 +44,7 @@ def meta_init(cfg: TrainConfig, rt: Runtime) -> contextlib.AbstractContextManage
 
 
 def parallelize(model: nn.Module, cfg: TrainConfig, rt: Runtime) -> nn.Module:
-    """Move ``model`` to the device and wrap it as ``cfg.parallel`` says; returns the model to train."""
+    """Move ``model`` to the device and wrap it as ``cfg.parallel`` says; return what to train."""
     on_meta = any(t.is_meta for t in [*model.parameters(), *model.buffers()])
     if not on_meta:
         model.to(rt.device)
@@ -66,10 +67,12 @@ def parallelize(model: nn.Module, cfg: TrainConfig, rt: Runtime) -> nn.Module:
     if cfg.parallel == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        # bf16 compute with fp32 master weights and fp32 gradient reduction.
+        # bf16 compute with fp32 master weights and fp32 gradient reduction, on GPUs; on CPU
+        # the loop's autocast casts instead (gloo has no fast bf16 path to gain from).
+        bf16 = resolve(cfg.precision, rt.device).name == "bf16"
         mp = (
             MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-            if cfg.precision == "bf16" and rt.device.type == "cuda"
+            if bf16 and rt.device.type == "cuda"
             else MixedPrecisionPolicy()
         )
         # Built under meta_init on some rank? Then rank 0's weights fill every rank's shards.
