@@ -62,6 +62,8 @@ class FinetuneResult:
     train_examples: int
     model_dir: str
     resumed_from: int | None = None  # the fine-tuned model's checkpoint step, when resumed
+    precision: str = ""  # what training computed in (fp32 | bf16), ``auto`` resolved
+    precision_reason: str = ""  # why (lmforge.train.precision)
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,6 +150,9 @@ def finetune(
                 )
                 states[variant] = full_state_dict(runs[variant].model)
             result = _result(tcfg, runs, trainable, total, len(train.ids), out_dir)
+            tracker.log_params(
+                {"precision": result.precision, "precision_reason": result.precision_reason}
+            )
             if rt.is_main:
                 _write_outputs(cfg, model_dir, tokenizer, states, runs, result, out_dir)
                 tracker.log_metrics(
@@ -184,6 +189,8 @@ def _result(tcfg, runs, trainable, total, n_train, out_dir) -> FinetuneResult:
         train_examples=n_train,
         model_dir=str(Path(out_dir) / "model"),
         resumed_from=runs["model"].resumed_from,
+        precision=runs["model"].precision.name,
+        precision_reason=runs["model"].precision.reason,
     )
 
 

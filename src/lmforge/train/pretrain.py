@@ -40,9 +40,10 @@ from lmforge.tracking import is_number
 from lmforge.train import step
 from lmforge.train.data import BlockDataset, GlobalBatchSampler, check_tokenizer
 from lmforge.train.distributed import Runtime, all_reduce_sum, barrier
-from lmforge.train.flops import measure_matmul_peak, precision_dtype
+from lmforge.train.flops import peak_flops
 from lmforge.train.loop import fit
 from lmforge.train.parallel import full_state_dict, meta_init
+from lmforge.train.precision import resolve
 from lmforge.train.result import PretrainResult  # the launcher reports it without torch
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,8 @@ def pretrain(cfg: Config, tokenized_dir: Path, out_dir: Path) -> PretrainResult:
                 len(val_ds), tcfg.eval_batches, tcfg.micro_batch_size, rt.world_size
             )
             task = LMTask(train_ds, val_ds, sampler, rt, seq_len, eval_ids, tcfg.micro_batch_size)
-            peak = measure_matmul_peak(rt.device, precision_dtype(tcfg.precision), seconds=0.3)
+            precision = resolve(tcfg.precision, rt.device)  # the loop resolves the same way
+            peak = peak_flops(rt.device, precision.dtype, seconds=0.3)
             tracker.log_params(
                 {
                     "n_params": size.n_params,
@@ -150,6 +152,8 @@ def pretrain(cfg: Config, tokenized_dir: Path, out_dir: Path) -> PretrainResult:
                     "seq_len": seq_len,
                     "global_batch": sampler.global_batch,
                     "matmul_peak_flops": f"{peak:.4g}",
+                    "precision": precision.name,
+                    "precision_reason": precision.reason,
                 }
             )
             result = fit(
@@ -184,6 +188,8 @@ def pretrain(cfg: Config, tokenized_dir: Path, out_dir: Path) -> PretrainResult:
                 world_size=rt.world_size,
                 resumed_from=result.resumed_from,
                 model_dir=str(out_dir / "model"),
+                precision=precision.name,
+                precision_reason=precision.reason,
             )
             if rt.is_main:
                 _write_outputs(out_dir, hf_config, state, tok_dir, result.history, outcome)

@@ -4,7 +4,7 @@ sits on the CLI's start-up path."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ class PretrainResult:
     world_size: int
     resumed_from: int | None
     model_dir: str
+    precision: str = ""  # what training computed in (fp32 | bf16), ``auto`` resolved
+    precision_reason: str = ""  # why (lmforge.train.precision)
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -36,10 +38,11 @@ class PretrainResult:
     @classmethod
     def from_mapping(cls, values: dict[str, Any], **extra: Any) -> PretrainResult:
         """The result from ``metrics.json``'s mapping (unknown keys ignored) plus ``extra``."""
-        missing = [k for k in cls.field_names() if k not in values]
+        required = [f.name for f in fields(cls) if f.default is MISSING]
+        missing = [k for k in required if k not in values]
         if missing:
             raise KeyError(", ".join(missing))
-        return cls(**{k: values[k] for k in cls.field_names()}, **extra)
+        return cls(**{k: values[k] for k in cls.field_names() if k in values}, **extra)
 
     @classmethod
     def from_metrics_file(cls, path: Path, **extra: Any) -> PretrainResult:
