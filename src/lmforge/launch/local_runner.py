@@ -76,8 +76,41 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The container's CPU quota in cores (cgroup v2 ``cpu.max``, v1 ``cfs_quota_us``), if set:
+    a pod limited to 2 CPUs on a 64-core node sees 64 in its affinity mask but gets 2."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cores(affinity: int | None = None, quota: float | None = None) -> int:
+    """The cores this process really has: its affinity mask, capped by the cgroup quota."""
+    if affinity is None:
+        affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        affinity = affinity or os.cpu_count() or 1
+        quota = cgroup_cpu_limit() if quota is None else quota
+    cores = affinity if quota is None else min(affinity, max(1, int(quota)))
+    return max(1, cores)
+
+
+def threads_per_process(cores: int, procs: int) -> int:
+    """Intra-op threads for each of ``procs`` processes sharing ``cores``: an even split, never
+    more threads in all than cores (oversubscribed threads spin against each other), at least
+    one (more processes than cores can only time-share)."""
+    return max(1, cores // max(1, procs))
+
+
 def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return usable_cores()
 
 
 def _die_with_parent() -> None:
@@ -198,7 +231,7 @@ class LocalRunner:
         # Pods on a cluster get their own cores; here every process shares this machine's.
         procs = sum(int(s.get("replicas", 1)) for s in specs.values())
         procs *= int(self.job["spec"].get("nprocPerNode", "1"))
-        base_env.setdefault("OMP_NUM_THREADS", str(max(1, _cores() // procs)))
+        base_env.setdefault("OMP_NUM_THREADS", str(threads_per_process(_cores(), procs)))
         replicas = []
         for rtype in ("Master", "Worker"):
             if rtype not in specs:
