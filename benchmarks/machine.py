@@ -1,0 +1,79 @@
+"""What a benchmark figure was measured on, recorded next to it (every benchmark's JSON has it).
+
+A bf16 figure from a CPU with AVX512-BF16 says nothing about an AVX2-only runner (there bf16 is
+~50-100x slower than fp32), so each result names the CPU model, its vector capability, the
+oneDNN cap, the threads and the torch version.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+CAPABILITIES = (("AVX2", "avx2"), ("AVX512", "avx512f"), ("AVX512-BF16", "avx512_bf16"),
+                ("AMX", "amx_bf16"))  # fmt: skip
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_class(capabilities: list[str]) -> str:
+    """The short name the docs' tables use: the best bf16-relevant capability."""
+    for name in ("AMX", "AVX512-BF16", "AVX512", "AVX2"):
+        if name in capabilities:
+            return f"{name} CPU" if name != "AVX512-BF16" else "AVX512-BF16 CPU"
+    return "CPU"
+
+
+def describe(threads: int | None = None) -> dict[str, Any]:
+    """The machine record: CPU model and capability, cores, threads, torch, any GPU."""
+    import torch
+
+    from lmforge.launch.local_runner import usable_cores
+    from lmforge.train.precision import read_cpu_flags, resolve
+
+    flags = read_cpu_flags()
+    caps = [name for name, flag in CAPABILITIES if flag in flags]
+    record = {
+        "cpu_model": cpu_model(),
+        "capabilities": caps,
+        "machine_class": machine_class(caps),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "cores": usable_cores(),
+        "threads": threads if threads is not None else torch.get_num_threads(),
+        "torch": torch.__version__,
+        "auto_precision": resolve("auto", torch.device("cpu")).name,
+    }
+    cap = record["onednn_max_cpu_isa"]
+    if cap and record["auto_precision"] == "fp32" and "AVX512-BF16" in caps:
+        record["machine_class"] = f"{cap.upper()}-capped CPU"  # emulates an older CPU class
+    if torch.cuda.is_available():
+        record["gpu"] = torch.cuda.get_device_name(0)
+        record["gpus"] = torch.cuda.device_count()
+    return record
+
+
+def line(record: dict[str, Any]) -> str:
+    """One sentence for a docs table: ``Machine: ...``."""
+    cap = record.get("onednn_max_cpu_isa")
+    isa = f", ONEDNN_MAX_CPU_ISA={cap}" if cap else ""
+    gpu = f", {record['gpus']}x {record['gpu']}" if record.get("gpu") else ""
+    return (
+        f"Machine: {record['machine_class']} ({record['cpu_model']}; "
+        f"{', '.join(record['capabilities']) or 'no AVX2'}{isa}), {record['cores']} cores, "
+        f"{record['threads']} threads, torch {record['torch']}{gpu}."
+    )
+
+
+if __name__ == "__main__":
+    print(line(describe()))
