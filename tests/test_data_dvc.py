@@ -51,6 +51,9 @@ def test_repro_tokenize_then_nothing_to_do(tmp_path, blank_store_db):
     work = tmp_path / "repo"
     shutil.copyfile(blank_store_db, tmp_path / "mlflow.db")
     store = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    # The data stages' code dependencies (dvc.yaml hashes them); the package runs from the venv.
+    (work / "src" / "lmforge").mkdir(parents=True)
+    shutil.copy(REPO / "src" / "lmforge" / "outputs.py", work / "src" / "lmforge" / "outputs.py")
     shutil.copytree(
         REPO / "src" / "lmforge" / "data",
         work / "src" / "lmforge" / "data",

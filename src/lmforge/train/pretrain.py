@@ -195,6 +195,7 @@ def pretrain(cfg: Config, tokenized_dir: Path, out_dir: Path) -> PretrainResult:
                 _write_outputs(out_dir, hf_config, state, tok_dir, result.history, outcome)
                 _log_final(tracker, out_dir, outcome)
         if rt.is_main:  # again, now with what the tracker could not send
+            outcome.tracking = tracking.summary or None
             step.write_metrics(out_dir, outcome, tracking.summary)
         barrier()
         return outcome
