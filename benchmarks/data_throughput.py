@@ -108,15 +108,21 @@ def child_raw(data: Path, tok_dir: Path) -> dict:
     n_tokens = 0
     for i in range(0, len(texts), 1000):
         n_tokens += sum(len(e.ids) for e in tok.encode_batch(texts[i : i + 1000]))
-    return {"startup_s": startup, "encode_s": time.perf_counter() - t, "tokens": n_tokens,
-            "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+    return {
+        "startup_s": startup,
+        "encode_s": time.perf_counter() - t,
+        "tokens": n_tokens,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def in_child(kind: str, *args: Path) -> dict:
     proc = subprocess.run(
         [sys.executable, __file__, "--child", kind, *map(str, args)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode:
         raise SystemExit(f"{kind} child failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -158,13 +164,20 @@ def main() -> None:
         shutil.rmtree(WORK / f"x{scale}")
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "loadavg_end": load,
-              "overrides": OVERRIDES, "target_ratio": 0.5, "rows": rows}  # fmt: skip
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "loadavg_end": load,
+        "overrides": OVERRIDES,
+        "target_ratio": 0.5,
+        "rows": rows,
+    }
     res = ROOT / "benchmarks" / "results" / "data_throughput.json"
     res.parent.mkdir(parents=True, exist_ok=True)
     res.write_text(json.dumps(result, indent=2) + "\n")
-    head = ("| scale | corpus MB | start-up s | validate MB/s | augment MB/s | tokenize MB/s | "
-            "pipeline MB/s | raw encode_batch MB/s | pipeline / raw | peak RSS MB (pipeline) |")  # fmt: skip
+    head = (
+        "| scale | corpus MB | start-up s | validate MB/s | augment MB/s | tokenize MB/s | "
+        "pipeline MB/s | raw encode_batch MB/s | pipeline / raw | peak RSS MB (pipeline) |"
+    )
     table = [head, "| ---: " * 10 + "|"]
     table += [
         f"| {r['scale']}x | {r['corpus_mb']} | {r['startup_s']} | {r['validate_mb_s']} | "

@@ -12,8 +12,12 @@ import platform
 from pathlib import Path
 from typing import Any
 
-CAPABILITIES = (("AVX2", "avx2"), ("AVX512", "avx512f"), ("AVX512-BF16", "avx512_bf16"),
-                ("AMX", "amx_bf16"))  # fmt: skip
+CAPABILITIES = (
+    ("AVX2", "avx2"),
+    ("AVX512", "avx512f"),
+    ("AVX512-BF16", "avx512_bf16"),
+    ("AMX", "amx_bf16"),
+)
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:

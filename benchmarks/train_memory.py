@@ -27,7 +27,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTHS = [256, 384, 512, 768, 1024]  # 4 layers each, heads of 64
-MODES = {"single": ("single", 1, False), "ddp": ("ddp", 2, False), "fsdp": ("fsdp", 2, False), "fsdp+ac": ("fsdp", 2, True)}  # fmt: skip
+MODES = {
+    "single": ("single", 1, False),
+    "ddp": ("ddp", 2, False),
+    "fsdp": ("fsdp", 2, False),
+    "fsdp+ac": ("fsdp", 2, True),
+}
 # Fixed thresholds (no dynamic mmap threshold): large frees return to the OS in every mode alike.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**20), "MALLOC_TRIM_THRESHOLD_": str(2**20)}
 
@@ -47,9 +52,21 @@ def worker(parallel: str, ac: bool, width: int, out: Path) -> None:
     from lmforge.train.parallel import meta_init
 
     rt = init_distributed("cpu", 1)
-    shape = ModelConfig(n_layers=4, d_model=width, n_heads=width // 64, max_seq_len=256, vocab_size=8192)  # fmt: skip
+    shape = ModelConfig(
+        n_layers=4, d_model=width, n_heads=width // 64, max_seq_len=256, vocab_size=8192
+    )
     hf = build_config(shape)
-    cfg = TrainConfig(max_steps=2, micro_batch_size=4, warmup_steps=1, parallel=parallel, activation_checkpointing=ac, precision="bf16", eval_every=0, ckpt_every=0, log_every=1)  # fmt: skip
+    cfg = TrainConfig(
+        max_steps=2,
+        micro_batch_size=4,
+        warmup_steps=1,
+        parallel=parallel,
+        activation_checkpointing=ac,
+        precision="bf16",
+        eval_every=0,
+        ckpt_every=0,
+        log_every=1,
+    )
 
     class Task:
         def batch(self, step, micro):
@@ -75,7 +92,13 @@ def worker(parallel: str, ac: bool, width: int, out: Path) -> None:
         dist.all_gather_object(peaks, rss() - base)
     if rt.is_main:
         n = model_size(hf).n_params
-        row = {"d_model": width, "n_params": n, "peak_bytes": max(peaks), "rank_peak_bytes": peaks, "bytes_per_param": max(peaks) / n}  # fmt: skip
+        row = {
+            "d_model": width,
+            "n_params": n,
+            "peak_bytes": max(peaks),
+            "rank_peak_bytes": peaks,
+            "bytes_per_param": max(peaks) / n,
+        }
         out.write_text(json.dumps(row))
     shutdown()
 
@@ -85,7 +108,9 @@ def main() -> None:
     parser.add_argument("--budget-mib", type=float, default=1024)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--widths", nargs="+", type=int, default=WIDTHS)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_memory.json")  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_memory.json"
+    )
     parser.add_argument("--worker", nargs=4, metavar=("PARALLEL", "AC", "WIDTH", "OUT"))
     args = parser.parse_args()
     if args.worker:
@@ -116,7 +141,12 @@ def main() -> None:
             "ladder": rows,
             "largest_within_budget": max(fits, key=lambda r: r["n_params"]) if fits else None,
         }
-    payload = {"budget_mib_per_rank": args.budget_mib, "widths": args.widths, "malloc_env": MALLOC_ENV, "results": results}  # fmt: skip
+    payload = {
+        "budget_mib_per_rank": args.budget_mib,
+        "widths": args.widths,
+        "malloc_env": MALLOC_ENV,
+        "results": results,
+    }
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
 
 

@@ -21,13 +21,15 @@ def throughput_table(data: dict) -> list[str]:
         f"{s['n_heads']} heads, context {s['seq_len']}, vocabulary {s['vocab']}, batch "
         f"{s['batch']}; one process, {data['threads']} threads; median of {data['rounds']} "
         f"interleaved rounds of {data['timed_steps']} timed steps. MFU against the matmul peak "
-        "of the same precision measured in the same run. Raw: `benchmarks/results/train_throughput.json`.",
+        "of the same precision measured in the same run. Raw: "
+        "`benchmarks/results/train_throughput.json`.",
         "",
         "Each cell: tokens/s (MFU). Eager is each trainer's default; compiled runs under "
         "`torch.compile` (lmforge `pretrain.compile: true`, Trainer `torch_compile=True`), its "
         "compilation in the untimed warm-up.",
         "",
-        "| precision | matmul peak (GFLOP/s) | lmforge eager | lmforge compiled | Trainer eager | Trainer compiled |",
+        "| precision | matmul peak (GFLOP/s) | lmforge eager | lmforge compiled | Trainer "
+        "eager | Trainer compiled |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     names = ("lmforge", "lmforge+compile", "trainer", "trainer+compile")
@@ -36,7 +38,8 @@ def throughput_table(data: dict) -> list[str]:
         lines.append(f"| {prec} | {row['matmul_peak_gflops']:.1f} | {cells} |")
     lines += [
         "",
-        "| precision | lmforge / Trainer, both eager | lmforge compiled / Trainer eager | both compiled |",
+        "| precision | lmforge / Trainer, both eager | lmforge compiled / Trainer eager | both "
+        "compiled |",
         "| --- | ---: | ---: | ---: |",
     ]
     for prec, row in data["results"].items():
@@ -97,7 +100,8 @@ MEMORY_NOTES = (
     "Sharding weights and both AdamW moments over 2 ranks would save 6 B/param; gradients "
     "add little because the peak comes where the second step turns from forward to backward, "
     "with every activation alive and few gradients yet (a phase-sampled run at d=768), and "
-    "FSDP2 holds the gathered parameters of the blocks in flight on top. The rest of the peak is activations (batch 4 x 256, 8192-way "
+    "FSDP2 holds the gathered parameters of the blocks in flight on top. The rest of the peak "
+    "is activations (batch 4 x 256, 8192-way "
     "logits), which no data-parallel mode shards; recomputing them (fsdp+ac) is the next "
     "saving.\n\n"
     "Earlier tables showed FSDP2 above one process (d=768: single 1053 MiB, fsdp 1281 MiB). "
@@ -111,7 +115,13 @@ MEMORY_NOTES = (
 
 
 def main() -> None:
-    lines = ["# Training benchmarks", "", "Measured on the shared 2-core CI-class CPU machine; ratios matter, absolute numbers move with load.", ""]  # fmt: skip
+    lines = [
+        "# Training benchmarks",
+        "",
+        "Measured on the shared 2-core CI-class CPU machine; ratios matter, absolute numbers "
+        "move with load.",
+        "",
+    ]
     for name, table in (("train_throughput", throughput_table), ("train_memory", memory_table)):
         path = RESULTS / f"{name}.json"
         if path.exists():

@@ -44,10 +44,17 @@ CONTENDERS = ("lmforge", "lmforge+compile", "trainer", "trainer+compile")
 
 def run_lmforge(ds: BlockDataset, precision: str, steps: int, warmup: int, compile: bool) -> float:
     cfg = TrainConfig(
-        max_steps=warmup + steps, micro_batch_size=BATCH, warmup_steps=2, lr=1e-3,
-        precision=precision, parallel="single", eval_every=0, ckpt_every=0, log_every=warmup,
+        max_steps=warmup + steps,
+        micro_batch_size=BATCH,
+        warmup_steps=2,
+        lr=1e-3,
+        precision=precision,
+        parallel="single",
+        eval_every=0,
+        ckpt_every=0,
+        log_every=warmup,
         compile=compile,
-    )  # fmt: skip
+    )
     rt = Runtime()
     model = build_model(build_config(SHAPE), seed=0)
     sampler = GlobalBatchSampler(len(ds), BATCH, 1, 1, seed=0)
@@ -79,13 +86,27 @@ def run_trainer(
             return {"input_ids": ids, "labels": ids}
 
     args = TrainingArguments(
-        output_dir=str(out), max_steps=warmup + steps, per_device_train_batch_size=BATCH,
-        learning_rate=1e-3, weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.95,
-        max_grad_norm=1.0, lr_scheduler_type="cosine", warmup_steps=2,
-        bf16=precision == "bf16", use_cpu=True, report_to=[], save_strategy="no",
-        logging_strategy="no", dataloader_num_workers=0, optim="adamw_torch_fused",
-        disable_tqdm=True, seed=0, torch_compile=compile,
-    )  # fmt: skip
+        output_dir=str(out),
+        max_steps=warmup + steps,
+        per_device_train_batch_size=BATCH,
+        learning_rate=1e-3,
+        weight_decay=0.1,
+        adam_beta1=0.9,
+        adam_beta2=0.95,
+        max_grad_norm=1.0,
+        lr_scheduler_type="cosine",
+        warmup_steps=2,
+        bf16=precision == "bf16",
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        dataloader_num_workers=0,
+        optim="adamw_torch_fused",
+        disable_tqdm=True,
+        seed=0,
+        torch_compile=compile,
+    )
     clock = Clock()
     model = build_model(build_config(SHAPE), seed=0)
     Trainer(model=model, args=args, train_dataset=Blocks(), callbacks=[clock]).train()
@@ -109,21 +130,29 @@ def main() -> None:
         for precision in ("fp32", "bf16"):
             samples: dict[str, list[float]] = {name: [] for name in (*CONTENDERS, "peak")}
             for r in range(args.rounds):
-                samples["peak"].append(measure_matmul_peak(torch.device("cpu"), precision_dtype(precision), 1.0))  # fmt: skip
+                samples["peak"].append(
+                    measure_matmul_peak(torch.device("cpu"), precision_dtype(precision), 1.0)
+                )
                 order = CONTENDERS[r % 4 :] + CONTENDERS[: r % 4]  # no contender always first
                 for name in order:
                     compile = name.endswith("+compile")
                     if name.startswith("lmforge"):
                         tps = run_lmforge(ds, precision, args.steps, args.warmup, compile)
                     else:
-                        tps = run_trainer(ds, precision, args.steps, args.warmup, compile, Path(tmp) / "hf")  # fmt: skip
+                        tps = run_trainer(
+                            ds, precision, args.steps, args.warmup, compile, Path(tmp) / "hf"
+                        )
                     samples[name].append(tps)
                     print(f"{precision} round {r} {name}: {tps:.0f} tokens/s", flush=True)
             peak = statistics.median(samples["peak"])
             row: dict = {"matmul_peak_gflops": peak / 1e9}
             for name in CONTENDERS:
                 tps = statistics.median(samples[name])
-                row[name] = {"tokens_per_s": tps, "mfu": tps * flops / peak, "samples": samples[name]}  # fmt: skip
+                row[name] = {
+                    "tokens_per_s": tps,
+                    "mfu": tps * flops / peak,
+                    "samples": samples[name],
+                }
             tps = {name: row[name]["tokens_per_s"] for name in CONTENDERS}
             row["speedup"] = {
                 "eager_vs_trainer": tps["lmforge"] / tps["trainer"],

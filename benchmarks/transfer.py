@@ -113,9 +113,11 @@ def report(runs: dict) -> str:
         f"{pre['val_perplexity']:.1f} against a unigram {pre['unigram_perplexity']:.1f}; emails' "
         f"text in pretraining: {p['include_labelled_text']}). The baseline is the same "
         "architecture from random weights with the same steps, batch, schedule and data order. "
-        f"Macro-F1; overrides: {p['overrides'] or 'none'}. Raw: `benchmarks/results/transfer.json`.",
+        f"Macro-F1; overrides: {p['overrides'] or 'none'}. Raw: "
+        "`benchmarks/results/transfer.json`.",
         "",
-        "| seed | validation: fine-tuned | validation: baseline | test: fine-tuned | test: baseline |",
+        "| seed | validation: fine-tuned | validation: baseline | test: fine-tuned | test: "
+        "baseline |",
         "| ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in p["rows"]:
@@ -124,7 +126,12 @@ def report(runs: dict) -> str:
             f"{r['test_model']:.3f} | {r['test_baseline']:.3f} |"
         )
     n = len(p["rows"])
-    lines += ["", "| split | majority class | mean fine-tuned | mean baseline | mean gain | fine-tuned wins |", "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    lines += [
+        "",
+        "| split | majority class | mean fine-tuned | mean baseline | mean gain | fine-tuned "
+        "wins |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for split, s in p["summary"].items():
         lines.append(
             f"| {split} | {s['majority_macro_f1']:.3f} | {s['mean_model']:.3f} | "

@@ -40,8 +40,12 @@ from typing import Any
 from lmforge.errors import LaunchError
 from lmforge.launch.pytorchjob import CONTAINER
 
-RETRYABLE = {"OnFailure": lambda code: True, "Always": lambda code: True,
-             "ExitCode": lambda code: code >= 128, "Never": lambda code: False}  # fmt: skip
+RETRYABLE = {
+    "OnFailure": lambda code: True,
+    "Always": lambda code: True,
+    "ExitCode": lambda code: code >= 128,
+    "Never": lambda code: False,
+}
 
 
 def free_port() -> int:
@@ -204,11 +208,14 @@ class LocalRunner:
         env = {"PYTHONUNBUFFERED": "1", "PET_NPROC_PER_NODE": str(nproc)}
         if "Master" in specs:
             env |= {
-                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(port),
-                "WORLD_SIZE": str(total * int(nproc)), "RANK": str(rank),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "PET_MASTER_ADDR": "127.0.0.1",
+                "PET_MASTER_PORT": str(port),
+                "WORLD_SIZE": str(total * int(nproc)),
+                "RANK": str(rank),
                 "PET_NODE_RANK": str(rank),
-            }  # fmt: skip
+            }
         elastic = spec.get("elasticPolicy")
         if elastic:
             env |= {
@@ -263,11 +270,18 @@ class LocalRunner:
     # -- processes ------------------------------------------------------------------------
 
     def _start(self, r: Replica) -> None:
+        # start_new_session: its own process group, so stopping it stops torchrun's children too
         r.proc = subprocess.Popen(
-            r.argv, env=r.env, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, bufsize=1, start_new_session=True,  # its own group: stop torchrun's children too
+            r.argv,
+            env=r.env,
+            cwd=self.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
             preexec_fn=_die_with_parent,
-        )  # fmt: skip
+        )
         r.started_at, r.peer_deadline = time.monotonic(), None
         r.pump = threading.Thread(target=self._pump, args=(r, r.proc), daemon=True)
         r.pump.start()
@@ -314,14 +328,18 @@ class LocalRunner:
         """A replica ended with ``code`` != 0: restart it (and break its world) or fail the job."""
         if not RETRYABLE[r.restart_policy](code):
             raise self._fail(
-                replicas, f"replica {r.name} exited with code {code} "
-                f"(restartPolicy {r.restart_policy}: not restarted)", r,
-            )  # fmt: skip
+                replicas,
+                f"replica {r.name} exited with code {code} "
+                f"(restartPolicy {r.restart_policy}: not restarted)",
+                r,
+            )
         if self.backoff_limit is not None and self.restarts >= self.backoff_limit:
             raise self._fail(
-                replicas, f"BackoffLimitExceeded: replica {r.name} exited with code {code} after "
-                f"{self.restarts} restarts (runPolicy.backoffLimit={self.backoff_limit})", r,
-            )  # fmt: skip
+                replicas,
+                f"BackoffLimitExceeded: replica {r.name} exited with code {code} after "
+                f"{self.restarts} restarts (runPolicy.backoffLimit={self.backoff_limit})",
+                r,
+            )
         now = time.monotonic()
         for peer in replicas:  # peers of the world it was part of lose their collectives
             same_world = peer is not r and peer.started_at <= r.started_at
@@ -330,8 +348,10 @@ class LocalRunner:
                 peer.peer_deadline = now + self.peer_timeout_s
         self.restarts += 1
         r.restarts += 1
-        self.echo(f"[{r.name}] exited with code {code}; restarting ({r.restart_policy}, "
-                  f"restart {self.restarts}/{self.backoff_limit})")  # fmt: skip
+        self.echo(
+            f"[{r.name}] exited with code {code}; restarting ({r.restart_policy}, "
+            f"restart {self.restarts}/{self.backoff_limit})"
+        )
         self._start(r)
 
     def run(self) -> dict[str, Any]:
@@ -356,8 +376,10 @@ class LocalRunner:
                 code = None if r.proc is None else r.proc.poll()
                 if r.succeeded or code is None:
                     if code is None and r.peer_deadline and time.monotonic() > r.peer_deadline:
-                        self.echo(f"[{r.name}] silent for {self.peer_timeout_s}s after a peer "
-                                  "died (stuck in a collective): stopping it")  # fmt: skip
+                        self.echo(
+                            f"[{r.name}] silent for {self.peer_timeout_s}s after a peer "
+                            "died (stuck in a collective): stopping it"
+                        )
                         self._stop(r, grace_s=5)
                     continue
                 if r.pump is not None:

@@ -155,8 +155,10 @@ def _fit(
             if logged:
                 last = logged[-1]
                 result.train_loss, result.tokens_per_s, result.mfu = (
-                    last["train_loss"], last["tokens_per_s"], last["mfu"],
-                )  # fmt: skip
+                    last["train_loss"],
+                    last["tokens_per_s"],
+                    last["mfu"],
+                )
     last_good = f"step {result.step}" if ckpt and result.resumed_from else "none"
 
     bar = None

@@ -32,10 +32,23 @@ log = logging.getLogger(__name__)
 # oneDNN's ISA levels, lowest first, as ONEDNN_MAX_CPU_ISA names them (oneDNN 3.x; the AVX10
 # names alias the AVX512_CORE_FP16/AMX ones). Native bf16 dot products start at AVX512_CORE_BF16.
 ONEDNN_ISA_ORDER = (
-    "SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
-    "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX512_CORE_AMX", "AVX10_1_512_AMX",
-    "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2",
-)  # fmt: skip
+    "SSE41",
+    "AVX",
+    "AVX2",
+    "AVX2_VNNI",
+    "AVX2_VNNI_2",
+    "AVX512_CORE",
+    "AVX512_CORE_VNNI",
+    "AVX512_CORE_BF16",
+    "AVX512_CORE_FP16",
+    "AVX10_1_512",
+    "AVX512_CORE_AMX",
+    "AVX10_1_512_AMX",
+    "AVX512_CORE_AMX_FP16",
+    "AVX10_1_512_AMX_FP16",
+    "AVX10_2_512",
+    "AVX10_2_512_AMX_2",
+)
 _BF16_ISA = ONEDNN_ISA_ORDER.index("AVX512_CORE_BF16")
 # /proc/cpuinfo flags that give oneDNN native bf16 compute.
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
