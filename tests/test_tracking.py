@@ -90,3 +90,28 @@ def test_data_stages_track_without_kfp():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     assert tracking.flat_metrics({"a": 1, "b": {"c": 2.5, "d": "x"}}) == {"a": 1.0, "b.c": 2.5}
+
+
+def test_steps_never_import_kfp_or_the_component_packages():
+    """Dependencies point one way: the components and pipelines import the library, never the
+    reverse; data, train, evaluate and the registry run without kfp."""
+    import subprocess
+    import sys
+
+    steps = [
+        "lmforge.data.validate",
+        "lmforge.data.augment",
+        "lmforge.data.tokenize",
+        "lmforge.train.pretrain",
+        "lmforge.train.finetune",
+        "lmforge.evaluate",
+        "lmforge.registry",
+        "lmforge.launch.launcher",
+    ]
+    code = (
+        f"import importlib, sys; [importlib.import_module(m) for m in {steps!r}]; "
+        "print(sorted({m.split('.')[0] for m in sys.modules "
+        "if m.startswith(('kfp', 'lmforge.kfp', 'lmforge_components', 'lmforge_pipelines'))}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
