@@ -48,14 +48,18 @@ def main() -> None:
         for name, m in medians.items()
     ]
     out = ROOT / "benchmarks" / "results" / "cli_startup.json"
-    out.write_text(json.dumps({"repeats": args.repeats, "rows": rows}, indent=2) + "\n")
+    import machine  # benchmarks/machine.py: what the figures were measured on
+
+    record = machine.describe()
+    payload = {"machine": record, "repeats": args.repeats, "rows": rows}
+    out.write_text(json.dumps(payload, indent=2) + "\n")
     table = ["| case | median (s) | x bare python |", "| --- | ---: | ---: |"]
     table += [
         f"| `{r['case']}` | {r['median_s']:.3f} | {r['ratio_to_bare_python']:.2f} |" for r in rows
     ]
     md = ROOT / "docs" / "benchmarks" / "cli.md"
     md.write_text(
-        "# CLI start-up\n\nMedian of "
+        f"# CLI start-up\n\n{machine.line(record)}\n\nMedian of "
         f"{args.repeats} interleaved runs (`benchmarks/cli_startup.py`; raw: "
         "`benchmarks/results/cli_startup.json`).\n\n" + "\n".join(table) + "\n"
     )

@@ -163,9 +163,12 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         shutil.rmtree(WORK / f"x{scale}")
 
+    import machine  # benchmarks/machine.py: what the figures were measured on
+
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "machine_record": machine.describe(),
         "loadavg_end": load,
         "overrides": OVERRIDES,
         "target_ratio": 0.5,
@@ -187,7 +190,7 @@ def main() -> None:
     ]
     md = ROOT / "docs" / "benchmarks" / "data.md"
     md.write_text(
-        "# Data stages throughput\n\n"
+        f"# Data stages throughput\n\n{machine.line(result['machine_record'])}\n\n"
         "`benchmarks/data_throughput.py`, one run on "
         f"{result['machine']}; raw numbers in `benchmarks/results/data_throughput.json`. MB are "
         "megabytes of corpus text; *pipeline* is validate + augment + tokenize (steady state, "

@@ -141,7 +141,10 @@ def main() -> None:
             "ladder": rows,
             "largest_within_budget": max(fits, key=lambda r: r["n_params"]) if fits else None,
         }
+    import machine  # benchmarks/machine.py: what the figures were measured on
+
     payload = {
+        "machine": machine.describe(),
         "budget_mib_per_rank": args.budget_mib,
         "widths": args.widths,
         "malloc_env": MALLOC_ENV,

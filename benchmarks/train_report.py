@@ -114,9 +114,25 @@ MEMORY_NOTES = (
 )
 
 
+UNRECORDED = (
+    "Machine: measured before machine classes were recorded; 2-core AMD EPYC, class not recorded."
+)
+
+
+def machine_line() -> str:
+    """The throughput run's machine (train_throughput.py records it), else what is known."""
+    import machine  # benchmarks/machine.py
+
+    path = ROOT / "benchmarks" / "results" / "train_throughput.json"
+    record = json.loads(path.read_text()).get("machine") if path.exists() else None
+    return machine.line(record) if isinstance(record, dict) else UNRECORDED
+
+
 def main() -> None:
     lines = [
         "# Training benchmarks",
+        "",
+        machine_line(),
         "",
         "Measured on the shared 2-core CI-class CPU machine; ratios matter, absolute numbers "
         "move with load.",

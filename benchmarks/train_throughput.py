@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import machine  # benchmarks/machine.py (this script's folder): what the figures ran on
 import numpy as np
 import torch
 
@@ -169,6 +170,7 @@ def main() -> None:
             "vocab": 8192,
             "batch": BATCH,
         },
+        "machine": machine.describe(),
         "flops_per_token": flops,
         "threads": torch.get_num_threads(),
         "rounds": args.rounds,
