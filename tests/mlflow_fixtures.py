@@ -264,8 +264,11 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> 
     raise RuntimeError(f"mlflow server at {url} not healthy after {timeout_s}s")
 
 
-def start_server(backend_uri: str, artifacts: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+def start_server(
+    backend_uri: str, artifacts: Path, log: Path, port: int | None = None
+) -> tuple[subprocess.Popen, str]:
+    """A one-worker ``mlflow server`` on ``port`` (default: a free one), healthy when returned."""
+    port = port or free_port()
     cmd = [
         sys.executable,
         "-m",
@@ -286,7 +289,7 @@ def start_server(backend_uri: str, artifacts: Path, log: Path) -> tuple[subproce
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     # Its own process group: the server's workers go down with it.
     proc = subprocess.Popen(
-        cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+        cmd, stdout=log.open("a"), stderr=subprocess.STDOUT, env=env, start_new_session=True
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -11,11 +11,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from process_fixtures import python_child, wait_for
 
 from lmforge.errors import TrainingError
 from lmforge.train.checkpoint import LOCK, Checkpointer, verify, writer_lock
@@ -92,22 +92,7 @@ def train(task_module, ck: Path, fingerprint: str = "ours", **kw):
 def child(task_module: Path, body: str, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(task_module), str(SRC)])}
     code = "import sys, time\nfrom pathlib import Path\n" + textwrap.dedent(body)
-    return subprocess.Popen(
-        [sys.executable, "-c", code, *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"child exited {proc.returncode}: {proc.stderr.read()[-3000:]}")
-        assert time.monotonic() < deadline, f"{path} did not appear within {seconds} s"
-        time.sleep(0.05)
+    return python_child(code, list(args), env)
 
 
 def flip_bytes(path: Path, offset: int | None = None, n: int = 16) -> None:

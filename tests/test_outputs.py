@@ -6,12 +6,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from process_fixtures import python_child, wait_for
 
 from lmforge.errors import LmforgeError
 from lmforge.outputs import OWNER_FILE, OutputError, atomic_output_dir, this_owner, write_json
@@ -47,21 +46,7 @@ def writer(out: Path, flags: Path, name: str, start: Path | None = None) -> subp
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     start = start or flags / "start"
     args = [str(out), str(start), str(flags / f"inside-{name}"), str(flags / "go"), name]
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(WRITER), *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        assert proc.poll() is None, f"writer exited {proc.returncode}: {proc.stderr.read()}"
-        assert time.monotonic() < deadline, f"{path} did not appear within {seconds} s"
-        time.sleep(0.01)
+    return python_child(textwrap.dedent(WRITER), args, env)
 
 
 def leftovers(parent: Path) -> list[str]:

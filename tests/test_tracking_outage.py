@@ -11,13 +11,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from mlflow_fixtures import free_port, wait_healthy
+from mlflow_fixtures import free_port, start_server
 from test_train import MICRO
 
 from lmforge import tracking
@@ -53,31 +52,9 @@ class Server:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{self.root / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(self.root / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--workers",
-            "1",
-        ]
-        env = {
-            **os.environ,
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        }
-        log = (self.root / "server.log").open("a")
-        self.proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        wait_healthy(self.url, self.proc)
+        store = f"sqlite:///{self.root / 'mlflow.db'}"
+        log = self.root / "server.log"
+        self.proc, _ = start_server(store, self.root / "artifacts", log, port=self.port)
 
     def kill(self) -> None:
         """An abrupt outage: the whole process group at once, no graceful drain."""
