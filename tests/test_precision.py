@@ -76,10 +76,16 @@ def test_this_machine_agrees_with_proc_cpuinfo(monkeypatch):
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.is_file():
         pytest.skip("no /proc/cpuinfo")
+    from lmforge.train import precision
+
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     text = cpuinfo.read_text()
     native = "avx512_bf16" in text or "amx_bf16" in text
-    chosen = resolve("auto", torch.device("cpu"))
+    precision._resolve.cache_clear()  # resolved before under another ONEDNN_MAX_CPU_ISA
+    try:
+        chosen = resolve("auto", torch.device("cpu"))
+    finally:
+        precision._resolve.cache_clear()
     assert chosen.name == ("bf16" if native else "fp32")
     assert chosen.native == native
 
