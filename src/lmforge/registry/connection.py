@@ -12,56 +12,24 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 from lmforge.config import Config
 from lmforge.errors import RegistryError
 
-PROBE_INTERVAL_S = 0.5  # between probes while the server does not answer (it may be starting)
-
-
-def is_server(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
-def _probe(uri: str, timeout_s: float) -> str | None:
-    """None when the server answers ``/health``; else why not, in a few words."""
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
-            return None
-    except urllib.error.HTTPError as exc:
-        # Any answer below 500 (e.g. 401 behind auth) is a server that is up.
-        return None if exc.code < 500 else f"HTTP {exc.code} {exc.reason}"
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return f"{type(reason).__name__}: {reason}"
-
 
 def ensure_reachable(cfg: Config, uri: str) -> None:
-    """Raise ``RegistryError`` naming ``uri`` when its server does not answer in time.
+    """Raise ``RegistryError`` naming ``uri`` when its server does not answer within
+    ``tracking.connect_timeout_s`` (the probe is ``lmforge.tracking.check_reachable``'s; a no-op
+    for the embedded sqlite store). A server that is just starting is waited for."""
+    from lmforge.tracking import TrackingUnavailable, check_reachable
 
-    A no-op for the embedded (sqlite) store. Probes until ``tracking.connect_timeout_s`` is
-    spent, so a server that is just starting is waited for.
-    """
-    if not is_server(uri):
-        return
-    budget = cfg.tracking.connect_timeout_s
-    deadline = time.monotonic() + budget
-    while True:
-        remaining = deadline - time.monotonic()
-        why = _probe(uri, max(0.1, min(cfg.tracking.request_timeout_s, remaining)))
-        if why is None:
-            return
-        if time.monotonic() + PROBE_INTERVAL_S >= deadline:
-            raise RegistryError(
-                f"the MLflow tracking server {uri} cannot be reached ({why}; tried for "
-                f"{budget:g}s, tracking.connect_timeout_s); start it, or point "
-                "MLFLOW_TRACKING_URI / tracking.tracking_uri at a reachable one"
-            )
-        time.sleep(PROBE_INTERVAL_S)
+    try:
+        check_reachable(uri, cfg.tracking.connect_timeout_s)
+    except TrackingUnavailable as exc:
+        raise RegistryError(
+            f"{uri} cannot be reached, so neither can its model registry: {exc}"
+        ) from None
 
 
 @contextlib.contextmanager
