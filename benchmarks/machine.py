@@ -43,7 +43,7 @@ def describe(threads: int | None = None) -> dict[str, Any]:
     """The machine record: CPU model and capability, cores, threads, torch, any GPU."""
     import torch
 
-    from lmforge.launch.local_runner import usable_cores
+    from lmforge.cores import usable_cores
     from lmforge.train.precision import read_cpu_flags, resolve
 
     flags = read_cpu_flags()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmforge.launch.local_runner import cgroup_cpu_limit, threads_per_process, usable_cores
+from lmforge.cores import cgroup_cpu_limit, threads_per_process, usable_cores
 
 
 @pytest.mark.parametrize(
@@ -35,3 +35,23 @@ def test_cgroup_v2_and_v1_quota(tmp_path):
     assert cgroup_cpu_limit(v1) == 2.0
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
     assert cgroup_cpu_limit(v1) is None
+
+
+def test_a_replica_sizes_its_threads_from_the_quota(monkeypatch):
+    """`init_distributed` without OMP_NUM_THREADS: a 1-CPU quota means one thread, whatever
+    the affinity mask says (before, a pod on a big node ran one thread per node core)."""
+    import torch
+
+    import lmforge.cores
+    from lmforge.train.distributed import init_distributed
+
+    for var in ("OMP_NUM_THREADS", "WORLD_SIZE", "RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(lmforge.cores, "cgroup_cpu_limit", lambda *a: 1.0)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        init_distributed("cpu")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from lmforge.cores import threads_per_process, usable_cores
 from lmforge.errors import TrainingError
 
 
@@ -74,8 +75,8 @@ def init_distributed(device: str = "auto", num_threads: int = 0) -> Runtime:
         torch.set_num_threads(num_threads)
     elif "OMP_NUM_THREADS" not in os.environ:
         # Ranks on one machine share its cores; oversubscription slows every rank down.
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        torch.set_num_threads(max(1, (cores or 1) // rt.local_world_size))
+        # The cgroup quota counts too: a 2-CPU pod on a 64-core node has 2 cores, not 64.
+        torch.set_num_threads(threads_per_process(usable_cores(), rt.local_world_size))
     if rt.device.type == "cuda":
         torch.cuda.set_device(rt.device)
     if rt.distributed and not dist.is_initialized():
@@ -180,5 +181,5 @@ def run_torchrun(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
     if nproc < 1:
         raise TrainingError(f"--nproc {nproc}: expected at least 1 process")
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env.setdefault("OMP_NUM_THREADS", str(threads_per_process(usable_cores(), nproc)))
     return subprocess.run(torchrun_command(nproc, argv, max_restarts), env=env).returncode
