@@ -122,14 +122,20 @@ def pretrain(
     nproc: Annotated[
         int, typer.Option(help="With --backend inline: start torchrun with N processes.")
     ] = 1,
-    render: Annotated[bool, typer.Option(help="Print the PyTorchJob manifest and exit.")] = False,
+    render: Annotated[
+        bool, typer.Option(help="Print the PyTorchJob (or TrainJob: launch.api) and exit.")
+    ] = False,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
     """Pretrain the decoder LM: as a Kubeflow PyTorchJob (cluster or local runner) or inline."""
     cfg = _config(params, set_, "pretrain")
     backend = backend or cfg.launch.backend
-    if render:
+    if render and cfg.launch.api == "trainjob":
+        from lmforge.launch.trainjob import render_yaml
+
+        typer.echo(render_yaml(cfg, data, out))
+    elif render:
         from lmforge.launch.pytorchjob import render_yaml
 
         typer.echo(render_yaml(cfg, data, out))
@@ -205,6 +211,54 @@ def promote(
     cfg = _config(params, set_, "promote")
     name = model or cfg.register.classifier_model_name
     _step("lmforge.registry:promote", cfg, name, version=version, rollback=rollback)
+
+
+@_command("evaluate", "register", "tracking")
+def generate(
+    prompts: Annotated[
+        list[str] | None, typer.Argument(help="Prompts (default: --file, else stdin).")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="A model folder or a registry URI (models:/NAME@ALIAS, models:/NAME/VERSION). "
+            "Default: models:/<register.lm_model_name>@<register.champion_alias>."
+        ),
+    ] = None,
+    file: Annotated[Path | None, typer.Option(help="Prompts, one per line ('-': stdin).")] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Default: evaluate.sample_max_new_tokens.")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="0: greedy. Default: evaluate.sample_temperature.")
+    ] = None,
+    top_k: Annotated[int, typer.Option(help="Sample from the k likeliest; 0: off.")] = 0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling; 1: off.")] = 1.0,
+    repetition_penalty: Annotated[float, typer.Option(help="1: off.")] = 1.0,
+    seed: Annotated[
+        int | None, typer.Option(help="Prompt i uses seed + i. Default: evaluate.sample_seed.")
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Sample from the language model, streaming tokens; the evaluate stage's code path."""
+    from lmforge.serve.generate import Sampling, generate, read_prompts
+
+    cfg = _config(params, set_, "generate")
+    texts = read_prompts(prompts or [], file)
+    sampling = Sampling.of_evaluate(
+        cfg,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+    )
+    source = model or f"models:/{cfg.register.lm_model_name}@{cfg.register.champion_alias}"
+    result = generate(cfg, source, texts, sampling, stream=sys.stdout)
+    tokens = sum(c.new_tokens for c in result.completions)
+    typer.echo(f"{result.model}: {tokens} tokens, {result.tokens_per_s:.1f} tokens/s", err=True)
 
 
 @_command("tracking")

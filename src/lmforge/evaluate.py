@@ -70,27 +70,16 @@ def perplexity(model, tokenized_dir: Path, max_batches: int, batch_size: int) ->
 
 
 def samples(model, tokenizer, cfg: Config) -> list[dict[str, str]]:
-    """Completions of the fixed prompts, seeded, so reports are comparable run to run."""
-    import torch
+    """Completions of the fixed prompts, seeded, so reports are comparable run to run.
 
-    ecfg, out = cfg.evaluate, []
-    for i, prompt in enumerate(ecfg.sample_prompts):
-        torch.manual_seed(ecfg.sample_seed + i)
-        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
-            gen = model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=ecfg.sample_max_new_tokens,
-                do_sample=ecfg.sample_temperature > 0,
-                temperature=ecfg.sample_temperature or None,
-                top_k=None,
-                pad_token_id=tokenizer.pad_token_id,
-                use_cache=True,
-            )
-        completion = tokenizer.decode(gen[0, ids.shape[1] :], skip_special_tokens=True)
-        out.append({"prompt": prompt, "completion": completion})
-    return out
+    The same call as ``lmforge generate`` (``lmforge.serve.generate``), without the stream.
+    """
+    from lmforge.serve.generate import Sampling, complete_all
+
+    done = complete_all(
+        model, tokenizer, list(cfg.evaluate.sample_prompts), Sampling.of_evaluate(cfg)
+    )
+    return [{"prompt": c.prompt, "completion": c.completion} for c in done]
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,19 +2,41 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 from lmforge.config.schema import Section, setting
 
 PIPELINE_STEPS = ("validate", "augment", "tokenize", "pretrain", "finetune", "evaluate", "register")
+_RFC1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# TrainJob restarts are JobSet restarts (all nodes at once); a pod's own policy is a Job's.
+TRAINJOB_RESTART_POLICIES = ("OnFailure", "Never")
 
 
 @dataclass
 class LaunchConfig(Section):
-    """How pretraining is launched: a Kubeflow PyTorchJob, on a cluster or on local processes."""
+    """How pretraining is launched: a Kubeflow PyTorchJob or TrainJob, on a cluster or locally."""
 
     name = "launch"
+
+    api: Literal["pytorchjob", "trainjob"] = setting(
+        "pytorchjob",
+        "pytorchjob: Training Operator v1 (kubeflow.org/v1 PyTorchJob); trainjob: Kubeflow "
+        "Trainer v2 (trainer.kubeflow.org/v1alpha1 TrainJob on launch.runtime).",
+    )
+    runtime: str = setting(
+        "lmforge-torch",
+        "TrainJob: the runtime it references (k8s/base/trainingruntime.yaml; or the stock "
+        "ClusterTrainingRuntime torch-distributed with runtime_kind ClusterTrainingRuntime).",
+    )
+    runtime_kind: Literal["TrainingRuntime", "ClusterTrainingRuntime"] = setting(
+        "TrainingRuntime", "TrainJob: kind of launch.runtime (namespaced or cluster-wide)."
+    )
+    env: dict[str, str] = setting(
+        {},
+        "TrainJob: extra env of the trainer container (never PET_*: the Trainer sets those).",
+    )
 
     backend: Literal["local", "kubernetes", "inline"] = setting(
         "local",
@@ -64,6 +86,15 @@ class LaunchConfig(Section):
     poll_s: float = setting(5.0, "Kubernetes backend: seconds between job status reads.", gt=0)
 
     def check(self) -> None:
+        pet = sorted(k for k in self.env if k.startswith("PET_"))
+        if pet:
+            self.fail(
+                "env",
+                f"{pet[0]} is set by the training operator (torchrun reads it from there): "
+                "remove it from launch.env; nnodes and nproc_per_node are launch.* keys",
+            )
+        if self.api == "trainjob":
+            self._check_trainjob()
         if self.gpus_per_node and self.nproc_per_node != self.gpus_per_node:
             self.fail(
                 "nproc_per_node",
@@ -81,6 +112,29 @@ class LaunchConfig(Section):
                 f"elastic_min_nodes={low} <= nnodes={self.nnodes} <= elastic_max_nodes={high} "
                 "must hold",
             )
+
+    def _check_trainjob(self) -> None:
+        for key in ("elastic_min_nodes", "elastic_max_nodes"):
+            if getattr(self, key) is not None:
+                self.fail(
+                    key,
+                    "Kubeflow Trainer v2 has no elastic training (v2.2 removed ElasticPolicy): "
+                    "remove it, or use launch.api=pytorchjob",
+                )
+        if self.restart_policy not in TRAINJOB_RESTART_POLICIES:
+            self.fail(
+                "restart_policy",
+                f"{self.restart_policy!r} with launch.api=trainjob: a TrainJob restarts all its "
+                "nodes together (JobSet failurePolicy); use OnFailure or Never",
+            )
+        for key in ("runtime", "namespace", "pvc_name", "service_account"):
+            value = getattr(self, key)
+            if len(value) > 63 or not _RFC1035.match(value):
+                self.fail(
+                    key,
+                    f"{value!r} is not an RFC 1035 label (lower-case letters, digits and '-', "
+                    "starting with a letter, at most 63 characters)",
+                )
 
 
 @dataclass
@@ -119,6 +173,11 @@ class KubeflowConfig(Section):
     )
     pretrain_backend: Literal["kubernetes", "local"] = setting(
         "kubernetes", "Where the pipeline's pretrain step trains: a PyTorchJob, or in its pod."
+    )
+    deploy: bool = setting(
+        False,
+        "Full pipeline: after registering, promote and deploy the champions to KServe "
+        "(serve section).",
     )
 
     def check(self) -> None:

@@ -14,6 +14,7 @@ from lmforge.config.evaluate import EvaluateConfig
 from lmforge.config.launch import KubeflowConfig, LaunchConfig
 from lmforge.config.model import ModelConfig
 from lmforge.config.registry import RegisterConfig, TrackingConfig
+from lmforge.config.serve import ServeConfig
 from lmforge.config.train import FinetuneConfig, PretrainConfig
 
 
@@ -30,6 +31,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     kubeflow: KubeflowConfig = field(default_factory=KubeflowConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         from lmforge.config.record import paused
