@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from lmforge.config.schema import Section, setting
 
@@ -46,6 +47,18 @@ class DataConfig(Section):
         0.05, "Share of records (by id hash) in the test split.", gt=0, lt=1
     )
     failed_examples: int = setting(3, "Offending records quoted per failed expectation.", ge=0)
+    pii: Literal["mask", "drop", "keep"] = setting(
+        "mask",
+        "Personal data in any text (emails, phone numbers, IPv4/IPv6 addresses, Luhn-valid card "
+        "numbers, IBANs), before the split: mask replaces each match by a typed placeholder "
+        "(<|email|>, <|phone|>, ...), drop removes the record, keep leaves it (and the report "
+        "says so).",
+    )
+    pii_allow: list[str] = setting(
+        [],
+        "Matches never masked (known public addresses): exact values, case-insensitive, or "
+        "@domain for every address of a domain.",
+    )
 
     def check(self) -> None:
         if self.validation_share + self.test_share >= 1:

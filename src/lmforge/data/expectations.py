@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmforge.config import DataConfig
+from lmforge.data.pii import Allow, find
 
 PREVIEW_CHARS = 60
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
@@ -44,13 +45,18 @@ class Profile:
     labels: list[str] = field(default_factory=list)
     cols: dict[str, list] = field(default_factory=dict)
     chars: int = 0
+    # Set: the column ``pii_left`` counts the personal-data matches (not allow-listed) left in
+    # each text, and the suite expects 0 (``data.pii`` mask or drop).
+    pii: Allow | None = None
 
     def __post_init__(self):
         names = ["id", "text", "n_chars", "letter_share", "control_chars", "text_hash"]
         names += ["label"] if self.kind == "labelled" else ["source"]
+        names += ["pii_left"] if self.pii is not None else []
         self.cols = {n: [] for n in names}
 
-    def add(self, rec: dict[str, Any]) -> None:
+    def add(self, rec: dict[str, Any], pii_left: int | None = None) -> None:
+        """One row; ``pii_left`` may be given when the caller has just scanned this very text."""
         text = rec["text"]
         c = self.cols
         c["id"].append(rec["id"])
@@ -64,6 +70,8 @@ class Profile:
             c["letter_share"].append(None)
             c["control_chars"].append(None)
             c["text_hash"].append(None)
+            if self.pii is not None:
+                c["pii_left"].append(0)
             return
         self.chars += len(text)
         c["text"].append(text[:PREVIEW_CHARS])
@@ -72,6 +80,8 @@ class Profile:
         c["control_chars"].append(len(_CONTROL.findall(text)))
         blob = text.encode("utf-8", "surrogatepass")
         c["text_hash"].append(hashlib.blake2b(blob, digest_size=8).hexdigest())
+        if self.pii is not None:
+            c["pii_left"].append(len(find(text, self.pii)) if pii_left is None else pii_left)
 
     def __len__(self) -> int:
         return len(self.cols["id"])
@@ -85,8 +95,11 @@ class Profile:
         return df
 
 
-def suite_spec(cfg: DataConfig, kind: str) -> list[tuple[str, dict[str, Any]]]:
-    """(GX expectation class name, kwargs) for one dataset, from the ``data`` params."""
+def suite_spec(
+    cfg: DataConfig, kind: str, pii_check: bool = False
+) -> list[tuple[str, dict[str, Any]]]:
+    """(GX expectation class name, kwargs) for one dataset, from the ``data`` params;
+    ``pii_check``: no personal data left in the written texts (column ``pii_left``)."""
     spec: list[tuple[str, dict[str, Any]]] = [
         ("ExpectTableRowCountToBeBetween", {"min_value": 1}),
         ("ExpectColumnValuesToNotBeNull", {"column": "id"}),
@@ -120,6 +133,8 @@ def suite_spec(cfg: DataConfig, kind: str) -> list[tuple[str, dict[str, Any]]]:
         ]
     else:
         spec.append(("ExpectColumnValuesToNotBeNull", {"column": "source"}))
+    if pii_check:
+        spec.append(("ExpectColumnValuesToBeBetween", {"column": "pii_left", "max_value": 0}))
     return spec
 
 
@@ -134,7 +149,7 @@ def run_suites(cfg: DataConfig, profiles: dict[str, Profile], stage: str) -> dic
     report: dict[str, Any] = {"stage": stage, "success": True, "datasets": {}}
     for name, prof in profiles.items():
         suite = context.suites.add(gx.ExpectationSuite(name=f"{stage}-{name}"))
-        for cls_name, kwargs in suite_spec(cfg, prof.kind):
+        for cls_name, kwargs in suite_spec(cfg, prof.kind, prof.pii is not None):
             suite.add_expectation(getattr(gx.expectations, cls_name)(**kwargs))
         batch = source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe("all")
         definition = context.validation_definitions.add(

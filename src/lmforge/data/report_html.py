@@ -41,6 +41,8 @@ def render(report: dict[str, Any], title: str) -> str:
             f"{ds['failed']}</td></tr>"
         )
     out.append("</table>")
+    if "pii" in report:
+        out += _pii_section(report["pii"])
     for name, ds in report["datasets"].items():
         out.append(
             f"<h2>{html.escape(name)}</h2><table><tr><th>expectation</th><th>result</th>"
@@ -66,3 +68,31 @@ def render(report: dict[str, Any], title: str) -> str:
         out.append("</table>")
     out.append("</body></html>")
     return "\n".join(out)
+
+
+_PII_MODES = {
+    "mask": "each match replaced by its typed placeholder",
+    "drop": "records with a match removed",
+    "keep": "<span class='fail'>left in the text (data.pii: keep)</span>",
+}
+
+
+def _pii_section(pii: dict[str, Any]) -> list[str]:
+    """Matches per dataset, split and type, and what was done with them."""
+    types = pii["types"]
+    out = [
+        f"<h2>Personal data</h2><p id='pii-mode'>data.pii: <code>{html.escape(pii['mode'])}"
+        f"</code>: {_PII_MODES[pii['mode']]}.</p>",
+        "<table><tr><th>dataset</th><th>split</th>"
+        + "".join(f"<th>{html.escape(t)}</th>" for t in types)
+        + "<th>records with a match</th><th>dropped</th></tr>",
+    ]
+    for name, splits in pii["datasets"].items():
+        for split, row in splits.items():
+            out.append(
+                f"<tr><td>{html.escape(name)}</td><td>{html.escape(split)}</td>"
+                + "".join(f"<td>{row[t]}</td>" for t in types)
+                + f"<td>{row['records']}</td><td>{row['dropped']}</td></tr>"
+            )
+    out.append("</table>")
+    return out

@@ -1,8 +1,11 @@
-"""The ``validate`` stage: check the raw data, then split it by a hash of the record id.
+"""The ``validate`` stage: check the raw data, mask personal data, then split it by a hash of
+the record id.
 
 Every file is read once, streaming: the read-time checks (``records.read_records``) run on each
-line, each record goes to its split's file in a temporary folder and leaves one row of profile;
-the Great Expectations suites then run on the profiles. Only if every expectation passes does the
+line; personal data is masked (or the record dropped, per ``data.pii``: ``lmforge.data.pii``)
+before the record goes to its split's file in a temporary folder and leaves one row of profile
+(with the matches left in what was written); the Great Expectations suites then run on the
+profiles. Only if every expectation passes does the
 temporary folder become ``out_dir`` (report, metrics and the split files together).
 """
 
@@ -14,6 +17,7 @@ from typing import Any
 
 from lmforge.config import Config, DataConfig
 from lmforge.data.expectations import Profile, failure_message, run_suites
+from lmforge.data.pii import Allow, Tally
 from lmforge.data.records import JsonlWriters, Kind, check_file, read_records
 from lmforge.data.report_html import render
 from lmforge.data.split import SPLITS, split_of
@@ -50,23 +54,33 @@ def raw_files(cfg: DataConfig, data_dir: Path) -> dict[str, list[Path]]:
 
 
 def split_and_profile(
-    cfg: DataConfig, kind: Kind, paths: list[Path], out: Path
+    cfg: DataConfig, kind: Kind, paths: list[Path], out: Path, pii: Tally
 ) -> tuple[Profile, dict[str, int]]:
-    """Stream ``paths`` into ``out/{split}.jsonl``; return the profile and records per split."""
-    prof = Profile(kind, labels=list(cfg.labels) if kind == "labelled" else [])
+    """Stream ``paths`` into ``out/{split}.jsonl`` (personal data handled by ``pii``); return
+    the profile and records per split."""
+    checked = pii.allow if pii.mode != "keep" else None
+    prof = Profile(kind, labels=list(cfg.labels) if kind == "labelled" else [], pii=checked)
     counts = dict.fromkeys(SPLITS, 0)
     with JsonlWriters(out, SPLITS) as writers:
         for path in paths:
             for rec in read_records(path, kind, cfg.max_line_mb):
                 split = split_of(rec["id"], cfg.split_salt, cfg.validation_share, cfg.test_share)
+                text, keep = pii.apply(kind, split, rec["text"])
+                if not keep:
+                    continue
+                if text is not rec["text"]:  # masked: the profile scans the written text again
+                    rec = {**rec, "text": text}
+                    left = None
+                else:  # written as read, and just scanned: nothing (else it would be masked)
+                    left = 0
                 writers.write(split, rec)
                 counts[split] += 1
-                prof.add(rec)
+                prof.add(rec, pii_left=left)  # ignored under keep: no pii column
     return prof, counts
 
 
 def metrics_of(report: dict[str, Any], counts: dict[str, dict[str, int]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"success": report["success"]}
+    out: dict[str, Any] = {"success": report["success"], "pii": report["pii"]}
     for name, ds in report["datasets"].items():
         out[name] = {
             "records": ds["records"],
@@ -84,9 +98,13 @@ def validate(cfg: Config, data_dir: Path, out_dir: Path) -> ValidationResult:
     with tracked(cfg, "validate", sections=("data",)):
         with atomic_output_dir(out_dir) as tmp:
             profiles, counts = {}, {}
+            pii = Tally(cfg.data.pii, Allow(cfg.data.pii_allow))
             for kind, paths in files.items():
-                profiles[kind], counts[kind] = split_and_profile(cfg.data, kind, paths, tmp / kind)
+                profiles[kind], counts[kind] = split_and_profile(
+                    cfg.data, kind, paths, tmp / kind, pii
+                )
             report = run_suites(cfg.data, profiles, stage="validate")
+            report["pii"] = pii.summary(files, SPLITS)
             report["files"] = {k: [str(p) for p in v] for k, v in files.items()}
             report["splits"] = counts
             if not report["success"]:

@@ -1,0 +1,310 @@
+"""Personal data in text: detection of email addresses, phone numbers, IPv4/IPv6 addresses,
+credit-card numbers and IBANs, and masking with typed placeholders (``<|email|>``, ...).
+
+One pass per text: a single precompiled alternation finds every candidate left to right; the
+shapes a regex cannot judge are checked in code (a card's Luhn sum and issuer prefix, an IBAN's
+country length and mod-97 check, IPv4 octets up to 255, IPv6 via ``ipaddress``). A candidate that
+fails its check is offered to the detectors after it at the same position (a 16-digit order
+number that fails Luhn is not a card, and not a phone either unless it has a phone's shape).
+
+False positives guarded against, by shape (docs/data.md has the measured precision):
+- phone: separators required (``555-123-4567``, ``(555) 123-4567``, ``+44 20 7946 0958``), NANP
+  area code and exchange start with 2-9; so dates (``2002-08-22``, ``08/22/2002``), zip+4
+  (``12345-6789``), SSN-like ids (3-2-4), bare digit runs and version numbers do not match;
+- IPv6: eight groups, or ``::`` with at least two groups: times (``12:30:45``) and MAC
+  addresses (six groups of two) do not match;
+- IPv4: not inside a longer dotted number (``1.2.3.4.5``: an OID or version);
+- email: the "TLD" must not be an image or file extension (``logo@2x.png``).
+Speed: emails are searched only in texts with an ``@``; the other detectors, as one alternation,
+only in small windows around runs of digits and colons (most text has neither).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+PII_TYPES = ("email", "phone", "ipv4", "ipv6", "credit_card", "iban")
+PLACEHOLDERS = {kind: f"<|{kind}|>" for kind in PII_TYPES}
+
+_EMAIL = (
+    r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@"
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-]|\.\w)"
+)
+_H = r"[0-9A-Fa-f]{1,4}"
+_IPV6 = rf"(?<![\w:.])(?:{_H})?(?::(?:{_H})?){{2,7}}(?![\w:]|\.\d)"
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_IPV4 = rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w]|\.\d)"
+_IBAN = r"(?<![\w])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![\w])"
+_CARD = r"(?<![\w.-])(?:\d{4}[ -]\d{6}[ -]\d{5}|\d{4}(?:[ -]?\d{4}){2}[ -]?\d{1,7})(?![\w]|[.-]\d)"
+_SEP = r"[ .-]"
+_PHONE = (
+    r"(?<![\w.+/-])(?:"
+    # international: +CC then 2-5 groups separated by space, dot or dash (8-15 digits checked)
+    rf"\+\d{{1,3}}{_SEP}?(?:\(\d{{1,4}}\){_SEP}?)?\d{{1,4}}(?:{_SEP}\d{{2,4}}){{1,4}}"
+    # North American: optional 1, (area) or area+separator, exchange, separator, line
+    rf"|(?:1{_SEP}?)?(?:\([2-9]\d\d\) ?|[2-9]\d\d{_SEP})[2-9]\d\d{_SEP}\d{{4}}"
+    r")(?![\w]|[.-]\d)"
+)
+_ORDER = ("email", "ipv6", "ipv4", "iban", "credit_card", "phone")
+_SINGLE = {
+    "email": _EMAIL,
+    "ipv6": _IPV6,
+    "ipv4": _IPV4,
+    "iban": _IBAN,
+    "credit_card": _CARD,
+    "phone": _PHONE,
+}
+_EACH = {k: re.compile(_SINGLE[k]) for k in _ORDER}
+_NUMERIC = _ORDER[1:]
+_ANY_NUMERIC = re.compile("|".join(f"(?P<{k}>{_SINGLE[k]})" for k in _NUMERIC))
+# Every numeric match holds a digit (an IPv6 address without one is not looked for): only
+# windows around the runs of digits (and colons after them) are searched.
+_TRIGGER = re.compile(r"\d[\d:]*")
+_BEFORE, _AFTER = 4, 6  # window margins: "+44 ", "(555", "GB82"; " WEST " between groups
+_HEX = frozenset("0123456789abcdefABCDEF:")
+
+_FILE_EXTENSIONS = {"png", "jpg", "jpeg", "gif", "bmp", "svg", "webp", "tif", "tiff", "ico"}
+# ISO 13616 lengths of the IBAN countries (a wrong length is not an IBAN whatever its check).
+_IBAN_LENGTHS = {
+    **dict.fromkeys(["NO"], 15),
+    **dict.fromkeys(["BE"], 16),
+    **dict.fromkeys(["DK", "FI", "FO", "GL", "NL"], 18),
+    **dict.fromkeys(["MK", "SI"], 19),
+    **dict.fromkeys(["AT", "BA", "EE", "KZ", "LT", "LU", "XK"], 20),
+    **dict.fromkeys(["CH", "CR", "HR", "LI", "LV"], 21),
+    **dict.fromkeys(["BG", "BH", "DE", "GB", "GE", "IE", "ME", "RS", "VA"], 22),
+    **dict.fromkeys(["AE", "GI", "IL", "TL"], 23),
+    **dict.fromkeys(["AD", "CZ", "ES", "MD", "PK", "RO", "SA", "SE", "SK", "TN", "VG"], 24),
+    **dict.fromkeys(["PT", "ST"], 25),
+    **dict.fromkeys(["IS", "TR"], 26),
+    **dict.fromkeys(["FR", "GR", "IT", "MC", "MR", "SM"], 27),
+    **dict.fromkeys(["AL", "AZ", "BY", "CY", "DO", "GT", "HU", "LB", "PL", "SV"], 28),
+    **dict.fromkeys(["BR", "EG", "PS", "QA", "UA"], 29),
+    **dict.fromkeys(["JO", "KW", "MU"], 30),
+    **dict.fromkeys(["MT", "SC"], 31),
+}
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _card_prefix_ok(d: str) -> bool:
+    """Issuer ranges (Visa, Mastercard, Amex, Discover, JCB, Diners) with their lengths."""
+    n, p2, p4 = len(d), int(d[:2]), int(d[:4])
+    return (
+        (d[0] == "4" and n in (13, 16, 19))
+        or ((51 <= p2 <= 55 or 2221 <= p4 <= 2720) and n == 16)
+        or (p2 in (34, 37) and n == 15)
+        or ((d.startswith("6011") or p2 == 65 or 644 <= int(d[:3]) <= 649) and n in (16, 19))
+        or (3528 <= p4 <= 3589 and n in (16, 19))
+        or ((300 <= int(d[:3]) <= 305 or p2 in (36, 38)) and n == 14)
+    )
+
+
+def _valid(kind: str, s: str) -> bool:
+    if kind == "email":
+        return s.rsplit(".", 1)[1].lower() not in _FILE_EXTENSIONS
+    if kind == "credit_card":
+        d = s.replace(" ", "").replace("-", "")
+        return 13 <= len(d) <= 19 and _card_prefix_ok(d) and luhn_ok(d)
+    if kind == "iban":
+        code = s.replace(" ", "")
+        if _IBAN_LENGTHS.get(code[:2]) != len(code):
+            return False
+        moved = code[4:] + code[:4]
+        return int("".join(str(int(ch, 36)) for ch in moved)) % 97 == 1
+    if kind == "ipv6":
+        groups = [g for g in s.split(":") if g]
+        if not ("::" in s and len(groups) >= 2) and len(groups) != 8:
+            return False
+        try:
+            ipaddress.IPv6Address(s)
+        except ValueError:
+            return False
+        return True
+    if kind == "phone":
+        n = sum(ch.isdigit() for ch in s)
+        return 8 <= n <= 15 if s.startswith("+") else n in (10, 11)
+    return True  # ipv4: the octet ranges are in the regex
+
+
+@dataclass(frozen=True)
+class Match:
+    kind: str
+    start: int
+    end: int
+    text: str
+
+
+class Allow:
+    """Matches left alone: exact values (case-insensitive), or ``@domain`` for a whole domain."""
+
+    def __init__(self, entries: Iterable[str] = ()):
+        entries = [e.strip().lower() for e in entries if e.strip()]
+        self.values = {e for e in entries if not e.startswith("@")}
+        self.domains = tuple(e for e in entries if e.startswith("@"))
+
+    def __call__(self, match: Match) -> bool:
+        value = match.text.lower()
+        return value in self.values or (match.kind == "email" and value.endswith(self.domains))
+
+    def __bool__(self) -> bool:
+        return bool(self.values or self.domains)
+
+
+_NO_ALLOW = Allow()
+
+
+def _windows(text: str) -> list[list[int]]:
+    """Merged spans around the runs of digits; a window opens before the hex digits and colons
+    that lead to its run (``fe80::1``, ``abcd:ef01::``). A match only has to start inside one:
+    ``_check`` matches it again against the whole text."""
+    out: list[list[int]] = []
+    n = len(text)
+    for m in _TRIGGER.finditer(text):
+        s, e = m.span()
+        if out and s - _BEFORE <= out[-1][1]:
+            out[-1][1] = min(n, e + _AFTER)
+            continue
+        while s and text[s - 1] in _HEX:
+            s -= 1
+        out.append([max(0, s - _BEFORE), min(n, e + _AFTER)])
+    return out
+
+
+def _emails(text: str) -> list[Match]:
+    """Addresses around each ``@`` (the regex is only tried from 64 characters before it: the
+    longest local part), not at every position of the text."""
+    out: list[Match] = []
+    at, end, n = text.find("@"), 0, len(text)
+    while at >= 0:
+        if at >= end:
+            m = _EACH["email"].search(text, max(end, at - 64), min(n, at + 256))
+            if m is not None and m.start() <= at:
+                m = _EACH["email"].match(text, m.start())  # the whole text: a long domain
+                if m is not None and _valid("email", m.group()):
+                    out.append(Match("email", m.start(), m.end(), m.group()))
+                    end = m.end()
+        at = text.find("@", at + 1)
+    return out
+
+
+def find(text: str, allow: Allow = _NO_ALLOW) -> list[Match]:
+    """Every personal-data match in ``text``, left to right, none overlapping (an email wins
+    over a number inside it)."""
+    if not text:
+        return []
+    emails = _emails(text) if "@" in text else []
+    numbers: list[Match] = []
+    taken = iter(emails)
+    email = next(taken, None)
+    for ws, we in _windows(text):
+        pos = ws
+        while pos < we:
+            m = _ANY_NUMERIC.search(text, pos, we)
+            if m is None:
+                break
+            found = _check(m.lastgroup, m.start(), text)
+            if found is None:
+                pos = m.start() + 1  # a failed candidate: another may still start inside it
+                continue
+            while email is not None and email.end <= found.start:
+                email = next(taken, None)
+            if email is not None and email.start < found.end:
+                pos = max(found.start + 1, email.end)  # inside an address: part of the email
+                continue
+            numbers.append(found)
+            pos = found.end
+    out = sorted(emails + numbers, key=lambda x: x.start) if numbers else emails
+    return [x for x in out if not allow(x)] if allow else out
+
+
+def _check(kind: str, start: int, text: str) -> Match | None:
+    """The match of ``kind`` at ``start`` (against the whole text, not the window, so the
+    lookaheads see what follows) if it passes its check, else the first later detector's."""
+    for other in _NUMERIC[_NUMERIC.index(kind) :]:
+        m = _EACH[other].match(text, start)
+        if m and _valid(other, m.group()):
+            return Match(other, start, m.end(), m.group())
+    return None
+
+
+def mask(text: str, allow: Allow = _NO_ALLOW) -> tuple[str, Counter]:
+    """``text`` with each match replaced by its placeholder, and the matches counted by type."""
+    matches = find(text, allow)
+    return replace(text, matches), Counter(m.kind for m in matches)
+
+
+def replace(text: str, matches: list[Match]) -> str:
+    if not matches:
+        return text
+    parts, last = [], 0
+    for m in matches:
+        parts += [text[last : m.start], PLACEHOLDERS[m.kind]]
+        last = m.end
+    parts.append(text[last:])
+    return "".join(parts)
+
+
+def count(text: str, allow: Allow = _NO_ALLOW) -> Counter:
+    return Counter(m.kind for m in find(text, allow))
+
+
+class Tally:
+    """Matches per dataset, split and type, records with a match, and records dropped: what
+    the validation report, ``metrics.json`` and MLflow show."""
+
+    def __init__(self, mode: str, allow: Allow):
+        self.mode, self.allow = mode, allow
+        self.found: dict[str, dict[str, Counter]] = {}
+        self.records: Counter = Counter()  # (dataset, split) -> records with a match
+        self.dropped: Counter = Counter()
+
+    def apply(self, dataset: str, split: str, text: str | None) -> tuple[str | None, bool]:
+        """``text`` as the stage writes it under ``mode``, and whether the record is kept."""
+        if not text:
+            return text, True
+        matches = find(text, self.allow)
+        if not matches:
+            return text, True
+        self.found.setdefault(dataset, {}).setdefault(split, Counter()).update(
+            m.kind for m in matches
+        )
+        self.records[dataset, split] += 1
+        if self.mode == "drop":
+            self.dropped[dataset, split] += 1
+            return None, False
+        if self.mode == "keep":
+            return text, True
+        return replace(text, matches), True
+
+    def summary(self, datasets: Iterable[str], splits: Iterable[str]) -> dict:
+        splits = list(splits)
+        out: dict = {"mode": self.mode, "types": list(PII_TYPES), "datasets": {}}
+        total: Counter = Counter()
+        for name in datasets:
+            found = self.found.get(name, {})
+            entry = {}
+            for split in splits:
+                counts = found.get(split, Counter())
+                total.update(counts)
+                entry[split] = {
+                    **{kind: counts.get(kind, 0) for kind in PII_TYPES},
+                    "records": self.records[name, split],
+                    "dropped": self.dropped[name, split],
+                }
+            out["datasets"][name] = entry
+        out["total"] = {kind: total.get(kind, 0) for kind in PII_TYPES}
+        out["total"]["dropped"] = sum(self.dropped.values())
+        return out
