@@ -53,11 +53,17 @@ compile: install
 image:
 	docker build -f docker/Dockerfile --build-arg GIT_COMMIT=$$(git rev-parse HEAD) -t $(IMAGE) .
 
-# The PyTorchJobs in k8s/ rendered from their params.yaml (tests check they are current).
+# The PyTorchJobs, TrainingRuntimes and the TrainJob in k8s/ rendered from their params.yaml
+# (tests check they are current).
 k8s-jobs: install
 	for env in base overlays/gpu; do \
 	  $(BIN)/python -m lmforge.launch.pytorchjob k8s/$$env/params.yaml > k8s/$$env/pytorchjob.yaml; \
 	done
+	$(BIN)/python -m lmforge.launch.trainjob runtime k8s/base/params.yaml > k8s/base/trainingruntime.yaml
+	$(BIN)/python -m lmforge.launch.trainjob runtime k8s/overlays/gpu/params.yaml \
+	  > k8s/overlays/gpu/trainingruntime.yaml
+	$(BIN)/python -m lmforge.launch.trainjob job k8s/overlays/gpu/params.yaml \
+	  > k8s/overlays/gpu-trainjob/trainjob.yaml
 
 ui: install
 	$(BIN)/lmforge ui
