@@ -95,9 +95,15 @@ class DeadlineExceeded(LaunchError):
 class KubeJob:
     """One PyTorchJob (and its params ConfigMap) in one namespace.
 
+    The class attributes say which kind of job (``kube_trainjob.TrainJobKube``: a TrainJob).
     Nothing the launcher sees on its side (an API error, its own deadline, an interrupt) deletes
     the job: only a job that reached a terminal condition is deleted (``launch.delete_on_finish``).
     """
+
+    kind, group, version, plural = "PyTorchJob", GROUP, VERSION, PLURAL
+    job_label = JOB_LABEL  # the operator's label on every pod of the job
+    container = CONTAINER  # the training container of each pod
+    succeeded = "Succeeded"  # the terminal condition of success (Failed is the other)
 
     def __init__(
         self,
@@ -110,7 +116,7 @@ class KubeJob:
         from kubernetes import client
 
         if not is_valid_job_name(name):
-            raise LaunchError(f"PyTorchJob name {name!r} is not a valid DNS-1035 label")
+            raise LaunchError(f"{self.kind} name {name!r} is not a valid DNS-1035 label")
         self.custom, self.core = client.CustomObjectsApi(api), client.CoreV1Api(api)
         self.namespace, self.name, self.echo = namespace, name, echo
         self.retry_base_s = retry_base_s
@@ -120,14 +126,22 @@ class KubeJob:
 
     @property
     def ref(self) -> str:
-        return f"PyTorchJob {self.namespace}/{self.name}"
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+    @property
+    def log_pod(self) -> str:
+        """The pod whose log is followed and named in hints."""
+        return f"{self.name}-master-0"
+
+    def state(self, job: dict[str, Any]) -> str:
+        return job_state(job)
 
     def inspect_hint(self) -> str:
-        ns = self.namespace
+        ns, kind = self.namespace, self.kind.lower()
         return (
-            f"{self.ref} was left as it is. Inspect it: `kubectl -n {ns} describe pytorchjob "
-            f"{self.name}` and `kubectl -n {ns} logs {self.name}-master-0`; a retried step "
-            f"with the same run id adopts it; delete it: `kubectl -n {ns} delete pytorchjob "
+            f"{self.ref} was left as it is. Inspect it: `kubectl -n {ns} describe {kind} "
+            f"{self.name}` and `kubectl -n {ns} logs {self.log_pod}`; a retried step "
+            f"with the same run id adopts it; delete it: `kubectl -n {ns} delete {kind} "
             f"{self.name} configmap {params_configmap_name(self.name)}`"
         )
 
@@ -186,20 +200,25 @@ class KubeJob:
                 raise self._api_error("create the params ConfigMap", exc) from None
         try:
             self._call(
-                "create the PyTorchJob",
+                f"create the {self.kind}",
                 lambda: self.custom.create_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, PLURAL, job, _request_timeout=self.timeouts
+                    self.group,
+                    self.version,
+                    self.namespace,
+                    self.plural,
+                    job,
+                    _request_timeout=self.timeouts,
                 ),
             )
             self.echo(f"created {self.ref}")
             return False
         except ApiException as exc:
             if exc.status != 409:
-                raise self._api_error("create the PyTorchJob", exc) from None
+                raise self._api_error(f"create the {self.kind}", exc) from None
         existing = self.get()
         self._check_same_params(existing, job)
         self.echo(
-            f"{self.ref} already exists ({job_state(existing)}): "
+            f"{self.ref} already exists ({self.state(existing)}): "
             "adopting it instead of creating a duplicate"
         )
         return True
@@ -211,7 +230,8 @@ class KubeJob:
             raise LaunchError(
                 f"{self.ref} already exists but was created with other params "
                 f"({PARAMS_HASH_LABEL}={theirs}, this launch has {ours}): it belongs to another "
-                f"run. Delete it (`kubectl -n {self.namespace} delete pytorchjob {self.name}`) "
+                f"run. Delete it (`kubectl -n {self.namespace} delete {self.kind.lower()} "
+                f"{self.name}`) "
                 "or launch with another run id (LMFORGE_PIPELINE_RUN_ID)"
             )
 
@@ -220,19 +240,19 @@ class KubeJob:
 
         try:
             return self._call(
-                "read the PyTorchJob",
+                f"read the {self.kind}",
                 lambda: self.custom.get_namespaced_custom_object(
-                    GROUP,
-                    VERSION,
+                    self.group,
+                    self.version,
                     self.namespace,
-                    PLURAL,
+                    self.plural,
                     self.name,
                     _request_timeout=self.timeouts,
                 ),
                 deadline,
             )
         except ApiException as exc:
-            raise self._api_error("read the PyTorchJob", exc) from None
+            raise self._api_error(f"read the {self.kind}", exc) from None
 
     def delete(self) -> bool:
         """Delete the job and its ConfigMap; on failure say how to, and return False."""
@@ -240,10 +260,10 @@ class KubeJob:
 
         calls = (
             lambda: self.custom.delete_namespaced_custom_object(
-                GROUP,
-                VERSION,
+                self.group,
+                self.version,
                 self.namespace,
-                PLURAL,
+                self.plural,
                 self.name,
                 propagation_policy="Background",  # pods and services go with the job
                 _request_timeout=self.timeouts,
@@ -254,11 +274,11 @@ class KubeJob:
         )
         for call in calls:
             try:
-                self._call("delete the PyTorchJob", call)
+                self._call(f"delete the {self.kind}", call)
             except ApiException as exc:
                 if exc.status != 404:
                     self.echo(
-                        f"{self._api_error('delete the PyTorchJob', exc)}; {self.inspect_hint()}"
+                        f"{self._api_error(f'delete the {self.kind}', exc)}; {self.inspect_hint()}"
                     )
                     return False
             except LaunchError as exc:  # the API stayed away: the outcome still stands
@@ -266,6 +286,8 @@ class KubeJob:
                 return False
         self.echo(f"deleted {self.ref}")
         return True
+
+    missing_crd_hint = "is the Kubeflow Training Operator (PyTorchJob CRD) installed?"
 
     def _api_error(self, what: str, exc) -> LaunchError:
         body = str(exc.body or "")
@@ -280,8 +302,8 @@ class KubeJob:
             hint = (
                 f"; create it (kubectl create namespace {self.namespace}) or set launch.namespace"
             )
-        elif exc.status == 404 and "pytorchjobs" in body:
-            hint = "; is the Kubeflow Training Operator (PyTorchJob CRD) installed?"
+        elif exc.status == 404 and self.plural in body:
+            hint = f"; {self.missing_crd_hint}"
         elif exc.status == 422:
             hint = (
                 "; the API rejected the manifest: check the launch.* settings it names "
@@ -301,10 +323,11 @@ class KubeJob:
     def wait(
         self, timeout_s: float, poll_s: float = 5.0, log_pod: str | None = None
     ) -> dict[str, Any]:
-        """Poll until the job is Succeeded or Failed and return it (the caller decides what a
-        failure means). Transient API failures are waited out; ``DeadlineExceeded`` after
-        ``timeout_s``; any other ``LaunchError`` is the launcher's, not the job's."""
-        follower = LogFollower(self, log_pod or f"{self.name}-master-0", poll_s)
+        """Poll until the job has succeeded (``succeeded``) or failed and return it (the caller
+        decides what a failure means). Transient API failures are waited out;
+        ``DeadlineExceeded`` after ``timeout_s``; any other ``LaunchError`` is the launcher's,
+        not the job's."""
+        follower = self._follower(log_pod, poll_s)
         follower.start()
         self.follower = follower
         deadline = time.monotonic() + timeout_s
@@ -320,11 +343,11 @@ class KubeJob:
                             "by someone else?); its output, if any, is on the shared volume"
                         ) from None
                     raise
-                state = job_state(job)
+                state = self.state(job)
                 if state != last:
                     self.echo(f"{self.ref}: {state}")
                     last = state
-                if state in ("Succeeded", "Failed"):
+                if state in (self.succeeded, "Failed"):
                     ended = True
                     return job
                 if time.monotonic() > deadline:
@@ -332,19 +355,22 @@ class KubeJob:
                         f"{self.ref} did not finish within launch.timeout_s={timeout_s}s "
                         f"(still {state}); its runPolicy.activeDeadlineSeconds ends it on the "
                         f"cluster. Inspect it with "
-                        f"`kubectl -n {self.namespace} describe pytorchjob {self.name}`"
+                        f"`kubectl -n {self.namespace} describe {self.kind.lower()} {self.name}`"
                     )
                 time.sleep(poll_s)
         finally:
             follower.stop(drain=ended)
 
-    def pods(self) -> list[dict[str, Any]]:
+    def _follower(self, log_pod: str | None, poll_s: float) -> LogFollower:
+        return LogFollower(self, log_pod or self.log_pod, poll_s)
+
+    def pods(self, selector: str | None = None) -> list[dict[str, Any]]:
         try:
             listing = self._call(
                 "list the job's pods",
                 lambda: self.core.list_namespaced_pod(
                     self.namespace,
-                    label_selector=f"{JOB_LABEL}={self.name}",
+                    label_selector=selector or f"{self.job_label}={self.name}",
                     _preload_content=False,
                     _request_timeout=self.timeouts,
                 ),
@@ -366,9 +392,14 @@ class KubeJob:
         for pod in self.pods():
             pod_name = pod["metadata"]["name"]
             for status in pod.get("status", {}).get("containerStatuses", []) or []:
-                if status.get("name") == CONTAINER:
+                if status.get("name") == self.container:
                     line = _describe_container(pod_name, status)
                     if line:
                         lines.append(line)
-        lines.append(f"logs: kubectl -n {self.namespace} logs {self.name}-master-0 --previous")
+        lines.extend(self.more_reasons())
+        lines.append(f"logs: kubectl -n {self.namespace} logs {self.log_pod} --previous")
         return "\n".join(lines)
+
+    def more_reasons(self) -> list[str]:
+        """Lines after the pods' (the TrainJob's events)."""
+        return []

@@ -14,7 +14,6 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from lmforge.launch.pytorchjob import CONTAINER
 from lmforge.launch.retry import is_transient
 
 if TYPE_CHECKING:
@@ -93,7 +92,7 @@ class LogFollower(threading.Thread):
                 raise
             return None
         statuses = pod.status.container_statuses or []
-        return next((s.restart_count for s in statuses if s.name == CONTAINER), None)
+        return next((s.restart_count for s in statuses if s.name == self.job.container), None)
 
     def _since_seconds(self) -> int | None:
         if self.last is None:
@@ -103,7 +102,11 @@ class LogFollower(threading.Thread):
 
     def _stream(self, follow: bool) -> bool | None:
         """True: the stream ended by itself; False: it broke; None: it could not be opened."""
-        options: dict[str, Any] = {"container": CONTAINER, "follow": follow, "timestamps": True}
+        options: dict[str, Any] = {
+            "container": self.job.container,
+            "follow": follow,
+            "timestamps": True,
+        }
         since = self._since_seconds()
         if since is not None:
             options["since_seconds"] = since
