@@ -1,14 +1,18 @@
-"""Training throughput: the lmforge loop against ``transformers.Trainer``, interleaved in one run.
+"""Training throughput: the lmforge loop against a minimal loop and ``transformers.Trainer``.
 
 Same model (6 layers, width 384, 6 heads, context 256, vocabulary 8192), same synthetic blocks,
 batch 8, AdamW (betas 0.9/0.95, weight decay 0.1), clipping at 1.0, warmup + cosine, one
-process, all cores. Four contenders: each trainer eager (its default) and under
-``torch.compile`` (``TrainConfig.compile`` / ``TrainingArguments.torch_compile``; compilation
-falls in the untimed warm-up steps). Each round runs all of them for the same steps, in a
-rotating order, at fp32 and bf16 (autocast); tokens/s is the median over rounds of the
-post-warm-up steps. MFU divides the
+process, all cores. Three trainers, each eager (its default) and under ``torch.compile``
+(``TrainConfig.compile`` / the minimal loop's ``torch.compile(model)`` /
+``TrainingArguments.torch_compile``; compilation falls in the untimed warm-up steps). The minimal
+loop is nanoGPT's, written out: forward, backward, clip, AdamW step, nothing else (no logging,
+no checkpoints, no divergence check): the floor any loop's overhead is measured against.
+
+Each round runs all of them for the same steps, in a rotating order, at fp32 and bf16
+(autocast); tokens/s is the median over rounds of the post-warm-up steps. MFU divides the
 achieved model FLOP/s (6N + 12LdT per token) by the matmul peak of the same precision measured
-in the same round (``lmforge.train.flops.measure_matmul_peak``).
+in the same round with the same threads (``lmforge.train.flops.measure_matmul_peak``: the best
+of several sizes and repeats, so that no MFU can exceed 100%).
 
     .venv/bin/python benchmarks/train_throughput.py [--rounds 3 --steps 12 --warmup 3]
 """
@@ -40,7 +44,14 @@ SHAPE = ModelConfig(n_layers=6, d_model=384, n_heads=6, max_seq_len=256, vocab_s
 BATCH, SEQ = 8, 256
 
 
-CONTENDERS = ("lmforge", "lmforge+compile", "trainer", "trainer+compile")
+CONTENDERS = (
+    "lmforge",
+    "lmforge+compile",
+    "minimal",
+    "minimal+compile",
+    "trainer",
+    "trainer+compile",
+)
 
 
 def run_lmforge(ds: BlockDataset, precision: str, steps: int, warmup: int, compile: bool) -> float:
@@ -64,6 +75,50 @@ def run_lmforge(ds: BlockDataset, precision: str, steps: int, warmup: int, compi
     result = fit(model, task, cfg, rt, progress=False)
     rows = [r for r in result.history if "tokens_per_s" in r][1:]
     return statistics.fmean(r["tokens_per_s"] for r in rows)
+
+
+def run_minimal(ds: BlockDataset, precision: str, steps: int, warmup: int, compile: bool) -> float:
+    """nanoGPT's training step over the same model and batches (its optimizer set-up: decay on
+    2-D weights, fused AdamW where nanoGPT asks for it, i.e. on CUDA only)."""
+    import inspect
+    import math
+
+    model = build_model(build_config(SHAPE), seed=0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    device = torch.device("cpu")
+    fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device.type == "cuda"
+    optimizer = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.95), fused=fused)
+    step_model = torch.compile(model) if compile else model
+    sampler = GlobalBatchSampler(len(ds), BATCH, 1, 1, seed=0)
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    total = warmup + steps
+
+    def lr_at(it: int) -> float:
+        if it < 2:
+            return 1e-3 * (it + 1) / 2
+        return 1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + math.cos(math.pi * (it - 2) / (total - 2)))
+
+    model.train()
+    for it in range(total):
+        if it == warmup:
+            start = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(it)
+        x = ds.batch(sampler.indices(it, 0, 0), SEQ)
+        with amp:
+            logits = step_model(input_ids=x).logits
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.size(-1)).float(), x[:, 1:].reshape(-1)
+        )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return steps * BATCH * SEQ / (time.perf_counter() - start)
 
 
 def run_trainer(
@@ -134,11 +189,13 @@ def main() -> None:
                 samples["peak"].append(
                     measure_matmul_peak(torch.device("cpu"), precision_dtype(precision), 1.0)
                 )
-                order = CONTENDERS[r % 4 :] + CONTENDERS[: r % 4]  # no contender always first
-                for name in order:
+                shift = r % len(CONTENDERS)  # no contender always first
+                for name in CONTENDERS[shift:] + CONTENDERS[:shift]:
                     compile = name.endswith("+compile")
                     if name.startswith("lmforge"):
                         tps = run_lmforge(ds, precision, args.steps, args.warmup, compile)
+                    elif name.startswith("minimal"):
+                        tps = run_minimal(ds, precision, args.steps, args.warmup, compile)
                     else:
                         tps = run_trainer(
                             ds, precision, args.steps, args.warmup, compile, Path(tmp) / "hf"
@@ -156,6 +213,8 @@ def main() -> None:
                 }
             tps = {name: row[name]["tokens_per_s"] for name in CONTENDERS}
             row["speedup"] = {
+                "eager_vs_minimal": tps["lmforge"] / tps["minimal"],
+                "compiled_vs_minimal_compiled": tps["lmforge+compile"] / tps["minimal+compile"],
                 "eager_vs_trainer": tps["lmforge"] / tps["trainer"],
                 "compiled_vs_trainer": tps["lmforge+compile"] / tps["trainer"],
                 "compiled_vs_trainer_compiled": tps["lmforge+compile"] / tps["trainer+compile"],

@@ -81,7 +81,10 @@ def main() -> None:
             "ties": sum(g == 0 for g in gains),
         }
     pre = json.loads((args.pretrained / "metrics.json").read_text())
+    import machine  # benchmarks/machine.py: what the figures were measured on
+
     run = {
+        "machine": machine.describe(),
         "finetune": {
             k: getattr(cfg.finetune, k) for k in ("method", "max_steps", "lr", "micro_batch_size")
         },
@@ -101,11 +104,21 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
 
 
+UNRECORDED = (
+    "Machine: measured before machine classes were recorded; 2-core AMD EPYC, class not recorded."
+)
+
+
 def report(runs: dict) -> str:
     p = runs.get("default") or next(iter(runs.values()))
     ft, pre = p["finetune"], p["pretrained"]
+    import machine  # benchmarks/machine.py
+
+    record = p.get("machine")
     lines = [
         "# Transfer learning over seeds: fine-tuned vs from-scratch baseline",
+        "",
+        machine.line(record) if isinstance(record, dict) else UNRECORDED,
         "",
         f"`benchmarks/transfer.py`: {ft['method']} fine-tuning, {ft['max_steps']} steps of "
         f"{ft['micro_batch_size']} emails, lr {ft['lr']}, from the default pretrained decoder "
