@@ -21,6 +21,7 @@ from typing import Any
 
 from lmforge.config import AugmentConfig, Config, DataConfig
 from lmforge.data.expectations import Profile, failure_message, letter_share, run_suites
+from lmforge.data.pii import PLACEHOLDERS
 from lmforge.data.records import JsonlWriters, Kind, read_records
 from lmforge.data.split import SPLITS, hash_unit
 from lmforge.data.track import log_outputs, tracked
@@ -30,6 +31,7 @@ from lmforge.outputs import atomic_output_dir, write_json
 OPS = ("random_deletion", "random_swap", "random_insertion", "char_noise", "sentence_shuffle")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
+_PLACEHOLDER = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values()))
 
 
 @dataclass
@@ -67,10 +69,15 @@ def random_insertion(words: list[str], p: float, rng: random.Random) -> list[str
 
 
 def char_noise(text: str, p: float, rng: random.Random) -> str:
-    """Replace about ``p`` of the characters that are letters by a random letter (typos)."""
+    """Replace about ``p`` of the characters that are letters by a random letter (typos); the
+    personal-data placeholders (``<|email|>``, ...) stay whole: a typo would make one a plain
+    string that the tokenizer splits."""
     chars = list(text)
+    kept = set()
+    if "<|" in text:
+        kept = {i for m in _PLACEHOLDER.finditer(text) for i in range(*m.span())}
     for i in rng.sample(range(len(chars)), min(len(chars), _count(p, len(chars), rng))):
-        if chars[i].isalpha():
+        if chars[i].isalpha() and i not in kept:
             chars[i] = rng.choice(_LETTERS)
     return "".join(chars)
 

@@ -148,12 +148,14 @@ class Match:
 
 
 class Allow:
-    """Matches left alone: exact values (case-insensitive), or ``@domain`` for a whole domain."""
+    """Matches left alone: exact values (case-insensitive), or ``@domain`` for every address of
+    the domain and its subdomains."""
 
     def __init__(self, entries: Iterable[str] = ()):
         entries = [e.strip().lower() for e in entries if e.strip()]
         self.values = {e for e in entries if not e.startswith("@")}
-        self.domains = tuple(e for e in entries if e.startswith("@"))
+        domains = [e for e in entries if e.startswith("@")]
+        self.domains = tuple(domains + ["." + d[1:] for d in domains])
 
     def __call__(self, match: Match) -> bool:
         value = match.text.lower()
@@ -209,8 +211,9 @@ def find(text: str, allow: Allow = _NO_ALLOW) -> list[Match]:
     numbers: list[Match] = []
     taken = iter(emails)
     email = next(taken, None)
+    pos = 0
     for ws, we in _windows(text):
-        pos = ws
+        pos = max(pos, ws)  # a window may open inside the previous window's last match
         while pos < we:
             m = _ANY_NUMERIC.search(text, pos, we)
             if m is None:
@@ -271,23 +274,22 @@ class Tally:
         self.records: Counter = Counter()  # (dataset, split) -> records with a match
         self.dropped: Counter = Counter()
 
-    def apply(self, dataset: str, split: str, text: str | None) -> tuple[str | None, bool]:
-        """``text`` as the stage writes it under ``mode``, and whether the record is kept."""
-        if not text:
-            return text, True
-        matches = find(text, self.allow)
+    def apply(self, dataset: str, split: str, text: str | None) -> tuple[str | None, int]:
+        """``text`` as the stage writes it under ``mode`` (None: drop the record), and the
+        number of matches found in it."""
+        matches = find(text, self.allow) if text else []
         if not matches:
-            return text, True
+            return text, 0
         self.found.setdefault(dataset, {}).setdefault(split, Counter()).update(
             m.kind for m in matches
         )
         self.records[dataset, split] += 1
         if self.mode == "drop":
             self.dropped[dataset, split] += 1
-            return None, False
+            return None, len(matches)
         if self.mode == "keep":
-            return text, True
-        return replace(text, matches), True
+            return text, len(matches)
+        return replace(text, matches), len(matches)
 
     def summary(self, datasets: Iterable[str], splits: Iterable[str]) -> dict:
         splits = list(splits)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from lmforge.config import Config, TokenizerConfig
+from lmforge.data.pii import PLACEHOLDERS
 from lmforge.data.records import Kind, read_records
 from lmforge.data.split import SPLITS, hash_unit
 from lmforge.data.track import log_outputs, tracked
@@ -75,6 +76,14 @@ def training_texts(sources: list[Source], max_mb: float) -> Iterator[str]:
                 yield rec["text"]
 
 
+def special_tokens(cfg: TokenizerConfig) -> list[str]:
+    """``tokenizer.special_tokens`` and the personal-data placeholders of the validate stage
+    (``<|email|>``, ...): each stays one token, never split into bytes the model could learn to
+    complete into an address."""
+    extra = [p for p in PLACEHOLDERS.values() if p not in cfg.special_tokens]
+    return [*cfg.special_tokens, *extra]
+
+
 def train_tokenizer(cfg: TokenizerConfig, texts: Iterator[str]):
     """Byte-level BPE (GPT-2 style: no unknown tokens, any byte sequence round-trips)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -85,7 +94,7 @@ def train_tokenizer(cfg: TokenizerConfig, texts: Iterator[str]):
     trainer = trainers.BpeTrainer(
         vocab_size=cfg.vocab_size,
         min_frequency=cfg.min_frequency,
-        special_tokens=list(cfg.special_tokens),
+        special_tokens=special_tokens(cfg),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -103,6 +112,7 @@ def save_tokenizer(cfg: TokenizerConfig, tok, out: Path):
         pad_token=cfg.pad_token,
         unk_token="<|unk|>" if "<|unk|>" in cfg.special_tokens else None,
         model_max_length=cfg.block_size,
+        extra_special_tokens=[p for p in PLACEHOLDERS.values() if p not in cfg.special_tokens],
     )
     fast.save_pretrained(str(out))
     return fast

@@ -65,14 +65,14 @@ def split_and_profile(
         for path in paths:
             for rec in read_records(path, kind, cfg.max_line_mb):
                 split = split_of(rec["id"], cfg.split_salt, cfg.validation_share, cfg.test_share)
-                text, keep = pii.apply(kind, split, rec["text"])
-                if not keep:
-                    continue
-                if text is not rec["text"]:  # masked: the profile scans the written text again
+                text, found = pii.apply(kind, split, rec["text"])
+                if found and text is None:
+                    continue  # dropped
+                # What is written is scanned again when it was masked; a text without a match
+                # is written as it was just scanned.
+                left = None if found else 0
+                if found:
                     rec = {**rec, "text": text}
-                    left = None
-                else:  # written as read, and just scanned: nothing (else it would be masked)
-                    left = 0
                 writers.write(split, rec)
                 counts[split] += 1
                 prof.add(rec, pii_left=left)  # ignored under keep: no pii column
