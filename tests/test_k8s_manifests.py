@@ -91,7 +91,11 @@ def test_no_secret_is_inlined(overlay):
 
 
 def test_launcher_role_allows_exactly_what_it_calls():
-    role = next(o for o in rendered("base") if o["kind"] == "Role")
+    role = next(
+        o
+        for o in rendered("base")
+        if o["kind"] == "Role" and o["metadata"]["name"] == "lmforge-launcher"
+    )
     granted = {
         (group, res, verb)
         for rule in role["rules"]
@@ -105,6 +109,9 @@ def test_launcher_role_allows_exactly_what_it_calls():
         | {("", "configmaps", v) for v in ("create", "get", "delete")}
         | {("", "pods", v) for v in ("get", "list")}
         | {("", "pods/log", "get")}
+        # the TrainJob client (lmforge.launch.kube_trainjob)
+        | {("trainer.kubeflow.org", "trainjobs", v) for v in ("create", "get", "delete")}
+        | {("", "events", "list")}
     )
 
 

@@ -261,6 +261,39 @@ def generate(
     typer.echo(f"{result.model}: {tokens} tokens, {result.tokens_per_s:.1f} tokens/s", err=True)
 
 
+@_command("serve", "register", "tracking")
+def deploy(
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="Registered model (repeatable). Default: the LM and the classifier."),
+    ] = None,
+    render: Annotated[
+        bool, typer.Option(help="Print their champions' InferenceServices and exit.")
+    ] = False,
+    apply: Annotated[
+        bool, typer.Option(help="Create or patch them on the cluster; wait until Ready.")
+    ] = False,
+    out: Annotated[
+        Path | None, _dir("Also write inferenceservices.yaml and deployed.json here.")
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Deploy the champions to KServe: InferenceServices on the Hugging Face runtime."""
+    from lmforge.errors import ConfigError
+
+    cfg = _config(params, set_, "deploy")
+    if render == apply:
+        raise ConfigError("pass exactly one of --render (print) and --apply (create or patch)")
+    if render:
+        from lmforge.serve.deploy import render_yaml
+
+        typer.echo(render_yaml(cfg, model), nl=False)
+        return
+    echo = lambda line: typer.echo(line, err=True)  # noqa: E731 (progress on stderr)
+    _step("lmforge.serve.deploy:deploy", cfg, model, apply=True, out_dir=out, echo=echo)
+
+
 @_command("tracking")
 def ui(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",

@@ -1,0 +1,265 @@
+"""lmforge deploy: the champions' InferenceServices, rendered from the registry and applied to
+the project's fake Kubernetes API (recorded KServe responses)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from k8s_fake import RESPONSES, Reply, recorded, server_error, start
+from k8s_schema import REPO, errors, kustomize
+from mlflow_fixtures import tiny_config
+from serve_fixtures import *  # noqa: F403  (fixtures listed in its __all__)
+from serve_fixtures import add_version
+
+from lmforge.errors import LaunchError, RegistryError
+from lmforge.registry import promote
+from lmforge.serve.deploy import InferenceServices, deploy, render, render_yaml
+from lmforge.serve.kserve import Served, inference_service
+
+ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/lmforge/inferenceservices"
+LMFORGE = str(Path(sys.executable).parent / "lmforge")
+
+
+def _mapped(cfg, **serve):
+    """``cfg`` with the test store's file:// artifacts mapped onto a PVC (as on a cluster)."""
+    root = f"file://{cfg.tracking.artifact_location}/"
+    changes = {"storage_prefixes": {root: "pvc://lmforge-work/mlartifacts/"}, **serve}
+    return dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, **changes))
+
+
+# --------------------------------------------------------------------------------------------
+# --render
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_render_resolves_the_champions_and_validates_against_the_kserve_crd(registry):
+    cfg = _mapped(registry)
+    (lm, lm_isvc), (_, clf_isvc) = render(cfg)
+    assert (lm.name, lm.model) == ("lmforge-lm", "models:/lmforge-lm/1")
+    for isvc in (lm_isvc, clf_isvc):
+        assert errors(isvc) == [], isvc["metadata"]["name"]
+        model = isvc["spec"]["predictor"]["model"]
+        assert model["modelFormat"] == {"name": "huggingface"}
+        assert model["runtime"] == "kserve-huggingfaceserver"
+        assert model["storageUri"].startswith("pvc://lmforge-work/mlartifacts/models/m-")
+        assert model["storageUri"].endswith("/artifacts/model")  # config, weights, tokenizer
+        notes = isvc["metadata"]["annotations"]
+        assert notes["lmforge.io/model-version"] == "1"
+        assert notes["lmforge.io/model-alias"] == "champion"
+        for lineage in ("git_commit", "data_version", "params_hash", "pipeline_run_id"):
+            assert notes[f"lmforge.io/{lineage}"], lineage
+        assert notes["lmforge.io/artifact-location"].startswith("file://")
+    assert "--task=text_generation" in lm_isvc["spec"]["predictor"]["model"]["args"]
+    assert "--task=sequence_classification" in clf_isvc["spec"]["predictor"]["model"]["args"]
+    assert "lmforge.io/metric.macro_f1" in clf_isvc["metadata"]["annotations"]
+    assert clf_isvc["spec"]["predictor"]["model"]["resources"]["limits"] == {
+        "cpu": "1",
+        "memory": "4Gi",
+    }
+    # The validation can fail: a misspelt field, a wrong enum.
+    bad = json.loads(json.dumps(lm_isvc))
+    bad["spec"]["predictor"]["model"]["storageURI"] = bad["spec"]["predictor"]["model"][
+        "storageUri"
+    ]
+    bad["spec"]["predictor"]["scaleMetric"] = "latency"
+    assert len(errors(bad)) == 2
+
+
+@pytest.mark.slow
+def test_render_is_byte_identical_and_follows_promotion_and_rollback(registry):
+    cfg = _mapped(registry)
+    name = cfg.register.classifier_model_name
+    first = render_yaml(cfg)
+    assert render_yaml(cfg) == first
+    v2 = add_version(cfg, name, {"macro_f1": 1.05, "accuracy": 1.0})
+    promote(cfg, name)
+    promoted = yaml.safe_load_all(render_yaml(cfg, [name]))
+    assert next(promoted)["metadata"]["annotations"]["lmforge.io/model-version"] == v2
+    promote(cfg, name, rollback=True)  # champion goes back to `previous`: version 1
+    assert render_yaml(cfg) == first
+
+
+@pytest.mark.slow
+def test_render_refuses_what_kserve_could_not_load(registry):
+    cfg = registry
+    with pytest.raises(RegistryError, match=r"KServe cannot read.*serve\.storage_prefixes"):
+        render(cfg)  # file:// artifacts, no mapping
+    from lmforge import tracking
+
+    tracking.client(cfg).delete_registered_model_alias(cfg.register.lm_model_name, "champion")
+    with pytest.raises(RegistryError, match="no 'champion' version to deploy; run `lmforge pro"):
+        render(_mapped(cfg))
+    with pytest.raises(RegistryError, match="not in the registry"):
+        render(_mapped(cfg), ["no-such-model"])
+
+
+@pytest.mark.slow
+def test_cli_render_prints_the_manifests(registry):
+    mapping = json.dumps({f"file://{registry.tracking.artifact_location}/": "pvc://w/"})
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(
+        [LMFORGE, "deploy", "--render", "--set", f"serve.storage_prefixes={mapping}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    objs = list(yaml.safe_load_all(proc.stdout))
+    assert [o["metadata"]["name"] for o in objs] == ["lmforge-lm", "lmforge-classifier"]
+    assert all(errors(o) == [] for o in objs)
+    neither = subprocess.run([LMFORGE, "deploy"], capture_output=True, text=True, env=env)
+    assert neither.returncode == 2 and "exactly one of --render" in neither.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# --apply, against recorded KServe responses
+# --------------------------------------------------------------------------------------------
+
+
+def _manifest(**serve) -> dict:
+    cfg = tiny_config(*(f"serve.{k}={v}" for k, v in serve.items()))
+    served = Served(
+        name="lmforge-lm",
+        version="3",
+        alias="champion",
+        artifact_location="s3://mlflow/artifacts/1/models/m-0/artifacts",
+        storage_uri="s3://mlflow/artifacts/1/models/m-0/artifacts/model",
+        task="text-generation",
+        tags={"lmforge.git_commit": "abc123"},
+    )
+    return inference_service(cfg, served)
+
+
+def _services(routes, **kwargs):
+    server, api = start(routes)
+    lines: list[str] = []
+    return server, InferenceServices(api, "lmforge", echo=lines.append, **kwargs), lines
+
+
+def _body(name: str) -> bytes:
+    return (RESPONSES / name).read_bytes()
+
+
+def test_apply_creates_then_waits_until_ready():
+    server, isvcs, lines = _services(
+        {
+            ("POST", ISVCS): [Reply(201, _body("isvc_created.json"))],
+            ("GET", f"{ISVCS}/lmforge-lm"): [
+                recorded("isvc_created.json"),  # no status yet
+                recorded("isvc_pending.json"),
+                recorded("isvc_ready.json"),
+            ],
+        }
+    )
+    manifest = _manifest()
+    assert isvcs.apply(manifest) == "created"
+    assert server.called("POST", ISVCS)[0][3] == manifest
+    ready = isvcs.wait_ready("lmforge-lm", timeout_s=30, poll_s=0.01)
+    assert ready["status"]["url"] == "http://lmforge-lm.lmforge.example.com"
+    assert len(server.called("GET")) == 3
+    assert any("RevisionMissing" in line for line in lines)
+
+
+def test_apply_patches_on_409_and_ignores_the_previous_generations_ready():
+    server, isvcs, _ = _services(
+        {
+            ("POST", ISVCS): [recorded("isvc_already_exists.json")],
+            ("PATCH", f"{ISVCS}/lmforge-lm"): [recorded("isvc_patched.json")],
+            ("GET", f"{ISVCS}/lmforge-lm"): [
+                recorded("isvc_patched.json"),  # Ready, but of generation 1: stale
+                recorded("isvc_ready_gen2.json"),
+            ],
+        }
+    )
+    manifest = _manifest()
+    assert isvcs.apply(manifest) == "patched"
+    assert server.called("PATCH")[0][3] == manifest
+    isvcs.wait_ready("lmforge-lm", timeout_s=30, poll_s=0.01)
+    assert len(server.called("GET")) == 2
+
+
+def test_a_failed_load_is_explained_from_the_conditions_and_the_model_status():
+    _, isvcs, _ = _services({("GET", f"{ISVCS}/lmforge-lm"): [recorded("isvc_failed.json")]})
+    with pytest.raises(LaunchError) as info:
+        isvcs.wait_ready("lmforge-lm", timeout_s=30, poll_s=0.01)
+    message = str(info.value)
+    assert "failed: BlockedByFailedLoad (reason ModelLoadFailed" in message
+    assert "no file named config.json" in message and "exitCode 1" in message
+    assert "kubectl -n lmforge describe inferenceservice lmforge-lm" in message
+
+
+def test_not_ready_in_time_says_what_it_waits_for():
+    _, isvcs, _ = _services({("GET", f"{ISVCS}/lmforge-lm"): [recorded("isvc_pending.json")]})
+    with pytest.raises(LaunchError, match=r"not Ready after 0s.*RevisionMissing"):
+        isvcs.wait_ready("lmforge-lm", timeout_s=0.05, poll_s=0.01)
+
+
+def test_transient_errors_are_retried_and_refusals_are_not():
+    server, isvcs, lines = _services(
+        {
+            ("POST", ISVCS): [
+                server_error(503),
+                server_error(429, headers={"Retry-After": "0"}),
+                Reply(201, _body("isvc_created.json")),
+            ]
+        },
+        retry_base_s=0.01,
+    )
+    assert isvcs.apply(_manifest()) == "created"
+    assert len(server.called("POST")) == 3 and len(lines) == 2
+    _, refused, _ = _services({("POST", ISVCS): [recorded("isvc_forbidden.json")]})
+    with pytest.raises(LaunchError, match=r"HTTP 403.*cannot create.*Role lmforge-deployer"):
+        refused.apply(_manifest())
+
+
+@pytest.mark.slow
+def test_deploy_apply_end_to_end_writes_what_it_did(registry, tmp_path):
+    cfg = _mapped(registry, poll_s=0.01)
+    server, api = start(
+        {
+            ("POST", ISVCS): [Reply(201, _body("isvc_created.json"))],
+            ("GET", f"{ISVCS}/lmforge-lm"): [recorded("isvc_ready.json")],
+        }
+    )
+    result = deploy(cfg, ["lmforge-lm"], apply=True, out_dir=tmp_path / "deployed", api=api)
+    (done,) = result.services
+    assert (done.action, done.model) == ("created", "models:/lmforge-lm/1")
+    assert done.url == "http://lmforge-lm.lmforge.example.com"
+    saved = json.loads((tmp_path / "deployed" / "deployed.json").read_text())
+    assert saved["services"][0]["action"] == "created"
+    written = yaml.safe_load((tmp_path / "deployed" / "inferenceservices.yaml").read_text())
+    assert written == server.called("POST")[0][3]
+
+
+def test_deployer_role_allows_exactly_what_deploy_calls():
+    objs = kustomize(REPO / "k8s" / "base")
+    role = next(
+        o for o in objs if o["kind"] == "Role" and o["metadata"]["name"] == "lmforge-deployer"
+    )
+    granted = {
+        (group, res, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for res in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert granted == {
+        ("serving.kserve.io", "inferenceservices", v) for v in ("create", "get", "patch")
+    }
+    binding = next(
+        o
+        for o in objs
+        if o["kind"] == "RoleBinding" and o["metadata"]["name"] == "lmforge-deployer"
+    )
+    assert binding["roleRef"]["name"] == "lmforge-deployer"
+    assert all(errors(o) == [] for o in (role, binding))
