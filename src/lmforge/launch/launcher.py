@@ -99,10 +99,16 @@ def _launch_local(cfg: Config, tokenized_dir: Path, out_dir: Path, **kwargs: Any
 def _launch_kubernetes(
     cfg: Config, tokenized_dir: Path, out_dir: Path, api: Any = None, echo: Any = print
 ) -> KubernetesPretrain:
-    from lmforge.launch.kube import KubeJob, api_client, job_state
+    from lmforge.launch.kube import KubeJob, api_client
 
     la = cfg.launch
-    configmap, job = render(cfg, tokenized_dir, out_dir)
+    if la.api == "trainjob":
+        from lmforge.launch.kube_trainjob import TrainJobKube as KubeJob
+        from lmforge.launch.trainjob import render as render_trainjob
+
+        configmap, job = render_trainjob(cfg, tokenized_dir, out_dir)
+    else:
+        configmap, job = render(cfg, tokenized_dir, out_dir)
     name = job["metadata"]["name"]
     kube = KubeJob(
         api if api is not None else api_client(),
@@ -120,7 +126,7 @@ def _launch_kubernetes(
         # run keeps going, and a retried step adopts it.
         echo(kube.inspect_hint())
         raise
-    failure = kube.failure_reason(finished) if job_state(finished) == "Failed" else None
+    failure = kube.failure_reason(finished) if kube.state(finished) == "Failed" else None
     if la.delete_on_finish:
         kube.delete()
     if failure:
