@@ -294,6 +294,26 @@ def deploy(
     _step("lmforge.serve.deploy:deploy", cfg, model, apply=True, out_dir=out, echo=echo)
 
 
+@_command("serve", "register", "tracking")
+def serve(
+    model: Annotated[
+        str | None, typer.Option(help="Registered model. Default: register.classifier_model_name.")
+    ] = None,
+    alias: Annotated[
+        str | None, typer.Option(help="Alias to serve. Default: register.champion_alias.")
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1; 0: a free one.")] = 0,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Serve a registered model locally with MLflow's scoring server until Ctrl-C."""
+    from lmforge.serve.server import serve as serve_model
+
+    cfg = _config(params, set_, "serve")
+    name = model or cfg.register.classifier_model_name
+    raise typer.Exit(serve_model(cfg, name, alias, port, echo=typer.echo))
+
+
 @_command("tracking")
 def ui(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",

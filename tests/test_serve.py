@@ -1,0 +1,86 @@
+"""lmforge serve: a real MLflow scoring server on a free loopback port answers the model's own
+logged input example, and stops cleanly, in bounded time."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from serve_fixtures import *  # noqa: F403  (fixtures listed in its __all__)
+
+from lmforge.errors import RegistryError
+from lmforge.serve.server import start
+
+LMFORGE = str(Path(sys.executable).parent / "lmforge")
+
+
+def _refused(url: str) -> bool:
+    try:
+        urllib.request.urlopen(f"{url}/ping", timeout=2)
+    except OSError:
+        return True
+    return False
+
+
+@pytest.mark.slow
+def test_the_lm_answers_its_logged_example_with_generated_text(registry):
+    cfg = registry
+    running = start(cfg, cfg.register.lm_model_name)
+    try:
+        assert running.model == f"models:/{cfg.register.lm_model_name}/1"
+        assert running.url.startswith("http://127.0.0.1:")
+        assert running.example["inputs"] == list(cfg.evaluate.sample_prompts[:1])
+        (text,) = running.invoke(running.example)["predictions"]
+        assert isinstance(text, str) and text.startswith(cfg.evaluate.sample_prompts[0])
+    finally:
+        code = running.stop()
+    assert code is not None and _refused(running.url)
+    assert not running.folder.exists()  # the downloaded copy goes with the server
+
+
+@pytest.mark.slow
+def test_cli_serves_the_classifier_until_interrupted(registry):
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    proc = subprocess.Popen(
+        [LMFORGE, "serve", "--model", registry.register.classifier_model_name],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        banner = proc.stdout.readline()  # blocks until the server answers /ping (bounded)
+        curl = proc.stdout.readline()
+        url = re.search(r"at (http://127\.0\.0\.1:\d+) ", banner)[1]
+        body = json.loads(re.search(r"-d '(.+)'$", curl.strip())[1])
+        assert body["inputs"]  # the classifier's logged example
+        request = urllib.request.Request(
+            f"{url}/invocations",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            (prediction,) = json.loads(resp.read())["predictions"]
+        assert prediction["label"] in {"ham", "spam"}
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "stopped" in proc.stdout.read() and _refused(url)
+
+
+def test_an_unknown_alias_is_refused_before_anything_starts(registry):
+    with pytest.raises(RegistryError, match="has no alias 'staging'"):
+        start(registry, registry.register.classifier_model_name, "staging")
