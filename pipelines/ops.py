@@ -1,4 +1,4 @@
-"""The seven components, each on the configured image, as the pipelines' DAG segments take them."""
+"""The components, each on the configured image, as the pipelines' DAG segments take them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,16 @@ from dataclasses import dataclass
 
 from kfp.dsl.python_component import PythonComponent
 
-from lmforge_components import augment, evaluate, finetune, pretrain, register, tokenize, validate
+from lmforge_components import (
+    augment,
+    deploy,
+    evaluate,
+    finetune,
+    pretrain,
+    register,
+    tokenize,
+    validate,
+)
 
 
 @dataclass
@@ -20,6 +29,7 @@ class Ops:
     finetune: PythonComponent
     evaluate: PythonComponent
     register: PythonComponent
+    deploy: PythonComponent
 
     @classmethod
     def on_image(cls, image: str) -> Ops:
@@ -31,4 +41,5 @@ class Ops:
             finetune=finetune.build(image),
             evaluate=evaluate.build(image),
             register=register.build(image),
+            deploy=deploy.build(image),
         )

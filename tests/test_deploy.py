@@ -263,3 +263,27 @@ def test_deployer_role_allows_exactly_what_deploy_calls():
     )
     assert binding["roleRef"]["name"] == "lmforge-deployer"
     assert all(errors(o) == [] for o in (role, binding))
+
+
+# --------------------------------------------------------------------------------------------
+# The full pipeline's optional deploy step
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_full_pipeline_deploys_after_register_only_when_asked(tmp_path, on):
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    from lmforge.config import load_config
+    from lmforge.kfp.compile import compile_all
+
+    compile_all(load_config(REPO / "params.yaml", [f"kubeflow.deploy={str(on).lower()}"]), tmp_path)
+    doc = next(yaml.safe_load_all((tmp_path / "full" / "pipeline.yaml").read_text()))
+    spec = json_format.ParseDict(doc, pipeline_spec_pb2.PipelineSpec())
+    branch = next(c for n, c in spec.components.items() if n.startswith("comp-condition"))
+    assert set(branch.dag.tasks) == ({"register", "deploy"} if on else {"register"})
+    if on:
+        step = branch.dag.tasks["deploy"]
+        assert list(step.dependent_tasks) == ["register"]
+        assert not step.caching_options.enable_cache  # a side effect on the cluster

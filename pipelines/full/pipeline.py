@@ -1,6 +1,7 @@
 """Full pipeline: validate -> augment -> tokenize -> pretrain -> finetune -> evaluate -> register.
 
-Registration runs only when the evaluation gate passes (``dsl.If`` on evaluate's output).
+Registration runs only when the evaluation gate passes (``dsl.If`` on evaluate's output); with
+``kubeflow.deploy: true`` a deploy step follows it (promote, then KServe InferenceServices).
 """
 
 from kfp import dsl
@@ -38,6 +39,7 @@ def build(cfg: Config) -> dsl.graph_component.GraphComponent:
             tokenized.outputs["tokenized"],
             augmented.outputs["augmented"],
             args,
+            deploy=cfg.kubeflow.deploy,
         )
 
     return full_pipeline

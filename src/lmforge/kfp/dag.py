@@ -68,7 +68,7 @@ def schedule(task: dsl.PipelineTask, cfg: Config, step: str) -> dsl.PipelineTask
     )
     if step in HEAVY_STEPS:
         task.set_caching_options(kf.cache_heavy_steps)
-    if step == "register":  # a side effect on the registry: never replayed from cache
+    if step in ("register", "deploy"):  # side effects (registry, cluster): never from cache
         task.set_caching_options(False)
     if step == "pretrain":  # stages data on the volume the PyTorchJob mounts, at the same path
         kubernetes.mount_pvc(task, pvc_name=cfg.launch.pvc_name, mount_path=cfg.launch.mount_path)
@@ -118,8 +118,10 @@ def finetune_evaluate_register(
     tokenized: Any,
     augmented: Any,
     args: dict[str, Any],
+    deploy: bool = False,
 ) -> dsl.PipelineTask:
-    """Finetune -> evaluate -> register when the evaluation gate passed; returns evaluate."""
+    """Finetune -> evaluate -> register when the evaluation gate passed (then, with ``deploy``,
+    promote and deploy to KServe); returns evaluate."""
     finetuned = schedule(
         ops.finetune(pretrained=pretrained, augmented=augmented, **args), cfg, "finetune"
     )
@@ -135,7 +137,7 @@ def finetune_evaluate_register(
         "evaluate",
     )
     with dsl.If(evaluated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP expression)
-        schedule(
+        registered = schedule(
             ops.register(
                 pretrained=pretrained,
                 finetuned=finetuned.outputs["finetuned"],
@@ -145,4 +147,6 @@ def finetune_evaluate_register(
             cfg,
             "register",
         )
+        if deploy:
+            schedule(ops.deploy(registered=registered.outputs["registered"], **args), cfg, "deploy")
     return evaluated

@@ -263,3 +263,16 @@ def deploy(
             (tmp / "inferenceservices.yaml").write_text(to_yaml([m for _, m in rendered]))
             (tmp / "deployed.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result
+
+
+def promote_and_deploy(
+    cfg: Config, out_dir: Path, api=None, echo: Callable[[str], None] = print
+) -> DeployResult:
+    """The pipeline's deploy step: promote both challengers (the gate decides; a refusal fails
+    the step with its numbers and deploys nothing), then apply the champions."""
+    from lmforge.registry import promote
+
+    models = model_names(cfg, None)
+    for name in models:
+        echo(f"promote {name}: {promote(cfg, name).action}")
+    return deploy(cfg, models, apply=True, out_dir=out_dir, api=api, echo=echo)
