@@ -122,3 +122,21 @@ def test_tokenizer_training_sample_is_a_deterministic_share(augmented):
     sample = list(training_texts(sources, cap_mb))
     assert sample == list(training_texts(sources, cap_mb))  # the same records every time
     assert 0.1 < len(sample) / len(everything) < 0.6 and set(sample) < set(everything)
+
+
+def test_personal_data_placeholders_are_single_tokens(micro_cfg, augmented, tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    from lmforge.data.pii import PLACEHOLDERS
+
+    _append_to_texts(augmented / "labelled" / "train.jsonl", "<|email|>,")
+    tokenize(micro_cfg, augmented, tmp_path / "tok")
+    tok = PreTrainedTokenizerFast.from_pretrained(tmp_path / "tok" / "tokenizer")
+    for placeholder in PLACEHOLDERS.values():
+        (pid,) = tok(placeholder)["input_ids"]  # one token, however rare in training
+        assert tok.convert_ids_to_tokens(pid) == placeholder and pid != tok.unk_token_id
+    email = tok.convert_tokens_to_ids("<|email|>")
+    ids = tok("Write to <|email|>, or <|phone|>.")["input_ids"]
+    assert ids.count(email) == 1 and tok.decode(ids) == "Write to <|email|>, or <|phone|>."
+    _, arr = blocks(tmp_path / "tok", "train")
+    assert int((arr == email).sum()) > 0  # the masked training text holds it as that token

@@ -21,6 +21,11 @@ FOUND = [
     ),
     ("<JM@NetNoteInc.com>", "email", "JM@NetNoteInc.com"),
     ("call 555-234-5678.", "phone", "555-234-5678"),
+    ("%EM%JM@NETNOTEINC.COM%/EM%", "email", "JM@NETNOTEINC.COM"),  # the leak test found it
+    ("Links - walter@profits2you.com-----Cash", "email", "walter@profits2you.com"),
+    ("Ph.:+353-1-7161987, Web", "phone", "+353-1-7161987"),
+    ("Kai 703-724-0118W (work)", "phone", "703-724-0118"),
+    ("see http://4.3.2.1/x", "ipv4", "4.3.2.1"),
     ("call (415) 555-2671 now", "phone", "(415) 555-2671"),
     ("toll free 1-800-555-0199!", "phone", "1-800-555-0199"),
     ("office +44 20 7946 0958 (London)", "phone", "+44 20 7946 0958"),
@@ -53,6 +58,9 @@ NOT_FOUND = [
     "the logo@2x.png image",  # an image name, not an address
     "room 012-345-6789",  # area code cannot start with 0
     "Genesis 1:1-3 and Psalm 23:4",  # verses
+    "(Revelation 3:20:: 20)",  # a verse that parses as IPv6
+    "spamassassin MANIFEST,1.100.2.11,1.100.2.12",  # CVS revisions
+    "EraseTemp 3.1.0.2",  # a version
 ]
 
 
@@ -205,3 +213,20 @@ def test_an_unmasked_match_in_the_written_text_fails_the_expectation(
         validate(micro_cfg, raw, tmp_path / "out")
     assert "pii_left" in str(err.value) and "nothing was written downstream" in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_augmentation_keeps_placeholders_whole():
+    import random
+
+    from lmforge.data.augment import augment_text, char_noise
+
+    text = "Mail <|email|> or <|phone|>, from <|ipv4|>. " * 20
+    noisy = char_noise(text, 1.0, random.Random(0))  # every letter outside them replaced
+    assert noisy.count("<|email|>") == noisy.count("<|phone|>") == noisy.count("<|ipv4|>") == 20
+    cfg = load_config(None, ["augment.p_char_noise=0.5", "augment.p_sentence_shuffle=1.0"])
+    copy, ops = augment_text(text, cfg.augment, random.Random(1))
+    assert "char_noise" in ops and "sentence_shuffle" in ops
+    leftovers = copy
+    for placeholder in pii.PLACEHOLDERS.values():
+        leftovers = leftovers.replace(placeholder, "")
+    assert "<|" not in leftovers and "|>" not in leftovers  # none broken

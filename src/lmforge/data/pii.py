@@ -11,9 +11,10 @@ False positives guarded against, by shape (docs/data.md has the measured precisi
 - phone: separators required (``555-123-4567``, ``(555) 123-4567``, ``+44 20 7946 0958``), NANP
   area code and exchange start with 2-9; so dates (``2002-08-22``, ``08/22/2002``), zip+4
   (``12345-6789``), SSN-like ids (3-2-4), bare digit runs and version numbers do not match;
-- IPv6: eight groups, or ``::`` with at least two groups: times (``12:30:45``) and MAC
-  addresses (six groups of two) do not match;
-- IPv4: not inside a longer dotted number (``1.2.3.4.5``: an OID or version);
+- IPv6: eight groups, or ``::`` with at least two groups, one of 3-4 digits: times
+  (``12:30:45``), verses (``3:20::``) and MAC addresses (six groups of two) do not match;
+- IPv4: not inside a longer dotted number (``1.2.3.4.5``: an OID or version), and a quad led by
+  a single digit (``1.6.4.2``: a CVS revision) only in a host context (``http://4.3.2.1/``);
 - email: the "TLD" must not be an image or file extension (``logo@2x.png``).
 Speed: emails are searched only in texts with an ``@``; the other detectors, as one alternation,
 only in small windows around runs of digits and colons (most text has neither).
@@ -30,9 +31,11 @@ from dataclasses import dataclass
 PII_TYPES = ("email", "phone", "ipv4", "ipv6", "credit_card", "iban")
 PLACEHOLDERS = {kind: f"<|{kind}|>" for kind in PII_TYPES}
 
+# ASCII lookarounds: an address runs into CJK text or a line of underscores or dashes.
 _EMAIL = (
-    r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@"
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-]|\.\w)"
+    r"(?<![A-Za-z0-9._+-])[A-Za-z0-9][A-Za-z0-9._+-]{0,63}@"
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}"
+    r"(?![A-Za-z0-9]|[.-][A-Za-z0-9])"
 )
 _H = r"[0-9A-Fa-f]{1,4}"
 _IPV6 = rf"(?<![\w:.])(?:{_H})?(?::(?:{_H})?){{2,7}}(?![\w:]|\.\d)"
@@ -43,11 +46,11 @@ _CARD = r"(?<![\w.-])(?:\d{4}[ -]\d{6}[ -]\d{5}|\d{4}(?:[ -]?\d{4}){2}[ -]?\d{1,
 _SEP = r"[ .-]"
 _PHONE = (
     r"(?<![\w.+/-])(?:"
-    # international: +CC then 2-5 groups separated by space, dot or dash (8-15 digits checked)
-    rf"\+\d{{1,3}}{_SEP}?(?:\(\d{{1,4}}\){_SEP}?)?\d{{1,4}}(?:{_SEP}\d{{2,4}}){{1,4}}"
+    # international: +CC, an optional (0) or (area), then digit groups (8-15 digits checked)
+    rf"\+\d{{1,3}}(?:{_SEP}?\(\d{{1,4}}\))?{_SEP}?\d{{1,8}}(?:{_SEP}\d{{1,8}}){{0,5}}"
     # North American: optional 1, (area) or area+separator, exchange, separator, line
     rf"|(?:1{_SEP}?)?(?:\([2-9]\d\d\) ?|[2-9]\d\d{_SEP})[2-9]\d\d{_SEP}\d{{4}}"
-    r")(?![\w]|[.-]\d)"
+    r")(?!\d|[.-]\d)"  # a letter may follow: "703-724-0118W" (work), "...0407Fax"
 )
 _ORDER = ("email", "ipv6", "ipv4", "iban", "credit_card", "phone")
 _SINGLE = {
@@ -126,7 +129,10 @@ def _valid(kind: str, s: str) -> bool:
         return int("".join(str(int(ch, 36)) for ch in moved)) % 97 == 1
     if kind == "ipv6":
         groups = [g for g in s.split(":") if g]
-        if not ("::" in s and len(groups) >= 2) and len(groups) != 8:
+        if "::" in s:  # compressed: a real prefix has a 3- or 4-digit group (2001:, fe80:, fd00:)
+            if len(groups) < 2 or max(map(len, groups)) < 3:  # not "3:20::" (a verse)
+                return False
+        elif len(groups) != 8:
             return False
         try:
             ipaddress.IPv6Address(s)
@@ -136,7 +142,18 @@ def _valid(kind: str, s: str) -> bool:
     if kind == "phone":
         n = sum(ch.isdigit() for ch in s)
         return 8 <= n <= 15 if s.startswith("+") else n in (10, 11)
-    return True  # ipv4: the octet ranges are in the regex
+    return True  # ipv4: the octet ranges are in the regex; the host context in _ipv4_host
+
+
+def _ipv4_host(text: str, start: int, end: int) -> bool:
+    """A dotted quad led by a single digit (1.6.4.2: a CVS revision, 3.1.0.2: a version) is an
+    address only where a host stands: after ``//``, ``@``, ``[`` or ``(``, or before ``/``, ``:``,
+    ``]`` or ``)``."""
+    if text[start + 1] == ".":
+        return text[max(0, start - 2) : start] == "//" or (
+            (start and text[start - 1] in "@[(") or (end < len(text) and text[end] in "/:])")
+        )
+    return True
 
 
 @dataclass(frozen=True)
@@ -239,6 +256,8 @@ def _check(kind: str, start: int, text: str) -> Match | None:
     for other in _NUMERIC[_NUMERIC.index(kind) :]:
         m = _EACH[other].match(text, start)
         if m and _valid(other, m.group()):
+            if other == "ipv4" and not _ipv4_host(text, start, m.end()):
+                continue
             return Match(other, start, m.end(), m.group())
     return None
 
