@@ -57,7 +57,7 @@ class DataConfig(Section):
     pii_allow: list[str] = setting(
         [],
         "Matches never masked (known public addresses): exact values, case-insensitive, or "
-        "@domain for every address of a domain.",
+        "@domain for every address of a domain and its subdomains.",
     )
 
     def check(self) -> None:
