@@ -1,4 +1,5 @@
-"""Validate the raw data with Great Expectations, then split it by a hash of the record id."""
+"""Validate the raw data with Great Expectations, mask personal data (``data.pii``), then split
+it by a hash of the record id."""
 
 from kfp.dsl import HTML, Dataset, Input, Metrics, Output
 from kfp.dsl.python_component import PythonComponent
@@ -19,6 +20,9 @@ def validate(
 ):
     """Run ``lmforge.data.validate.validate`` on the raw data folder.
 
+    Personal data is handled as ``data.pii`` (and ``data.pii_allow``) in ``params`` say: masked
+    with typed placeholders by default, before the split and before any output is written.
+
     Args:
         raw_data: The DVC-tracked ``data/`` folder (corpus/*.jsonl, labelled/*.jsonl).
         params: The params YAML of this run (``params.yaml`` at compile time).
@@ -26,8 +30,9 @@ def validate(
         run_id: The KFP run id (tags the parent MLflow run).
         task_name: This task's name (tags the step's MLflow run).
         validated: Split data: ``corpus/`` and ``labelled/`` train/validation/test jsonl.
-        report: The Great Expectations report, rendered in the KFP UI.
-        metrics: The validation metrics (records, failures, split sizes).
+        report: The Great Expectations report (with the personal data found per type and
+            split), rendered in the KFP UI.
+        metrics: The validation metrics (records, failures, split sizes, ``pii.*`` counts).
     """
     from pathlib import Path
 

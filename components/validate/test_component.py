@@ -17,3 +17,6 @@ def test_validate_splits_the_data_and_publishes_report_and_metrics(micro_data, k
     assert "<html" in (task / "report").read_text().lower()
     logged = logged_metrics(task)
     assert logged and all(isinstance(v, (int, float)) for v in logged.values())
+    # The setting travels in ``params``: personal data found and masked, counted per split.
+    assert logged["pii.total.email"] > 0 and logged["pii.datasets.labelled.train.email"] > 0
+    assert "<|email|>" in (validated / "labelled" / "train.jsonl").read_text()
