@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -24,7 +20,6 @@ from lmforge.serve.deploy import InferenceServices, deploy, render, render_yaml
 from lmforge.serve.kserve import Served, inference_service
 
 ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/lmforge/inferenceservices"
-LMFORGE = str(Path(sys.executable).parent / "lmforge")
 
 
 def _mapped(cfg, **serve):
@@ -101,24 +96,24 @@ def test_render_refuses_what_kserve_could_not_load(registry):
         render(_mapped(cfg), ["no-such-model"])
 
 
+def _cli(*args: str) -> int:
+    from lmforge.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(list(args))
+    return exit_.value.code
+
+
 @pytest.mark.slow
-def test_cli_render_prints_the_manifests(registry):
+def test_cli_render_prints_the_manifests(registry, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)  # the repository's params.yaml, as `lmforge deploy` reads it there
     mapping = json.dumps({f"file://{registry.tracking.artifact_location}/": "pvc://w/"})
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(
-        [LMFORGE, "deploy", "--render", "--set", f"serve.storage_prefixes={mapping}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    objs = list(yaml.safe_load_all(proc.stdout))
+    assert _cli("deploy", "--render", "--set", f"serve.storage_prefixes={mapping}") == 0
+    objs = list(yaml.safe_load_all(capsys.readouterr().out))
     assert [o["metadata"]["name"] for o in objs] == ["lmforge-lm", "lmforge-classifier"]
     assert all(errors(o) == [] for o in objs)
-    neither = subprocess.run([LMFORGE, "deploy"], capture_output=True, text=True, env=env)
-    assert neither.returncode == 2 and "exactly one of --render" in neither.stderr
+    assert _cli("deploy") == 2
+    assert "exactly one of --render" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,8 +13,6 @@ from serve_fixtures import *  # noqa: F403  (fixtures listed in its __all__)
 
 from lmforge.errors import ConfigError, DataError, RegistryError
 from lmforge.serve.generate import Sampling, generate, read_prompts
-
-LMFORGE = str(Path(sys.executable).parent / "lmforge")
 
 
 def test_streams_each_completion_after_its_prompt_and_is_reproducible(tiny_stages):
@@ -83,28 +79,24 @@ def test_prompts_come_from_arguments_a_file_or_stdin(tmp_path):
         read_prompts([], tmp_path / "missing.txt")
 
 
-def _cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(
-        [LMFORGE, "generate", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=180,
-    )
+def _cli(*args: str) -> int:
+    from lmforge.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", *args])
+    return exit_.value.code
 
 
-@pytest.mark.slow
-def test_cli_streams_from_stdin_and_reports_tokens_per_second(tiny_stages):
+def test_cli_streams_from_stdin_and_reports_tokens_per_second(tiny_stages, capsys, monkeypatch):
     lm = str(tiny_stages["pretrain"] / "model")
-    proc = _cli("--model", lm, "--max-new-tokens", "4", "--temperature", "0", stdin="The king\n")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("The king") and proc.stdout.endswith("\n")
-    assert "tokens/s" in proc.stderr.splitlines()[-1]
-    empty = _cli("--model", lm, "")
-    assert empty.returncode == 2
-    assert "error: lmforge generate: " in empty.stderr and "prompt 1 is empty" in empty.stderr
+    monkeypatch.setattr(sys, "stdin", io.StringIO("The king\n"))
+    assert _cli("--model", lm, "--max-new-tokens", "4", "--temperature", "0") == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("The king") and out.out.endswith("\n")
+    assert f"{lm}: " in out.err and "tokens/s" in out.err.splitlines()[-1]
+    assert _cli("--model", lm, "") == 2
+    err = capsys.readouterr().err
+    assert "error: lmforge generate: " in err and "prompt 1 is empty" in err
 
 
 @pytest.mark.slow
