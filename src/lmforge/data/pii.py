@@ -65,9 +65,10 @@ _EACH = {k: re.compile(_SINGLE[k]) for k in _ORDER}
 _NUMERIC = _ORDER[1:]
 _ANY_NUMERIC = re.compile("|".join(f"(?P<{k}>{_SINGLE[k]})" for k in _NUMERIC))
 # Every numeric match holds a digit (an IPv6 address without one is not looked for): only
-# windows around the runs of digits (and colons after them) are searched.
-_TRIGGER = re.compile(r"\d[\d:]*")
+# windows around the clusters of digit runs (and colons after them; runs less than
+# _BEFORE + _AFTER apart make one cluster, found by the regex engine, not a Python loop).
 _BEFORE, _AFTER = 4, 6  # window margins: "+44 ", "(555", "GB82"; " WEST " between groups
+_CLUSTER = re.compile(rf"\d[\d:]*(?:\D{{0,{_BEFORE + _AFTER}}}\d[\d:]*)*")
 _HEX = frozenset("0123456789abcdefABCDEF:")
 
 _FILE_EXTENSIONS = {"png", "jpg", "jpeg", "gif", "bmp", "svg", "webp", "tif", "tiff", "ico"}
@@ -185,20 +186,17 @@ class Allow:
 _NO_ALLOW = Allow()
 
 
-def _windows(text: str) -> list[list[int]]:
-    """Merged spans around the runs of digits; a window opens before the hex digits and colons
-    that lead to its run (``fe80::1``, ``abcd:ef01::``). A match only has to start inside one:
-    ``_check`` matches it again against the whole text."""
-    out: list[list[int]] = []
+def _windows(text: str) -> list[tuple[int, int]]:
+    """Spans around the clusters of digit runs; a window opens before the hex digits and
+    colons that lead to its first run (``fe80::1``, ``abcd:ef01::``). A match only has to start
+    inside one: ``_check`` matches it again against the whole text."""
+    out = []
     n = len(text)
-    for m in _TRIGGER.finditer(text):
+    for m in _CLUSTER.finditer(text):
         s, e = m.span()
-        if out and s - _BEFORE <= out[-1][1]:
-            out[-1][1] = min(n, e + _AFTER)
-            continue
         while s and text[s - 1] in _HEX:
             s -= 1
-        out.append([max(0, s - _BEFORE), min(n, e + _AFTER)])
+        out.append((max(0, s - _BEFORE), min(n, e + _AFTER)))
     return out
 
 
