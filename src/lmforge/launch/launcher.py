@@ -1,13 +1,15 @@
-"""``launch_pretrain``: pretraining as a Kubeflow PyTorchJob, on a cluster or on local processes.
+"""``launch_pretrain``: pretraining as a Kubeflow PyTorchJob or TrainJob (``launch.api``), on a
+cluster or on local processes.
 
-Both backends run the manifests ``pytorchjob.render`` produces; each replica runs
-``lmforge pretrain --backend inline`` and writes the folder layout of
-``lmforge.train.pretrain.pretrain`` (``model/``, ``checkpoints/``, ``metrics.json``,
-``plots/loss.csv``) under ``out_dir`` on the shared volume.
+Both backends run the manifests ``pytorchjob.render`` (or ``trainjob.render``) produces; each
+replica (node) runs ``lmforge pretrain --backend inline`` (a TrainJob's under torchrun) and
+writes the folder layout of ``lmforge.train.pretrain.pretrain`` (``model/``, ``checkpoints/``,
+``metrics.json``, ``plots/loss.csv``) under ``out_dir`` on the shared volume.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,9 +78,17 @@ def _launch_local(cfg: Config, tokenized_dir: Path, out_dir: Path, **kwargs: Any
             "(or `dvc repro tokenize`) first"
         )
     root = _root(tokenized_dir, out_dir)
-    configmap, job = render(cfg, tokenized_dir, out_dir, root=root)
-    runner = LocalRunner(
-        job,
+    if cfg.launch.api == "trainjob":
+        from lmforge.launch.trainjob import render as render_trainjob
+        from lmforge.launch.trainjob import render_runtime
+        from lmforge.launch.trainjob_runner import TrainJobRunner
+
+        configmap, job = render_trainjob(cfg, tokenized_dir, out_dir, root=root)
+        runner_of = functools.partial(TrainJobRunner, job, render_runtime(cfg))
+    else:
+        configmap, job = render(cfg, tokenized_dir, out_dir, root=root)
+        runner_of = functools.partial(LocalRunner, job)
+    runner = runner_of(
         volumes={cfg.launch.pvc_name: root},
         configmaps=[configmap],
         timeout_s=cfg.launch.timeout_s,
