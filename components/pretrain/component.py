@@ -1,4 +1,4 @@
-"""Pretrain the decoder LM as a Kubeflow PyTorchJob (or the launcher's local runner of it)."""
+"""Pretrain the decoder LM as a Kubeflow PyTorchJob or TrainJob (or the local runner of it)."""
 
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 from kfp.dsl.python_component import PythonComponent
@@ -16,6 +16,7 @@ def pretrain(
     backend: str,
     pretrained: Output[Model],
     metrics: Output[Metrics],
+    launch_api: str = "",
 ):
     """Run ``lmforge.launch.launcher.launch_pretrain`` and hand the trained model on.
 
@@ -30,6 +31,7 @@ def pretrain(
         run_id: The KFP run id (tags the parent MLflow run; names the staging folder).
         task_name: This task's name (tags the step's MLflow run).
         backend: ``kubernetes`` (a PyTorchJob on the cluster) or ``local``.
+        launch_api: ``pytorchjob`` or ``trainjob`` (Trainer v2); empty: as in ``params``.
         pretrained: ``model/`` (HF causal LM with its tokenizer), checkpoints, loss curve.
         metrics: Final train and validation loss, perplexity, tokens per second.
     """
@@ -37,6 +39,8 @@ def pretrain(
 
     from lmforge.kfp.runtime import log_metrics, pretrain_on_backend, step_config
 
+    if launch_api:
+        overrides = [*overrides, f"launch.api={launch_api}"]
     cfg = step_config(params, overrides, run_id, task_name)
     pretrain_on_backend(cfg, Path(tokenized.path), Path(pretrained.path), backend, run_id)
     log_metrics(metrics, Path(pretrained.path))

@@ -29,9 +29,12 @@ def build(cfg: Config) -> dsl.graph_component.GraphComponent:
         params: str = params_text(cfg),
         overrides: list = [],  # noqa: B006 (a KFP default, never mutated)
         backend: str = cfg.kubeflow.pretrain_backend,
+        launch_api: str = cfg.launch.api,
     ):
         args = common_args(params, overrides)
-        augmented, tokenized, pretrained = data_to_pretrained(ops, cfg, data_uri, backend, args)
+        augmented, tokenized, pretrained = data_to_pretrained(
+            ops, cfg, data_uri, backend, args, launch_api
+        )
         finetune_evaluate_register(
             ops,
             cfg,

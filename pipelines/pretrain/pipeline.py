@@ -1,4 +1,5 @@
-"""Pretrain pipeline: raw data -> validate -> augment -> tokenize -> pretrain (PyTorchJob)."""
+"""Pretrain pipeline: raw data -> validate -> augment -> tokenize -> pretrain (PyTorchJob or
+TrainJob: the ``launch_api`` parameter)."""
 
 from kfp import dsl
 
@@ -20,7 +21,9 @@ def build(cfg: Config) -> dsl.graph_component.GraphComponent:
         params: str = params_text(cfg),
         overrides: list = [],  # noqa: B006 (a KFP default, never mutated)
         backend: str = cfg.kubeflow.pretrain_backend,
+        launch_api: str = cfg.launch.api,
     ):
-        data_to_pretrained(ops, cfg, data_uri, backend, common_args(params, overrides))
+        args = common_args(params, overrides)
+        data_to_pretrained(ops, cfg, data_uri, backend, args, launch_api)
 
     return pretrain_pipeline

@@ -96,15 +96,22 @@ def prepare_data(ops: Ops, cfg: Config, data_uri: Any, args: dict[str, Any]) -> 
 
 
 def data_to_pretrained(
-    ops: Ops, cfg: Config, data_uri: Any, backend: Any, args: dict[str, Any]
+    ops: Ops,
+    cfg: Config,
+    data_uri: Any,
+    backend: Any,
+    args: dict[str, Any],
+    launch_api: Any = None,
 ) -> tuple[dsl.PipelineTask, dsl.PipelineTask, dsl.PipelineTask]:
-    """Raw data -> validate -> augment -> tokenize -> pretrain; returns those last three tasks."""
+    """Raw data -> validate -> augment -> tokenize -> pretrain; returns those last three tasks.
+    ``launch_api`` (a pipeline parameter) picks the PyTorchJob or the TrainJob."""
+    api = {} if launch_api is None else {"launch_api": launch_api}
     augmented = prepare_data(ops, cfg, data_uri, args)
     tokenized = schedule(
         ops.tokenize(augmented=augmented.outputs["augmented"], **args), cfg, "tokenize"
     )
     pretrained = schedule(
-        ops.pretrain(tokenized=tokenized.outputs["tokenized"], backend=backend, **args),
+        ops.pretrain(tokenized=tokenized.outputs["tokenized"], backend=backend, **api, **args),
         cfg,
         "pretrain",
     )
