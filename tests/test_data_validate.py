@@ -43,6 +43,13 @@ def test_valid_data_is_split_and_reported(micro_cfg, raw_data, tmp_path):
     } <= types
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["corpus"]["records"] == 90 and metrics["labelled"]["failed"] == 0
+    # Personal data: masked by default, none in the generated texts, the check in each suite.
+    assert metrics["pii"] == report["pii"] and report["pii"]["mode"] == "mask"
+    assert set(report["pii"]["datasets"]["labelled"]) == set(SPLITS)
+    assert not any(report["pii"]["total"].values())
+    assert "pii_left" in {
+        e["kwargs"].get("column") for e in report["datasets"]["corpus"]["expectations"]
+    }
     assert result.records["corpus"] == {s: metrics["corpus"][f"{s}_records"] for s in SPLITS}
 
 
@@ -166,6 +173,8 @@ def test_runs_are_logged_to_mlflow(data_store, micro_cfg, raw_data, tmp_path):
     ok = by_status["FINISHED"]
     assert ok.data.params["data.min_alpha_share"] == "0.5"
     assert ok.data.metrics["corpus.records"] == 90
+    assert ok.data.metrics["pii.total.email"] == 0  # counted (flattened) even when none
+    assert ok.data.params["data.pii"] == "mask"
     assert {a.path for a in client.list_artifacts(ok.info.run_id)} >= {"report.html", "report.json"}
     assert (
         "expect_column_values_to_be_in_set(label" in by_status["FAILED"].data.tags["lmforge.error"]
