@@ -1,23 +1,25 @@
 """Personal data in text: detection of email addresses, phone numbers, IPv4/IPv6 addresses,
 credit-card numbers and IBANs, and masking with typed placeholders (``<|email|>``, ...).
 
-One pass per text: a single precompiled alternation finds every candidate left to right; the
-shapes a regex cannot judge are checked in code (a card's Luhn sum and issuer prefix, an IBAN's
+One pass per text, with precompiled regexes: emails around each ``@``, the other types as one
+alternation that finds every candidate left to right; the shapes a regex cannot judge are
+checked in code (a card's Luhn sum and issuer prefix, an IBAN's
 country length and mod-97 check, IPv4 octets up to 255, IPv6 via ``ipaddress``). A candidate that
 fails its check is offered to the detectors after it at the same position (a 16-digit order
 number that fails Luhn is not a card, and not a phone either unless it has a phone's shape).
 
 False positives guarded against, by shape (docs/data.md has the measured precision):
-- phone: separators required (``555-123-4567``, ``(555) 123-4567``, ``+44 20 7946 0958``), NANP
-  area code and exchange start with 2-9; so dates (``2002-08-22``, ``08/22/2002``), zip+4
-  (``12345-6789``), SSN-like ids (3-2-4), bare digit runs and version numbers do not match;
+- phone: ``+`` and a country code (``+44 20 7946 0958``), or North American with separators
+  (``555-234-5678``, ``(415) 555-2671``), whose area code and exchange start with 2-9; so
+  dates (``2002-08-22``, ``08/22/2002``), zip+4 (``12345-6789``), SSN-like ids (3-2-4), bare
+  digit runs and version numbers do not match;
 - IPv6: eight groups, or ``::`` with at least two groups, one of 3-4 digits: times
   (``12:30:45``), verses (``3:20::``) and MAC addresses (six groups of two) do not match;
 - IPv4: not inside a longer dotted number (``1.2.3.4.5``: an OID or version), and a quad led by
   a single digit (``1.6.4.2``: a CVS revision) only in a host context (``http://4.3.2.1/``);
 - email: the "TLD" must not be an image or file extension (``logo@2x.png``).
-Speed: emails are searched only in texts with an ``@``; the other detectors, as one alternation,
-only in small windows around runs of digits and colons (most text has neither).
+Speed: emails are looked for only around an ``@``; the other detectors only in small windows
+around clusters of digits (most text has neither).
 """
 
 from __future__ import annotations
@@ -200,20 +202,25 @@ def _windows(text: str) -> list[tuple[int, int]]:
     return out
 
 
+_LOCAL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._+-")
+
+
 def _emails(text: str) -> list[Match]:
-    """Addresses around each ``@`` (the regex is only tried from 64 characters before it: the
-    longest local part), not at every position of the text."""
+    """Addresses around each ``@``: the local part is walked back from it (at most 64
+    characters), and the regex tried once, there, not at every position of the text."""
     out: list[Match] = []
-    at, end, n = text.find("@"), 0, len(text)
+    at, end = text.find("@"), 0
     while at >= 0:
-        if at >= end:
-            m = _EACH["email"].search(text, max(end, at - 64), min(n, at + 256))
-            if m is not None and m.start() <= at:
-                m = _EACH["email"].match(text, m.start())  # the whole text: a long domain
-                if m is not None and _valid("email", m.group()):
-                    out.append(Match("email", m.start(), m.end(), m.group()))
-                    end = m.end()
-        at = text.find("@", at + 1)
+        start, low = at, max(end, at - 64)
+        while start > low and text[start - 1] in _LOCAL:
+            start -= 1
+        while start < at and text[start] in "._+-":  # a local part starts with a letter/digit
+            start += 1
+        m = _EACH["email"].match(text, start) if start < at else None
+        if m is not None and _valid("email", m.group()):
+            out.append(Match("email", m.start(), m.end(), m.group()))
+            end = m.end()
+        at = text.find("@", max(at + 1, end))
     return out
 
 
