@@ -145,7 +145,7 @@ def written_texts(out):
 @pytest.mark.usefixtures("data_store")
 def test_validate_masks_before_the_split_and_counts_per_type_and_split(micro_cfg, tmp_path):
     raw = plant(make_raw_data(tmp_path / "data"), with_ip=True)
-    validate(micro_cfg, raw, tmp_path / "out")
+    result = validate(micro_cfg, raw, tmp_path / "out")
     out = tmp_path / "out"
     texts = written_texts(out)
     joined = "\n".join(texts)
@@ -164,6 +164,7 @@ def test_validate_masks_before_the_split_and_counts_per_type_and_split(micro_cfg
         assert row["dropped"] == 0
     assert counts["total"]["email"] == 40 + 30 + 15 == joined.count("<|email|>")
     assert counts["total"]["ipv4"] == 3  # record 3 of each of the three raw files
+    assert result.pii == counts["total"]  # what the CLI prints
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["pii"] == counts
     html = (out / "report.html").read_text()

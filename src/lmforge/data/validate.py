@@ -33,6 +33,7 @@ class ValidationResult:
     expectations_evaluated: int
     expectations_failed: int
     out_dir: str
+    pii: dict[str, int]  # type -> matches found (masked, dropped or kept per data.pii), dropped
 
 
 def raw_files(cfg: DataConfig, data_dir: Path) -> dict[str, list[Path]]:
@@ -122,4 +123,5 @@ def validate(cfg: Config, data_dir: Path, out_dir: Path) -> ValidationResult:
         expectations_evaluated=sum(d["evaluated"] for d in report["datasets"].values()),
         expectations_failed=0,
         out_dir=str(out_dir),
+        pii=report["pii"]["total"],
     )
