@@ -64,18 +64,35 @@ class Running:
             return json.loads(resp.read())
 
     def stop(self) -> int:
-        """Stop the server and its workers (its own process group); its exit code."""
-        if self.proc.poll() is None:
+        """Stop the server and its workers (its own process group); its exit code.
+
+        The group leader can exit before its worker has let go of the port (a worker still
+        draining, or slow to get the signal on a loaded machine): the port is what a client
+        sees, so the stop waits until it refuses and kills what is left of the group if not.
+        """
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=STOP_GRACE_S)
+        while self._answers() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if self.proc.poll() is None or self._answers():
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            end = time.monotonic() + STOP_GRACE_S
+            while self._answers() and time.monotonic() < end:
+                time.sleep(0.2)
         shutil.rmtree(self.folder, ignore_errors=True)
         return self.proc.returncode
+
+    def _answers(self) -> bool:
+        """Whether something still accepts connections on the server's port."""
+        host, port = self.url.removeprefix("http://").rsplit(":", 1)
+        with socket.socket() as s:
+            s.settimeout(1.0)
+            return s.connect_ex((host, int(port))) == 0
 
 
 def _example(root: Path) -> dict[str, Any]:
