@@ -15,6 +15,7 @@ from lmforge.config.launch import KubeflowConfig, LaunchConfig
 from lmforge.config.model import ModelConfig
 from lmforge.config.registry import RegisterConfig, TrackingConfig
 from lmforge.config.serve import ServeConfig
+from lmforge.config.sweep import SweepConfig
 from lmforge.config.train import FinetuneConfig, PretrainConfig
 
 
@@ -32,6 +33,7 @@ class Config:
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     kubeflow: KubeflowConfig = field(default_factory=KubeflowConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def to_dict(self) -> dict[str, Any]:
         from lmforge.config.record import paused

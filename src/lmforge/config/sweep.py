@@ -1,0 +1,159 @@
+"""Config of ``lmforge sweep``: trials of one training step over a search space (Optuna)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lmforge.config.schema import Section, setting
+
+# What each kind of dimension needs: the keys it must have and the keys it may not have.
+KINDS: dict[str, tuple[set[str], set[str]]] = {
+    "loguniform": ({"low", "high"}, {"values"}),
+    "uniform": ({"low", "high"}, {"values"}),
+    "int": ({"low", "high"}, {"values"}),
+    "choice": ({"values"}, {"low", "high"}),
+}
+SPEC_KEYS = {"type", "low", "high", "values"}
+GRID_KINDS = {"int", "choice"}  # a grid needs finitely many points
+MAX_GRID = 10_000  # points of a grid sweep (a typo in an int range, not a plan)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class SweepConfig(Section):
+    """Hyper-parameter search: trials of one step, run with Optuna in this process."""
+
+    name = "sweep"
+
+    step: Literal["pretrain", "finetune"] = setting(
+        "pretrain", "The step each trial runs (pretrain: inline, in this process)."
+    )
+    space: dict[str, dict[str, Any]] = setting(
+        {
+            "pretrain.lr": {"type": "loguniform", "low": 3e-4, "high": 1e-2},
+            "pretrain.warmup_steps": {"type": "int", "low": 0, "high": 100},
+        },
+        "Search space: SECTION.KEY -> {type: loguniform|uniform|int|choice, low, high} "
+        "(choice: {type: choice, values: [...]}); int bounds are inclusive.",
+    )
+    objective: str = setting(
+        "val_loss", "The metric each trial is judged by: a key of the step's metrics.json."
+    )
+    direction: Literal["minimize", "maximize"] = setting(
+        "minimize", "Whether a lower (val_loss) or a higher (val_macro_f1) objective is better."
+    )
+    n_trials: int = setting(
+        8, "Trials of the sweep in all; a resumed sweep runs only the ones missing.", ge=1
+    )
+    sampler: Literal["tpe", "grid"] = setting(
+        "tpe", "tpe: Optuna's TPE sampler; grid: every combination (int and choice only)."
+    )
+    seed: int = setting(0, "Seed of the sampler (which points TPE tries).")
+    pruning: bool = setting(
+        True,
+        "Stop a trial early (median pruner) when its validation loss is worse than the median "
+        "of earlier trials at the same step.",
+    )
+    prune_warmup_steps: int = setting(
+        0, "Optimizer steps before a trial may be pruned (its first evaluations are noisy).", ge=0
+    )
+    study_name: str = setting(
+        "lmforge-sweep", "Optuna study name; a rerun with the same name resumes the study."
+    )
+
+    def check(self) -> None:
+        if not self.space:
+            self.fail("space", "is empty; name at least one SECTION.KEY to search")
+        if not self.objective.strip():
+            self.fail("objective", "is empty; name a key of the step's metrics.json")
+        if not self.study_name.strip():
+            self.fail("study_name", "is empty")
+        for key, spec in self.space.items():
+            self._check_dimension(key, spec)
+        if self.sampler == "grid":
+            bad = [k for k, s in self.space.items() if s["type"] not in GRID_KINDS]
+            if bad:
+                self.fail(
+                    f"space.{bad[0]}",
+                    f"type {self.space[bad[0]]['type']} has no grid; sampler grid needs "
+                    "int or choice dimensions (or use sampler tpe)",
+                )
+            if grid_size(self.space) > MAX_GRID:
+                self.fail("space", f"the grid has more than {MAX_GRID} points; narrow it")
+
+    def _check_dimension(self, key: str, spec: dict[str, Any]) -> None:
+        where = f"space.{key}"
+        field_type = _field_type(key)
+        if field_type is None:
+            self.fail(where, "unknown key; write SECTION.KEY of params.yaml, e.g. pretrain.lr")
+        if key.split(".")[0] == "sweep":
+            self.fail(where, "a sweep cannot search its own section")
+        unknown = sorted(set(spec) - SPEC_KEYS)
+        if unknown:
+            self.fail(f"{where}.{unknown[0]}", f"unknown key; valid keys: {sorted(SPEC_KEYS)}")
+        kind = spec.get("type")
+        if kind not in KINDS:
+            self.fail(f"{where}.type", f"{kind!r}: expected one of {', '.join(KINDS)}")
+        needs, forbids = KINDS[kind]
+        missing, extra = sorted(needs - set(spec)), sorted(forbids & set(spec))
+        if missing:
+            self.fail(where, f"type {kind} needs {', '.join(missing)}")
+        if extra:
+            self.fail(where, f"type {kind} takes no {', '.join(extra)}")
+        if kind == "choice":
+            values = spec["values"]
+            if not isinstance(values, list) or not values:
+                self.fail(f"{where}.values", "expected a non-empty list of values")
+            return
+        low, high = spec["low"], spec["high"]
+        if not (_number(low) and _number(high)):
+            self.fail(where, f"low and high must be numbers, got {low!r} and {high!r}")
+        if kind == "int" and not (isinstance(low, int) and isinstance(high, int)):
+            self.fail(where, f"type int needs integer low and high, got {low!r} and {high!r}")
+        if low > high or (kind != "int" and low == high):
+            self.fail(where, f"low {low!r} must be below high {high!r}")
+        if kind == "loguniform" and low <= 0:
+            self.fail(where, f"type loguniform needs low > 0, got {low!r}")
+        if kind != "int" and field_type is int:
+            self.fail(where, f"{key} is an integer; use type int or choice")
+        if field_type not in (int, float):
+            self.fail(where, f"{key} is not a number; use type choice")
+
+
+def _field_type(key: str) -> Any:
+    """The annotation of ``section.key`` in the whole config, or None when there is no such key."""
+    from lmforge.config.root import SECTIONS  # root imports this module
+
+    section, _, name = key.partition(".")
+    cls = SECTIONS.get(section)
+    if cls is None or name not in {f.name for f in dataclasses.fields(cls)}:
+        return None
+    tp = typing.get_type_hints(cls)[name]
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+        tp = args[0]  # int | None: an int that may be unset
+    return tp
+
+
+def grid_points(spec: dict[str, Any]) -> list[Any]:
+    """Every value of an int or choice dimension (the grid sampler's axis)."""
+    if spec["type"] == "int":
+        return list(range(spec["low"], spec["high"] + 1))
+    return list(spec["values"])
+
+
+def grid_size(space: dict[str, dict[str, Any]]) -> int:
+    def axis(spec: dict[str, Any]) -> int:
+        if spec["type"] == "int":
+            return max(0, spec["high"] - spec["low"] + 1)
+        return len(spec["values"])
+
+    return math.prod(axis(s) for s in space.values())
