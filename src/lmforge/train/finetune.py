@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -104,9 +105,17 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 
 def finetune(
-    cfg: Config, pretrained_dir: Path, augmented_dir: Path, out_dir: Path
+    cfg: Config,
+    pretrained_dir: Path,
+    augmented_dir: Path,
+    out_dir: Path,
+    *,
+    on_log: Callable | None = None,
 ) -> FinetuneResult:
-    """Fine-tune the classifier and its from-scratch baseline; write ``out_dir`` (module doc)."""
+    """Fine-tune the classifier and its from-scratch baseline; write ``out_dir`` (module doc).
+
+    ``on_log(step, row)``: also called with each row the loop logs for the fine-tuned model
+    (not the baseline): a sweep's pruner."""
     from transformers import AutoTokenizer
 
     tcfg, labels, out_dir = cfg.finetune, list(cfg.data.labels), Path(out_dir)
@@ -146,7 +155,10 @@ def finetune(
                     rt,
                     checkpoint_dir=step.checkpoint_dir(out_dir, variant),
                     fingerprint=step.fingerprint(tcfg, start, data),
-                    on_log=tracker.step_logger("" if variant == "model" else "baseline_"),
+                    on_log=step.both(
+                        tracker.step_logger("" if variant == "model" else "baseline_"),
+                        on_log if variant == "model" else None,
+                    ),
                 )
                 states[variant] = full_state_dict(runs[variant].model)
             result = _result(tcfg, runs, trainable, total, len(train.ids), out_dir)

@@ -24,6 +24,7 @@ import csv
 import logging
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -112,8 +113,12 @@ def unigram_perplexity(
     return float(np.exp(-logp[targets].mean()))
 
 
-def pretrain(cfg: Config, tokenized_dir: Path, out_dir: Path) -> PretrainResult:
-    """Train the decoder on ``tokenized_dir/blocks`` and write ``out_dir`` (see module doc)."""
+def pretrain(
+    cfg: Config, tokenized_dir: Path, out_dir: Path, *, on_log: Callable | None = None
+) -> PretrainResult:
+    """Train the decoder on ``tokenized_dir/blocks`` and write ``out_dir`` (see module doc).
+
+    ``on_log(step, row)``: also called with each row the loop logs (a sweep's pruner)."""
     tokenized_dir, out_dir = Path(tokenized_dir), Path(out_dir)
     tcfg = cfg.pretrain
     blocks_dir, tok_dir = tokenized_dir / "blocks", tokenized_dir / "tokenizer"
@@ -165,7 +170,7 @@ def pretrain(cfg: Config, tokenized_dir: Path, out_dir: Path) -> PretrainResult:
                 fingerprint=step.fingerprint(tcfg, asdict(cfg.model), asdict(meta)),
                 flops_per_token=size.flops_per_token,
                 peak_flops=peak,
-                on_log=tracker.step_logger(),
+                on_log=step.both(tracker.step_logger(), on_log),
             )
             evals = [r for r in result.history if "val_loss" in r]
             val_loss = evals[-1]["val_loss"] if evals else task.evaluate(result.model)["val_loss"]

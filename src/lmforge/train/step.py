@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,18 @@ class tracked:
     def __exit__(self, exc_type, exc, tb) -> bool:
         self.summary = self.tracker.close("FAILED" if exc_type else "FINISHED")
         return False
+
+
+def both(first: Callable | None, second: Callable | None) -> Callable | None:
+    """One ``on_log`` calling ``first`` then ``second`` (either may be None)."""
+    if first is None or second is None:
+        return first or second
+
+    def on_log(step: int, row: dict[str, float]) -> None:
+        first(step, row)
+        second(step, row)
+
+    return on_log
 
 
 def checkpoint_dir(out_dir: Path, model: str | None = None) -> Path:
