@@ -337,6 +337,28 @@ def replay(
     _step("lmforge.tracking:replay", _config(params, set_, "replay"), out)
 
 
+@_command("sweep", "pretrain", "finetune")
+def sweep(
+    out: Annotated[Path, _dir("Study, trials, best.yaml, plots.")] = Path("outputs/sweep"),
+    tokenized: Annotated[Path, _dir("Output of tokenize (pretrain trials).")] = Path(
+        "outputs/tokenized"
+    ),
+    pretrained: Annotated[Path, _dir("Output of pretrain (finetune trials).")] = Path(
+        "outputs/pretrain"
+    ),
+    augmented: Annotated[Path, _dir("Output of augment (finetune trials).")] = Path(
+        "outputs/augmented"
+    ),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Search hyper-parameters: trials of pretrain or finetune with Optuna (resumable)."""
+    from lmforge.sweep.run import StepInputs
+
+    inputs = StepInputs(tokenized=tokenized, pretrained=pretrained, augmented=augmented)
+    _step("lmforge.sweep.run:sweep", _config(params, set_, "sweep"), out, inputs)
+
+
 @app.command()
 def params(
     section: Annotated[str | None, typer.Argument(help="One section (default: all).")] = None,
