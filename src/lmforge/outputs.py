@@ -5,6 +5,7 @@ API::
     with atomic_output_dir(out_dir) as tmp:   # fill tmp; on success it replaces out_dir
         write_json(tmp / "metrics.json", metrics)
     write_json(path, obj)                     # tmp file + fsync + rename: old or new, never half
+    write_text(path, text)                    # the same for any text (YAML, CSV)
     with owner_lock(lock_path, what, error_cls):  # one writer at a time (pid + host in the file)
         ...
 
@@ -46,9 +47,13 @@ def write_json(path: Path, obj: Any, *, indent: int | None = 2) -> None:
     The text goes to a sibling temporary file, is fsynced, then renamed over ``path``. Values
     JSON cannot hold (paths, dates) are written with ``str``.
     """
+    write_text(path, json.dumps(obj, indent=indent, default=str) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (sibling temporary file, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(obj, indent=indent, default=str) + "\n"
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         with tmp.open("w", encoding="utf-8") as fh:

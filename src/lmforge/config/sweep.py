@@ -62,6 +62,9 @@ class SweepConfig(Section):
         "Stop a trial early (median pruner) when its validation loss is worse than the median "
         "of earlier trials at the same step.",
     )
+    prune_startup_trials: int = setting(
+        3, "Trials that complete before any trial may be pruned (the median needs a few).", ge=0
+    )
     prune_warmup_steps: int = setting(
         0, "Optimizer steps before a trial may be pruned (its first evaluations are noisy).", ge=0
     )
@@ -112,6 +115,8 @@ class SweepConfig(Section):
             values = spec["values"]
             if not isinstance(values, list) or not values:
                 self.fail(f"{where}.values", "expected a non-empty list of values")
+            if not all(v is None or isinstance(v, bool | int | float | str) for v in values):
+                self.fail(f"{where}.values", "each value must be a number, string or boolean")
             return
         low, high = spec["low"], spec["high"]
         if not (_number(low) and _number(high)):

@@ -1,0 +1,84 @@
+"""The search space of ``sweep.space`` as Optuna distributions, and a trial's params as config.
+
+A dimension is named by its params.yaml key (``pretrain.lr``), in Optuna and in every output, so
+a trial's params are its ``--set`` overrides and ``best.yaml`` is a params.yaml fragment.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from lmforge.config import Config, load_config_text
+from lmforge.config.sweep import SweepConfig, grid_points
+
+
+def distributions(sweep: SweepConfig) -> dict[str, Any]:
+    """``{key: optuna distribution}``; a grid sweep sees every axis as its list of points."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    out: dict[str, Any] = {}
+    for key, spec in sweep.space.items():
+        kind = spec["type"]
+        if sweep.sampler == "grid" or kind == "choice":
+            out[key] = CategoricalDistribution(grid_points(spec))
+        elif kind == "int":
+            out[key] = IntDistribution(spec["low"], spec["high"])
+        else:
+            out[key] = FloatDistribution(spec["low"], spec["high"], log=kind == "loguniform")
+    return out
+
+
+def sampler(sweep: SweepConfig):
+    import optuna
+
+    if sweep.sampler == "grid":
+        grid = {key: grid_points(spec) for key, spec in sweep.space.items()}
+        return optuna.samplers.GridSampler(grid, seed=sweep.seed)
+    return optuna.samplers.TPESampler(seed=sweep.seed)
+
+
+def pruner(sweep: SweepConfig):
+    import optuna
+
+    if not sweep.pruning:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=sweep.prune_startup_trials, n_warmup_steps=sweep.prune_warmup_steps
+    )
+
+
+def overrides(params: dict[str, Any]) -> list[str]:
+    """A trial's params as ``--set`` items (values in JSON, which YAML reads back unchanged)."""
+    return [f"{key}={json.dumps(value)}" for key, value in params.items()]
+
+
+def trial_config(cfg: Config, params: dict[str, Any], number: int) -> Config:
+    """``cfg`` with the trial's values, checked like any params file (ranges, cross-field rules).
+
+    Pretrain trials train in this process (``launch.backend=inline``)."""
+    extra = ["launch.backend=inline"] if cfg.sweep.step == "pretrain" else []
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    return load_config_text(text, [*extra, *overrides(params)], source=f"sweep trial {number}")
+
+
+def nested(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{"pretrain.lr": 1e-3}`` -> ``{"pretrain": {"lr": 1e-3}}`` (a params.yaml fragment)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in params.items():
+        section, _, name = key.partition(".")
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def inside(spec: dict[str, Any], value: Any) -> bool:
+    """Whether ``value`` is a point of the dimension ``spec`` (bounds inclusive)."""
+    if spec["type"] == "choice":
+        return value in spec["values"]
+    return spec["low"] <= value <= spec["high"]
