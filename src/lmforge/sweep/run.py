@@ -116,10 +116,10 @@ def sweep(cfg: Config, out_dir: Path, inputs: StepInputs | None = None) -> Sweep
 
     dists = space.distributions(sw)
     todo = sw.n_trials - counted(study)
-    if sw.sampler == "grid":
-        from lmforge.config.sweep import grid_size
-
-        todo = min(todo, grid_size(sw.space) - counted(study))
+    if sw.sampler == "grid":  # each point once: those already tried are not queued again
+        for point in space.grid(sw):
+            study.enqueue_trial(point, skip_if_exists=True)
+        todo = min(todo, waiting(study))
     ran = 0
     for _ in range(max(0, todo)):
         trial = study.ask(dists)
@@ -130,15 +130,19 @@ def sweep(cfg: Config, out_dir: Path, inputs: StepInputs | None = None) -> Sweep
 
 
 def counted(study) -> int:
-    """Trials that count towards ``n_trials``: finished ones, not the interrupted."""
+    """Trials that count towards ``n_trials``: finished ones, not the interrupted (a queued
+    retry of an interrupted one runs first, as one of the trials still to run)."""
     from optuna.trial import TrialState
 
     done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return sum(
-        1
-        for t in study.get_trials(deepcopy=False, states=done)
-        if not t.user_attrs.get("interrupted")
-    ) + len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    trials = study.get_trials(deepcopy=False, states=done)
+    return sum(1 for t in trials if not t.user_attrs.get("interrupted"))
+
+
+def waiting(study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def requeue_interrupted(study) -> None:

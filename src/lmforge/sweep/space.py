@@ -6,6 +6,7 @@ a trial's params are its ``--set`` overrides and ``best.yaml`` is a params.yaml 
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -36,12 +37,19 @@ def distributions(sweep: SweepConfig) -> dict[str, Any]:
 
 
 def sampler(sweep: SweepConfig):
+    """TPE; for a grid, every point is queued (``grid``) and the sampler only names the study's
+    (Optuna's GridSampler stops the study from inside ``tell``, which ask-and-tell cannot use)."""
     import optuna
 
     if sweep.sampler == "grid":
-        grid = {key: grid_points(spec) for key, spec in sweep.space.items()}
-        return optuna.samplers.GridSampler(grid, seed=sweep.seed)
+        return optuna.samplers.RandomSampler(seed=sweep.seed)
     return optuna.samplers.TPESampler(seed=sweep.seed)
+
+
+def grid(sweep: SweepConfig) -> list[dict[str, Any]]:
+    """Every point of the grid, in order (the first key varies slowest)."""
+    axes = [grid_points(spec) for spec in sweep.space.values()]
+    return [dict(zip(sweep.space, values, strict=True)) for values in itertools.product(*axes)]
 
 
 def pruner(sweep: SweepConfig):
