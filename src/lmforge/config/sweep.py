@@ -38,8 +38,8 @@ class SweepConfig(Section):
     )
     space: dict[str, dict[str, Any]] = setting(
         {
-            "pretrain.lr": {"type": "loguniform", "low": 3e-4, "high": 1e-2},
-            "pretrain.warmup_steps": {"type": "int", "low": 0, "high": 100},
+            "pretrain.lr": {"type": "loguniform", "low": 5e-4, "high": 8e-3},
+            "pretrain.warmup_steps": {"type": "int", "low": 0, "high": 112},
         },
         "Search space: SECTION.KEY -> {type: loguniform|uniform|int|choice, low, high} "
         "(choice: {type: choice, values: [...]}); int bounds are inclusive.",
