@@ -66,6 +66,7 @@ def plot(plots_dir: Path, sweep: SweepConfig, rows: list[dict[str, Any]]) -> Non
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, NullFormatter
 
     keys = list(sweep.space)
     done = [r for r in rows if r["state"] == "COMPLETE"]
@@ -77,6 +78,7 @@ def plot(plots_dir: Path, sweep: SweepConfig, rows: list[dict[str, Any]]) -> Non
     best = [pick(ys[: i + 1]) for i in range(len(ys))]
     ax.step(xs, best, where="post", label="best so far")
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(sweep.objective)
     ax.legend()
     for ax, key in zip(axes[0][1:], keys, strict=True):
@@ -84,8 +86,12 @@ def plot(plots_dir: Path, sweep: SweepConfig, rows: list[dict[str, Any]]) -> Non
         numeric = all(isinstance(p, int | float) for p, _ in points)
         if points:
             ax.plot([p if numeric else str(p) for p, _ in points], [v for _, v in points], "o")
-        if sweep.space[key]["type"] == "loguniform":
+        spec = sweep.space[key]
+        if spec["type"] == "loguniform":
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # a narrow range: labels overlap
+        if spec["type"] != "choice":
+            ax.set_xlim(spec["low"], spec["high"])  # the whole range searched, not just the hits
         ax.set_xlabel(key)
         ax.set_ylabel(sweep.objective)
     fig.tight_layout()
