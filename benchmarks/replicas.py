@@ -106,7 +106,7 @@ def main() -> None:
             }
     payload = {
         "machine": machine.describe(),
-        "shape": "cpu-tiny (4 layers, width 192, 6 heads, context 256, vocabulary 4096)",
+        "shape": "cpu-tiny (4 layers, width 128, 4 heads, context 256, vocabulary 4096)",
         "global_batch": 16,
         "rounds": args.rounds,
         "steps": args.steps,
