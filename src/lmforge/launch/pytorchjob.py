@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -181,6 +182,45 @@ def params_configmap_name(job: str) -> str:
     return f"{job}-params"
 
 
+@dataclass(frozen=True)
+class JobFrame:
+    """What every job kind derives from the config alike: its name, the run it belongs to, the
+    data and output folders as seen on the volume, its metadata, and the params ConfigMap."""
+
+    name: str
+    run_id: str
+    data: str
+    out: str
+    meta: dict[str, Any]
+    configmap: dict[str, Any]
+
+
+def job_frame(
+    cfg: Config,
+    tokenized_dir: Path,
+    out_dir: Path,
+    root: Path | None,
+    run_name: str | None,
+) -> JobFrame:
+    from lmforge.tracking import pipeline_run_id
+
+    # Launch settings are checked where the section is defined (LaunchConfig.check).
+    la = cfg.launch
+    run_id = run_name if run_name is not None else pipeline_run_id(cfg)
+    name = job_name(la.job_name, run_id)
+    root = Path(root) if root is not None else Path.cwd()
+    meta = {"name": name, "namespace": la.namespace, "labels": _labels(cfg)}
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {**meta, "name": params_configmap_name(name)},
+        "data": {PARAMS_FILE: yaml.safe_dump(cfg.to_dict(), sort_keys=False)},
+    }
+    data = volume_path(tokenized_dir, root, la.mount_path)
+    out = volume_path(out_dir, root, la.mount_path)
+    return JobFrame(name, run_id, data, out, meta, configmap)
+
+
 def render(
     cfg: Config,
     tokenized_dir: Path,
@@ -190,23 +230,9 @@ def render(
     run_name: str | None = None,
 ) -> list[dict[str, Any]]:
     """The ConfigMap with the resolved config, and the PyTorchJob that mounts it."""
-    from lmforge.tracking import pipeline_run_id
-
-    # Launch settings are checked where the section is defined (LaunchConfig.check).
     la = cfg.launch
-    run_id = run_name if run_name is not None else pipeline_run_id(cfg)
-    name = job_name(la.job_name, run_id)
-    root = Path(root) if root is not None else Path.cwd()
-    data = volume_path(tokenized_dir, root, la.mount_path)
-    out = volume_path(out_dir, root, la.mount_path)
-    meta = {"name": name, "namespace": la.namespace, "labels": _labels(cfg)}
-    configmap = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {**meta, "name": params_configmap_name(name)},
-        "data": {PARAMS_FILE: yaml.safe_dump(cfg.to_dict(), sort_keys=False)},
-    }
-    template = _pod_template(cfg, name, data, out, run_id)
+    frame = job_frame(cfg, tokenized_dir, out_dir, root, run_name)
+    template = _pod_template(cfg, frame.name, frame.data, frame.out, frame.run_id)
     replica = {"restartPolicy": la.restart_policy, "template": template}
     if is_elastic(cfg):
         # Elastic: workers only; torchrun's c10d rendezvous runs on <job>-worker-0.
@@ -231,8 +257,8 @@ def render(
             "rdzvBackend": "c10d",
             "maxRestarts": la.backoff_limit,
         }
-    job = {"apiVersion": API_VERSION, "kind": "PyTorchJob", "metadata": meta, "spec": spec}
-    return [configmap, job]
+    job = {"apiVersion": API_VERSION, "kind": "PyTorchJob", "metadata": frame.meta, "spec": spec}
+    return [frame.configmap, job]
 
 
 class _ManifestDumper(yaml.SafeDumper):

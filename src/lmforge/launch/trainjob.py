@@ -19,8 +19,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lmforge.config import Config
 from lmforge.errors import LaunchError
 from lmforge.launch.pytorchjob import (
@@ -28,10 +26,9 @@ from lmforge.launch.pytorchjob import (
     PARAMS_FILE,
     PARAMS_HASH_LABEL,
     _labels,
-    job_name,
+    job_frame,
     params_configmap_name,
     to_yaml,
-    volume_path,
 )
 
 GROUP, VERSION = "trainer.kubeflow.org", "v1alpha1"
@@ -108,22 +105,10 @@ def render(
     run_name: str | None = None,
 ) -> list[dict[str, Any]]:
     """The ConfigMap with the resolved config, and the TrainJob that mounts it (validated)."""
-    from lmforge.tracking import pipeline_run_id
-
     la = cfg.launch
-    run_id = run_name if run_name is not None else pipeline_run_id(cfg)
-    name = job_name(la.job_name, run_id)
-    root = Path(root) if root is not None else Path.cwd()
-    data = volume_path(tokenized_dir, root, la.mount_path)
-    out = volume_path(out_dir, root, la.mount_path)
-    meta = {"name": name, "namespace": la.namespace, "labels": _labels(cfg)}
-    configmap = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {**meta, "name": params_configmap_name(name)},
-        "data": {PARAMS_FILE: yaml.safe_dump(cfg.to_dict(), sort_keys=False)},
-    }
-    argv = command(data, out)
+    frame = job_frame(cfg, tokenized_dir, out_dir, root, run_name)
+    name, run_id, meta, configmap = frame.name, frame.run_id, frame.meta, frame.configmap
+    argv = command(frame.data, frame.out)
     trainer = {
         "image": la.image,
         "command": argv[:1],
