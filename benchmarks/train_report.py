@@ -61,6 +61,14 @@ def throughput_table(data: dict) -> list[str]:
     for prec, row in data["results"].items():
         up = row["speedup"]
         lines.append(f"| {prec} | " + " | ".join(f"{up[k]:.2f}x" for k in keys) + " |")
+    mfus = [row[n]["mfu"] for row in data["results"].values() for n in names]
+    missing = [p for p in ("fp32", "bf16") if p not in data["results"]]
+    lines += [
+        "",
+        f"Highest MFU in this run: {max(mfus):.1%} (the peak is the best of several matmul "
+        "sizes and repeats at the training threads, so no MFU can pass 100%)."
+        + (f" Not measured in this run: {', '.join(missing)}." if missing else ""),
+    ]
     lines += [
         "",
         "Both trainers run the same Hugging Face model, so compiled against compiled they are "

@@ -175,6 +175,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     args = parser.parse_args()
     flops = model_size(build_config(SHAPE), SEQ).flops_per_token
     results: dict[str, dict] = {}
@@ -183,7 +184,7 @@ def main() -> None:
             Path(tmp) / "tok", vocab_size=8192, block_size=SEQ, n_blocks={"train": 512}
         )
         ds = BlockDataset(data / "blocks", "train")
-        for precision in ("fp32", "bf16"):
+        for precision in args.precisions:
             samples: dict[str, list[float]] = {name: [] for name in (*CONTENDERS, "peak")}
             for r in range(args.rounds):
                 samples["peak"].append(
