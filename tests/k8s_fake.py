@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 from kubernetes import client
 
 from lmforge.launch.kube import api_client
@@ -147,3 +148,20 @@ def routes(job_states, extra=None) -> dict[tuple[str, str], list[Reply]]:
         ("DELETE", f"{CORE}/configmaps/{params_configmap_name(NAME)}"): [recorded("deleted.json")],
     }
     return base | (extra or {})
+
+
+@pytest.fixture
+def api_server():
+    """Start fake API servers for a test (``api_server(route_map) -> (server, api)``); all are
+    shut down when it ends."""
+    servers = []
+
+    def start_one(route_map):
+        server, api = start(route_map)
+        servers.append(server)
+        return server, api
+
+    yield start_one
+    for server in servers:
+        server.shutdown()
+        server.server_close()

@@ -11,8 +11,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from k8s_fake import CORE, DROP, JOBS, NAME, RESPONSES, Reply, recorded, routes, server_error
-from k8s_fake import start as start_api
+from k8s_fake import (
+    CORE,
+    DROP,
+    JOBS,
+    NAME,
+    RESPONSES,
+    Reply,
+    recorded,
+    routes,
+    server_error,
+)
 
 from lmforge.config import load_config
 from lmforge.errors import LaunchError
@@ -22,21 +31,6 @@ from lmforge.train.result import PretrainResult
 
 pytestmark = pytest.mark.timeout(60)
 LOG = f"{CORE}/pods/{NAME}-master-0/log"
-
-
-@pytest.fixture
-def api_server():
-    servers = []
-
-    def start(route_map):
-        server, api = start_api(route_map)
-        servers.append(server)
-        return server, api
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture

@@ -12,8 +12,13 @@ import json
 from pathlib import Path
 
 import pytest
-from k8s_fake import CORE, NAME, RESPONSES, Reply, recorded
-from k8s_fake import start as start_api
+from k8s_fake import (
+    CORE,
+    NAME,
+    RESPONSES,
+    Reply,
+    recorded,
+)
 from k8s_fake_trainjob import NODE0, NODE0_FAILED, TRAINJOBS, routes, tj
 from k8s_schema import REPO, errors, kustomize
 
@@ -25,21 +30,6 @@ from lmforge.launch.pytorchjob import PARAMS_HASH_LABEL, params_configmap_name
 
 pytestmark = pytest.mark.timeout(60)
 RECORDED = RESPONSES / "trainjob"
-
-
-@pytest.fixture
-def api_server():
-    servers = []
-
-    def start(route_map):
-        server, api = start_api(route_map)
-        servers.append(server)
-        return server, api
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
