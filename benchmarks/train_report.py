@@ -34,14 +34,9 @@ def throughput_table(data: dict) -> list[str]:
         "eager | minimal compiled | Trainer eager | Trainer compiled |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    names = (
-        "lmforge",
-        "lmforge+compile",
-        "minimal",
-        "minimal+compile",
-        "trainer",
-        "trainer+compile",
-    )
+    # The contenders, in the order train_throughput.py ran and wrote them.
+    first = next(iter(data["results"].values()))
+    names = [n for n, v in first.items() if isinstance(v, dict) and "tokens_per_s" in v]
     for prec, row in data["results"].items():
         cells = " | ".join(f"{row[n]['tokens_per_s']:.0f} ({row[n]['mfu']:.1%})" for n in names)
         lines.append(f"| {prec} | {row['matmul_peak_gflops']:.1f} | {cells} |")
