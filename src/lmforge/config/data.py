@@ -21,7 +21,11 @@ class DataConfig(Section):
     labelled_file: str = setting(
         "labelled/spam.jsonl", "Downstream labelled set under data/: JSON lines {id, text, label}."
     )
-    labels: list[str] = setting(["ham", "spam"], "The classes of the labelled set, in id order.")
+    labels: list[str] = setting(
+        ["ham", "spam"],
+        "The classes of the labelled set, in id order; empty: the sorted labels of the training "
+        "split (validate records them in labelled/labels.json, which later stages read).",
+    )
     min_chars: int = setting(1, "Shortest record text accepted, in characters.", ge=1)
     max_chars: int = setting(200_000, "Longest record text accepted, in characters.", ge=1)
     min_alpha_share: float = setting(
@@ -69,9 +73,10 @@ class DataConfig(Section):
             )
         if self.min_chars > self.max_chars:
             self.fail("min_chars", f"{self.min_chars} exceeds data.max_chars {self.max_chars}")
-        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
-            self.fail("labels", f"{self.labels!r}: list at least two distinct labels")
-        if self.min_class_share * len(self.labels) > 1:
+        # Empty labels are taken from the training split: validate checks these rules then.
+        if self.labels and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)):
+            self.fail("labels", f"{self.labels!r}: list at least two distinct labels (or none)")
+        if self.labels and self.min_class_share * len(self.labels) > 1:
             self.fail(
                 "min_class_share",
                 f"{self.min_class_share} for {len(self.labels)} labels cannot all hold "

@@ -21,6 +21,7 @@ from typing import Any
 
 from lmforge.config import AugmentConfig, Config, DataConfig
 from lmforge.data.expectations import Profile, failure_message, letter_share, run_suites
+from lmforge.data.labels import LABELS_FILE, task_labels
 from lmforge.data.pii import PLACEHOLDERS
 from lmforge.data.records import JsonlWriters, Kind, read_records
 from lmforge.data.split import SPLITS, hash_unit
@@ -180,6 +181,7 @@ def augment(cfg: Config, validated_dir: Path, out_dir: Path) -> AugmentResult:
                     raise DataError(
                         f"{path}: missing; run the validate stage first (`dvc repro validate`)."
                     )
+        labels = task_labels(cfg, validated_dir / "labelled")
         ops: Counter = Counter()
         records, added, rejected = {}, {}, {}
         with atomic_output_dir(out_dir) as tmp:
@@ -191,7 +193,9 @@ def augment(cfg: Config, validated_dir: Path, out_dir: Path) -> AugmentResult:
                     shutil.copyfile(
                         validated_dir / kind / f"{split}.jsonl", dest / f"{split}.jsonl"
                     )
-                prof = Profile(kind, labels=list(cfg.data.labels) if kind == "labelled" else [])
+                if (validated_dir / kind / LABELS_FILE).is_file():  # the task's classes
+                    shutil.copyfile(validated_dir / kind / LABELS_FILE, dest / LABELS_FILE)
+                prof = Profile(kind, labels=labels if kind == "labelled" else [])
                 src = validated_dir / kind / "train.jsonl"
                 with JsonlWriters(dest, ["train"]) as writers:
                     records[kind], added[kind], rejected[kind] = augment_split(

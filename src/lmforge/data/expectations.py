@@ -18,6 +18,7 @@ from lmforge.config import DataConfig
 from lmforge.data.pii import Allow, find
 
 PREVIEW_CHARS = 60
+SHARE_PREFIX = "is_"  # the indicator column of a class: its mean is the class's share
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 _NON_LETTER = re.compile(r"[\W\d_]+")
 _SPACE = re.compile(r"\s+")
@@ -91,15 +92,17 @@ class Profile:
 
         df = pd.DataFrame(self.cols)
         for label in self.labels:  # class shares as means of indicator columns
-            df[f"is_{label}"] = (df["label"] == label).astype(float)
+            df[SHARE_PREFIX + label] = (df["label"] == label).astype(float)
         return df
 
 
 def suite_spec(
-    cfg: DataConfig, kind: str, pii_check: bool = False
+    cfg: DataConfig, kind: str, pii_check: bool = False, labels: list[str] | None = None
 ) -> list[tuple[str, dict[str, Any]]]:
     """(GX expectation class name, kwargs) for one dataset, from the ``data`` params;
-    ``pii_check``: no personal data left in the written texts (column ``pii_left``)."""
+    ``pii_check``: no personal data left in the written texts (column ``pii_left``); ``labels``:
+    the task's classes (``lmforge.data.labels``; default ``data.labels``)."""
+    labels = list(cfg.labels if labels is None else labels)
     spec: list[tuple[str, dict[str, Any]]] = [
         ("ExpectTableRowCountToBeBetween", {"min_value": 1}),
         ("ExpectColumnValuesToNotBeNull", {"column": "id"}),
@@ -122,14 +125,18 @@ def suite_spec(
     if kind == "labelled":
         spec += [
             ("ExpectColumnValuesToNotBeNull", {"column": "label"}),
-            ("ExpectColumnValuesToBeInSet", {"column": "label", "value_set": list(cfg.labels)}),
+            ("ExpectColumnValuesToBeInSet", {"column": "label", "value_set": labels}),
         ]
         spec += [
             (
                 "ExpectColumnMeanToBeBetween",
-                {"column": f"is_{label}", "min_value": cfg.min_class_share, "max_value": 1.0},
+                {
+                    "column": SHARE_PREFIX + label,
+                    "min_value": cfg.min_class_share,
+                    "max_value": 1.0,
+                },
             )
-            for label in cfg.labels
+            for label in labels
         ]
     else:
         spec.append(("ExpectColumnValuesToNotBeNull", {"column": "source"}))
@@ -149,7 +156,7 @@ def run_suites(cfg: DataConfig, profiles: dict[str, Profile], stage: str) -> dic
     report: dict[str, Any] = {"stage": stage, "success": True, "datasets": {}}
     for name, prof in profiles.items():
         suite = context.suites.add(gx.ExpectationSuite(name=f"{stage}-{name}"))
-        for cls_name, kwargs in suite_spec(cfg, prof.kind, prof.pii is not None):
+        for cls_name, kwargs in suite_spec(cfg, prof.kind, prof.pii is not None, prof.labels):
             suite.add_expectation(getattr(gx.expectations, cls_name)(**kwargs))
         batch = source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe("all")
         definition = context.validation_definitions.add(
@@ -227,12 +234,32 @@ def describe(item: dict[str, Any]) -> str:
     return f"{item['expectation']}({', '.join(map(str, args))})"
 
 
+def _class_share_failure(name: str, ds: dict[str, Any], item: dict[str, Any]) -> str | None:
+    """A failed class share said in the task's words too (the class by name), else None."""
+    column = str(item["kwargs"].get("column", ""))
+    if item["expectation"] != "expect_column_mean_to_be_between" or not column.startswith(
+        SHARE_PREFIX
+    ):
+        return None
+    label, share, least = column[len(SHARE_PREFIX) :], item["observed"], item["kwargs"]["min_value"]
+    text = f"{name}: {describe(item)} failed: class {label!r} "
+    if not share:
+        return text + f"is missing (none of the {ds['records']} records has it)"
+    return text + (
+        f"has a share of {share:.3f} of the {ds['records']} records, under data.min_class_share "
+        f"{least}"
+    )
+
+
 def failure_message(report: dict[str, Any], where: str) -> str:
     """One paragraph: every failed expectation with its observed value and a few offenders."""
     parts = []
     for name, ds in report["datasets"].items():
         for item in ds["expectations"]:
             if item["success"]:
+                continue
+            if share := _class_share_failure(name, ds, item):
+                parts.append(share)
                 continue
             text = f"{name}: {describe(item)} failed"
             if item["unexpected_count"] is not None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from lmforge.config import Config, DataConfig
 from lmforge.data.expectations import Profile, failure_message, run_suites
+from lmforge.data.labels import LABELS_FILE, resolve
 from lmforge.data.pii import Allow, Tally
 from lmforge.data.records import JsonlWriters, Kind, check_file, read_records
 from lmforge.data.report_html import render
@@ -104,13 +105,18 @@ def validate(cfg: Config, data_dir: Path, out_dir: Path) -> ValidationResult:
                 profiles[kind], counts[kind] = split_and_profile(
                     cfg.data, kind, paths, tmp / kind, pii
                 )
+            # The classes (listed or the training split's) before the suites check their shares.
+            task = resolve(cfg.data, profiles["labelled"])
+            profiles["labelled"].labels = task["labels"]
             report = run_suites(cfg.data, profiles, stage="validate")
+            report["labels"] = task
             report["pii"] = pii.summary(files, SPLITS)
             report["files"] = {k: [str(p) for p in v] for k, v in files.items()}
             report["splits"] = counts
             if not report["success"]:
                 raise DataError(failure_message(report, str(data_dir)))
             write_json(tmp / "report.json", report)
+            write_json(tmp / "labelled" / LABELS_FILE, task)
             (tmp / "report.html").write_text(render(report, f"Validation of {data_dir}"))
             write_json(tmp / "metrics.json", metrics_of(report, counts))
         log_outputs(
