@@ -4,7 +4,9 @@
 
 - the pretrained language model: perplexity on ``tokenized_dir/blocks/test.bin``, and completions
   of ``evaluate.sample_prompts`` (seeded sampling);
-- the fine-tuned classifier on the labelled test split: accuracy, macro-F1, confusion matrix;
+- the fine-tuned classifier on the labelled test split, over the task's N classes (``data.labels``
+  or those validate took from the training split: ``lmforge.data.labels``): accuracy, macro-F1,
+  per-class precision/recall/F1 and the N x N confusion matrix;
 - on the same split, for comparison: the from-scratch baseline (``finetuned_dir/baseline``), the
   majority class of the training split, and the registry's current champion
   (the version under ``models:/NAME@champion``, loaded with remote code disabled) when there is one.
@@ -27,8 +29,17 @@ from typing import Any
 import numpy as np
 
 from lmforge.config import Config
+from lmforge.data.labels import task_labels
 from lmforge.errors import DataError
-from lmforge.metrics import beats, classification_scores, gate, perplexity_of, token_nll
+from lmforge.metrics import (
+    Check,
+    beats,
+    classification_scores,
+    gate,
+    per_class_scores,
+    perplexity_of,
+    token_nll,
+)
 from lmforge.outputs import atomic_output_dir
 from lmforge.tracking import is_number
 
@@ -98,16 +109,27 @@ def _numbers_and_confusion(scored: dict[str, Any]) -> tuple[dict[str, Any], list
     return numbers, scored["confusion"]
 
 
+def model_labels(model) -> list[str]:
+    """The classes a classifier predicts, in its own id order."""
+    return [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+
+
 def classify(model, tokenizer, texts: list[str], labels: list[str], cfg: Config) -> np.ndarray:
     """Predicted label indices (in ``labels`` order, whatever the model's own id order)."""
     import torch
 
     from lmforge.train.classify import collate, encode
 
+    theirs = model_labels(model)
+    if sorted(theirs) != sorted(labels):
+        raise DataError(
+            f"{model.name_or_path}: the classifier predicts {theirs}, the task has {labels}; "
+            "fine-tune again on these splits (lmforge finetune)"
+        )
     rows = [{"text": t, "label": labels[0]} for t in texts]
     enc = encode(rows, tokenizer, labels, cfg.finetune.max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    to_ours = np.array([labels.index(model.config.id2label[i]) for i in range(len(labels))])
+    to_ours = np.array([labels.index(label) for label in theirs])
     preds = []
     model.eval()
     with torch.no_grad():
@@ -167,9 +189,9 @@ def evaluate(
     from lmforge.train.classify import read_labelled
 
     torch.manual_seed(cfg.evaluate.sample_seed)
-    labels = list(cfg.data.labels)
     primary = cfg.register.primary_metric
     labelled = Path(augmented_dir) / "labelled"
+    labels = task_labels(cfg, labelled)  # listed, or recorded by validate from the train split
     test = read_labelled(labelled / "test.jsonl", labels)
     train_counts = Counter(r["label"] for r in read_labelled(labelled / "train.jsonl", labels))
     texts = [r["text"] for r in test]
@@ -194,6 +216,7 @@ def evaluate(
     model, tokenizer = load_classifier(Path(finetuned_dir) / "model")
     scored, y_pred = score(model, tokenizer)  # once: the report and the plots share these
     report["classifier"], confusion = _numbers_and_confusion(scored)
+    report["classifier"]["per_class"] = per_class_scores(np.array(confusion), labels)
     del model
     baseline_dir = Path(finetuned_dir) / "baseline"
     report["baseline"] = None
@@ -204,10 +227,19 @@ def evaluate(
     report["majority"] = {"label": labels[majority], **_numbers_and_confusion(majority_scores)[0]}
     report["champion"] = None
     found = champion(cfg) if cfg.evaluate.compare_champion else None
+    other_task = None  # a champion of other classes: nothing to compare on this test split
     if found is not None:
         version, champ, champ_tok = found
-        champ_scores = _numbers_and_confusion(score(champ, champ_tok)[0])[0]
-        report["champion"] = {"version": version, **champ_scores}
+        if sorted(model_labels(champ)) == sorted(labels):
+            champ_scores = _numbers_and_confusion(score(champ, champ_tok)[0])[0]
+            report["champion"] = {"version": version, **champ_scores}
+        else:
+            other_task = Check(
+                f"beats champion v{version}",
+                False,
+                f"not compared: the champion predicts {model_labels(champ)}, this task has "
+                f"{labels}",
+            )
 
     challenger = report["classifier"]
     checks = gate(primary, challenger, None, cfg.register.min_primary, 0.0)[:1]
@@ -222,6 +254,7 @@ def evaluate(
                 report["champion"],
             )
         )
+    informative.append(other_task)
     passed = all(c.passed for c in checks)
     report["gate"] = {
         "passed": passed,
@@ -284,14 +317,21 @@ def _confusion_png(path: Path, confusion: np.ndarray, labels: list[str]) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.imshow(confusion, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set_yticks(range(len(labels)), labels)
+    # Grows with the number of classes so that cells, counts and names stay legible; long or
+    # many names are slanted on the x axis so that they do not overlap.
+    n = len(labels)
+    side = min(4 + 0.5 * max(0, n - 2), 16)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(confusion, cmap="Blues", vmin=0)
+    slant = n > 4 or max(len(label) for label in labels) > 6
+    ax.set_xticks(range(n), labels, rotation=45 if slant else 0, ha="right" if slant else "center")
+    ax.set_yticks(range(n), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
+    dark = confusion.max() / 2 if confusion.size else 0
     for (i, j), count in np.ndenumerate(confusion):
-        ax.text(j, i, str(count), ha="center", va="center")
+        colour = "white" if count > dark else "black"  # readable on dark and light cells
+        ax.text(j, i, str(count), ha="center", va="center", color=colour, fontsize=9)
     ax.set_title("Fine-tuned classifier, test split")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -312,6 +352,18 @@ def _markdown(report: dict[str, Any]) -> str:
     for name, s in named:
         if s is not None:
             lines.append(f"| {name} | {s['accuracy']:.4f} | {s['macro_f1']:.4f} |")
+    per_class = report["classifier"].get("per_class") or {}
+    if per_class:
+        lines += ["", "Fine-tuned classifier per class:", ""]
+        lines += [
+            "| class | precision | recall | F1 | test records |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {label} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} "
+            f"| {c['support']} |"
+            for label, c in per_class.items()
+        ]
     gate = report["gate"]
     lines += ["", f"Gate on {primary}: **{'passed' if gate['passed'] else 'failed'}**", ""]
     lines += [

@@ -1,6 +1,7 @@
 """Metrics shared by training, evaluation and the registry: one definition of each number.
 
-- classification: :func:`confusion_matrix`, :func:`macro_f1`, :func:`classification_scores`;
+- classification: :func:`confusion_matrix`, :func:`macro_f1`, :func:`per_class_scores`,
+  :func:`classification_scores`;
 - language modelling: :func:`token_nll` (summed next-token loss and its count) and
   :func:`perplexity_of`;
 - the promotion gate: :class:`Check`, :func:`greater_is_better`, :func:`gate` (pure, so every case
@@ -34,14 +35,35 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
     return confusion
 
 
-def macro_f1(confusion: np.ndarray) -> float:
-    """Mean over classes of F1, from a (true, predicted) count matrix; 0 for an absent class."""
+def _precision_recall_f1(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per class, from a (true, predicted) count matrix; 0 where a ratio has no denominator."""
+    confusion = np.asarray(confusion)
     tp = np.diag(confusion).astype(float)
     precision = np.divide(tp, confusion.sum(0), out=np.zeros_like(tp), where=confusion.sum(0) > 0)
     recall = np.divide(tp, confusion.sum(1), out=np.zeros_like(tp), where=confusion.sum(1) > 0)
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    return float(f1.mean())
+    return precision, recall, f1
+
+
+def macro_f1(confusion: np.ndarray) -> float:
+    """Mean over classes of F1, from a (true, predicted) count matrix; 0 for an absent class."""
+    return float(_precision_recall_f1(confusion)[2].mean())
+
+
+def per_class_scores(confusion: np.ndarray, labels: list[str]) -> dict[str, dict[str, float]]:
+    """``{label: {precision, recall, f1, support}}`` (support: the class's true records)."""
+    precision, recall, f1 = _precision_recall_f1(confusion)
+    support = np.asarray(confusion).sum(1)
+    return {
+        label: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, label in enumerate(labels)
+    }
 
 
 def classification_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, Any]:
@@ -155,3 +177,35 @@ def beats(what: str, metric: str, challenger: dict, other: dict | None) -> Check
         gain > 0,
         f"{metric} {challenger[metric]:.4f} vs {what} {other[metric]:.4f} ({gain:+.4f})",
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Generated text (instruction tuning)
+# --------------------------------------------------------------------------------------------
+
+
+def text_tokens(text: str) -> list[str]:
+    """Lower-cased whitespace tokens: what exact match and ROUGE-L compare."""
+    return text.lower().split()
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 when the two texts have the same tokens (case and spacing ignored), else 0.0."""
+    return float(text_tokens(prediction) == text_tokens(reference))
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure (beta 1): the longest common token subsequence over both lengths."""
+    pred, ref = text_tokens(prediction), text_tokens(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    row = [0] * (len(ref) + 1)  # one row of the LCS table at a time
+    for p in pred:
+        diagonal = 0
+        for j, r in enumerate(ref, 1):
+            diagonal, row[j] = row[j], diagonal + 1 if p == r else max(row[j], row[j - 1])
+    lcs = row[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(pred), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)

@@ -21,6 +21,7 @@ from lmforge.outputs import atomic_output_dir
 from lmforge.registry.aliases import METRIC_TAG
 from lmforge.registry.compat import transformers5_checkpoint_compat
 from lmforge.registry.connection import bounded_http, describe, ensure_reachable
+from lmforge.tracking import is_number
 
 # Installed distributions the logged models need; pinned explicitly because MLflow's inference
 # would otherwise demand torchvision for a transformers model.
@@ -66,7 +67,11 @@ def _evaluation(evaluation_dir: Path) -> dict[str, Any]:
     path = evaluation_dir / "report.json"
     try:
         report = json.loads(path.read_text())
-        return {"lm": dict(report["lm"]), "classifier": dict(report["classifier"])}
+        # Numbers only: they become metrics and version tags (per-class scores stay in the report).
+        return {
+            section: {k: v for k, v in dict(report[section]).items() if is_number(v)}
+            for section in ("lm", "classifier")
+        }
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RegistryError(
             f"{path}: unreadable evaluation report ({exc}); run `lmforge evaluate` first"
@@ -147,7 +152,7 @@ def _register(cfg: Config, lm_dir: Path, clf_dir: Path, report: dict[str, Any]) 
     from lmforge import tracking
 
     labels = json.loads((clf_dir / "config.json").read_text()).get("id2label", {})
-    first_label = next(iter(labels.values()), cfg.data.labels[0])
+    first_label = next(iter(labels.values()), "label")  # the signature: a label and its score
     stage = tracking.stage_run(cfg, "register", sections=("register",))
     with stage as run:
         tags = {

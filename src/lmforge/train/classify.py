@@ -46,8 +46,9 @@ def read_labelled(path: Path, labels: list[str]) -> list[dict]:
                 raise DataError(f"{path}:{n}: expected a JSON record with text and label") from None
             if label not in labels:
                 raise DataError(
-                    f"{path}:{n}: label {label!r} is not one of data.labels {labels}; "
-                    "fix the record or add the label to params.yaml"
+                    f"{path}:{n}: label {label!r} is not one of the task's labels {labels} "
+                    "(data.labels, or labelled/labels.json when derived from the training split); "
+                    "fix the record, or add the label to data.labels and rerun validate"
                 )
             rows.append({"text": str(text), "label": label})
     if not rows:
@@ -91,7 +92,15 @@ def collate(ids: list[list[int]], pad_id: int, device: torch.device) -> dict[str
 class ClassifyTask:
     """Sequence classification of the labelled records (a ``lmforge.train.loop.Task``)."""
 
-    def __init__(self, train: Encoded, val: Encoded, cfg: FinetuneConfig, rt: Runtime, pad_id: int):
+    def __init__(
+        self,
+        train: Encoded,
+        val: Encoded,
+        cfg: FinetuneConfig,
+        rt: Runtime,
+        pad_id: int,
+        n_classes: int,
+    ):
         self.train, self.val, self.rt, self.pad_id = train, val, rt, pad_id
         self.micro = cfg.micro_batch_size
         self.sampler = GlobalBatchSampler(
@@ -100,7 +109,9 @@ class ClassifyTask:
         n_val = min(len(val.ids), max(1, cfg.eval_batches) * cfg.micro_batch_size * rt.world_size)
         n_val -= n_val % rt.world_size  # equal forward passes per rank (FSDP gathers in each)
         self.val_ids = np.arange(n_val)[rt.rank :: rt.world_size]
-        self.n_classes = int(max(train.labels.max(), val.labels.max())) + 1
+        # The head's size, not the largest id seen: the model may predict a class that no
+        # validation record has.
+        self.n_classes = n_classes
 
     def _batch(self, data: Encoded, idx: np.ndarray) -> dict[str, torch.Tensor]:
         batch = collate([data.ids[i] for i in idx], self.pad_id, self.rt.device)

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from lmforge.config import Config
+from lmforge.data.labels import task_labels
 from lmforge.errors import DataError
 from lmforge.metrics import macro_f1
 from lmforge.outputs import atomic_output_dir
@@ -118,13 +119,14 @@ def finetune(
     (not the baseline): a sweep's pruner."""
     from transformers import AutoTokenizer
 
-    tcfg, labels, out_dir = cfg.finetune, list(cfg.data.labels), Path(out_dir)
+    tcfg, out_dir = cfg.finetune, Path(out_dir)
     model_dir = Path(pretrained_dir) / "model"
     if not (model_dir / "config.json").is_file():
         raise DataError(f"{model_dir}: no pretrained model (config.json); run pretrain first")
     tokenizer = with_eos_appended(AutoTokenizer.from_pretrained(model_dir))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     labelled = Path(augmented_dir) / "labelled"
+    labels = task_labels(cfg, labelled)  # listed, or recorded by validate from the train split
     train = encode(
         read_labelled(labelled / "train.jsonl", labels), tokenizer, labels, tcfg.max_length
     )
@@ -146,7 +148,7 @@ def finetune(
                     model = apply_lora(model, tcfg)
                 if variant == "model":
                     trainable, total = count_params(model)
-                task = ClassifyTask(train, val, tcfg, rt, pad_id)
+                task = ClassifyTask(train, val, tcfg, rt, pad_id, len(labels))
                 start = {"variant": variant, "weights": weights if variant == "model" else None}
                 runs[variant] = fit(
                     model,
@@ -166,7 +168,7 @@ def finetune(
                 {"precision": result.precision, "precision_reason": result.precision_reason}
             )
             if rt.is_main:
-                _write_outputs(cfg, model_dir, tokenizer, states, runs, result, out_dir)
+                _write_outputs(cfg, labels, model_dir, tokenizer, states, runs, result, out_dir)
                 tracker.log_metrics(
                     {k: float(v) for k, v in asdict(result).items() if is_number(v)}
                 )
@@ -206,10 +208,9 @@ def _result(tcfg, runs, trainable, total, n_train, out_dir) -> FinetuneResult:
     )
 
 
-def _write_outputs(cfg, model_dir, tokenizer, states, runs, result, out_dir: Path) -> None:
+def _write_outputs(cfg, labels, model_dir, tokenizer, states, runs, result, out_dir) -> None:
     """Each of model/, baseline/, plots/, metrics.json appears whole (temp name, then rename);
     the checkpoints beside them stay for a rerun to resume from."""
-    labels = list(cfg.data.labels)
     for variant, state in states.items():
         with atomic_output_dir(out_dir / variant) as tmp:
             model = build_classifier(model_dir, labels, pretrained=False, seed=0)
