@@ -56,6 +56,17 @@ class PretrainConfig(TrainConfig):
 
     name = "pretrain"
 
+    init_from: str | None = setting(
+        None,
+        "A local Hugging Face causal-LM folder (config.json, weights, tokenizer) to continue "
+        "pretraining from: tokenize then encodes with its tokenizer instead of training one, and "
+        "the model section's shape is ignored. Null: a new decoder from the model section.",
+    )
+
+    def check(self) -> None:
+        if self.init_from is not None and not self.init_from.strip():
+            self.fail("init_from", "empty path; set a model folder or null")
+
 
 @dataclass
 class FinetuneConfig(TrainConfig):
@@ -70,10 +81,19 @@ class FinetuneConfig(TrainConfig):
     lora_alpha: int = setting(16, "LoRA scaling numerator (scale = alpha / r).", ge=1)
     lora_dropout: float = setting(0.05, "Dropout on the LoRA input.", ge=0, lt=1)
     lora_target_modules: list[str] = setting(
-        ["q_proj", "k_proj", "v_proj", "o_proj"], "Linear layers that get LoRA adapters."
+        [],
+        "Layers that get LoRA adapters (names as in the model); empty: the attention "
+        "projections found in the model (q/k/v/o_proj on Llama and Qwen2, c_attn and c_proj "
+        "on GPT-2).",
     )
     max_length: int = setting(128, "Tokens per example, truncated.", ge=2)
     baseline: bool = setting(True, "Also train from scratch with the same budget, to compare.")
+    base_model: str | None = setting(
+        None,
+        "A local Hugging Face causal-LM folder (config.json, weights, tokenizer) to fine-tune "
+        "from directly, with its own tokenizer, instead of the pretrain stage's model. Null: the "
+        "pretrain output.",
+    )
     parallel: Literal["single", "ddp", "fsdp"] = setting(
         "single", "Data parallelism across ranks: single process, DDP or FSDP2 (sharded)."
     )
@@ -87,5 +107,5 @@ class FinetuneConfig(TrainConfig):
     )
 
     def check(self) -> None:
-        if self.method == "lora" and not self.lora_target_modules:
-            self.fail("lora_target_modules", "list at least one module for method lora")
+        if self.base_model is not None and not self.base_model.strip():
+            self.fail("base_model", "empty path; set a model folder or null")

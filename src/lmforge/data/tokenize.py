@@ -118,6 +118,21 @@ def save_tokenizer(cfg: TokenizerConfig, tok, out: Path):
     return fast
 
 
+def tokenizer_for(cfg: Config, train_sources: list[Source], out: Path):
+    """(fast tokenizer saved in ``out``, its ``tokenizers`` backend): the one of
+    ``pretrain.init_from`` (continued pretraining must read text as that model learned it), else
+    byte-level BPE trained on the training split."""
+    if cfg.pretrain.init_from is not None:
+        from lmforge.model.base import load_base_tokenizer
+
+        fast = load_base_tokenizer(cfg.pretrain.init_from, "pretrain.init_from")
+        fast.save_pretrained(str(out))
+        return fast, fast.backend_tokenizer
+    tcfg = cfg.tokenizer
+    tok = train_tokenizer(tcfg, training_texts(train_sources, tcfg.train_max_mb))
+    return save_tokenizer(tcfg, tok, out), tok
+
+
 def _encode_split(tok, eos_id: int, sources: list[Source], cfg: TokenizerConfig, cache: Path):
     """``datasets``: the split's texts -> a dataset with one ``input_ids`` list per record."""
     import datasets
@@ -188,13 +203,13 @@ def pack(ds, block_size: int, dtype: np.dtype, dest: Path) -> dict[str, int]:
 
 
 def tokenize(cfg: Config, augmented_dir: Path, out_dir: Path) -> TokenizeResult:
-    """Train the tokenizer on the training split and pack every split into ``out_dir``."""
+    """Train the tokenizer on the training split (or take ``pretrain.init_from``'s) and pack
+    every split into ``out_dir``."""
     with tracked(cfg, "tokenize", sections=("tokenizer",)):
         tcfg = cfg.tokenizer
         sources = {split: split_sources(Path(augmented_dir), split, tcfg) for split in SPLITS}
         with atomic_output_dir(out_dir) as tmp:
-            tok = train_tokenizer(tcfg, training_texts(sources["train"], tcfg.train_max_mb))
-            fast = save_tokenizer(tcfg, tok, tmp / "tokenizer")
+            fast, tok = tokenizer_for(cfg, sources["train"], tmp / "tokenizer")
             eos_id, pad_id = fast.eos_token_id, fast.pad_token_id
             vocab_size = len(fast)
             dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
@@ -219,6 +234,7 @@ def tokenize(cfg: Config, augmented_dir: Path, out_dir: Path) -> TokenizeResult:
                 "vocab_size": vocab_size,
                 "eos_id": eos_id,
                 "pad_id": pad_id,
+                "tokenizer_from": cfg.pretrain.init_from,  # pretrain checks it starts there
                 "splits": splits,
             }
             write_json(blocks / "meta.json", meta)

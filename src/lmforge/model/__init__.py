@@ -1,5 +1,13 @@
-"""Decoder models from config: presets -> HF config -> ``LlamaForCausalLM``; sizes and FLOPs."""
+"""Decoder models from config: presets -> HF config -> ``LlamaForCausalLM``; sizes and FLOPs.
 
-from lmforge.model.builder import build_config, build_model, model_size, swiglu_hidden
+A user's own Hugging Face model folder as the start: ``lmforge.model.base``."""
 
-__all__ = ["build_config", "build_model", "model_size", "swiglu_hidden"]
+from lmforge.model.builder import (
+    build_config,
+    build_model,
+    measured_size,
+    model_size,
+    swiglu_hidden,
+)
+
+__all__ = ["build_config", "build_model", "measured_size", "model_size", "swiglu_hidden"]

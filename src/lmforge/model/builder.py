@@ -108,3 +108,29 @@ def model_size(config: PretrainedConfig, seq_len: int | None = None) -> ModelSiz
     matmul_params = n_layers * (attn + mlp) + vocab * d
     flops = 6 * matmul_params + 12 * n_layers * d * attended
     return ModelSize(n_params=n_params, n_embedding=embedding, flops_per_token=float(flops))
+
+
+def measured_size(model, seq_len: int) -> ModelSize:
+    """Counts of any HF decoder (a user's model: GPT-2, Qwen2, ...) from its parameters, and the
+    same 6 N + 12 L d T FLOPs rule: N is every weight but the input embedding (positions too),
+    plus the output projection's matmul when it is tied."""
+    config = model.config.get_text_config()
+    seen: set[int] = set()
+    n_params = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            n_params += p.numel()
+    embedding = model.get_input_embeddings().weight.numel()
+    positions = 0
+    for name, module in model.named_modules():
+        if name.endswith(("wpe", "embed_positions")) and hasattr(module, "weight"):
+            positions += module.weight.numel()
+    d, n_layers = config.hidden_size, config.num_hidden_layers
+    output = model.get_output_embeddings()
+    tied = output is not None and output.weight is model.get_input_embeddings().weight
+    matmul_params = n_params - embedding - positions + (config.vocab_size * d if tied else 0)
+    window = getattr(config, "sliding_window", None)
+    attended = min(seq_len, window) if window else seq_len
+    flops = 6 * matmul_params + 12 * n_layers * d * attended
+    return ModelSize(n_params=n_params, n_embedding=embedding, flops_per_token=float(flops))

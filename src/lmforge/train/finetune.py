@@ -34,7 +34,6 @@ from torch import nn
 
 from lmforge.config import Config
 from lmforge.data.labels import task_labels
-from lmforge.errors import DataError
 from lmforge.metrics import macro_f1
 from lmforge.outputs import atomic_output_dir
 from lmforge.tracking import is_number
@@ -44,6 +43,7 @@ from lmforge.train.distributed import barrier
 from lmforge.train.loop import FitResult, fit
 from lmforge.train.lora import apply_lora, merged
 from lmforge.train.parallel import full_state_dict
+from lmforge.train.start import starting_model
 
 # Re-exported: evaluate, benchmarks and tests read and encode the labelled splits as training does.
 __all__ = ["FinetuneResult", "collate", "encode", "finetune", "macro_f1", "read_labelled"]
@@ -81,17 +81,22 @@ def label_maps(labels: list[str]) -> dict:
     }
 
 
-def build_classifier(model_dir: Path, labels: list[str], pretrained: bool, seed: int):
+def build_classifier(
+    model_dir: Path, labels: list[str], pretrained: bool, seed: int, pad_id: int | None = None
+):
     """The pretrained decoder with a fresh head, or (``pretrained=False``) the same architecture
-    from random weights: the baseline."""
+    from random weights: the baseline. ``pad_id``: the token last-token pooling skips (a base
+    model's config often has none, and GPT-2's head cannot batch without it)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     torch.manual_seed(seed)  # the head (and the baseline) start identically on every rank
+    extra = {**label_maps(labels), **({} if pad_id is None else {"pad_token_id": pad_id})}
+    local = {"local_files_only": True, "trust_remote_code": False}  # never the hub, no code
     if pretrained:
         return AutoModelForSequenceClassification.from_pretrained(
-            model_dir, **label_maps(labels), attn_implementation="sdpa"
+            model_dir, **extra, **local, attn_implementation="sdpa"
         )
-    config = AutoConfig.from_pretrained(model_dir, **label_maps(labels))
+    config = AutoConfig.from_pretrained(model_dir, **extra, **local)
     return AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
 
 
@@ -107,7 +112,7 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 def finetune(
     cfg: Config,
-    pretrained_dir: Path,
+    pretrained_dir: Path | None,
     augmented_dir: Path,
     out_dir: Path,
     *,
@@ -116,14 +121,11 @@ def finetune(
     """Fine-tune the classifier and its from-scratch baseline; write ``out_dir`` (module doc).
 
     ``on_log(step, row)``: also called with each row the loop logs for the fine-tuned model
-    (not the baseline): a sweep's pruner."""
-    from transformers import AutoTokenizer
-
+    (not the baseline): a sweep's pruner. With ``finetune.base_model`` set, training starts
+    from that folder and ``pretrained_dir`` is not read (it may be None)."""
     tcfg, out_dir = cfg.finetune, Path(out_dir)
-    model_dir = Path(pretrained_dir) / "model"
-    if not (model_dir / "config.json").is_file():
-        raise DataError(f"{model_dir}: no pretrained model (config.json); run pretrain first")
-    tokenizer = with_eos_appended(AutoTokenizer.from_pretrained(model_dir))
+    model_dir, tokenizer = starting_model(tcfg.base_model, pretrained_dir)
+    tokenizer = with_eos_appended(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     labelled = Path(augmented_dir) / "labelled"
     labels = task_labels(cfg, labelled)  # listed, or recorded by validate from the train split
@@ -143,7 +145,9 @@ def finetune(
             states: dict[str, dict] = {}
             variants = ["model", "baseline"] if tcfg.baseline else ["model"]
             for variant in variants:
-                model = build_classifier(model_dir, labels, variant == "model", tcfg.seed)
+                model = build_classifier(
+                    model_dir, labels, variant == "model", tcfg.seed, tokenizer.pad_token_id
+                )
                 if tcfg.method == "lora" and variant == "model":
                     model = apply_lora(model, tcfg)
                 if variant == "model":
@@ -213,7 +217,7 @@ def _write_outputs(cfg, labels, model_dir, tokenizer, states, runs, result, out_
     the checkpoints beside them stay for a rerun to resume from."""
     for variant, state in states.items():
         with atomic_output_dir(out_dir / variant) as tmp:
-            model = build_classifier(model_dir, labels, pretrained=False, seed=0)
+            model = build_classifier(model_dir, labels, False, 0, tokenizer.pad_token_id)
             if cfg.finetune.method == "lora" and variant == "model":
                 model = merged(model, cfg.finetune, state)  # a plain HF classifier: no peft
             else:

@@ -4,6 +4,8 @@
 a PyTorchJob replica): ranks come from the environment. Output folder (rank 0 writes it):
 
 - ``model/``: HF model directory (safetensors, config) with the tokenizer copied in;
+  with ``pretrain.init_from`` it continues that model (its architecture and tokenizer:
+  ``lmforge.train.start.continued_model``) instead of a new decoder of the ``model`` section;
 - ``checkpoints/step-*/``: DCP checkpoints (a rerun resumes from the latest when
   ``lmforge.train.step.fingerprint`` matches);
 - ``metrics.json``: validation loss/perplexity, the unigram baseline's perplexity on the same
@@ -35,7 +37,7 @@ from torch import nn
 from lmforge.config import Config
 from lmforge.errors import DataError
 from lmforge.metrics import perplexity_of, token_nll
-from lmforge.model import build_config, build_model, model_size
+from lmforge.model import build_config, build_model, measured_size, model_size
 from lmforge.outputs import atomic_output_dir
 from lmforge.tracking import is_number
 from lmforge.train import step
@@ -46,6 +48,7 @@ from lmforge.train.loop import fit
 from lmforge.train.parallel import full_state_dict, meta_init
 from lmforge.train.precision import resolve
 from lmforge.train.result import PretrainResult  # the launcher reports it without torch
+from lmforge.train.start import continued_model
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +135,16 @@ def pretrain(
     with step.process_group(tcfg) as rt:
         tracking = step.tracked(cfg, "pretrain", ("model", "pretrain"), out_dir, rt)
         with tracking as tracker:
-            hf_config = build_config(cfg.model, meta.vocab_size, meta.eos_id, meta.pad_id)
-            size = model_size(hf_config, seq_len)
-            with meta_init(tcfg, rt):  # FSDP: only rank 0 allocates the whole model
-                model = build_model(hf_config, seed=tcfg.seed)
+            if tcfg.init_from is not None:  # continued pretraining of a user's model
+                on_meta = isinstance(meta_init(tcfg, rt), torch.device)  # FSDP rank > 0
+                start = continued_model(cfg, blocks_dir, meta.vocab_size, meta.block_size, on_meta)
+                model, hf_config, seq_len = start.model, start.config, start.seq_len
+                size, shape = measured_size(model, seq_len), start.identity
+            else:
+                hf_config = build_config(cfg.model, meta.vocab_size, meta.eos_id, meta.pad_id)
+                size, shape = model_size(hf_config, seq_len), asdict(cfg.model)
+                with meta_init(tcfg, rt):  # FSDP: only rank 0 allocates the whole model
+                    model = build_model(hf_config, seed=tcfg.seed)
             sampler = GlobalBatchSampler(
                 len(train_ds),
                 tcfg.micro_batch_size,
@@ -167,7 +176,7 @@ def pretrain(
                 tcfg,
                 rt,
                 checkpoint_dir=step.checkpoint_dir(out_dir),
-                fingerprint=step.fingerprint(tcfg, asdict(cfg.model), asdict(meta)),
+                fingerprint=step.fingerprint(tcfg, shape, asdict(meta)),
                 flops_per_token=size.flops_per_token,
                 peak_flops=peak,
                 on_log=step.both(tracker.step_logger(), on_log),
@@ -209,7 +218,7 @@ def pretrain(
 def _write_outputs(out_dir, hf_config, state, tok_dir, history, outcome) -> None:
     """Each of model/, plots/, metrics.json appears whole (temp name, then rename)."""
     with atomic_output_dir(out_dir / "model") as model_dir:
-        model = build_model(hf_config)
+        model = _empty_model(hf_config)
         model.load_state_dict(state)
         model.save_pretrained(model_dir, safe_serialization=True)
         for f in tok_dir.iterdir():
@@ -223,6 +232,16 @@ def _write_outputs(out_dir, hf_config, state, tok_dir, history, outcome) -> None
                 [int(row["step"]), _fmt(row.get("train_loss")), _fmt(row.get("val_loss"))]
             )
     step.write_metrics(out_dir, outcome, {})
+
+
+def _empty_model(hf_config):
+    """A model of ``hf_config``'s class to load the trained state into: lmforge's own decoders
+    as ``build_model`` makes them, any other (``pretrain.init_from``) through the auto class."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig
+
+    if type(hf_config) in (LlamaConfig, MistralConfig):
+        return build_model(hf_config)
+    return AutoModelForCausalLM.from_config(hf_config)
 
 
 def _fmt(value: float | None) -> str:
