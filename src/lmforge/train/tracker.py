@@ -18,6 +18,9 @@ it tries once more, then leaves the buffer for ``replay``.
 An unreachable server at start is the same case: the run's creation is the first buffered record,
 so the run is created when the server is back (or by ``replay``), with the tags and start time
 recorded at the start. A request the server *rejects* (4xx) is dropped and listed, never retried.
+
+With ``LMFORGE_METRICS_STDOUT=1`` (a Katib trial's template sets it) every metrics record is also
+printed as one ``step=N name=value ...`` line on stdout, the format Katib's StdOut collector parses.
 """
 
 from __future__ import annotations
@@ -246,6 +249,16 @@ def _summary(uri, sender, sent, unsent, rejected, buffer, out_dir) -> dict[str, 
 
 # ------------------------------------------------------------------------------ the tracker
 
+METRICS_STDOUT_ENV = "LMFORGE_METRICS_STDOUT"
+
+
+def metrics_line(values: dict[str, float], step: int) -> str:
+    """``step=N a=1.5 b=2e-05``: Katib's default filter ``([\\w|-]+)\\s*=\\s*(number)`` reads
+    each pair. A ``/`` in a name (``baseline/val_loss``) becomes ``-``, so no name is read as the
+    tail of another; a non-finite value (which the filter cannot read) is left out."""
+    pairs = [f"{k.replace('/', '-')}={v!r}" for k, v in values.items() if math.isfinite(v)]
+    return " ".join([f"step={int(step)}", *pairs])
+
 
 class TrainingTracker:
     """A step's MLflow run, logged from a background thread, buffered while the store is away."""
@@ -281,6 +294,8 @@ class TrainingTracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         values = {k: float(v) for k, v in metrics.items()}
+        if os.environ.get(METRICS_STDOUT_ENV) == "1":
+            print(metrics_line(values, step), flush=True)
         self._put("metrics", metrics=values, step=int(step))
 
     def step_logger(self, prefix: str = ""):
