@@ -349,12 +349,29 @@ def sweep(
     augmented: Annotated[Path, _dir("Output of augment (finetune trials).")] = Path(
         "outputs/augmented"
     ),
+    render: Annotated[
+        bool,
+        typer.Option(
+            help="Print the sweep as a Katib Experiment (trials: the pretrain job, under "
+            "OUT/trials on the volume) and its params ConfigMap, and exit."
+        ),
+    ] = False,
+    api: Annotated[
+        str | None,
+        typer.Option(help="With --render: pytorchjob or trainjob trials. Default: launch.api."),
+    ] = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
     """Search hyper-parameters: trials of pretrain or finetune with Optuna (resumable)."""
     from lmforge.sweep.run import StepInputs
 
+    if render:
+        from lmforge.sweep.katib import render_yaml
+
+        extra = [f"launch.api={api}"] if api else []
+        typer.echo(render_yaml(_config(params, [*(set_ or []), *extra], "sweep"), tokenized, out))
+        return
     inputs = StepInputs(tokenized=tokenized, pretrained=pretrained, augmented=augmented)
     _step("lmforge.sweep.run:sweep", _config(params, set_, "sweep"), out, inputs)
 
