@@ -21,6 +21,9 @@ KINDS: dict[str, tuple[set[str], set[str]]] = {
 SPEC_KEYS = {"type", "low", "high", "values"}
 GRID_KINDS = {"int", "choice"}  # a grid needs finitely many points
 MAX_GRID = 10_000  # points of a grid sweep (a typo in an int range, not a plan)
+# Model keys a scaling rung may set: the shape. The context (max_seq_len) stays the model
+# section's for every rung, so every rung's tokens are the same kind of tokens.
+SHAPE_KEYS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff")
 
 
 def _number(value: Any) -> bool:
@@ -71,8 +74,47 @@ class SweepConfig(Section):
     study_name: str = setting(
         "lmforge-sweep", "Optuna study name; a rerun with the same name resumes the study."
     )
+    parallelism: int = setting(
+        1,
+        "Trials (scaling rungs) at once on this machine, each in its own process with an even "
+        "share of the cores as torch threads (lmforge.cores).",
+        ge=1,
+    )
+    # The scaling study (lmforge sweep --scaling, docs/sweeps.md#scaling-study).
+    scaling_sizes: list[str | dict[str, int | None]] = setting(
+        [
+            {"n_layers": 2, "d_model": 64, "n_heads": 2},
+            {"n_layers": 3, "d_model": 96, "n_heads": 3},
+            "cpu-tiny",
+            {"n_layers": 5, "d_model": 160, "n_heads": 5},
+            {"n_layers": 6, "d_model": 192, "n_heads": 6},
+        ],
+        "Model sizes of the scaling ladder: a preset name or a mapping of model shape keys "
+        "(n_layers, d_model, n_heads, n_kv_heads, d_ff) over the model section.",
+    )
+    scaling_tokens: list[int] = setting(
+        [250_000, 500_000, 1_000_000],
+        "Token budgets of the ladder (tokens each rung trains on; rounded to whole steps of "
+        "pretrain's global batch). Every size trains once on every budget.",
+    )
+    scaling_flops: float = setting(
+        1e15,
+        "The FLOPs budget C (= 6 N D) the study answers for: the compute-optimal N and D.",
+        gt=0,
+    )
+    scaling_n_count: Literal["non_embedding", "total"] = setting(
+        "non_embedding",
+        "N of the fit: non_embedding (Kaplan et al.: blocks and final norm, no token embedding "
+        "or output head) or total (every unique parameter).",
+    )
+    scaling_bootstrap: int = setting(
+        50,
+        "Bootstrap refits of the law on resampled rungs (the 5-95% range of each parameter).",
+        ge=0,
+    )
 
     def check(self) -> None:
+        self._check_scaling()
         if not self.space:
             self.fail("space", "is empty; name at least one SECTION.KEY to search")
         if not self.objective.strip():
@@ -91,6 +133,36 @@ class SweepConfig(Section):
                 )
             if grid_size(self.space) > MAX_GRID:
                 self.fail("space", f"the grid has more than {MAX_GRID} points; narrow it")
+
+    def _check_scaling(self) -> None:
+        """The ladder: enough distinct sizes and budgets for five parameters, known keys."""
+        from lmforge.config.model import load_presets
+
+        presets = load_presets()
+        if len(self.scaling_sizes) < 2:
+            self.fail("scaling_sizes", "needs at least 2 sizes for a scaling law")
+        for i, size in enumerate(self.scaling_sizes):
+            where = f"scaling_sizes[{i}]"
+            if isinstance(size, str):
+                if size not in presets:
+                    self.fail(where, f"unknown preset {size!r}; choose one of {', '.join(presets)}")
+                continue
+            unknown = sorted(set(size) - set(SHAPE_KEYS))
+            if unknown:
+                self.fail(f"{where}.{unknown[0]}", f"not a shape key; use {', '.join(SHAPE_KEYS)}")
+            if not size:
+                self.fail(where, "is empty; name a preset or give shape keys")
+            bad = [k for k, v in size.items() if v is not None and v < 1]
+            if bad:
+                self.fail(f"{where}.{bad[0]}", f"{size[bad[0]]!r} must be >= 1")
+        if len(self.scaling_tokens) < 2 or len(set(self.scaling_tokens)) < len(self.scaling_tokens):
+            self.fail("scaling_tokens", "needs at least 2 different token budgets, each once")
+        if any(t < 1 for t in self.scaling_tokens):
+            self.fail(
+                "scaling_tokens", f"every budget must be >= 1 token, got {self.scaling_tokens}"
+            )
+        if len(self.scaling_sizes) * len(self.scaling_tokens) < 5:
+            self.fail("scaling_sizes", "sizes x budgets must give at least 5 rungs (5 parameters)")
 
     def _check_dimension(self, key: str, spec: dict[str, Any]) -> None:
         where = f"space.{key}"

@@ -32,7 +32,7 @@ from typing import Any
 from lmforge.config import Config
 from lmforge.errors import ConfigError, TrainingError
 from lmforge.outputs import write_json
-from lmforge.sweep import report, space
+from lmforge.sweep import report, space, workers
 from lmforge.sweep.runs import SweepRuns
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,6 @@ def objective_keys(step: str) -> list[str]:
 
 def sweep(cfg: Config, out_dir: Path, inputs: StepInputs | None = None) -> SweepResult:
     """Run the sweep ``cfg.sweep`` describes into ``out_dir`` (module doc); resumable."""
-    import optuna
-
     sw, out_dir, inputs = cfg.sweep, Path(out_dir), inputs or StepInputs()
     keys = objective_keys(sw.step)
     if sw.objective not in keys:
@@ -93,15 +91,7 @@ def sweep(cfg: Config, out_dir: Path, inputs: StepInputs | None = None) -> Sweep
                 raise ConfigError(f"sweep.space.{key}: {value!r} is not allowed: {exc}") from None
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=sw.study_name,
-        storage=f"sqlite:///{(out_dir / 'optuna.db').resolve()}",
-        sampler=space.sampler(sw),
-        pruner=space.pruner(sw),
-        direction=sw.direction,
-        load_if_exists=True,
-    )
+    study = open_study(sw, out_dir)
     if study.direction.name.lower() != sw.direction:
         raise ConfigError(
             f"sweep.direction: study {sw.study_name!r} in {out_dir / 'optuna.db'} was made to "
@@ -121,12 +111,60 @@ def sweep(cfg: Config, out_dir: Path, inputs: StepInputs | None = None) -> Sweep
             study.enqueue_trial(point, skip_if_exists=True)
         todo = min(todo, waiting(study))
     ran = 0
-    for _ in range(max(0, todo)):
+    if sw.parallelism > 1 and todo > 1:
+        ran = run_parallel(cfg, study, out_dir, inputs, run_key, todo)
+    for _ in range(max(0, todo - ran)):
         trial = study.ask(dists)
         run_trial(cfg, study, trial, runs, out_dir, inputs)
         ran += 1
         write_reports(study, sw, out_dir)  # after each trial: a killed sweep leaves them current
     return finish(study, sw, runs, out_dir, ran)
+
+
+def open_study(sw, out_dir: Path, seed_offset: int = 0):
+    """The study in ``out_dir/optuna.db``, made or loaded (``seed_offset``: concurrent workers
+    must not draw the same points from the same sampler state)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(
+        study_name=sw.study_name,
+        storage=f"sqlite:///{(out_dir / 'optuna.db').resolve()}",
+        sampler=space.sampler(sw, sw.seed + seed_offset),
+        pruner=space.pruner(sw),
+        direction=sw.direction,
+        load_if_exists=True,
+    )
+
+
+def run_parallel(cfg: Config, study, out_dir: Path, inputs, run_key: str, todo: int) -> int:
+    """``todo`` trials, ``sweep.parallelism`` at a time, each in a worker process with its share
+    of the cores (``lmforge.sweep.workers``); the reports are rewritten as each one ends."""
+    from concurrent.futures import as_completed
+
+    sw = cfg.sweep
+    extra = workers.with_threads(cfg, sw.step, workers.trial_threads(sw.parallelism))
+    start = counted(study)
+    with workers.pool(min(sw.parallelism, todo)) as pool:
+        futures = [
+            pool.submit(worker_trial, cfg, out_dir, inputs, run_key, extra, start + i)
+            for i in range(todo)
+        ]
+        for _ in as_completed(futures):
+            write_reports(study, sw, out_dir)
+    workers.results(futures)
+    return todo
+
+
+def worker_trial(cfg: Config, out_dir: Path, inputs, run_key: str, extra, seed_offset: int):
+    """One trial in a worker process: the study and the MLflow parent are found on disk."""
+    import os
+
+    study = open_study(cfg.sweep, out_dir, seed_offset)
+    trial = study.ask(space.distributions(cfg.sweep))
+    trial.set_user_attr("worker_pid", os.getpid())
+    run_trial(cfg, study, trial, SweepRuns(cfg, run_key), out_dir, inputs, extra)
+    return trial.number
 
 
 def counted(study) -> int:
@@ -159,8 +197,12 @@ def requeue_interrupted(study) -> None:
         log.warning("sweep: trial %d was interrupted; it runs again", t.number)
 
 
-def run_trial(cfg: Config, study, trial, runs: SweepRuns, out_dir: Path, inputs) -> None:
-    """One trial: its config, its step, its objective; recorded in Optuna and MLflow."""
+def run_trial(
+    cfg: Config, study, trial, runs: SweepRuns, out_dir: Path, inputs, extra: list[str] = ()
+) -> None:
+    """One trial: its config, its step, its objective; recorded in Optuna and MLflow.
+
+    ``extra``: ``--set`` items under the trial's values (a concurrent trial's thread cap)."""
     import optuna
     from optuna.trial import TrialState
 
@@ -172,7 +214,7 @@ def run_trial(cfg: Config, study, trial, runs: SweepRuns, out_dir: Path, inputs)
     log.info("sweep: trial %d: %s", trial.number, trial.params)
     try:
         with runs.trial(trial.number):
-            trial_cfg = space.trial_config(cfg, trial.params, trial.number)
+            trial_cfg = space.trial_config(cfg, trial.params, trial.number, extra)
             metrics = run_step(trial_cfg, trial_dir, inputs, pruning_hook(trial, sw))
         value = metrics.get(sw.objective)
         if not report.finite(value):

@@ -48,7 +48,7 @@ def env(**values: str) -> Iterator[None]:
 class SweepRuns:
     """The sweep's parent run (found by its run key, or created) and its trials' runs."""
 
-    def __init__(self, cfg: Config, run_key: str):
+    def __init__(self, cfg: Config, run_key: str, name: str = ""):
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
         self.cfg, self.run_key = cfg, run_key
@@ -57,7 +57,7 @@ class SweepRuns:
         with env(LMFORGE_PIPELINE_RUN_ID=run_key):
             self.parent_id = tracking.parent_run_id(cfg, self.client)
         study = cfg.sweep.study_name
-        self.client.set_tag(self.parent_id, MLFLOW_RUN_NAME, f"sweep-{study}")
+        self.client.set_tag(self.parent_id, MLFLOW_RUN_NAME, name or f"sweep-{study}")
         self.client.set_tag(self.parent_id, STUDY_TAG, study)
         for key, value in tracking.section_params(cfg, ("sweep",)).items():
             self.client.set_tag(self.parent_id, f"lmforge.{key}", value)  # may change on resume

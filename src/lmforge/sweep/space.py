@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -36,14 +37,15 @@ def distributions(sweep: SweepConfig) -> dict[str, Any]:
     return out
 
 
-def sampler(sweep: SweepConfig):
+def sampler(sweep: SweepConfig, seed: int | None = None):
     """TPE; for a grid, every point is queued (``grid``) and the sampler only names the study's
     (Optuna's GridSampler stops the study from inside ``tell``, which ask-and-tell cannot use)."""
     import optuna
 
+    seed = sweep.seed if seed is None else seed
     if sweep.sampler == "grid":
-        return optuna.samplers.RandomSampler(seed=sweep.seed)
-    return optuna.samplers.TPESampler(seed=sweep.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def grid(sweep: SweepConfig) -> list[dict[str, Any]]:
@@ -67,13 +69,17 @@ def overrides(params: dict[str, Any]) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in params.items()]
 
 
-def trial_config(cfg: Config, params: dict[str, Any], number: int) -> Config:
+def trial_config(
+    cfg: Config, params: dict[str, Any], number: int, extra: Sequence[str] = ()
+) -> Config:
     """``cfg`` with the trial's values, checked like any params file (ranges, cross-field rules).
 
-    Pretrain trials train in this process (``launch.backend=inline``)."""
-    extra = ["launch.backend=inline"] if cfg.sweep.step == "pretrain" else []
+    Pretrain trials train in this process (``launch.backend=inline``); ``extra``: more
+    ``--set`` items, applied before the trial's values."""
+    inline = ["launch.backend=inline"] if cfg.sweep.step == "pretrain" else []
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    return load_config_text(text, [*extra, *overrides(params)], source=f"sweep trial {number}")
+    items = [*inline, *extra, *overrides(params)]
+    return load_config_text(text, items, source=f"sweep trial {number}")
 
 
 def nested(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
