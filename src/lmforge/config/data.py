@@ -8,6 +8,9 @@ from typing import Literal
 
 from lmforge.config.schema import Section, setting
 
+# Input formats (lmforge.data.sources): auto detects one from the path.
+Format = Literal["auto", "jsonl", "json", "text", "parquet", "csv", "arrow"]
+
 
 @dataclass
 class DataConfig(Section):
@@ -16,15 +19,50 @@ class DataConfig(Section):
     name = "data"
 
     corpus_glob: str = setting(
-        "corpus/*.jsonl", "Pretraining text under data/: JSON lines {id, source, genre, text}."
+        "corpus/*.jsonl",
+        "Pretraining text under data/: files (or save_to_disk folders) in any of the formats "
+        "of data.corpus_format; the default JSON lines are {id, source, genre, text}.",
     )
     labelled_file: str = setting(
-        "labelled/spam.jsonl", "Downstream labelled set under data/: JSON lines {id, text, label}."
+        "labelled/spam.jsonl",
+        "Downstream labelled set under data/: JSON lines {id, text, label}, CSV, Parquet, ...; "
+        "the fields are data.labelled_text_field, labelled_id_field and label_field.",
     )
     labels: list[str] = setting(
         ["ham", "spam"],
         "The classes of the labelled set, in id order; empty: the sorted labels of the training "
         "split (validate records them in labelled/labels.json, which later stages read).",
+    )
+    corpus_format: Format = setting(
+        "auto",
+        "How the corpus files are read: auto (from the extension: .jsonl/.ndjson, .json, "
+        ".txt/.text/.md, .parquet, .csv/.tsv; a folder is one written by Dataset.save_to_disk), "
+        "or jsonl, json, text, parquet, csv, arrow.",
+    )
+    labelled_format: Format = setting(
+        "auto", "How data.labelled_file is read (the formats of data.corpus_format)."
+    )
+    text_documents: Literal["file", "blank_line"] = setting(
+        "file",
+        "Plain-text corpus files: file: each file is one document; blank_line: documents are "
+        "separated by blank lines.",
+    )
+    text_field: str = setting("text", "The field (column) that holds a record's text.")
+    labelled_text_field: str = setting("", "The labelled set's text field; empty: data.text_field.")
+    id_field: str = setting(
+        "id",
+        "The field that holds a record's unique id; empty: a hash of the text (the same text "
+        "gives the same id, so a repeated document fails the unique-id expectation).",
+    )
+    source_field: str = setting(
+        "source", "The corpus field that names a record's source; empty: the file's stem."
+    )
+    labelled_text_field: str = setting("text", "The labelled set's text field.")
+    labelled_id_field: str = setting(
+        "id", "The labelled set's id field; empty: a hash of the text (as data.id_field)."
+    )
+    label_field: str = setting(
+        "label", "The labelled set's label field (integer labels are read as their strings)."
     )
     min_chars: int = setting(1, "Shortest record text accepted, in characters.", ge=1)
     max_chars: int = setting(200_000, "Longest record text accepted, in characters.", ge=1)

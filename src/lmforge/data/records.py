@@ -1,15 +1,19 @@
-"""JSON-lines records: checked reading and streaming writing (atomic folders: ``lmforge.outputs``).
+"""Records: checked reading of JSON lines, the mapping of any input row to lmforge's record
+schema, and streaming writing (atomic folders: ``lmforge.outputs``).
 
 The checks a Great Expectations suite cannot make (it needs a table first) happen here, while a
 file is read: empty or binary files, invalid UTF-8, a line too long to be a record, JSON that is
 not an object of the expected schema. Each raises a ``DataError`` whose one paragraph names the
-file, the line and the fix, before anything downstream is written.
+file, the line and the fix, before anything downstream is written. The other input formats are
+read through ``datasets`` (``lmforge.data.sources``) and mapped by the same ``to_record``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,70 +25,153 @@ Kind = Literal["corpus", "labelled"]
 SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     "corpus": {"id": (str,), "source": (str,), "text": (str, type(None))},
     "labelled": {"id": (str,), "text": (str, type(None)), "label": (str, type(None))},
-}
+}  # ids and labels that are ints are read as their strings (``_as_str``)
 OPTIONAL: dict[str, dict[str, tuple[type, ...]]] = {
     "corpus": {"genre": (str, type(None))},
     "labelled": {},
 }
 _SNIFF_BYTES = 8192
+TEXT_FORMATS = ("jsonl", "json", "text", "csv")
+EXPECTED = {
+    "jsonl": "JSON lines, one record per line",
+    "json": "a JSON array of records",
+    "text": "plain UTF-8 text",
+    "csv": "CSV with a header row",
+}
 
 
-def check_file(path: Path, max_file_mb: float) -> None:
-    """Refuse, up front, a file that is missing, empty, too large or binary."""
+def check_file(path: Path, max_file_mb: float, fmt: str = "jsonl") -> None:
+    """Refuse, up front, a file that is missing, empty, too large or (a text format) binary;
+    ``fmt`` is the format it is read as (``lmforge.data.sources``)."""
+    expected = EXPECTED.get(fmt, fmt)
     if not path.is_file():
         raise DataError(f"{path}: not found; run `dvc pull` (or `make data`) to fetch the data.")
     size = path.stat().st_size
     if size == 0:
         raise DataError(
-            f"{path}: empty file (0 bytes); expected JSON lines, one record per line. "
+            f"{path}: empty file (0 bytes); expected {expected}. "
             "Remove the file or rebuild data/ with scripts/build_data.py."
         )
     if size > max_file_mb * 1e6:
         raise DataError(
             f"{path}: {size / 1e6:.1f} MB is over data.max_file_mb={max_file_mb:g}; split it into "
-            "several .jsonl files or raise data.max_file_mb in params.yaml."
+            "several files or raise data.max_file_mb in params.yaml."
         )
+    if fmt not in TEXT_FORMATS:
+        return  # Parquet and Arrow are binary by design
     with path.open("rb") as fh:
         head = fh.read(_SNIFF_BYTES)
     if b"\x00" in head:
         offset = head.index(b"\x00")
         raise DataError(
-            f"{path}: binary file (NUL byte at offset {offset}); expected UTF-8 JSON "
-            "lines. Was a compressed or binary file given a .jsonl name?"
+            f"{path}: binary file (NUL byte at offset {offset}); expected UTF-8 {expected}. "
+            "Was a compressed or binary file given a text name (or set data.corpus_format / "
+            "data.labelled_format)?"
         )
 
 
-def _check_schema(path: Path, line_no: int, rec: Any, kind: Kind) -> dict[str, Any]:
-    where = f"{path}: line {line_no}"
-    if not isinstance(rec, dict):
+@dataclass(frozen=True)
+class Fields:
+    """Which input field holds each part of a record: the ``data.*_field`` settings (``prefix``:
+    ``data.`` for the corpus', ``data.labelled_`` for the labelled set's). An empty ``id``
+    derives the id from a hash of the text (``content_id``), an empty ``source`` takes the
+    file's stem."""
+
+    text: str = "text"
+    id: str = "id"
+    source: str = "source"
+    label: str = "label"
+    prefix: str = "data."
+
+    def wanted(self, kind: Kind) -> dict[str, str]:
+        """Record field -> input field, for the fields read from the input (not derived)."""
+        names = {"id": self.id, "text": self.text}
+        names |= {"label": self.label} if kind == "labelled" else {"source": self.source}
+        return {k: v for k, v in names.items() if v}
+
+    def setting(self, name: str) -> str:
+        return f"{self.prefix}{name}_field" if name in ("id", "text") else f"data.{name}_field"
+
+
+IDENTITY = Fields()
+
+
+def content_id(text: str | None) -> str:
+    """A record id from its text: stable across runs and file order; the same text gives the
+    same id, so a repeated document is caught by the suites' unique-id expectation."""
+    blob = ("\x00null" if text is None else text).encode("utf-8", "surrogatepass")
+    return "h-" + hashlib.blake2b(blob, digest_size=10).hexdigest()
+
+
+def _as_str(value: Any) -> Any:
+    """Ints (and integral floats: CSV columns with gaps) become strings, the same ``3`` from any
+    format; other values are left for the type check."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return value
+
+
+def to_record(
+    raw: Any, kind: Kind, where: str, fields: Fields = IDENTITY, stem: str = ""
+) -> dict[str, Any]:
+    """One input row (a JSON object or a table row) checked against ``kind``'s schema and mapped
+    to lmforge's record (``SCHEMAS``, plus ``genre`` where the input has one)."""
+    wanted = fields.wanted(kind)
+    if not isinstance(raw, dict):
         raise DataError(
-            f"{where}: expected a JSON object with fields {', '.join(SCHEMAS[kind])}, "
-            f"got {type(rec).__name__}."
+            f"{where}: expected a JSON object with fields {', '.join(wanted.values())}, "
+            f"got {type(raw).__name__}."
         )
+    rec: dict[str, Any] = {}
     for name, types in [*SCHEMAS[kind].items(), *OPTIONAL[kind].items()]:
-        if name not in rec:
+        src = wanted.get(name, name if name in OPTIONAL[kind] else "")
+        if not src:  # derived below
+            continue
+        if src not in raw:
             if name in OPTIONAL[kind]:
                 continue
+            derived = " ('' derives it)" if name in ("id", "source") else ""
             raise DataError(
-                f"{where}: missing field {name!r} (record id {rec.get('id')!r}); every {kind} "
-                f"record needs {', '.join(SCHEMAS[kind])}. Wrong schema, or a file in the wrong "
-                "folder?"
+                f"{where}: missing field {src!r} (record id {raw.get(fields.id or 'id')!r}); every "
+                f"{kind} record needs {', '.join(wanted.values())}. Wrong schema, or a file in "
+                f"the wrong folder? Other names: set {fields.setting(name)}{derived} in "
+                "params.yaml."
             )
-        if not isinstance(rec[name], types):
+        value = _as_str(raw[src]) if name in ("id", "label") else raw[src]
+        if not isinstance(value, types):
             allowed = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise DataError(
-                f"{where}: field {name!r} is {type(rec[name]).__name__} "
-                f"({json.dumps(rec[name])[:40]}), expected {allowed}."
+                f"{where}: field {src!r} is {type(value).__name__} "
+                f"({json.dumps(value, default=str)[:40]}), expected {allowed}."
             )
-    if not rec["id"]:
-        raise DataError(f"{where}: field 'id' is empty; every record needs a unique id.")
+        rec[name] = value
+    if fields == IDENTITY and all(rec[k] is raw[k] for k in rec):
+        rec = raw  # lmforge's own schema: the record as it was (extra fields kept)
+    if "id" not in rec:
+        rec = {"id": content_id(rec["text"]), **rec}
+    elif not rec["id"]:
+        raise DataError(
+            f"{where}: field {wanted['id']!r} is empty; every record needs a unique id "
+            "(or set data.id_field: '' to derive ids from the text)."
+        )
+    if kind == "corpus" and "source" not in rec:
+        rec = {"id": rec["id"], "source": stem, **rec}
     return rec
 
 
 def read_records(
-    path: Path, kind: Kind, max_line_mb: float = 4.0, allow_empty: bool = False
+    path: Path,
+    kind: Kind,
+    max_line_mb: float = 4.0,
+    allow_empty: bool = False,
+    fields: Fields = IDENTITY,
 ) -> Iterator[dict[str, Any]]:
-    """Yield the records of one JSON-lines file, checking each line as it is read."""
+    """Yield the records of one JSON-lines file, checking each line as it is read; ``fields``
+    maps the file's field names to lmforge's (``to_record``)."""
     limit = int(max_line_mb * 1e6)
     n = 0
     with path.open("rb") as fh:
@@ -126,7 +213,7 @@ def read_records(
                     'flat object such as {"id": ..., "text": ...}.'
                 ) from None
             n += 1
-            yield _check_schema(path, line_no, rec, kind)
+            yield to_record(rec, kind, f"{path}: line {line_no}", fields, path.stem)
     if n == 0 and not allow_empty:
         raise DataError(f"{path}: no records (only blank lines); expected one JSON object a line.")
 

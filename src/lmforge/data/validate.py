@@ -1,8 +1,9 @@
 """The ``validate`` stage: check the raw data, mask personal data, then split it by a hash of
 the record id.
 
-Every file is read once, streaming: the read-time checks (``records.read_records``) run on each
-line; personal data is masked (or the record dropped, per ``data.pii``: ``lmforge.data.pii``)
+Every input is read once, streaming, in its own format (``lmforge.data.sources``: JSON lines,
+plain text, JSON, Parquet, CSV, ``save_to_disk`` folders): the read-time checks run on each
+record; personal data is masked (or the record dropped, per ``data.pii``: ``lmforge.data.pii``)
 before the record goes to its split's file in a temporary folder and leaves one row of profile
 (with the matches left in what was written); the Great Expectations suites then run on the
 profiles. Only if every expectation passes does the
@@ -16,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.config import Config, DataConfig
+from lmforge.data import sources
 from lmforge.data.expectations import Profile, failure_message, run_suites
 from lmforge.data.labels import LABELS_FILE, resolve
 from lmforge.data.pii import Allow, Tally
-from lmforge.data.records import JsonlWriters, Kind, check_file, read_records
+from lmforge.data.records import JsonlWriters, Kind
 from lmforge.data.report_html import render
+from lmforge.data.sources import check_input
 from lmforge.data.split import SPLITS, split_of
 from lmforge.data.track import log_outputs, tracked
 from lmforge.errors import DataError
@@ -38,7 +41,8 @@ class ValidationResult:
 
 
 def raw_files(cfg: DataConfig, data_dir: Path) -> dict[str, list[Path]]:
-    """The corpus files (``data.corpus_glob``) and the labelled file, checked up front."""
+    """The corpus inputs (``data.corpus_glob``: files, or ``save_to_disk`` folders) and the
+    labelled file, each checked up front in the format it will be read as."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: data folder not found; run `dvc pull` (or `make data`).")
@@ -46,12 +50,13 @@ def raw_files(cfg: DataConfig, data_dir: Path) -> dict[str, list[Path]]:
     if not corpus:
         raise DataError(
             f"{data_dir}: no file matches data.corpus_glob={cfg.corpus_glob!r}; run `dvc pull` "
-            "or fix the glob in params.yaml."
+            "or fix the glob in params.yaml (e.g. corpus/*.txt, corpus/*.parquet, or the folder "
+            "of a saved dataset)."
         )
     files = {"corpus": corpus, "labelled": [data_dir / cfg.labelled_file]}
-    for paths in files.values():
+    for kind, paths in files.items():
         for path in paths:
-            check_file(path, cfg.max_file_mb)
+            check_input(path, kind, cfg)
     return files
 
 
@@ -64,20 +69,19 @@ def split_and_profile(
     prof = Profile(kind, labels=list(cfg.labels) if kind == "labelled" else [], pii=checked)
     counts = dict.fromkeys(SPLITS, 0)
     with JsonlWriters(out, SPLITS) as writers:
-        for path in paths:
-            for rec in read_records(path, kind, cfg.max_line_mb):
-                split = split_of(rec["id"], cfg.split_salt, cfg.validation_share, cfg.test_share)
-                text, found = pii.apply(kind, split, rec["text"])
-                if found and text is None:
-                    continue  # dropped
-                # What is written is scanned again when it was masked; a text without a match
-                # is written as it was just scanned.
-                left = None if found else 0
-                if found:
-                    rec = {**rec, "text": text}
-                writers.write(split, rec)
-                counts[split] += 1
-                prof.add(rec, pii_left=left)  # ignored under keep: no pii column
+        for rec in sources.read(paths, kind, cfg):
+            split = split_of(rec["id"], cfg.split_salt, cfg.validation_share, cfg.test_share)
+            text, found = pii.apply(kind, split, rec["text"])
+            if found and text is None:
+                continue  # dropped
+            # What is written is scanned again when it was masked; a text without a match
+            # is written as it was just scanned.
+            left = None if found else 0
+            if found:
+                rec = {**rec, "text": text}
+            writers.write(split, rec)
+            counts[split] += 1
+            prof.add(rec, pii_left=left)  # ignored under keep: no pii column
     return prof, counts
 
 
