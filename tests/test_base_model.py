@@ -278,3 +278,29 @@ def test_a_bad_init_from_stops_tokenize_naming_the_field(hf_augmented, tmp_path,
     with pytest.raises(TrainingError, match=r"pretrain\.init_from: .*absent is not a folder"):
         tokenize(cfg, hf_augmented, tmp_path / "tok")
     assert not (tmp_path / "tok").exists()
+
+
+# ------------------------------------------------------------------------------ Kubeflow
+
+
+def test_pipelines_mount_the_work_volume_where_a_base_model_is_read(tmp_path):
+    from google.protobuf import json_format
+    from test_kfp_compile import parse, repo_config
+
+    from lmforge.errors import PipelineError
+    from lmforge.kfp.compile import compile_pipeline
+
+    mount = repo_config().launch.mount_path
+    cfg = repo_config(
+        f"pretrain.init_from={mount}/models/qwen2", f"finetune.base_model={mount}/models/gpt2"
+    )
+    _, platform = parse(compile_pipeline(cfg, "full", tmp_path / "full.yaml"))
+    executors = json_format.MessageToDict(platform.platforms["kubernetes"])["deploymentSpec"][
+        "executors"
+    ]
+    for step in ("tokenize", "pretrain", "finetune"):
+        assert executors[f"exec-{step}"]["pvcMount"][0]["mountPath"] == mount, step
+    assert "pvcMount" not in executors["exec-validate"]
+    outside = repo_config("finetune.base_model=/home/me/gpt2")
+    with pytest.raises(PipelineError, match=r"finetune\.base_model: /home/me/gpt2 is not on the"):
+        compile_pipeline(outside, "full", tmp_path / "bad.yaml")

@@ -20,7 +20,7 @@ def finetune(
     """Run ``lmforge.train.finetune.finetune`` on the labelled splits.
 
     Args:
-        pretrained: Output of the pretrain component (``model/`` inside).
+        pretrained: Output of the pretrain component (``model/``); unused with base_model set.
         augmented: Output of the augment component (``labelled/`` splits).
         params: The params YAML of this run (``params.yaml`` at compile time).
         overrides: ``SECTION.KEY=VALUE`` overrides applied on top of ``params``.

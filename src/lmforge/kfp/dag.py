@@ -70,7 +70,9 @@ def schedule(task: dsl.PipelineTask, cfg: Config, step: str) -> dsl.PipelineTask
         task.set_caching_options(kf.cache_heavy_steps)
     if step in ("register", "deploy"):  # side effects (registry, cluster): never from cache
         task.set_caching_options(False)
-    if step == "pretrain":  # stages data on the volume the PyTorchJob mounts, at the same path
+    if step == "pretrain" or step in base_model_steps(cfg):
+        # pretrain stages data on the volume the PyTorchJob mounts, at the same path; a user's
+        # base model (pretrain.init_from, finetune.base_model) is read from it too
         kubernetes.mount_pvc(task, pvc_name=cfg.launch.pvc_name, mount_path=cfg.launch.mount_path)
     if step in kf.gpu_steps and kf.gpus_per_step > 0:
         task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(kf.gpus_per_step)
@@ -80,6 +82,32 @@ def schedule(task: dsl.PipelineTask, cfg: Config, step: str) -> dsl.PipelineTask
             task, key=kf.gpu_toleration_key, operator="Exists", effect="NoSchedule"
         )
     return task
+
+
+def base_model_steps(cfg: Config) -> set[str]:
+    """The steps that read a base-model folder from the work volume: tokenize (the tokenizer of
+    ``pretrain.init_from``) and finetune (``finetune.base_model``). A folder outside
+    ``launch.mount_path`` exists in no pod: refused when the pipeline is built."""
+    from pathlib import PurePosixPath
+
+    from lmforge.errors import PipelineError
+
+    steps = set()
+    for field, path, step in (
+        ("pretrain.init_from", cfg.pretrain.init_from, "tokenize"),
+        ("finetune.base_model", cfg.finetune.base_model, "finetune"),
+    ):
+        if path is None:
+            continue
+        mount = PurePosixPath(cfg.launch.mount_path)
+        if not PurePosixPath(path).is_relative_to(mount):
+            raise PipelineError(
+                f"{field}: {path} is not on the work volume the pipeline's pods mount "
+                f"(launch.mount_path {mount}); copy the model folder onto the volume "
+                f"{cfg.launch.pvc_name} and set {field} to its path under {mount}"
+            )
+        steps.add(step)
+    return steps
 
 
 def import_artifact(uri: Any, artifact_class: type, name: str) -> dsl.PipelineTask:
