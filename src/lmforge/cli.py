@@ -360,6 +360,19 @@ def sweep(
         str | None,
         typer.Option(help="With --render: pytorchjob or trainjob trials. Default: launch.api."),
     ] = None,
+    scaling: Annotated[
+        bool,
+        typer.Option(
+            help="Run the scaling study instead (sweep.scaling_*: sizes x token budgets, the "
+            "L(N, D) fit, the compute-optimal N and D) into OUT/scaling."
+        ),
+    ] = False,
+    flops: Annotated[
+        float | None,
+        typer.Option(
+            help="With --scaling: the FLOPs budget C = 6ND. Default: sweep.scaling_flops."
+        ),
+    ] = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
@@ -371,6 +384,10 @@ def sweep(
 
         extra = [f"launch.api={api}"] if api else []
         typer.echo(render_yaml(_config(params, [*(set_ or []), *extra], "sweep"), tokenized, out))
+        return
+    if scaling:
+        cfg = _config(params, set_, "sweep")
+        _step("lmforge.sweep.scaling:scaling_study", cfg, out / "scaling", tokenized, flops)
         return
     inputs = StepInputs(tokenized=tokenized, pretrained=pretrained, augmented=augmented)
     _step("lmforge.sweep.run:sweep", _config(params, set_, "sweep"), out, inputs)
