@@ -26,3 +26,10 @@ class EvaluateConfig(Section):
     compare_champion: bool = setting(
         True, "Load models:/NAME@champion and score it on the same split."
     )
+    sft_max_pairs: int = setting(
+        200, "finetune.task sft: held-out pairs scored (a greedy generation each); 0: all.", ge=0
+    )
+    sft_max_new_tokens: int = setting(
+        32, "finetune.task sft: tokens generated per held-out prompt (greedy, stops at EOS).", ge=1
+    )
+    sft_samples: int = setting(5, "finetune.task sft: generated samples shown in the report.", ge=0)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from lmforge.config.schema import Section, setting
 
+SFT_METRICS = ("rouge_l", "exact_match", "response_perplexity")  # evaluate_sft's numbers
+
 
 @dataclass
 class RegisterConfig(Section):
@@ -24,6 +26,17 @@ class RegisterConfig(Section):
     min_primary: float = setting(0.6, "Absolute threshold the classifier challenger must reach.")
     lm_primary_metric: str = setting("perplexity", "The LM's gate metric (lower is better).")
     lm_max_primary: float = setting(1000.0, "Highest LM perplexity that may be promoted.", gt=0)
+    sft_model_name: str = setting(
+        "lmforge-sft", "Registered model name of the instruction-tuned LM (finetune.task sft)."
+    )
+    sft_primary_metric: str = setting(
+        "rouge_l",
+        "The SFT model's gate metric: rouge_l or exact_match (higher is better) or "
+        "response_perplexity (lower is better).",
+    )
+    sft_min_primary: float = setting(
+        0.0, "Threshold the SFT challenger must reach (a maximum for response_perplexity)."
+    )
     promote_margin: float = setting(
         0.0, "The challenger must beat the champion by more than this.", ge=0
     )
@@ -40,6 +53,10 @@ class RegisterConfig(Section):
             self.fail("champion_alias", f"the three aliases must differ, got {aliases}")
         if self.lm_model_name == self.classifier_model_name:
             self.fail("classifier_model_name", "must differ from register.lm_model_name")
+        if self.sft_model_name in (self.lm_model_name, self.classifier_model_name):
+            self.fail("sft_model_name", "must differ from the LM's and the classifier's names")
+        if self.sft_primary_metric not in SFT_METRICS:
+            self.fail("sft_primary_metric", f"choose one of {', '.join(SFT_METRICS)}")
 
 
 @dataclass

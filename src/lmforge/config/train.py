@@ -105,7 +105,30 @@ class FinetuneConfig(TrainConfig):
     eval_every: int = setting(
         30, "Validate every this many steps (and at the end); 0: at the end.", ge=0
     )
+    task: Literal["classification", "sft"] = setting(
+        "classification",
+        "classification: a label head on the decoder (data.labels); sft: instruction tuning of "
+        "the causal LM on prompt/response pairs, loss on the response tokens only (docs/sft.md); "
+        "baseline then keeps the untuned model beside it, to compare.",
+    )
+    sft_data: str = setting(
+        "",
+        "sft: the pairs, a .jsonl/.csv/.parquet file (split by a hash of the prompt) or a folder "
+        "of train/validation/test files; empty: subject lines of the labelled emails.",
+    )
+    sft_holdout_share: float = setting(
+        0.1, "sft: share of a single pairs file held out, half validation, half test.", gt=0, lt=1
+    )
+    prompt_field: str = setting("prompt", "sft: the column holding the prompt.")
+    response_field: str = setting("response", "sft: the column holding the response.")
+    chat_template: str = setting(
+        "",
+        "sft: a Jinja chat template (messages: user = prompt, assistant = response); empty: the "
+        "tokenizer's own if it has one, else the prompt, a newline, the response and EOS.",
+    )
 
     def check(self) -> None:
+        if self.prompt_field == self.response_field:
+            self.fail("response_field", "must differ from finetune.prompt_field")
         if self.base_model is not None and not self.base_model.strip():
             self.fail("base_model", "empty path; set a model folder or null")

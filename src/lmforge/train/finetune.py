@@ -122,7 +122,12 @@ def finetune(
 
     ``on_log(step, row)``: also called with each row the loop logs for the fine-tuned model
     (not the baseline): a sweep's pruner. With ``finetune.base_model`` set, training starts
-    from that folder and ``pretrained_dir`` is not read (it may be None)."""
+    from that folder and ``pretrained_dir`` is not read (it may be None).
+    ``finetune.task: sft`` is instruction tuning instead (``lmforge.train.finetune_sft``)."""
+    if cfg.finetune.task == "sft":
+        from lmforge.train.finetune_sft import finetune_sft
+
+        return finetune_sft(cfg, pretrained_dir, augmented_dir, out_dir, on_log=on_log)
     tcfg, out_dir = cfg.finetune, Path(out_dir)
     model_dir, tokenizer = starting_model(tcfg.base_model, pretrained_dir)
     tokenizer = with_eos_appended(tokenizer)
