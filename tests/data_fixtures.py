@@ -24,6 +24,7 @@ from lmforge.config import Config, load_config
 __all__ = [
     "augmented",
     "data_store",
+    "genre_records",
     "make_raw_data",
     "micro_cfg",
     "raw_data",
@@ -160,6 +161,40 @@ def make_raw_data(root: Path, n_corpus: int = 60, n_per_class: int = 40, seed: i
     write_jsonl(root / "corpus" / "letters.jsonl", corpus_records("letters", n_corpus // 2, seed))
     write_jsonl(root / "labelled" / "spam.jsonl", labelled_records(n_per_class, seed))
     return root
+
+
+# A labelled task of five classes made from the corpus we ship (data/corpus/*.jsonl, `make data`):
+# each record's `genre` (brown's fifteen genres folded into fiction and nonfiction).
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus"
+BROWN_FICTION = {"fiction", "adventure", "romance", "mystery", "science_fiction", "humor"}
+
+
+def genre_of(rec: dict) -> str:
+    if rec["source"] == "brown":
+        return "fiction" if rec["genre"] in BROWN_FICTION else "nonfiction"
+    return rec["genre"]  # kjv: scripture; shakespeare: drama or poetry
+
+
+def genre_records(per_class: int = 30, words: int = 60) -> list[dict]:
+    """``{"id", "text", "label"}``: ``per_class`` corpus records of each genre, spread over the
+    files (every k-th by id), each cut to ``words`` words from its middle (past title pages)."""
+    if not CORPUS.is_dir():
+        raise FileNotFoundError(f"{CORPUS}: the corpus is missing; run `make data` first")
+    by_genre: dict[str, list[dict]] = {}
+    for path in sorted(CORPUS.glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line)
+            by_genre.setdefault(genre_of(rec), []).append(rec)
+    out = []
+    for genre, recs in sorted(by_genre.items()):
+        recs.sort(key=lambda r: r["id"])
+        step = max(1, len(recs) // per_class)
+        for rec in recs[::step][:per_class]:
+            tokens = rec["text"].split()
+            start = max(0, len(tokens) // 2 - words // 2)
+            text = " ".join(tokens[start : start + words])
+            out.append({"id": f"genre/{rec['id']}", "text": text, "label": genre})
+    return out
 
 
 @pytest.fixture
