@@ -137,6 +137,15 @@ def test_lora_targets_the_attention_projections_and_trains_only_adapters_and_hea
     assert tok.pad_token_id is not None  # GPT-2's tokenizer has none: EOS pads
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fsdp_finds_the_decoder_blocks_of_each_architecture(arch, hf_models):
+    from lmforge.train.parallel import decoder_blocks
+
+    model = load_base(hf_models[arch])[0]
+    blocks = decoder_blocks(model)
+    assert len(blocks) == 2 and {type(b).__name__ for b in blocks} <= set(model._no_split_modules)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_lora_fine_tuning_from_base_model_merges_into_that_architecture(

@@ -27,11 +27,13 @@ from lmforge.train.precision import resolve
 
 
 def decoder_blocks(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks of an HF decoder (``model.model.layers``; also under a peft wrapper)."""
+    """The repeated blocks of an HF decoder (``model.model.layers``, GPT-2's
+    ``transformer.h``; also under a peft wrapper)."""
     for module in model.modules():
-        layers = getattr(module, "layers", None)
-        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
-            return list(layers)
+        for attr in ("layers", "h"):
+            layers = getattr(module, attr, None)
+            if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+                return list(layers)
     raise TrainingError(f"{type(model).__name__}: no decoder block list (`layers`) to shard")
 
 
