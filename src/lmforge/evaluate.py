@@ -181,7 +181,14 @@ def evaluate(
     augmented_dir: Path,
     out_dir: Path,
 ) -> EvaluationResult:
-    """Score the LM and the classifier (vs baseline, majority, champion); write ``out_dir``."""
+    """Score the LM and the classifier (vs baseline, majority, champion); write ``out_dir``.
+
+    When finetune wrote a causal LM (``finetune.task: sft``), score that instead on its held-out
+    pairs against the untuned model (``lmforge.evaluate_sft``)."""
+    from lmforge.evaluate_sft import evaluate_sft, is_sft_output
+
+    if is_sft_output(Path(finetuned_dir)):
+        return evaluate_sft(cfg, Path(finetuned_dir), Path(out_dir))
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
