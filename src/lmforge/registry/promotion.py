@@ -31,6 +31,8 @@ class PromoteResult:
 def _gate_of(cfg: Config, name: str) -> tuple[str, float]:
     if name == cfg.register.lm_model_name:
         return cfg.register.lm_primary_metric, cfg.register.lm_max_primary
+    if name == cfg.register.sft_model_name:
+        return cfg.register.sft_primary_metric, cfg.register.sft_min_primary
     return cfg.register.primary_metric, cfg.register.min_primary
 
 

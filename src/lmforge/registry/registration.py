@@ -126,6 +126,10 @@ def register(
     from lmforge import tracking
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # MLflow asks the hub for a model card
+    from lmforge.registry.sft import register_sft, sft_report
+
+    if (sft := sft_report(Path(evaluation_dir))) is not None:  # finetune.task sft
+        return register_sft(cfg, Path(finetuned_dir), Path(evaluation_dir), Path(out_dir), sft)
     pretrained_dir, finetuned_dir = Path(pretrained_dir), Path(finetuned_dir)
     lm_dir = _model_dir(pretrained_dir, "pretrained")
     clf_dir = _model_dir(finetuned_dir, "fine-tuned")
