@@ -201,9 +201,13 @@ def _grid_starts(log_n, log_d, log_l, delta, bounds, n_starts: int) -> np.ndarra
     return starts[np.argsort(values, kind="stable")[:n_starts]]
 
 
-def _fit_arrays(log_n, log_d, log_l, delta, n_starts, use_scipy):
+def _fit_arrays(log_n, log_d, log_l, delta, n_starts, use_scipy, also=None):
+    """Local fits from the ``n_starts`` best grid points (and from ``also``, a known optimum)."""
     bounds = _bounds(log_l)
     starts = _grid_starts(log_n, log_d, log_l, delta, bounds, n_starts)
+    if also is not None:
+        low, high = np.array([b[0] for b in bounds]), np.array([b[1] for b in bounds])
+        starts = np.vstack([np.clip(also, low, high), starts])
 
     def fun(theta):
         return _objective(theta, log_n, log_d, log_l, delta)
@@ -235,7 +239,7 @@ def _arrays(rows: Iterable[Sequence[float]]) -> tuple[np.ndarray, np.ndarray, np
 def fit_scaling_law(
     rows: Iterable[Sequence[float]],
     *,
-    n_starts: int = 64,
+    n_starts: int = 16,
     n_bootstrap: int = 0,
     seed: int = 0,
     delta: float = HUBER_DELTA,
@@ -243,7 +247,7 @@ def fit_scaling_law(
 ) -> ScalingFit:
     """Fit the law to ``rows`` of ``(N, D, loss)`` (N: parameters, D: tokens, loss: nats).
 
-    ``n_starts``: L-BFGS runs, from the best points of Chinchilla's grid; ``n_bootstrap``:
+    ``n_starts``: local fits, from the best points of Chinchilla's grid; ``n_bootstrap``:
     refits on resampled points, for the 5-95% range of each parameter; ``use_scipy``: None
     uses scipy when it is installed."""
     if use_scipy is None:
@@ -279,16 +283,17 @@ def fit_scaling_law(
         at_bounds=at_bounds,
     )
     if n_bootstrap:
-        fit.bootstrap, fit.n_bootstrap = (
-            _bootstrap(log_n, log_d, log_l, delta, n_bootstrap, seed, use_scipy),
-            n_bootstrap,
-        )
+        fit.bootstrap = _bootstrap(log_n, log_d, log_l, delta, n_bootstrap, seed, use_scipy, best_x)
+        fit.n_bootstrap = n_bootstrap
     return fit
 
 
-def _bootstrap(log_n, log_d, log_l, delta, n, seed, use_scipy) -> dict[str, tuple[float, float]]:
-    """Refit on points drawn with replacement (from the 8 best grid starts each, to keep it
-    cheap); resamples with fewer than 2 distinct N or D cannot be fitted and are redrawn."""
+def _bootstrap(
+    log_n, log_d, log_l, delta, n, seed, use_scipy, best
+) -> dict[str, tuple[float, float]]:
+    """Refit on points drawn with replacement, each from the full data's optimum and the 3
+    best grid starts (to keep it cheap); resamples with fewer than 2 distinct N or D cannot
+    be fitted and are redrawn."""
     rng = np.random.default_rng(seed)
     laws: list[ScalingLaw] = []
     tries = 0
@@ -297,7 +302,7 @@ def _bootstrap(log_n, log_d, log_l, delta, n, seed, use_scipy) -> dict[str, tupl
         idx = rng.integers(0, len(log_l), len(log_l))
         if len(np.unique(log_n[idx])) < 2 or len(np.unique(log_d[idx])) < 2:
             continue
-        optima, _ = _fit_arrays(log_n[idx], log_d[idx], log_l[idx], delta, 8, use_scipy)
+        optima, _ = _fit_arrays(log_n[idx], log_d[idx], log_l[idx], delta, 3, use_scipy, best)
         laws.append(_law(min(optima, key=lambda o: o[1])[0]))
     out = {}
     for k in ("E", "A", "B", "alpha", "beta"):

@@ -1,0 +1,292 @@
+"""``scaling_study(cfg, out_dir, tokenized)``: a ladder of model sizes x token budgets, the
+scaling law L(N, D) fitted to it, and the compute-optimal N and D for a FLOPs budget.
+
+Each rung is a real pretrain run (``lmforge.train.pretrain.pretrain``, inline, as a sweep's
+trials are) on the same tokenized data and the same validation blocks, into
+``out_dir/rungs/rung-NN``: the shape of ``sweep.scaling_sizes[i]`` over the model section, and
+``sweep.scaling_tokens[j]`` tokens, i.e. that many tokens / pretrain's global batch steps, with
+the learning-rate schedule of the section stretched to the rung (warmup the same share of the
+steps; cosine to the rung's own end, as Chinchilla matches the schedule to each budget) and one
+evaluation, at the end. Its final validation loss is its point.
+
+N is counted as Kaplan et al. count it, non-embedding: the blocks and the final norm, without
+the token embedding and the output head (``sweep.scaling_n_count: total`` counts every unique
+parameter, Chinchilla's convention). D is the tokens the rung trained on (``tokens_seen``).
+
+MLflow: one parent run (``scaling-<study_name>``), each rung's pretrain run nested under it with
+the rung's size, budget, N and D; the fit and the report on the parent. A rerun with the same
+ladder keeps the rungs that finished (their ``rung.json`` matches) and runs the rest; rungs run
+``sweep.parallelism`` at a time (``lmforge.sweep.workers``). A failed rung is recorded and the
+study goes on; the fit needs 5 finished rungs with 2 sizes and 2 budgets among them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmforge.config import Config, load_config_text, load_presets
+from lmforge.config.sweep import SHAPE_KEYS
+from lmforge.errors import ConfigError, DataError, TrainingError
+from lmforge.outputs import write_json
+from lmforge.sweep import workers
+from lmforge.sweep.runs import SweepRuns
+from lmforge.sweep.space import overrides
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Rung:
+    """One point of the ladder, planned: its shape, its budget, and its N."""
+
+    index: int
+    size: str  # the size's label: its preset name or ``LxW`` (layers x width)
+    shape: dict[str, int | None]  # model keys set for this rung
+    tokens_target: int
+    steps: int
+    warmup_steps: int
+    n_non_embedding: int
+    n_total: int
+    tokens_per_step: int
+
+    @property
+    def tokens(self) -> int:  # what it will train on (whole steps)
+        return self.steps * self.tokens_per_step
+
+
+@dataclass
+class RungResult:
+    """A rung as run: its plan, its state, its point (N, D, loss)."""
+
+    rung: Rung
+    state: str  # COMPLETE | FAIL
+    val_loss: float | None = None
+    tokens_seen: int | None = None
+    seconds: float | None = None
+    error: str = ""
+    mlflow_run_id: str = ""
+    reused: bool = False  # finished by an earlier call with the same ladder
+
+    def n(self, count: str) -> int:
+        return self.rung.n_non_embedding if count == "non_embedding" else self.rung.n_total
+
+
+@dataclass
+class ScalingResult:
+    rungs: list[dict[str, Any]]
+    law: dict[str, float]
+    compute_optimal: dict[str, float]
+    n_count: str
+    mlflow_parent_run_id: str
+    out_dir: str
+    ran_now: int
+    failed: int
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def size_shape(entry: str | dict[str, int | None], base: dict[str, Any]) -> dict[str, Any]:
+    """The model keys of one ladder size: a preset's shape (keys it lacks are null) or the
+    mapping given, over the model section's shape (``base``)."""
+    if isinstance(entry, str):
+        preset = load_presets()[entry]
+        return {k: preset.get(k) for k in SHAPE_KEYS}
+    return {**{k: base.get(k) for k in SHAPE_KEYS}, **entry}
+
+
+def size_label(entry: str | dict[str, int | None], shape: dict[str, Any]) -> str:
+    return entry if isinstance(entry, str) else f"{shape['n_layers']}x{shape['d_model']}"
+
+
+def read_blocks_meta(tokenized: Path) -> dict[str, Any]:
+    path = Path(tokenized) / "blocks" / "meta.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read the tokenized blocks ({exc}); run tokenize") from None
+
+
+def rung_config(cfg: Config, shape: dict[str, Any], steps: int, warmup: int, extra=()) -> Config:
+    """The pretrain config of one rung, checked like any params file."""
+    items = [
+        "launch.backend=inline",
+        "pretrain.parallel=single",
+        f"pretrain.max_steps={steps}",
+        f"pretrain.warmup_steps={warmup}",
+        "pretrain.eval_every=0",  # one evaluation, at the end: the rung's point
+        "pretrain.ckpt_every=0",
+        *extra,
+        *overrides({f"model.{k}": v for k, v in shape.items()}),
+    ]
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    return load_config_text(text, items, source=f"scaling rung {shape}")
+
+
+def plan(cfg: Config, tokenized: Path) -> list[Rung]:
+    """Every rung of ``cfg.sweep``'s ladder, each config built and checked before any runs."""
+    from lmforge.model import build_config, model_size
+
+    sw, tcfg = cfg.sweep, cfg.pretrain
+    meta = read_blocks_meta(tokenized)
+    seq_len = min(cfg.model.max_seq_len, int(meta["block_size"]))
+    per_step = tcfg.micro_batch_size * tcfg.grad_accum_steps * seq_len  # one process
+    warmup_share = tcfg.warmup_steps / tcfg.max_steps
+    base = dataclasses.asdict(cfg.model)
+    rungs: list[Rung] = []
+    for i, entry in enumerate(sw.scaling_sizes):
+        shape = size_shape(entry, base)
+        for tokens in sw.scaling_tokens:
+            steps = max(1, round(tokens / per_step))
+            warmup = min(steps - 1, round(steps * warmup_share))
+            try:
+                rcfg = rung_config(cfg, shape, steps, warmup)
+            except ConfigError as exc:
+                raise ConfigError(f"sweep.scaling_sizes[{i}]: {exc}") from None
+            size = model_size(build_config(rcfg.model, int(meta["vocab_size"])), seq_len)
+            hf_vocab_d = size.n_embedding  # the embedding; an untied head is as large again
+            head = 0 if rcfg.model.tie_embeddings else hf_vocab_d
+            rungs.append(
+                Rung(
+                    index=len(rungs),
+                    size=size_label(entry, shape),
+                    shape=shape,
+                    tokens_target=tokens,
+                    steps=steps,
+                    warmup_steps=warmup,
+                    n_non_embedding=size.n_params - size.n_embedding - head,
+                    n_total=size.n_params,
+                    tokens_per_step=per_step,
+                )
+            )
+    return rungs
+
+
+def scaling_study(
+    cfg: Config, out_dir: Path, tokenized: Path, flops: float | None = None
+) -> ScalingResult:
+    """Run the ladder into ``out_dir``, fit the law, write the report (module doc)."""
+    from lmforge.sweep import scaling_report
+
+    sw, out_dir, tokenized = cfg.sweep, Path(out_dir), Path(tokenized)
+    flops = sw.scaling_flops if flops is None else flops
+    if not (isinstance(flops, int | float) and math.isfinite(flops) and flops > 0):
+        raise ConfigError(f"--flops: {flops!r}; give a FLOPs budget > 0, e.g. 1e18")
+    rungs = plan(cfg, tokenized)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_key = study_run_key(out_dir, sw.study_name)
+    runs = SweepRuns(cfg, run_key, name=f"scaling-{sw.study_name}")
+    results: dict[int, RungResult] = {}
+    todo = []
+    for rung in rungs:
+        done = finished(out_dir, rung)
+        if done is not None:
+            results[rung.index] = done
+        else:
+            todo.append(rung)
+    extra = workers.with_threads(cfg, "pretrain", workers.trial_threads(sw.parallelism))
+    if sw.parallelism > 1 and len(todo) > 1:
+        with workers.pool(min(sw.parallelism, len(todo))) as pool:
+            futures = [
+                pool.submit(run_rung, cfg, r, out_dir, tokenized, run_key, extra) for r in todo
+            ]
+        for result in workers.results(futures):
+            results[result.rung.index] = result
+    else:
+        for rung in todo:
+            results[rung.index] = run_rung(cfg, rung, out_dir, tokenized, run_key, (), runs)
+    ordered = [results[r.index] for r in rungs]
+    return scaling_report.conclude(cfg, ordered, flops, out_dir, runs, ran_now=len(todo))
+
+
+def study_run_key(out_dir: Path, study_name: str) -> str:
+    """The MLflow run key of this output folder's study, made once and kept in ``study.json``."""
+    path = out_dir / "study.json"
+    if path.exists():
+        return json.loads(path.read_text())["run_key"]
+    key = f"scaling-{study_name}-{uuid.uuid4().hex[:8]}"
+    write_json(path, {"run_key": key, "study_name": study_name})
+    return key
+
+
+def rung_dir(out_dir: Path, rung: Rung) -> Path:
+    return out_dir / "rungs" / f"rung-{rung.index:02d}"
+
+
+def finished(out_dir: Path, rung: Rung) -> RungResult | None:
+    """The result of an earlier call's run of this very rung (same plan, metrics written)."""
+    path = rung_dir(out_dir, rung) / "rung.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if saved.get("rung") != dataclasses.asdict(rung) or saved.get("state") != "COMPLETE":
+        return None
+    return RungResult(
+        rung=rung,
+        state="COMPLETE",
+        val_loss=saved["val_loss"],
+        tokens_seen=saved["tokens_seen"],
+        seconds=saved["seconds"],
+        mlflow_run_id=saved.get("mlflow_run_id", ""),
+        reused=True,
+    )
+
+
+def run_rung(
+    cfg: Config, rung: Rung, out_dir: Path, tokenized: Path, run_key: str, extra, runs=None
+) -> RungResult:
+    """One rung's pretrain run, recorded in MLflow (nested) and in ``rung.json``; a failure is
+    recorded, not raised. Runs in this process or in a worker (``runs`` is then made here)."""
+    from lmforge.train.pretrain import pretrain
+
+    runs = runs or SweepRuns(cfg, run_key, name=f"scaling-{cfg.sweep.study_name}")
+    where = rung_dir(out_dir, rung)
+    shutil.rmtree(where, ignore_errors=True)  # a rung that did not finish starts again
+    result = RungResult(rung=rung, state="COMPLETE")
+    start = time.perf_counter()
+    log.info("scaling: rung %d: %s, %d steps", rung.index, rung.size, rung.steps)
+    try:
+        with runs.trial(rung.index):
+            rcfg = rung_config(cfg, rung.shape, rung.steps, rung.warmup_steps, extra)
+            outcome = pretrain(rcfg, tokenized, where)
+        result.val_loss, result.tokens_seen = float(outcome.val_loss), int(outcome.tokens_seen)
+        if not math.isfinite(result.val_loss):
+            raise TrainingError(f"rung {rung.index}: val_loss = {result.val_loss!r}")
+    except Exception as exc:  # the study goes on; the error stays with the rung
+        result.state, result.error = "FAIL", f"{type(exc).__name__}: {exc}"[:2000]
+        log.warning("scaling: rung %d failed: %s", rung.index, result.error)
+        log.debug("%s", traceback.format_exc())
+    result.seconds = round(time.perf_counter() - start, 2)
+    params = {
+        "scaling.size": rung.size,
+        "scaling.tokens_target": rung.tokens_target,
+        "scaling.n_non_embedding": rung.n_non_embedding,
+        "scaling.n_total": rung.n_total,
+    }
+    result.mlflow_run_id = runs.record(
+        rung.index, params, result.state, result.val_loss, result.error
+    )
+    write_json(
+        where / "rung.json",
+        {
+            "rung": dataclasses.asdict(rung),
+            "state": result.state,
+            "val_loss": result.val_loss,
+            "tokens_seen": result.tokens_seen,
+            "seconds": result.seconds,
+            "error": result.error,
+            "mlflow_run_id": result.mlflow_run_id,
+        },
+    )
+    return result
