@@ -195,7 +195,7 @@ def augment(cfg: Config, validated_dir: Path, out_dir: Path) -> AugmentResult:
                     )
                 if (validated_dir / kind / LABELS_FILE).is_file():  # the task's classes
                     shutil.copyfile(validated_dir / kind / LABELS_FILE, dest / LABELS_FILE)
-                prof = Profile(kind, labels=labels if kind == "labelled" else [])
+                prof = Profile(kind, labels=labels if kind == "labelled" else [], bounds=cfg.data)
                 src = validated_dir / kind / "train.jsonl"
                 with JsonlWriters(dest, ["train"]) as writers:
                     records[kind], added[kind], rejected[kind] = augment_split(

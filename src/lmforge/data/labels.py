@@ -29,7 +29,7 @@ def resolve(cfg: DataConfig, prof: Profile) -> dict[str, Any]:
     value-set expectation reports strays)."""
     counts = {split: Counter() for split in SPLITS}
     first_id: dict[tuple[str, str], str] = {}
-    for rid, label in zip(prof.cols["id"], prof.cols["label"], strict=True):
+    for rid, label in prof.ids_and_labels():
         if label is None:
             continue  # a null label: the suite reports it
         split = split_of(rid, cfg.split_salt, cfg.validation_share, cfg.test_share)

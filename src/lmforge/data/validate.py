@@ -66,7 +66,8 @@ def split_and_profile(
     """Stream ``paths`` into ``out/{split}.jsonl`` (personal data handled by ``pii``); return
     the profile and records per split."""
     checked = pii.allow if pii.mode != "keep" else None
-    prof = Profile(kind, labels=list(cfg.labels) if kind == "labelled" else [], pii=checked)
+    labels = list(cfg.labels) if kind == "labelled" else []
+    prof = Profile(kind, labels=labels, pii=checked, bounds=cfg)  # checked a chunk at a time
     counts = dict.fromkeys(SPLITS, 0)
     with JsonlWriters(out, SPLITS) as writers:
         for rec in sources.read(paths, kind, cfg):
