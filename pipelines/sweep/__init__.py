@@ -1,0 +1,1 @@
+"""The sweep pipeline: ``build(cfg)``; compiled to ``pipeline.yaml`` next to this file."""

@@ -1,0 +1,41 @@
+"""Sweep pipeline: the trials of ``sweep`` as parallel pretrain tasks (``dsl.ParallelFor`` over
+the plan), then one task that picks the best (``best.yaml``).
+
+The plan is made at run time from the ``params`` parameter, so a run submitted with other
+``sweep.*`` overrides plans its own trials. The trials train on a tokenize output
+(``tokenized_uri``: a pretrain pipeline's or ``dvc repro``'s ``outputs/tokenized``).
+"""
+
+from kfp import dsl
+from kfp.dsl import Dataset
+
+from lmforge.config import Config
+from lmforge.kfp.dag import common_args, import_artifact, params_text, schedule
+from lmforge_components import sweep
+
+
+def build(cfg: Config) -> dsl.graph_component.GraphComponent:
+    """The pipeline with its parameters' defaults taken from ``cfg`` (``params.yaml``)."""
+    plan_op, trial_op, best_op = sweep.build(cfg.kubeflow.image)
+    # Trials at once: a compile-time number in KFP (sweep.parallelism, 1 until that key exists).
+    parallelism = int(getattr(cfg.sweep, "parallelism", 1))
+
+    @dsl.pipeline(
+        name=f"{cfg.kubeflow.pipeline_prefix}-sweep",
+        description="Pretrain trials of the sweep section in parallel; pick the best (best.yaml).",
+    )
+    def sweep_pipeline(
+        tokenized_uri: str = cfg.kubeflow.tokenized_uri,
+        params: str = params_text(cfg),
+        overrides: list = [],  # noqa: B006 (a KFP default, never mutated)
+    ):
+        args = common_args(params, overrides)
+        tokenized = import_artifact(tokenized_uri, Dataset, "tokenized-data")
+        planned = schedule(plan_op(**args), cfg, "sweep-plan")
+        with dsl.ParallelFor(planned.output, parallelism=parallelism) as trial:
+            ran = schedule(
+                trial_op(tokenized=tokenized.output, trial=trial, **args), cfg, "sweep-trial"
+            )
+        schedule(best_op(results=dsl.Collected(ran.outputs["Output"]), **args), cfg, "sweep-best")
+
+    return sweep_pipeline
