@@ -24,7 +24,7 @@ PACKAGES = {
     "components": "lmforge_components",
     "pipelines": "lmforge_pipelines",
 }
-PIPELINES = ("pretrain", "finetune", "full")
+PIPELINES = ("pretrain", "finetune", "full", "sweep")
 
 
 def modules(root: Path) -> set[str]:

@@ -19,6 +19,7 @@ STEP_TASKS = {
     "pretrain": {"validate", "augment", "tokenize", "pretrain"},
     "finetune": {"validate", "augment", "finetune", "evaluate"},
     "full": {"validate", "augment", "tokenize", "pretrain", "finetune", "evaluate"},
+    "sweep": {"sweep-plan", "for-loop-1", "sweep-best"},
 }
 
 
@@ -157,7 +158,8 @@ def test_components_and_pipelines_import_without_torch_or_mlflow():
     code = (
         "import sys; from lmforge.config import load_config; "
         "from lmforge.kfp.compile import build_pipeline; "
-        "[build_pipeline(load_config(None), n) for n in ('pretrain', 'finetune', 'full')]; "
+        "[build_pipeline(load_config(None), n) "
+        "for n in ('pretrain', 'finetune', 'full', 'sweep')]; "
         "print([m for m in ('torch', 'mlflow', 'transformers', 'great_expectations') "
         "if m in sys.modules])"
     )
@@ -172,7 +174,8 @@ def test_pipelines_build_from_the_installed_packages_without_sys_path_edits(tmp_
     code = (
         "import sys; before = list(sys.path); from lmforge.config import load_config; "
         "from lmforge.kfp.compile import build_pipeline; "
-        "[build_pipeline(load_config(None), n) for n in ('pretrain', 'finetune', 'full')]; "
+        "[build_pipeline(load_config(None), n) "
+        "for n in ('pretrain', 'finetune', 'full', 'sweep')]; "
         "assert sys.path == before, set(sys.path) ^ set(before); "
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
         "{'components', 'pipelines', 'lmforge_components', 'lmforge_pipelines'}))"

@@ -65,7 +65,10 @@ def pipeline_arguments(
         "params": params_text(cfg),
         "overrides": [],
     }
-    if name == "finetune":
+    if name == "sweep":  # trials of pretrain on a tokenize output; no raw data
+        args = {**args, "tokenized_uri": str(tokenized_dir.resolve())}
+        del args["data_uri"]
+    elif name == "finetune":
         args["pretrained_uri"] = str(pretrain_dir.resolve())
         args["tokenized_uri"] = str(tokenized_dir.resolve())
     else:
@@ -99,7 +102,9 @@ def run_local(
     run = latest_run(workdir, f"{cfg.kubeflow.pipeline_prefix}-{name}").resolve()
     result: dict[str, Any] = {"pipeline": name, "run_dir": str(run)}
     registered = run / "register" / "registered" / "registered.json"
-    if name != "pretrain":
+    if name == "sweep":
+        result["best"] = task_output(run / "sweep-best")
+    elif name != "pretrain":
         result["gate_passed"] = task_output(run / "evaluate")
         result["registered"] = json.loads(registered.read_text()) if registered.exists() else None
     return result
