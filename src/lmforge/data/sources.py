@@ -93,13 +93,11 @@ def read(paths: list[Path], kind: Kind, cfg: DataConfig) -> Iterator[dict[str, A
         else:
             mapping = _plain_text(fields) if fmt == "text" else fields
             rows = _checked_columns(_rows(path, fmt, cfg, kind), path, kind, mapping, fmt)
+            stem = path.name if fmt == "arrow" else path.stem
+            unit = "document" if fmt == "text" else "row"
             for n, row in enumerate(rows, 1):
-                yield to_record(row, kind, f"{path}: document {n}", mapping, _stem(path))
+                yield to_record(row, kind, f"{path}: {unit} {n}", mapping, stem)
     yield from _text_files(per_file_text, kind, fields)
-
-
-def _stem(path: Path) -> str:
-    return path.name if path.is_dir() else path.stem
 
 
 def _plain_text(fields: Fields) -> Fields:
