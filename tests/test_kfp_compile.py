@@ -20,6 +20,7 @@ STEP_TASKS = {
     "finetune": {"validate", "augment", "finetune", "evaluate"},
     "full": {"validate", "augment", "tokenize", "pretrain", "finetune", "evaluate"},
     "sweep": {"sweep-plan", "for-loop-1", "sweep-best"},
+    "sft": {"validate", "augment", "finetune", "evaluate"},
 }
 
 
@@ -71,7 +72,7 @@ def test_committed_yaml_parses_into_pipeline_spec(name):
     assert "kubernetes" in platform.platforms
 
 
-@pytest.mark.parametrize("name", ["finetune", "full"])
+@pytest.mark.parametrize("name", ["finetune", "full", "sft"])
 def test_register_runs_only_when_the_gate_passes(name):
     spec, _ = parse(REPO / "pipelines" / name / "pipeline.yaml")
     conditions = [t for t in spec.root.dag.tasks.values() if t.trigger_policy.condition]
@@ -80,6 +81,12 @@ def test_register_runs_only_when_the_gate_passes(name):
     branch = spec.components[conditions[0].component_ref.name]
     assert set(branch.dag.tasks) == {"register"}
     assert "register" not in spec.root.dag.tasks
+
+
+def test_the_sft_pipeline_is_the_finetune_pipeline_with_task_sft():
+    spec, _ = parse(REPO / "pipelines" / "sft" / "pipeline.yaml")
+    text = spec.root.input_definitions.parameters["params"].default_value.string_value
+    assert load_config_text(text) == repo_config("finetune.task=sft")
 
 
 def test_params_default_is_params_yaml_and_heavy_steps_are_not_cached():

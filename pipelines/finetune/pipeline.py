@@ -18,15 +18,17 @@ from lmforge.kfp.dag import (
 from lmforge_pipelines.ops import Ops
 
 
-def build(cfg: Config) -> dsl.graph_component.GraphComponent:
-    """The pipeline with its parameters' defaults taken from ``cfg`` (``params.yaml``)."""
+def build(
+    cfg: Config,
+    name: str = "finetune",
+    description: str = "Fine-tune a classifier from a pretrained model, evaluate it, register it "
+    "when it passes the gate.",
+) -> dsl.graph_component.GraphComponent:
+    """The pipeline with its parameters' defaults taken from ``cfg`` (``params.yaml``); ``name``
+    and ``description``: a variant's (``lmforge_pipelines.sft``)."""
     ops = Ops.on_image(cfg.kubeflow.image)
 
-    @dsl.pipeline(
-        name=f"{cfg.kubeflow.pipeline_prefix}-finetune",
-        description="Fine-tune a classifier from a pretrained model, evaluate it, register it "
-        "when it passes the gate.",
-    )
+    @dsl.pipeline(name=f"{cfg.kubeflow.pipeline_prefix}-{name}", description=description)
     def finetune_pipeline(
         data_uri: str = cfg.kubeflow.data_uri,
         pretrained_uri: str = cfg.kubeflow.pretrained_uri,

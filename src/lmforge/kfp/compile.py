@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lmforge.config import Config
 
-PIPELINES = ("pretrain", "finetune", "full", "sweep")
+PIPELINES = ("pretrain", "finetune", "full", "sweep", "sft")
 PIPELINES_DIR = Path("pipelines")  # relative: the working directory's (the checkout's) folder
 
 

@@ -1,0 +1,1 @@
+"""The instruction-tuning pipeline: ``build(cfg)``; compiled to ``pipeline.yaml`` here."""
