@@ -259,8 +259,10 @@ def test_sft_trains_evaluates_registers_promotes_and_generates(
     assert promote(cfg, "lmforge-sft").action == "promoted"
 
     held_out = json.loads((ft / "pairs" / "test.jsonl").read_text().splitlines()[0])
-    formatted = [held_out["prompt"] + "\n"]  # the plain template's prompt and cue
-    greedy = Sampling(max_new_tokens=4, temperature=0)
-    served = generate(cfg, "models:/lmforge-sft@champion", formatted, greedy).completions[0]
-    local = generate(cfg, str(ft / "model"), formatted, greedy).completions[0]
+    prompts, greedy = [held_out["prompt"]], Sampling(max_new_tokens=4, temperature=0)
+    uri = "models:/lmforge-sft@champion"
+    served = generate(cfg, uri, prompts, greedy, chat=True).completions[0]
+    assert served.prompt == held_out["prompt"] + "\n"  # the plain template's prompt and cue
+    local = generate(cfg, str(ft / "model"), prompts, greedy, chat=True).completions[0]
     assert served.completion == local.completion and served.new_tokens >= 1
+    assert served.completion.strip() == report["samples"][0]["sft"]  # what evaluate scored

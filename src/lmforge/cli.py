@@ -238,6 +238,13 @@ def generate(
     seed: Annotated[
         int | None, typer.Option(help="Prompt i uses seed + i. Default: evaluate.sample_seed.")
     ] = None,
+    chat: Annotated[
+        bool,
+        typer.Option(
+            help="Put each prompt in the model's chat template first: an instruction-tuned "
+            "model (finetune.task sft, e.g. models:/lmforge-sft@champion)."
+        ),
+    ] = False,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
@@ -256,7 +263,7 @@ def generate(
         seed=seed,
     )
     source = model or f"models:/{cfg.register.lm_model_name}@{cfg.register.champion_alias}"
-    result = generate(cfg, source, texts, sampling, stream=sys.stdout)
+    result = generate(cfg, source, texts, sampling, stream=sys.stdout, chat=chat)
     tokens = sum(c.new_tokens for c in result.completions)
     typer.echo(f"{result.model}: {tokens} tokens, {result.tokens_per_s:.1f} tokens/s", err=True)
 

@@ -286,12 +286,30 @@ def check_prompts(prompts: list[str]) -> None:
             raise ConfigError(f"prompt {i + 1} is empty: give the text the model should continue")
 
 
+def chat_prompt(tokenizer, prompt: str) -> str:
+    """``prompt`` as an instruction-tuned model saw prompts in training: in the chat template
+    saved with it (``lmforge.train.sft``), ending with the cue for its answer."""
+    from lmforge.train.sft import PLAIN_TEMPLATE, prompt_text
+
+    template = getattr(tokenizer, "chat_template", None) or PLAIN_TEMPLATE
+    return prompt_text(tokenizer, template, prompt)
+
+
 def generate(
-    cfg: Config, source: str, prompts: list[str], sampling: Sampling, stream: IO[str] | None = None
+    cfg: Config,
+    source: str,
+    prompts: list[str],
+    sampling: Sampling,
+    stream: IO[str] | None = None,
+    *,
+    chat: bool = False,
 ) -> GenerateResult:
-    """Complete ``prompts`` with the LM at ``source``, streaming to ``stream`` when given."""
+    """Complete ``prompts`` with the LM at ``source``, streaming to ``stream`` when given;
+    ``chat``: each prompt in the model's chat template first (an SFT model)."""
     check_prompts(prompts)  # before minutes of downloading
     model, tokenizer, what = load_lm(cfg, source)
+    if chat:
+        prompts = [chat_prompt(tokenizer, p) for p in prompts]
     return GenerateResult(
         model=what, completions=complete_all(model, tokenizer, prompts, sampling, stream)
     )
