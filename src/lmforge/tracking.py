@@ -57,8 +57,16 @@ def tracking_uri(cfg: Config) -> str:
         )
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        uri = prefix + str(Path(uri[len(prefix) :]).resolve())
+        uri = prefix + str(project_path(uri[len(prefix) :]))
     return uri
+
+
+def project_path(path: str) -> Path:
+    """A relative store path made absolute against the project: the DVC repository's root
+    when DVC runs the command (``DVC_ROOT``; a queued ``dvc exp run`` works in a temporary
+    copy under ``.dvc/tmp/exps`` and its runs belong in the project's store, not the copy's),
+    else the current directory."""
+    return (Path(os.environ.get("DVC_ROOT") or ".") / path).resolve()
 
 
 def _default_uri() -> str:
@@ -80,7 +88,7 @@ def artifact_location(cfg: Config) -> str | None:
         return loc
     if is_server(tracking_uri(cfg)):
         return None
-    return Path(loc).resolve().as_uri()
+    return project_path(loc).as_uri()
 
 
 def server_answers(uri: str, timeout_s: float) -> str | None:
@@ -156,7 +164,7 @@ def replay(cfg: Config, out_dir: Path) -> dict[str, Any]:
 
 
 def ui_command(cfg: Config, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
-    artifacts = artifact_location(cfg) or Path(cfg.tracking.artifact_location).resolve().as_uri()
+    artifacts = artifact_location(cfg) or project_path(cfg.tracking.artifact_location).as_uri()
     return [
         sys.executable,
         "-m",
