@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from lmforge.cores import threads_per_process, usable_cores
 from lmforge.errors import TrainingError
+from lmforge.train.allocator import keep_freed_blocks
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ def runtime_from_env(device: str = "auto") -> Runtime:
 def init_distributed(device: str = "auto", num_threads: int = 0) -> Runtime:
     """Join the process group the environment describes (if any) and set CPU threads."""
     rt = runtime_from_env(device)
+    if rt.device.type == "cpu":
+        keep_freed_blocks()  # a CPU step's large buffers would otherwise be unmapped each step
     if num_threads > 0:
         torch.set_num_threads(num_threads)
     elif "OMP_NUM_THREADS" not in os.environ:
