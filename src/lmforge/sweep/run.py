@@ -12,6 +12,10 @@ Resuming: the study lives in ``out_dir/optuna.db`` (``sweep.study_name``); a rer
 runs only the trials still missing from ``sweep.n_trials``. A trial left RUNNING by a killed
 sweep is marked FAIL (``interrupted``) and its point is queued again, so it is redone once.
 
+Parallelism (``sweep.parallelism`` > 1): the trials run in spawned worker processes, each with
+its share of the cores as torch threads, sharing the study through ``optuna.db``
+(``lmforge.sweep.workers``).
+
 Output folder: ``optuna.db``, ``trials/``, ``trials.csv``, ``best.yaml`` (the best trial's params
 as a params.yaml fragment), ``plots/objective.png``, ``summary.json``; MLflow: one parent run per
 sweep, each trial's step run nested under it (``lmforge.sweep.runs``).
