@@ -266,3 +266,45 @@ def test_sft_trains_evaluates_registers_promotes_and_generates(
     local = generate(cfg, str(ft / "model"), prompts, greedy, chat=True).completions[0]
     assert served.completion == local.completion and served.new_tokens >= 1
     assert served.completion.strip() == report["samples"][0]["sft"]  # what evaluate scored
+
+
+@pytest.mark.slow
+def test_sft_from_a_base_model_uses_its_own_chat_template(embedded_store, tiny_stages, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from lmforge.train.finetune import finetune
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_stages["pretrain"] / "model", base)
+    own = (
+        "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}[assistant] {% endif %}"
+    )
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.chat_template = own
+    tokenizer.save_pretrained(base)
+    path = tmp_path / "pairs.csv"
+    path.write_text("q,a\n" + "".join(f"word {i} free,offer {i}\n" for i in range(40)))
+    cfg = tiny_config(
+        "finetune.task=sft",
+        f"finetune.base_model={base}",
+        f"finetune.sft_data={path}",
+        "finetune.prompt_field=q",
+        "finetune.response_field=a",
+        "finetune.sft_holdout_share=0.5",
+        "finetune.method=lora",
+        "finetune.baseline=false",
+        "finetune.max_steps=3",
+        f"tracking.artifact_location={embedded_store.tracking.artifact_location}",
+    )
+    result = finetune(cfg, None, tmp_path, tmp_path / "ft")  # no pretrain output needed
+    assert result.chat_template == "tokenizer" and result.trainable_params < result.total_params
+    saved = AutoTokenizer.from_pretrained(tmp_path / "ft" / "model")
+    assert saved.chat_template == own
+    assert not (tmp_path / "ft" / "baseline").exists()
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "ft" / "model" / "model.safetensors")
+    assert weights and not any("lora" in k for k in weights)  # merged: loads without peft
