@@ -79,6 +79,10 @@ def generate_greedy(model, tokenizer, prompts: list[list[int]], max_new: int, ba
     import torch
 
     pad = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+    # The tokenizer's EOS (what training appends) and the model's own stop tokens (a chat
+    # model's end of turn).
+    own = getattr(model.generation_config, "eos_token_id", None)
+    stops = {tokenizer.eos_token_id, *(own if isinstance(own, list) else [own])} - {None}
     out: list[str] = [""] * len(prompts)
     order = np.argsort([len(p) for p in prompts], kind="stable")
     for start in range(0, len(order), batch):
@@ -96,7 +100,7 @@ def generate_greedy(model, tokenizer, prompts: list[list[int]], max_new: int, ba
                 max_new_tokens=max_new,
                 do_sample=False,
                 pad_token_id=pad,
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=sorted(stops) or None,
                 use_cache=True,
             )
         for row, i in enumerate(idx):
