@@ -267,6 +267,11 @@ def test_sft_trains_evaluates_registers_promotes_and_generates(
     assert served.completion == local.completion and served.new_tokens >= 1
     assert served.completion.strip() == report["samples"][0]["sft"]  # what evaluate scored
 
+    # Evaluated again, the champion (this same model, from the registry) scores the same.
+    again = evaluate(cfg, tiny_stages["pretrain"], ft, tiny_stages["tokenized"], None, ev)
+    assert again.champion_version == registered.sft.version
+    assert again.champion_primary == pytest.approx(metrics["rouge_l"])
+
 
 @pytest.mark.slow
 def test_sft_from_a_base_model_uses_its_own_chat_template(embedded_store, tiny_stages, tmp_path):
