@@ -35,10 +35,13 @@ _ASCII_LETTERS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _ASCII_SPACE = b" \t\n\r\x0b\x0c"
 
 
-def _uint64():
+def _pandas_types() -> dict:
+    """Arrow -> pandas column types of the compact table: the strings stay in Arrow buffers
+    (no Python object a record), the hash a nullable integer (a null text has no hash)."""
     import pandas as pd
+    import pyarrow as pa
 
-    return pd.UInt64Dtype()  # a nullable column: a null text has no hash
+    return {pa.uint64(): pd.UInt64Dtype(), pa.string(): pd.StringDtype("pyarrow")}
 
 
 def letter_share(text: str) -> float:
@@ -166,7 +169,7 @@ class Profile:
         import pyarrow as pa
 
         columns = {n: pa.chunked_array(chunks, chunks[0].type) for n, chunks in self.table.items()}
-        df = pa.table(columns).to_pandas(types_mapper={pa.uint64(): _uint64()}.get)
+        df = pa.table(columns).to_pandas(types_mapper=_pandas_types().get)
         return self._with_shares(df)
 
 
