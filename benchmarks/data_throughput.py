@@ -12,7 +12,10 @@ sees: the ratio is conservative.
 
     .venv/bin/python benchmarks/data_throughput.py [--scales 1 10]
 
-Results: benchmarks/results/data_throughput.json and docs/benchmarks/data.md.
+Results: benchmarks/results/data_throughput.json and docs/benchmarks/data.md. With ``--reading``
+it measures the validate stage's reading and validation of a large plain-text corpus against raw
+``datasets`` reading instead (``benchmarks/data_reading.py``; its section ``reading`` of the same
+JSON and docs/benchmarks/data_throughput.md).
 """
 
 from __future__ import annotations
@@ -132,7 +135,18 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scales", type=int, nargs="+", default=[1, 10])
     ap.add_argument("--child", nargs="+")
-    args = ap.parse_args()
+    ap.add_argument(
+        "--reading",
+        action="store_true",
+        help="Instead: validate's reading + validation of a synthetic plain-text corpus against "
+        "raw datasets reading of the same files (data_reading.py; its own options follow).",
+    )
+    args, rest = ap.parse_known_args()
+    if args.reading:
+        import data_reading  # benchmarks/data_reading.py
+
+        data_reading.main(rest)
+        return
     if args.child:
         kind, *paths = args.child
         fn = child_pipeline if kind == "pipeline" else child_raw
@@ -176,6 +190,8 @@ def main() -> None:
     }
     res = ROOT / "benchmarks" / "results" / "data_throughput.json"
     res.parent.mkdir(parents=True, exist_ok=True)
+    if res.is_file() and "reading" in (before := json.loads(res.read_text())):
+        result["reading"] = before["reading"]  # the --reading run's section (data_reading.py)
     res.write_text(json.dumps(result, indent=2) + "\n")
     head = (
         "| scale | corpus MB | start-up s | validate MB/s | augment MB/s | tokenize MB/s | "
