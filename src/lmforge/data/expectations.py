@@ -58,16 +58,19 @@ def letter_share(text: str) -> float:
 
 @dataclass
 class Profile:
-    """The per-record profile of one dataset (``kind``: corpus or labelled), in bounded memory.
+    """The per-record profile of one dataset (``kind``: corpus or labelled); its memory grows
+    with the records, by a few hundred bytes each, never with their text.
 
     ``cols`` holds the rows of the current chunk. With ``bounds`` (the ``data`` params) set, a
     full chunk of ``CHUNK_ROWS`` rows is checked at once by the expectations that look at one
     row at a time (``ROW_WISE``) and dropped, its results merged into the earlier chunks'. What
     the other expectations need of every record (unique ids, the share of repeated texts, the
     labels and their shares) is kept for the whole dataset, compactly: the ids, 8-byte text
-    hashes and labels as Arrow arrays, about ``len(id) + 20`` bytes a record where a full
-    pandas table of the profile costs ~300 bytes of Python objects a record (1 GB of 1 KB
-    documents: ~40 MB instead of ~300 MB). Without ``bounds`` every row stays (augment's few
+    hashes and labels as Arrow arrays (~35 bytes a record for hashed ids), never a pandas table
+    of the whole profile (preview, lengths, shares: Python objects of every record). The hash
+    tables GX builds over these columns for the final check bring the peak to ~245 bytes a
+    record: a 1 GB corpus of 1.8 M documents peaks at 1.1 GB RSS, 0.55 GB of it the libraries
+    (docs/benchmarks/data_throughput.md). Without ``bounds`` every row stays (augment's few
     thousand training records) and the suites run on one table, as a dataset that fits in one
     chunk always does.
     """
