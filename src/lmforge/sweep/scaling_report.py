@@ -169,8 +169,9 @@ def trust(fit: ScalingFit, points, flops: float, count: str) -> dict[str, Any]:
         "exponents (Pearce and Song 2024)."
     )
     notes.append(
-        "Each rung is one seed with one learning rate for every size, and the shortest runs "
-        "are a few hundred steps: optimisation, not only capacity and data, shapes the losses."
+        "Each rung is one seed with one learning rate for every size, and short runs (see "
+        "the steps of each rung) are far from converged: optimisation, not only capacity and "
+        "data, shapes the losses."
     )
     loose = max(widths.values()) > 0.2 or fit.at_bounds or len(points) < 10
     facts["verdict"] = (
