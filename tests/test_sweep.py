@@ -231,3 +231,12 @@ def test_grid_needs_finite_dimensions_and_values_must_make_a_valid_config(tmp_pa
     with pytest.raises(ConfigError, match=r"sweep\.objective: 'macro_f1' is not in pretrain's"):
         sweep(load_config(None, ["sweep.objective=macro_f1"]), tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing was started
+
+
+def test_a_trial_with_its_own_preset_trains_that_presets_shape():
+    cfg = load_config(None, ["model.dropout=0.1"])  # cpu-tiny, and one key written by hand
+    trial = space.trial_config(cfg, {"model.preset": "cpu-small"}, 0)
+    assert (trial.model.n_layers, trial.model.d_model, trial.model.n_heads) == (6, 384, 6)
+    assert trial.model.dropout == 0.1  # a hand-set key still wins over any preset
+    same = space.trial_config(cfg, {"pretrain.lr": 1e-3}, 1)
+    assert (same.model.n_layers, same.model.d_model) == (cfg.model.n_layers, cfg.model.d_model)

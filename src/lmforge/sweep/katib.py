@@ -142,16 +142,17 @@ def render(
             f"sweep.objective: {sw.objective} is printed at evaluations, and pretrain.eval_every "
             "is 0; set pretrain.eval_every > 0 (the last step always evaluates)"
         )
-    if "model.preset" in sw.space:  # the ConfigMap's model keys would win over the preset
-        raise ConfigError(
-            "sweep.space.model.preset: a Katib trial reads the resolved params file, whose model "
-            "shape keys override a preset given with --set; sweep model.n_layers, "
-            "model.d_model, ... instead, or render one Experiment per preset (--set model.preset)"
-        )
     name = experiment_name(sw.study_name)
     trials = Path(out_dir) / "trials" / param_ref(TRIAL_NAME)
     backend = trainjob if la.api == "trainjob" else pytorchjob
     configmap, job = backend.render(cfg, tokenized_dir, trials, root=root, run_name=name)
+    if "model.preset" in sw.space:  # the preset's shape keys written out would beat --set
+        from lmforge.launch.pytorchjob import PARAMS_FILE
+        from lmforge.sweep.space import without_preset_shape
+
+        params = yaml.safe_load(configmap["data"][PARAMS_FILE])
+        params["model"] = without_preset_shape(params["model"])
+        configmap["data"][PARAMS_FILE] = yaml.safe_dump(params, sort_keys=False)
     job = json.loads(json.dumps(job))  # replicas share one template object: edit copies
     job["metadata"] = {"labels": job["metadata"]["labels"]}  # Katib names the trial's job
     context = {"lmforge.sweep.study": sw.study_name, "lmforge.sweep.trial": param_ref(TRIAL_NAME)}

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from lmforge.config import Config, load_config_text
+from lmforge.config.model import load_presets
 from lmforge.config.sweep import SweepConfig, grid_points
 
 
@@ -77,9 +78,22 @@ def trial_config(
     Pretrain trials train in this process (``launch.backend=inline``); ``extra``: more
     ``--set`` items, applied before the trial's values."""
     inline = ["launch.backend=inline"] if cfg.sweep.step == "pretrain" else []
-    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    raw = cfg.to_dict()
+    if "model.preset" in params:
+        raw["model"] = without_preset_shape(raw["model"])
+    text = yaml.safe_dump(raw, sort_keys=False)
     items = [*inline, *extra, *overrides(params)]
     return load_config_text(text, items, source=f"sweep trial {number}")
+
+
+def without_preset_shape(model: dict[str, Any]) -> dict[str, Any]:
+    """The model section less the keys its preset filled in, so that a trial's own preset does.
+
+    A loaded config has the preset's shape written out; dumped as is, those keys would win over
+    the trial's ``model.preset``. A key whose value differs from the preset's was set by hand
+    and stays (it wins over any preset, as in params.yaml)."""
+    preset = load_presets()[model["preset"]]
+    return {k: v for k, v in model.items() if k not in preset or preset[k] != v}
 
 
 def nested(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
