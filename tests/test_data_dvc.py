@@ -51,14 +51,14 @@ def test_repro_tokenize_then_nothing_to_do(tmp_path, blank_store_db):
     work = tmp_path / "repo"
     shutil.copyfile(blank_store_db, tmp_path / "mlflow.db")
     store = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    # The data stages' code dependencies (dvc.yaml hashes them); the package runs from the venv.
-    (work / "src" / "lmforge").mkdir(parents=True)
-    shutil.copy(REPO / "src" / "lmforge" / "outputs.py", work / "src" / "lmforge" / "outputs.py")
-    shutil.copytree(
-        REPO / "src" / "lmforge" / "data",
-        work / "src" / "lmforge" / "data",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
+    # The data stages' code dependencies, as dvc.yaml lists them (it hashes them); the package
+    # itself runs from the venv.
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for stage in ("validate", "augment", "tokenize"):
+        for dep in stages[stage]["deps"]:
+            if dep.startswith("src/"):
+                (work / dep).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(REPO / dep, work / dep)
     shutil.copy(REPO / "dvc.yaml", work / "dvc.yaml")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"].update(validation_share=0.2, test_share=0.2)
