@@ -1,5 +1,7 @@
 """Sweep pipeline: the trials of ``sweep`` as parallel pretrain tasks (``dsl.ParallelFor`` over
-the plan), then one task that picks the best (``best.yaml``).
+the plan), then one task that picks the best (``best.yaml``). With ``ladder=True`` the same tasks
+run the scaling study: the plan is the rungs of ``sweep.scaling_sizes`` x ``sweep.scaling_tokens``,
+each task pretrains one rung, and the last fits L(N, D) (``report.md``, ``plots/``).
 
 The plan is made at run time from the ``params`` parameter, so a run submitted with other
 ``sweep.*`` overrides plans its own trials. The trials train on a tokenize output
@@ -22,16 +24,18 @@ def build(cfg: Config) -> dsl.graph_component.GraphComponent:
 
     @dsl.pipeline(
         name=f"{cfg.kubeflow.pipeline_prefix}-sweep",
-        description="Pretrain trials of the sweep section in parallel; pick the best (best.yaml).",
+        description="Pretrain trials of the sweep section in parallel; pick the best (best.yaml), "
+        "or with ladder: the scaling study's rungs, then the fit of L(N, D).",
     )
     def sweep_pipeline(
         tokenized_uri: str = cfg.kubeflow.tokenized_uri,
         params: str = params_text(cfg),
         overrides: list = [],  # noqa: B006 (a KFP default, never mutated)
+        ladder: bool = False,
     ):
-        args = common_args(params, overrides)
+        args = {**common_args(params, overrides), "ladder": ladder}
         tokenized = import_artifact(tokenized_uri, Dataset, "tokenized-data")
-        planned = schedule(plan_op(**args), cfg, "sweep-plan")
+        planned = schedule(plan_op(tokenized=tokenized.output, **args), cfg, "sweep-plan")
         with dsl.ParallelFor(planned.output, parallelism=parallelism) as trial:
             ran = schedule(
                 trial_op(tokenized=tokenized.output, trial=trial, **args), cfg, "sweep-trial"

@@ -89,11 +89,14 @@ def run_local(
     data_dir: Path = Path("data"),
     pretrain_dir: Path = Path("outputs/pretrain"),
     tokenized_dir: Path = Path("outputs/tokenized"),
+    arguments: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run pipeline ``name`` locally; return its run folder, the gate and what was registered."""
+    """Run pipeline ``name`` locally; return its run folder, the gate and what was registered.
+    ``arguments``: more pipeline parameters (e.g. ``{"ladder": True}`` for the sweep)."""
     workdir = Path(workdir)
     pipeline = build_pipeline(cfg, name)
     args = pipeline_arguments(cfg, name, Path(data_dir), Path(pretrain_dir), Path(tokenized_dir))
+    args |= arguments or {}
     init_local(workdir)
     try:
         pipeline(**args)

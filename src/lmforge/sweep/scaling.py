@@ -232,14 +232,43 @@ def finished(out_dir: Path, rung: Rung) -> RungResult | None:
         return None
     if saved.get("rung") != dataclasses.asdict(rung) or saved.get("state") != "COMPLETE":
         return None
+    return dataclasses.replace(rung_result(saved), rung=rung, reused=True)
+
+
+def rung_row(result: RungResult) -> dict[str, Any]:
+    """A rung's result as plain data: its ``rung.json``, and a KFP rung task's output row."""
+    return {
+        "rung": dataclasses.asdict(result.rung),
+        "state": result.state,
+        "val_loss": result.val_loss,
+        "tokens_seen": result.tokens_seen,
+        "seconds": result.seconds,
+        "error": result.error,
+        "mlflow_run_id": result.mlflow_run_id,
+    }
+
+
+def load_rung(value: str | dict[str, Any]) -> Rung:
+    """A planned rung from ``dataclasses.asdict`` data or its JSON text; float ints made ints."""
+    data = json.loads(value) if isinstance(value, str) else dict(value)
+    ints = {f.name for f in dataclasses.fields(Rung) if f.type in ("int", int)}
+    data = {k: int(v) if k in ints else v for k, v in data.items()}
+    data["shape"] = {k: None if v is None else int(v) for k, v in data["shape"].items()}
+    return Rung(**data)
+
+
+def rung_result(row: dict[str, Any]) -> RungResult:
+    """``rung_row``'s inverse. The rung may come as JSON text, and numbers as floats (KFP
+    passes task outputs as protobuf Structs, whose numbers are all doubles)."""
+    tokens, loss = row.get("tokens_seen"), row.get("val_loss")
     return RungResult(
-        rung=rung,
-        state="COMPLETE",
-        val_loss=saved["val_loss"],
-        tokens_seen=saved["tokens_seen"],
-        seconds=saved["seconds"],
-        mlflow_run_id=saved.get("mlflow_run_id", ""),
-        reused=True,
+        rung=load_rung(row["rung"]),
+        state=row["state"],
+        val_loss=None if loss is None else float(loss),
+        tokens_seen=None if tokens is None else int(tokens),
+        seconds=row.get("seconds"),
+        error=row.get("error", ""),
+        mlflow_run_id=row.get("mlflow_run_id", ""),
     )
 
 
@@ -277,16 +306,5 @@ def run_rung(
     result.mlflow_run_id = runs.record(
         rung.index, params, result.state, result.val_loss, result.error
     )
-    write_json(
-        where / "rung.json",
-        {
-            "rung": dataclasses.asdict(rung),
-            "state": result.state,
-            "val_loss": result.val_loss,
-            "tokens_seen": result.tokens_seen,
-            "seconds": result.seconds,
-            "error": result.error,
-            "mlflow_run_id": result.mlflow_run_id,
-        },
-    )
+    write_json(where / "rung.json", rung_row(result))
     return result

@@ -9,14 +9,19 @@ sweep); its result says COMPLETE with the objective, or FAIL with the error, so 
 trial does not fail the pipeline. ``pick_best`` writes what ``lmforge sweep`` writes from the
 same rows: ``best.yaml``, ``trials.csv``, ``plots/objective.png``, ``summary.json``.
 
-Hook for the scaling study: the final task is where a ladder's fit of L(N, D) belongs; it is not
-called here yet (``lmforge.sweep.scaling`` is being built beside this).
+With ``ladder`` (the pipeline's ``ladder`` parameter) the same three tasks run the scaling
+study of ``lmforge.sweep.scaling`` instead: the plan is its rungs (``sweep.scaling_sizes`` x
+``sweep.scaling_tokens``, planned on the tokenized data), each task runs one rung
+(``scaling.run_rung``, its MLflow run nested under the pipeline run's parent), and the final
+task fits L(N, D) to their rows and writes what ``lmforge sweep --scaling`` writes
+(``scaling_report.conclude``: ``rungs.csv``, ``report.json``, ``report.md``, ``plots/``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 import traceback
 from pathlib import Path
@@ -29,8 +34,11 @@ from lmforge.outputs import atomic_output_dir, write_json
 from lmforge.sweep import report, space
 
 
-def plan(cfg: Config) -> list[dict[str, Any]]:
-    """``[{"number": 0, "params": '{"pretrain.lr": ...}'}, ...]``: the pipeline's trials."""
+def plan(cfg: Config, tokenized_dir: Path | None = None, ladder: bool = False) -> list[dict]:
+    """``[{"number": 0, "params": '{"pretrain.lr": ...}'}, ...]``: the pipeline's trials (with
+    ``ladder``: ``[{"number": 0, "rung": '{...}'}, ...]``, the scaling study's rungs)."""
+    if ladder:
+        return plan_ladder(cfg, Path(tokenized_dir))
     sw = cfg.sweep
     if sw.step != "pretrain":
         raise ConfigError(
@@ -55,9 +63,13 @@ def _params(value: str | dict[str, Any]) -> dict[str, Any]:
     return json.loads(value) if isinstance(value, str) else dict(value)
 
 
-def sweep_trial(cfg: Config, tokenized_dir: Path, out_dir: Path, trial: dict[str, Any]) -> dict:
-    """Run one planned trial into ``out_dir``; its result row (never raises for the trial's own
-    failure: the row says FAIL and why)."""
+def sweep_trial(
+    cfg: Config, tokenized_dir: Path, out_dir: Path, trial: dict[str, Any], ladder: bool = False
+) -> dict:
+    """Run one planned trial (with ``ladder``: one rung) into ``out_dir``; its result row (never
+    raises for the trial's own failure: the row says FAIL and why)."""
+    if ladder:
+        return ladder_rung(cfg, Path(tokenized_dir), Path(out_dir), trial)
     from lmforge.sweep.run import StepInputs, run_step
     from lmforge.sweep.runs import STUDY_TAG, TRIAL_TAG, env
 
@@ -82,8 +94,13 @@ def sweep_trial(cfg: Config, tokenized_dir: Path, out_dir: Path, trial: dict[str
     return row
 
 
-def pick_best(cfg: Config, results: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
-    """The best completed trial of ``results`` (``sweep_trial`` rows); writes ``out_dir``."""
+def pick_best(
+    cfg: Config, results: list[dict[str, Any]], out_dir: Path, ladder: bool = False
+) -> dict[str, Any]:
+    """The best completed trial of ``results`` (``sweep_trial`` rows); writes ``out_dir``.
+    With ``ladder``: the scaling law fitted to the rungs' rows (``fit_ladder``)."""
+    if ladder:
+        return fit_ladder(cfg, results, Path(out_dir))
     sw = cfg.sweep
     keys = list(sw.space)
     results = sorted(
@@ -141,3 +158,48 @@ class SweepSummary:
     best_trial: int
     best_value: float
     best_params: dict[str, Any]
+
+
+def _run_key() -> str:
+    """The MLflow run key every task of one pipeline run shares: the KFP run id (which
+    ``step_config`` exports), so the rungs and the fit meet under one parent run."""
+    key = os.environ.get("LMFORGE_PIPELINE_RUN_ID", "")
+    if not key:
+        raise ConfigError("LMFORGE_PIPELINE_RUN_ID: unset; the ladder's tasks need the KFP run id")
+    return key
+
+
+def plan_ladder(cfg: Config, tokenized_dir: Path) -> list[dict[str, Any]]:
+    """The scaling study's rungs, each as JSON text (KFP's loop items would make ints floats)."""
+    from lmforge.sweep import scaling
+
+    rungs = scaling.plan(cfg, tokenized_dir)
+    return [{"number": r.index, "rung": json.dumps(dataclasses.asdict(r))} for r in rungs]
+
+
+def ladder_rung(cfg: Config, tokenized_dir: Path, out_dir: Path, item: dict[str, Any]) -> dict:
+    """One rung (``scaling.run_rung``) into ``out_dir/rungs/rung-NN``; its row (``rung_row``,
+    the rung as JSON text), which says FAIL and why rather than raising."""
+    from lmforge.sweep import scaling
+
+    rung = scaling.load_rung(item["rung"])
+    result = scaling.run_rung(cfg, rung, out_dir, tokenized_dir, _run_key(), ())
+    row = scaling.rung_row(result)
+    return {**row, "number": rung.index, "rung": json.dumps(row["rung"]), "out_dir": str(out_dir)}
+
+
+def fit_ladder(cfg: Config, rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+    """Fit L(N, D) to the rung tasks' rows; the report of ``lmforge sweep --scaling`` in
+    ``out_dir`` (whole or not at all) and the fit on the pipeline run's MLflow parent."""
+    from lmforge.sweep import scaling, scaling_report
+    from lmforge.sweep.runs import SweepRuns
+
+    results = sorted((scaling.rung_result(r) for r in rows), key=lambda r: r.rung.index)
+    runs = SweepRuns(cfg, _run_key(), name=f"scaling-{cfg.sweep.study_name}")
+    flops = cfg.sweep.scaling_flops
+    with atomic_output_dir(Path(out_dir)) as tmp:
+        result = scaling_report.conclude(cfg, results, flops, tmp, runs, ran_now=len(results))
+    result.out_dir = str(out_dir)
+    summary = dataclasses.asdict(result)
+    del summary["rungs"]  # in rungs.csv and report.json; the summary stays small
+    return summary
