@@ -15,7 +15,7 @@ import pytest
 from lmforge.cli import main
 from lmforge.config import load_config
 from lmforge.errors import ConfigError, TrainingError
-from lmforge.sweep.scaling import plan, scaling_study
+from lmforge.sweep.scaling import RungResult, plan, rung_result, rung_row, scaling_study
 from lmforge.sweep.scaling_law import CHINCHILLA, ScalingLaw, fit_scaling_law
 from lmforge.train.synthetic import write_synthetic_tokenized
 
@@ -175,3 +175,17 @@ def test_micro_ladder_end_to_end_through_the_cli(tmp_path, blank_store_db, monke
         load_config(None, [*MICRO, f"tracking.artifact_location={tmp_path / 'a'}"]), out, data
     )
     assert again.ran_now == 0 and again.law == report["law"]
+
+
+def test_a_rung_row_survives_kfp_numbers(tmp_path):
+    """A KFP rung task's row comes back with every number a double (protobuf Struct) and the
+    rung as JSON text; ``rung_result`` rebuilds the very rung, so the report prints ints."""
+    data = write_synthetic_tokenized(tmp_path / "tok", n_blocks={"train": 8, "validation": 2})
+    rung = plan(load_config(None, MICRO), data)[3]
+    row = rung_row(RungResult(rung=rung, state="COMPLETE", val_loss=4.5, tokens_seen=1280))
+    as_kfp = json.loads(json.dumps(row), parse_int=float)  # what a Struct gives back
+    assert isinstance(as_kfp["rung"]["steps"], float)
+    for sent in (as_kfp, {**as_kfp, "rung": json.dumps(row["rung"])}):
+        back = rung_result(sent)
+        assert back.rung == rung and isinstance(back.rung.shape["d_model"], int)
+        assert (back.tokens_seen, back.val_loss, back.state) == (1280, 4.5, "COMPLETE")
