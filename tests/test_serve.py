@@ -46,15 +46,17 @@ def test_the_lm_answers_its_logged_example_with_generated_text(registry):
 
 
 @pytest.mark.slow
-def test_cli_serves_the_classifier_until_interrupted(registry):
+def test_cli_serves_the_classifier_until_interrupted(registry, tmp_path):
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONFAULTHANDLER": "1",  # SIGABRT dumps every thread's stack: where a stop hangs
     }
+    stderr = (tmp_path / "stderr.log").open("w")  # a file: a full pipe cannot block the CLI
     proc = subprocess.Popen(
         [LMFORGE, "serve", "--model", registry.register.classifier_model_name],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         text=True,
         env=env,
     )
@@ -73,11 +75,18 @@ def test_cli_serves_the_classifier_until_interrupted(registry):
             (prediction,) = json.loads(resp.read())["predictions"]
         assert prediction["label"] in {"ham", "spam"}
         proc.send_signal(signal.SIGINT)  # Ctrl-C
-        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+        try:
+            code = proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(timeout=30)
+            code = None
+        assert code == 0, (tmp_path / "stderr.log").read_text()[-6000:]
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        stderr.close()
     assert "stopped" in proc.stdout.read() and _refused(url)
 
 
