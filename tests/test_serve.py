@@ -59,6 +59,9 @@ def test_cli_serves_the_classifier_until_interrupted(registry, tmp_path):
         stderr=stderr,
         text=True,
         env=env,
+        # As from a terminal: a runner started as a background job has SIGINT ignored, and an
+        # ignored SIGINT stays ignored across exec (Python then installs no Ctrl-C handler).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         banner = proc.stdout.readline()  # blocks until the server answers /ping (bounded)
