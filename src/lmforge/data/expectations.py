@@ -11,7 +11,6 @@ seconds, and the CLI must stay fast.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,9 +18,12 @@ from typing import Any
 
 from lmforge.config import DataConfig
 from lmforge.data.pii import Allow, find
+from lmforge.data.records import text_digest
 
 PREVIEW_CHARS = 60
-CHUNK_ROWS = 50_000  # rows checked at once by the row-wise expectations (``Profile``)
+# Rows checked at once by the row-wise expectations (``Profile``): a check costs ~0.3 s whatever
+# its size, so a large corpus is checked faster in large chunks (~60 MB of profile rows).
+CHUNK_ROWS = 200_000
 # The expectations that judge each row on its own; the others need every record at once.
 ROW_WISE = {"ExpectColumnValuesToNotBeNull", "ExpectColumnValuesToBeBetween"}
 TABLE_COLUMNS = ("id", "text_hash", "label")  # kept for every record (``Profile``)
@@ -118,10 +120,19 @@ class Profile:
             c["letter_share"].append(round(letter_share(text), 4))
             c["control_chars"].append(len(_CONTROL.findall(text)))
             blob = text.encode("utf-8", "surrogatepass")
-            c["text_hash"].append(int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest()))
+            c["text_hash"].append(int.from_bytes(text_digest(blob)[:8]))
             if self.pii is not None:
                 c["pii_left"].append(len(find(text, self.pii)) if pii_left is None else pii_left)
         if self.bounds is not None and len(c["id"]) >= CHUNK_ROWS:
+            self.flush()
+
+    def add_columns(self, cols: dict[str, list]) -> None:
+        """Many rows at once, a list a column (``lmforge.data.columnar``): what ``add`` would
+        have appended for each, no text null."""
+        for name, values in self.cols.items():
+            values.extend(cols[name])
+        self.chars += sum(cols["n_chars"])  # plain text: never a null
+        if self.bounds is not None and len(self.cols["id"]) >= CHUNK_ROWS:
             self.flush()
 
     def __len__(self) -> int:

@@ -96,11 +96,17 @@ class Fields:
 IDENTITY = Fields()
 
 
+def text_digest(blob: bytes | memoryview) -> bytes:
+    """The 10-byte BLAKE2b digest of a text's UTF-8: a derived id (``content_id``) and, its
+    first 8 bytes, the profile's text hash; one hash a document serves both."""
+    return hashlib.blake2b(blob, digest_size=10).digest()
+
+
 def content_id(text: str | None) -> str:
     """A record id from its text: stable across runs and file order; the same text gives the
     same id, so a repeated document is caught by the suites' unique-id expectation."""
     blob = ("\x00null" if text is None else text).encode("utf-8", "surrogatepass")
-    return "h-" + hashlib.blake2b(blob, digest_size=10).hexdigest()
+    return "h-" + text_digest(blob).hex()
 
 
 def _as_str(value: Any) -> Any:
@@ -242,6 +248,13 @@ class JsonlWriters:
 
     def write(self, split: str, rec: dict[str, Any]) -> None:
         self.files[split].write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+    def write_bytes(self, split: str, lines: bytes | memoryview) -> None:
+        """Whole JSON lines, already encoded (``lmforge.data.columnar``), after what ``write``
+        has buffered."""
+        fh = self.files[split]
+        fh.flush()
+        fh.buffer.write(lines)
 
     def close(self) -> None:
         for fh in self.files.values():

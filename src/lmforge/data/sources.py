@@ -12,14 +12,19 @@ personal-data masking and augmentation see the same records whatever the input w
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
+
 from lmforge.config import DataConfig
+from lmforge.data.columnar import TextBatch
 from lmforge.data.records import Fields, Kind, check_file, read_records, to_record
 from lmforge.errors import DataError
 
 BATCH = 1000
+ARROW_BATCH = 10_000  # plain-text documents a columnar batch (~5 MB of text at 0.5 KB each)
 EXTENSIONS = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
@@ -67,6 +72,11 @@ def fields_of(cfg: DataConfig, kind: Kind) -> Fields:
 def check_input(path: Path, kind: Kind, cfg: DataConfig) -> str:
     """Refuse a missing, empty, oversized or binary input up front; return its format."""
     fmt = detect(path, kind, cfg)
+    if fmt == "text" and kind == "labelled":
+        raise DataError(
+            f"{path}: plain text has no labels; the labelled set is CSV, JSON lines or Parquet "
+            f"with a {cfg.label_field!r} column (data.labelled_file, data.label_field)."
+        )
     if fmt != "arrow":
         check_file(path, cfg.max_file_mb, fmt)
     elif not (path / "state.json").is_file() and not (path / "dataset_dict.json").is_file():
@@ -77,8 +87,10 @@ def check_input(path: Path, kind: Kind, cfg: DataConfig) -> str:
     return fmt
 
 
-def read(paths: list[Path], kind: Kind, cfg: DataConfig) -> Iterator[dict[str, Any]]:
-    """The records of ``paths`` (checked by ``check_input``), in order."""
+def read(paths: list[Path], kind: Kind, cfg: DataConfig) -> Iterator[dict[str, Any] | TextBatch]:
+    """The records of ``paths`` (checked by ``check_input``), in order: a dict a record, except
+    plain text, which comes as batches of documents (``TextBatch``), for the validate stage's
+    columnar path (``lmforge.data.columnar``)."""
     fields = fields_of(cfg, kind)
     per_file_text: list[Path] = []  # plain-text documents: one datasets call for a run of files
     for path in paths:
@@ -86,42 +98,60 @@ def read(paths: list[Path], kind: Kind, cfg: DataConfig) -> Iterator[dict[str, A
         if fmt == "text" and cfg.text_documents == "file":
             per_file_text.append(path)
             continue
-        yield from _text_files(per_file_text, kind, fields)
+        yield from _text_files(per_file_text)
         per_file_text = []
         if fmt == "jsonl":
             yield from read_records(path, kind, cfg.max_line_mb, fields=fields)
+        elif fmt == "text":
+            yield from _paragraphs(path)
         else:
-            mapping = _plain_text(fields) if fmt == "text" else fields
-            rows = _checked_columns(_rows(path, fmt, cfg, kind), path, kind, mapping, fmt)
+            rows = _checked_columns(_rows(path, fmt, cfg, kind), path, kind, fields, fmt)
             stem = path.name if fmt == "arrow" else path.stem
-            unit = "document" if fmt == "text" else "row"
             for n, row in enumerate(rows, 1):
-                yield to_record(row, kind, f"{path}: {unit} {n}", mapping, stem)
-    yield from _text_files(per_file_text, kind, fields)
+                yield to_record(row, kind, f"{path}: row {n}", fields, stem)
+    yield from _text_files(per_file_text)
 
 
-def _plain_text(fields: Fields) -> Fields:
-    """Plain text has no fields but the text: ids from its hash, the source from the file."""
-    return Fields("text", "", "", fields.label, fields.prefix)
+def _paragraphs(path: Path) -> Iterator[TextBatch]:
+    """Documents split on blank lines: ``sample_by="paragraph"`` splits on an empty line."""
+    n = 0
+    with _reading(path, "text", "corpus"):
+        kwargs = {"sample_by": "paragraph", "encoding": "utf-8-sig"}
+        for table in _load("text", [path], kwargs, arrow=True):
+            text = pc.utf8_trim(table.column("text").combine_chunks(), "\n")
+            # more than one blank line between two documents leaves a blank one
+            text = text.filter(pc.not_equal(pc.utf8_trim_whitespace(text), ""))
+            n += len(text)
+            if len(text):
+                yield TextBatch(text, path.stem)
+    if n == 0:
+        raise DataError(f"{path}: no records; expected plain text, documents split by blank lines.")
 
 
-def _text_files(paths: list[Path], kind: Kind, fields: Fields) -> Iterator[dict[str, Any]]:
+def _text_files(paths: list[Path]) -> Iterator[TextBatch]:
     """One document per file: ``sample_by="document"`` yields one row a file, in order, so the
     row's file (its source) is known without a ``datasets`` call per file."""
     if not paths:
         return
-    mapping = _plain_text(fields)
-    rows = _load("text", paths, {"sample_by": "document", "encoding": "utf-8-sig"})
     done = 0
     try:
-        for batch in rows:
-            for text in batch["text"]:
-                path = paths[done]
-                done += 1
-                # a file's last line end is not part of its document
-                yield to_record({"text": text.rstrip("\n")}, kind, str(path), mapping, path.stem)
-    except UnicodeDecodeError as exc:
-        raise _not_utf8(paths[done], exc) from None
+        kwargs = {"sample_by": "document", "encoding": "utf-8-sig"}
+        for table in _load("text", paths, kwargs, arrow=True):
+            # a file's last line end is not part of its document
+            text = pc.utf8_rtrim(table.column("text").combine_chunks(), "\n")
+            yield TextBatch(text, [p.stem for p in paths[done : done + len(text)]])
+            done += len(text)
+    except UnicodeDecodeError as exc:  # in this batch: the first of its files that fails
+        bad = next((p for p in paths[done:] if not _is_utf8(p)), paths[done])
+        raise _not_utf8(bad, exc) from None
+
+
+def _is_utf8(path: Path) -> bool:
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _not_utf8(path: Path, exc: UnicodeDecodeError) -> DataError:
@@ -132,7 +162,11 @@ def _not_utf8(path: Path, exc: UnicodeDecodeError) -> DataError:
     )
 
 
-def _load(builder: str, paths: list[Path], kwargs: dict[str, Any]) -> Iterator[dict[str, list]]:
+def _load(
+    builder: str, paths: list[Path], kwargs: dict[str, Any], arrow: bool = False
+) -> Iterator[Any]:
+    """Streaming batches of ``paths``: dicts of lists, or (``arrow``) Arrow tables of
+    ``ARROW_BATCH`` rows, never turned into Python objects."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -140,33 +174,16 @@ def _load(builder: str, paths: list[Path], kwargs: dict[str, Any]) -> Iterator[d
     ds = datasets.load_dataset(
         builder, data_files=[str(p) for p in paths], split="train", streaming=True, **kwargs
     )
+    if arrow:
+        return ds.with_format("arrow").iter(batch_size=ARROW_BATCH)
     return ds.iter(batch_size=BATCH)
 
 
-def _rows(path: Path, fmt: str, cfg: DataConfig, kind: Kind) -> Iterator[dict[str, Any]]:
-    """The rows of one non-JSON-lines input, as dicts; a file ``datasets`` cannot read is a
-    ``DataError`` naming it."""
+@contextmanager
+def _reading(path: Path, fmt: str, kind: Kind) -> Iterator[None]:
+    """A file ``datasets`` cannot read is a ``DataError`` naming it."""
     try:
-        if fmt == "arrow":
-            batches = _saved(path)
-        else:
-            kwargs: dict[str, Any] = {}
-            if fmt == "text":  # blank_line: ``paragraph`` splits on an empty line ("\n\n")
-                kwargs = {"sample_by": "paragraph", "encoding": "utf-8-sig"}
-            elif fmt == "csv":
-                kwargs = {"encoding": "utf-8-sig"} | (
-                    {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-                )
-            batches = _load(BUILDERS[fmt], [path], kwargs)
-        for batch in batches:
-            names = list(batch)
-            for values in zip(*batch.values(), strict=True):
-                row = dict(zip(names, values, strict=True))
-                if fmt == "text":
-                    row["text"] = row["text"].strip("\n")
-                    if not row["text"].strip():
-                        continue  # more than one blank line between two documents
-                yield row
+        yield
     except DataError:
         raise
     except UnicodeDecodeError as exc:
@@ -177,6 +194,24 @@ def _rows(path: Path, fmt: str, cfg: DataConfig, kind: Kind) -> Iterator[dict[st
             f"{path}: cannot be read as {fmt} ({type(exc).__name__}: {detail}); check the file, "
             f"or set {format_setting(kind)} if it is another format."
         ) from None
+
+
+def _rows(path: Path, fmt: str, cfg: DataConfig, kind: Kind) -> Iterator[dict[str, Any]]:
+    """The rows of a JSON, Parquet, CSV or ``save_to_disk`` input, as dicts."""
+    with _reading(path, fmt, kind):
+        if fmt == "arrow":
+            batches = _saved(path)
+        else:
+            kwargs: dict[str, Any] = {}
+            if fmt == "csv":
+                kwargs = {"encoding": "utf-8-sig"} | (
+                    {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+                )
+            batches = _load(BUILDERS[fmt], [path], kwargs)
+        for batch in batches:
+            names = list(batch)
+            for values in zip(*batch.values(), strict=True):
+                yield dict(zip(names, values, strict=True))
 
 
 def _saved(path: Path) -> Iterator[dict[str, list]]:

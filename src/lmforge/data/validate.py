@@ -3,11 +3,12 @@ the record id.
 
 Every input is read once, streaming, in its own format (``lmforge.data.sources``: JSON lines,
 plain text, JSON, Parquet, CSV, ``save_to_disk`` folders): the read-time checks run on each
-record; personal data is masked (or the record dropped, per ``data.pii``: ``lmforge.data.pii``)
-before the record goes to its split's file in a temporary folder and leaves one row of profile
-(with the matches left in what was written); the Great Expectations suites then run on the
-profiles. Only if every expectation passes does the
-temporary folder become ``out_dir`` (report, metrics and the split files together).
+record (plain text a batch of documents at a time, by columns: ``lmforge.data.columnar``);
+personal data is masked (or the record dropped, per ``data.pii``: ``lmforge.data.pii``) before
+the record goes to its split's file in a temporary folder and leaves one row of profile (with
+the matches left in what was written); the Great Expectations suites then run on the profiles.
+Only if every expectation passes does the temporary folder become ``out_dir`` (report, metrics
+and the split files together).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from lmforge.config import Config, DataConfig
 from lmforge.data import sources
+from lmforge.data.columnar import TextBatch, add_batch
 from lmforge.data.expectations import Profile, failure_message, run_suites
 from lmforge.data.labels import LABELS_FILE, resolve
 from lmforge.data.pii import Allow, Tally
@@ -69,8 +71,13 @@ def split_and_profile(
     labels = list(cfg.labels) if kind == "labelled" else []
     prof = Profile(kind, labels=labels, pii=checked, bounds=cfg)  # checked a chunk at a time
     counts = dict.fromkeys(SPLITS, 0)
+    shares = (cfg.split_salt, cfg.validation_share, cfg.test_share)
     with JsonlWriters(out, SPLITS) as writers:
         for rec in sources.read(paths, kind, cfg):
+            if isinstance(rec, TextBatch):  # plain text, by columns: the same as the loop below
+                for split, n in add_batch(rec, kind, shares, pii, prof, writers).items():
+                    counts[split] += n
+                continue
             split = split_of(rec["id"], cfg.split_salt, cfg.validation_share, cfg.test_share)
             text, found = pii.apply(kind, split, rec["text"])
             if found and text is None:

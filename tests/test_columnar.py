@@ -1,0 +1,106 @@
+"""The validate stage's columnar path for plain text (``lmforge.data.columnar``) against its
+record path: the same documents as text files and as JSON lines must give byte-identical split
+files, the same profile and the same personal-data tally, whatever the text holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from data_fixtures import MICRO
+
+from lmforge.config import load_config
+from lmforge.data.pii import Allow, Tally
+from lmforge.data.records import content_id
+from lmforge.data.split import SPLITS
+from lmforge.data.validate import split_and_profile
+
+# What the columns do by bytes must match what the record path does by characters: quotes and
+# backslashes to escape, tabs, line ends and form feeds (a CR never arrives: the text reader reads
+# universal newlines), control characters (escaped by json.dumps,
+# counted by the profile), non-ASCII letters and digits, an emoji, and personal data to mask
+# (an email, a phone number) next to digits that are none.
+TEXTS = [
+    'She said "hello" and left \\ back-slash, then\ta tab.',
+    "Line one\nline two, with a form feed \x0c and a bell \x07 and DEL \x7f.",
+    "Café au lait, naïve façade, Straße; 東京の天気は晴れ。",
+    "Emoji 🎉 and Arabic-Indic digits ٣٤٥ in a sentence.",
+    "Write to jane.doe@example.com or call +44 20 7946 0958 today.",
+    "Order 12345 shipped on 2002-08-22 in 3 boxes.",
+    "Plain words only, nothing to see here at all.",
+    "  leading spaces and a trailing space ",
+    "x" * 3 + " 42",
+]
+
+
+def _write_text(root: Path, docs: list[str], per_file: bool) -> list[Path]:
+    root.mkdir(parents=True)
+    if per_file:
+        paths = [root / f"doc{i:02d}.txt" for i in range(len(docs))]
+        for path, text in zip(paths, docs, strict=True):
+            path.write_text(text + "\n", newline="")
+        return paths
+    path = root / "part.txt"
+    path.write_text("\n\n".join(docs) + "\n", newline="")
+    return [path]
+
+
+def _write_jsonl(root: Path, docs: list[str], stems: list[str]) -> list[Path]:
+    root.mkdir(parents=True)
+    path = root / "same.jsonl"
+    with path.open("w", encoding="utf-8") as fh:
+        for text, stem in zip(docs, stems, strict=True):
+            rec = {"id": content_id(text), "source": stem, "text": text}
+            fh.write(json.dumps(rec) + "\n")
+    return [path]
+
+
+def _run(tmp_path: Path, name: str, paths: list[Path], mode: str, *sets: str):
+    cfg = load_config(None, [*MICRO, f"data.pii={mode}", *sets]).data
+    pii = Tally(mode, Allow(cfg.pii_allow))
+    prof, counts = split_and_profile(cfg, "corpus", paths, tmp_path / name, pii)
+    files = {s: (tmp_path / name / f"{s}.jsonl").read_bytes() for s in SPLITS}
+    return prof, counts, files, pii.summary(["corpus"], SPLITS)["datasets"]["corpus"]
+
+
+@pytest.mark.parametrize("mode", ["mask", "drop", "keep"])
+@pytest.mark.parametrize("per_file", [True, False], ids=["file", "blank_line"])
+def test_text_files_give_what_the_same_json_lines_give(tmp_path, mode, per_file):
+    docs = TEXTS * 40  # several splits' worth; repeats are allowed here (no suite runs)
+    docs = [f"{text} #{i}" if i % 2 else text for i, text in enumerate(docs)]
+    paths = _write_text(tmp_path / "txt", docs, per_file)
+    stems = [p.stem for p in paths] if per_file else ["part"] * len(docs)
+    text_sets = ["data.corpus_glob=txt/*.txt"]
+    if not per_file:
+        text_sets.append("data.text_documents=blank_line")
+    fast = _run(tmp_path, "fast", paths, mode, *text_sets)
+    slow = _run(tmp_path, "slow", _write_jsonl(tmp_path / "jl", docs, stems), mode)
+    fast_prof, fast_counts, fast_files, fast_pii = fast
+    slow_prof, slow_counts, slow_files, slow_pii = slow
+
+    assert fast_files == slow_files
+    assert fast_counts == slow_counts and sum(fast_counts.values()) > 0
+    assert fast_pii == slow_pii
+    if mode != "keep":
+        assert slow_pii["train"]["records"] + slow_pii["test"]["records"] > 0
+    assert fast_prof.chars == slow_prof.chars
+    for name, values in slow_prof.cols.items():
+        assert fast_prof.cols[name] == values, name
+    # the texts that need the per-document fallbacks were really there
+    assert any(c > 0 for c in slow_prof.cols["control_chars"])
+    assert any(s < 1 for s in slow_prof.cols["letter_share"])
+
+
+def test_a_labelled_set_as_plain_text_is_refused_with_the_fix(tmp_path):
+    from lmforge.data.validate import raw_files
+    from lmforge.errors import DataError
+
+    root = tmp_path / "data"
+    (root / "corpus").mkdir(parents=True)
+    (root / "corpus" / "a.txt").write_text("a document\n")
+    (root / "labelled.txt").write_text("some text\n")
+    cfg = load_config(None, [*MICRO, "data.corpus_glob=corpus/*.txt"]).data
+    cfg.labelled_file = "labelled.txt"
+    with pytest.raises(DataError, match=r"labelled\.txt: plain text has no labels.*CSV"):
+        raw_files(cfg, root)
