@@ -46,7 +46,10 @@ def test_the_lm_answers_its_logged_example_with_generated_text(registry):
 
 
 @pytest.mark.slow
-def test_cli_serves_the_classifier_until_interrupted(registry, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_cli_serves_the_classifier_until_interrupted(registry, tmp_path, stop):
+    """Ctrl-C at a terminal, SIGTERM from Kubernetes or a supervisor: both stop the model
+    server and its workers, and the CLI exits 0."""
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -77,7 +80,7 @@ def test_cli_serves_the_classifier_until_interrupted(registry, tmp_path):
         with urllib.request.urlopen(request, timeout=60) as resp:
             (prediction,) = json.loads(resp.read())["predictions"]
         assert prediction["label"] in {"ham", "spam"}
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        proc.send_signal(stop)
         try:
             code = proc.wait(timeout=90)
         except subprocess.TimeoutExpired:

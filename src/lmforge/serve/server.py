@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -182,14 +183,35 @@ def serve(
     port: int = 0,
     echo: Callable[[str], None] = print,
 ) -> int:
-    """Serve until interrupted (Ctrl-C) or the server exits; its exit code (0 when stopped)."""
+    """Serve until interrupted (Ctrl-C, or SIGTERM: how Kubernetes and most supervisors stop a
+    process) or the server exits; its exit code (0 when stopped). Either signal stops the
+    server's whole process group before returning; none of it is left running."""
     running = start(cfg, name, alias, port)
     echo(f"Serving {running.model} at {running.url} (Ctrl-C stops it). Try:\n{running.curl()}")
-    try:
-        code = running.proc.wait()
-    except KeyboardInterrupt:
-        running.stop()
-        echo(f"stopped {running.model}")
-        return 0
+    with _sigterm_as_interrupt():
+        try:
+            code = running.proc.wait()
+        except KeyboardInterrupt:
+            running.stop()
+            echo(f"stopped {running.model}")
+            return 0
     running.stop()
     return code
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt while serving (the default would end Python at once and
+    leave the model server's processes behind); signals can only be set in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
