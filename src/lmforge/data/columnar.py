@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lmforge.data.expectations import PREVIEW_CHARS, Profile, letter_share
-from lmforge.data.pii import Tally
+from lmforge.data.pii import Tally, find
 from lmforge.data.records import JsonlWriters, Kind, text_digest
 from lmforge.data.split import SPLITS, split_of
 
@@ -157,8 +157,6 @@ def _profile_columns(
     pii: Tally,
     prof: Profile,
 ) -> dict[str, list[Any]]:
-    from lmforge.data.pii import find
-
     raw, offsets = _bytes_of(text)
     lengths = offsets[1:] - offsets[:-1]
     control = _counts(_CONTROL[raw], offsets)

@@ -234,14 +234,13 @@ def _checked_columns(
     first = next(rows, None)
     if first is None:
         raise DataError(f"{path}: no records; expected {fmt} rows with a text field.")
-    if fmt != "text":
-        for name, src in fields.wanted(kind).items():
-            if src not in first:
-                derived = " (or '' to derive it)" if name in ("id", "source") else ""
-                raise DataError(
-                    f"{path}: no column {src!r} for the {kind} {name}; the columns are "
-                    f"{', '.join(map(repr, first))}. Set {fields.setting(name)} to one of "
-                    f"them{derived} in params.yaml."
-                )
+    for name, src in fields.wanted(kind).items():
+        if src not in first:
+            derived = " (or '' to derive it)" if name in ("id", "source") else ""
+            raise DataError(
+                f"{path}: no column {src!r} for the {kind} {name}; the columns are "
+                f"{', '.join(map(repr, first))}. Set {fields.setting(name)} to one of "
+                f"them{derived} in params.yaml."
+            )
     yield first
     yield from rows
