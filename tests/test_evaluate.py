@@ -38,6 +38,7 @@ def test_report_metrics_and_plots(trained_stages):
     assert list(report) == [
         "labels",
         "primary_metric",
+        "input_example",
         "lm",
         "samples",
         "classifier",

@@ -164,6 +164,12 @@ def test_the_registry_and_serving_carry_the_five_labels(genre_run, monkeypatch):
     assert [o["name"] for o in outputs] == ["label", "score"]
     config = json.loads((local / "model" / "config.json").read_text())
     assert list(config["id2label"].values()) == GENRES
+    # the logged input example is a text of this task (its first test text), not a spam email
+    test_text = json.loads(
+        (genre_run["root"] / "augmented" / "labelled" / "test.jsonl").read_text().splitlines()[0]
+    )["text"]
+    served = json.loads((local / "serving_input_example.json").read_text())
+    assert served["inputs"] == [test_text[:300]]
 
 
 @pytest.mark.slow

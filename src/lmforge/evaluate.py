@@ -43,6 +43,8 @@ from lmforge.metrics import (
 from lmforge.outputs import atomic_output_dir
 from lmforge.tracking import is_number
 
+EXAMPLE_CHARS = 300  # the classifier's logged input example: a test text, cut to this length
+
 
 @dataclass
 class EvaluationResult:
@@ -210,6 +212,8 @@ def evaluate(
     lm = AutoModelForCausalLM.from_pretrained(lm_dir).eval()
     lm_tokenizer = AutoTokenizer.from_pretrained(lm_dir)
     report: dict[str, Any] = {"labels": labels, "primary_metric": primary}
+    # register logs it as the classifier's input example: a text of the task, not a made-up one
+    report["input_example"] = texts[0][:EXAMPLE_CHARS] if texts else None
     report["lm"] = perplexity(
         lm, tokenized_dir, cfg.evaluate.max_perplexity_batches, cfg.evaluate.batch_size
     )

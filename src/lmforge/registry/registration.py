@@ -26,6 +26,8 @@ from lmforge.tracking import is_number
 # Installed distributions the logged models need; pinned explicitly because MLflow's inference
 # would otherwise demand torchvision for a transformers model.
 MODEL_REQUIREMENTS = ("mlflow", "transformers", "torch", "tokenizers", "safetensors", "numpy")
+# The classifier's input example when the report has none of the task's own texts.
+FALLBACK = "A text to classify."
 
 
 @dataclass
@@ -68,10 +70,12 @@ def _evaluation(evaluation_dir: Path) -> dict[str, Any]:
     try:
         report = json.loads(path.read_text())
         # Numbers only: they become metrics and version tags (per-class scores stay in the report).
-        return {
+        numbers = {
             section: {k: v for k, v in dict(report[section]).items() if is_number(v)}
             for section in ("lm", "classifier")
         }
+        example = report.get("input_example")  # absent from reports written before it was
+        return {**numbers, "input_example": example if isinstance(example, str) else FALLBACK}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RegistryError(
             f"{path}: unreadable evaluation report ({exc}); run `lmforge evaluate` first"
@@ -184,7 +188,7 @@ def _register(cfg: Config, lm_dir: Path, clf_dir: Path, report: dict[str, Any]) 
             name=cfg.register.classifier_model_name,
             artifact="classifier",
             task="text-classification",
-            example=["Congratulations, you won a free prize! Reply now to claim it."],
+            example=[report["input_example"]],
             output_example=[{"label": first_label, "score": 0.5}],
             params=None,
             metrics=report["classifier"],
