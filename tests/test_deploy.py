@@ -282,3 +282,37 @@ def test_full_pipeline_deploys_after_register_only_when_asked(tmp_path, on):
         step = branch.dag.tasks["deploy"]
         assert list(step.dependent_tasks) == ["register"]
         assert not step.caching_options.enable_cache  # a side effect on the cluster
+
+
+@pytest.mark.slow
+def test_the_deploy_step_promotes_and_applies_what_register_registered(registry, tmp_path):
+    """The pipeline's deploy step reads register's ``registered.json``: an SFT run registered
+    only its SFT model, so only that is promoted and applied (here: the LM, standing in)."""
+    from lmforge.serve.deploy import model_names, promote_and_deploy
+
+    cfg = _mapped(registry, poll_s=0.01)
+    registered = tmp_path / "registered"
+    registered.mkdir()
+    (registered / "registered.json").write_text(
+        json.dumps({"run_id": "r", "pipeline_run_id": "p", "sft": {"name": "lmforge-lm"}})
+    )
+    server, api = start(
+        {
+            ("POST", ISVCS): [Reply(201, _body("isvc_created.json"))],
+            ("GET", f"{ISVCS}/lmforge-lm"): [recorded("isvc_ready.json")],
+        }
+    )
+    lines: list[str] = []
+    result = promote_and_deploy(cfg, tmp_path / "deployed", registered, api=api, echo=lines.append)
+    assert [s.model for s in result.services] == ["models:/lmforge-lm/1"]
+    assert [line.split(":")[0] for line in lines if line.startswith("promote")] == [
+        "promote lmforge-lm"
+    ]
+    assert [c[3]["metadata"]["name"] for c in server.called("POST")] == ["lmforge-lm"]
+    (registered / "registered.json").write_text("{}")
+    with pytest.raises(LaunchError, match="no registered model"):
+        promote_and_deploy(cfg, tmp_path / "again", registered, api=api)
+    # without a register result (lmforge deploy): the LM and the model finetune.task trains
+    sft = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, task="sft"))
+    assert model_names(sft, None) == ["lmforge-lm", cfg.register.sft_model_name]
+    assert model_names(cfg, None) == ["lmforge-lm", cfg.register.classifier_model_name]

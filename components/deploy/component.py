@@ -18,7 +18,7 @@ def deploy(
     """Run ``lmforge.serve.deploy.promote_and_deploy``; only with ``kubeflow.deploy: true``.
 
     Args:
-        registered: Output of the register component (orders this step after it).
+        registered: Output of the register component: the models to promote and deploy.
         params: The params YAML of this run (``params.yaml`` at compile time).
         overrides: ``SECTION.KEY=VALUE`` overrides applied on top of ``params``.
         run_id: The KFP run id.
@@ -30,9 +30,9 @@ def deploy(
     from lmforge.kfp.runtime import step_config
     from lmforge.serve.deploy import promote_and_deploy
 
-    del registered  # an ordering edge: the versions come from the registry's aliases
     cfg = step_config(params, overrides, run_id, task_name)
-    promote_and_deploy(cfg, Path(deployed.path))
+    # which models register made challengers of; their versions come from the registry's aliases
+    promote_and_deploy(cfg, Path(deployed.path), Path(registered.path))
 
 
 def build(image: str = DEFAULT_IMAGE) -> PythonComponent:

@@ -44,7 +44,23 @@ class DeployResult:
 
 
 def model_names(cfg: Config, models: list[str] | None) -> list[str]:
-    return list(models or [cfg.register.lm_model_name, cfg.register.classifier_model_name])
+    """``models``, else the LM and the model ``finetune.task`` trains (classifier or SFT)."""
+    tuned = cfg.register.sft_model_name if cfg.finetune.task == "sft" else None
+    return list(models or [cfg.register.lm_model_name, tuned or cfg.register.classifier_model_name])
+
+
+def registered_names(registered_dir: Path) -> list[str]:
+    """The models register's ``registered.json`` names (a classifier run: the LM and the
+    classifier; an SFT run: the SFT model): what this run made challengers of."""
+    path = Path(registered_dir) / "registered.json"
+    try:
+        result = json.loads(path.read_text())
+        names = [v["name"] for v in result.values() if isinstance(v, dict) and "name" in v]
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
+        raise LaunchError(f"{path}: unreadable ({exc}); the register step wrote no result") from None
+    if not names:
+        raise LaunchError(f"{path}: no registered model in it; nothing to promote or deploy")
+    return names
 
 
 def render(cfg: Config, models: list[str] | None = None) -> list[tuple[Deployed, dict]]:
@@ -266,13 +282,18 @@ def deploy(
 
 
 def promote_and_deploy(
-    cfg: Config, out_dir: Path, api=None, echo: Callable[[str], None] = print
+    cfg: Config,
+    out_dir: Path,
+    registered_dir: Path | None = None,
+    api=None,
+    echo: Callable[[str], None] = print,
 ) -> DeployResult:
-    """The pipeline's deploy step: promote both challengers (the gate decides; a refusal fails
-    the step with its numbers and deploys nothing), then apply the champions."""
+    """The pipeline's deploy step: promote the challengers register made (``registered_dir``;
+    without it, those of ``model_names``): the gate decides, a refusal fails the step with its
+    numbers and deploys nothing. Then apply the champions."""
     from lmforge.registry import promote
 
-    models = model_names(cfg, None)
+    models = registered_names(registered_dir) if registered_dir else model_names(cfg, None)
     for name in models:
         echo(f"promote {name}: {promote(cfg, name).action}")
     return deploy(cfg, models, apply=True, out_dir=out_dir, api=api, echo=echo)
