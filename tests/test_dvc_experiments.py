@@ -58,15 +58,17 @@ def run(*cmd: str, cwd: Path) -> str:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, blank_store_db) -> Path:
-    """A git + DVC copy of the project: its pretrain stage as dvc.yaml has it, a seed stage in
-    place of the data stages, micro params; the seed run and everything committed."""
+    """A git + DVC copy of the project: its inputs and pretrain stages as dvc.yaml has them, a
+    seed stage in place of the data stages, micro params; the seed run and everything
+    committed."""
     work = tmp_path_factory.mktemp("dvc-exp")
     shutil.copytree(REPO / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / ".gitignore", work / ".gitignore")
     shutil.copyfile(blank_store_db, work / "mlflow.db")  # the project's store (git-ignored)
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     seed = {"cmd": SEED_CMD, "outs": ["outputs/tokenized/tokenizer", "outputs/tokenized/blocks"]}
-    dvc_yaml = {"stages": {"seed": seed, "pretrain": stages["pretrain"]}}
+    picked = {"seed": seed, "inputs": stages["inputs"], "pretrain": stages["pretrain"]}
+    dvc_yaml = {"stages": picked}
     (work / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for section, values in MICRO.items():

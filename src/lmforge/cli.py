@@ -75,6 +75,18 @@ def _command(*sections: str, app_: typer.Typer = app, name: str | None = None):
     return app_.command(name=name, epilog=section_help(sections) if sections else None)
 
 
+@_command()
+def inputs(
+    out: Annotated[Path, _dir("Where fingerprint.json goes.")] = Path("outputs/inputs"),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Fingerprint the files params.yaml points at (pretrain.init_from, finetune.base_model,
+    finetune.sft_data): the DVC dependency that reruns the stages reading them when they change.
+    """
+    _step("lmforge.inputs:fingerprint_inputs", _config(params, set_, "inputs"), out)
+
+
 @_command("data")
 def validate(
     data_dir: Annotated[Path, _dir("Raw data (DVC-tracked).")] = Path("data"),

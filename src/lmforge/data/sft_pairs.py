@@ -134,7 +134,7 @@ def load_pairs(cfg, augmented_dir: Path) -> dict[str, list[Pair]]:
     tcfg = cfg.finetune
     if not tcfg.sft_data:
         return subject_line_pairs(Path(augmented_dir) / "labelled")
-    source = Path(tcfg.sft_data)
+    source = pairs_source(tcfg.sft_data)
     if source.is_dir():
         splits = {split: read_pairs(_split_file(source, split), *_fields(tcfg)) for split in SPLITS}
     else:
@@ -146,6 +146,19 @@ def load_pairs(cfg, augmented_dir: Path) -> dict[str, list[Pair]]:
                 f"{source}: no {split} pairs; add pairs or raise finetune.sft_holdout_share"
             )
     return splits
+
+
+def pairs_source(value: str) -> Path:
+    """``finetune.sft_data`` checked to exist: a pairs file or a folder of split files (the
+    inputs stage fingerprints it, finetune reads it)."""
+    source = Path(value).expanduser()
+    if not source.exists():
+        raise DataError(
+            f"finetune.sft_data: {source} does not exist; set it to a pairs file "
+            f"({', '.join(sorted(FORMATS))}) or a folder of train/validation/test files, or to "
+            "empty for the emails' subject lines"
+        )
+    return source
 
 
 def _fields(tcfg) -> tuple[str, str]:
