@@ -193,6 +193,7 @@ def test_a_classifier_from_base_model_goes_through_evaluate_and_registers_with_i
         "finetune.max_steps=20",
         "finetune.lr=0.01",
         f"finetune.base_model={hf_models['gpt2']}",
+        f"pretrain.init_from={hf_models['gpt2']}",  # the LM's run: without it, none is pretrained
         "evaluate.compare_champion=false",
         "register.min_primary=0.0",
         f"tracking.artifact_location={tmp_path / 'mlartifacts'}",

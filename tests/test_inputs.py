@@ -6,14 +6,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from hf_fixtures import make_hf_model
 
 from lmforge.config import load_config
 from lmforge.errors import DataError, TrainingError
 from lmforge.inputs import FILE, fingerprint_inputs
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +94,57 @@ def test_unusable_paths_name_the_field(model, tmp_path):
     with pytest.raises(DataError, match=r"dangling: not a regular file"):
         digests(tmp_path, f"finetune.base_model={model}")
     assert not (tmp_path / "inputs").exists()
+
+
+# ------------------------------------------------------------------------------ under DVC
+
+
+def dvc(*args: str, cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(
+        [str(BIN / "dvc"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, f"dvc {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def micro_repo(root: Path, base_model: Path) -> Path:
+    """The repo's own ``inputs`` and ``pretrain`` stages in a fresh git + DVC project, on
+    stand-in tokenize outputs (pretrain skips: ``finetune.base_model`` is set)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    picked = {name: stages[name] for name in ("inputs", "pretrain")}
+    for dep in (d for stage in picked.values() for d in stage["deps"]):
+        src, dst = REPO / dep, root / dep
+        if dep.startswith("src/") and src.is_dir():
+            shutil.copytree(
+                src, dst, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
+            )
+        elif dep.startswith("src/"):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dst)
+    for name in ("tokenizer", "blocks"):  # never read: the stage stops before training
+        (root / "outputs" / "tokenized" / name).mkdir(parents=True)
+        (root / "outputs" / "tokenized" / name / "stand-in").write_text(name)
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": picked}, sort_keys=False))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["finetune"]["base_model"] = str(base_model)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    subprocess.run(["git", "init", "--quiet"], cwd=root, check=True)
+    dvc("init", "--quiet", cwd=root)
+    return root
+
+
+@pytest.mark.slow
+def test_dvc_reruns_the_reader_only_when_the_base_model_changes(model, tmp_path):
+    repo = micro_repo(tmp_path / "repo", model)
+    first = dvc("repro", "pretrain", cwd=repo)
+    assert "Running stage 'inputs'" in first and "Running stage 'pretrain'" in first
+    assert json.loads((repo / "outputs/pretrain/metrics.json").read_text())["skipped"] is True
+
+    second = dvc("repro", "pretrain", cwd=repo)  # inputs always runs; its file is unchanged
+    assert "Running stage 'inputs'" in second and "Running stage 'pretrain'" not in second
+
+    (model / "config.json").write_text((model / "config.json").read_text() + "\n")
+    third = dvc("repro", "pretrain", cwd=repo)
+    assert "Running stage 'pretrain'" in third
+    assert not list((repo / "outputs/pretrain").rglob("*.safetensors"))

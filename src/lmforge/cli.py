@@ -140,7 +140,10 @@ def pretrain(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
-    """Pretrain the decoder LM: as a Kubeflow PyTorchJob (cluster or local runner) or inline."""
+    """Pretrain the decoder LM: as a Kubeflow PyTorchJob (cluster or local runner) or inline.
+
+    With finetune.base_model set (and pretrain.init_from not) there is nothing to pretrain:
+    the output says it was skipped, and evaluate and register leave the LM out."""
     cfg = _config(params, set_, "pretrain")
     backend = backend or cfg.launch.backend
     if render and cfg.launch.api == "trainjob":
@@ -151,6 +154,8 @@ def pretrain(
         from lmforge.launch.pytorchjob import render_yaml
 
         typer.echo(render_yaml(cfg, data, out))
+    elif _pretrain_skipped(cfg, out):
+        return
     elif backend == "inline" and nproc > 1:
         from lmforge.train.distributed import run_torchrun
 
@@ -163,6 +168,16 @@ def pretrain(
         from lmforge.errors import ConfigError
 
         raise ConfigError(f"--backend {backend!r}: expected local, kubernetes or inline")
+
+
+def _pretrain_skipped(cfg: Config, out: Path) -> bool:
+    """With finetune.base_model set, the stage writes what it skipped (lmforge.train.skipped)."""
+    from lmforge.train.skipped import skip_pretrain
+
+    skipped = skip_pretrain(cfg, out)
+    if skipped is not None:
+        typer.echo(f"pretrain skipped: {skipped.reason}", err=True)
+    return skipped is not None
 
 
 @_command("finetune", "data")

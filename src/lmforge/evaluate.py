@@ -3,7 +3,8 @@
 ``evaluate(cfg, pretrained_dir, finetuned_dir, tokenized_dir, augmented_dir, out_dir)`` scores:
 
 - the pretrained language model: perplexity on ``tokenized_dir/blocks/test.bin``, and completions
-  of ``evaluate.sample_prompts`` (seeded sampling);
+  of ``evaluate.sample_prompts`` (seeded sampling); none when this run pretrained none
+  (``finetune.base_model``: the report's ``lm`` section says so, ``lmforge.train.skipped``);
 - the fine-tuned classifier on the labelled test split, over the task's N classes (``data.labels``
   or those validate took from the training split: ``lmforge.data.labels``): accuracy, macro-F1,
   per-class precision/recall/F1 and the N x N confusion matrix;
@@ -48,7 +49,7 @@ EXAMPLE_CHARS = 300  # the classifier's logged input example: a test text, cut t
 
 @dataclass
 class EvaluationResult:
-    perplexity: float
+    perplexity: float | None  # None: no LM pretrained in this run (finetune.base_model)
     accuracy: float
     macro_f1: float
     baseline_accuracy: float | None
@@ -93,6 +94,27 @@ def samples(model, tokenizer, cfg: Config) -> list[dict[str, str]]:
         model, tokenizer, list(cfg.evaluate.sample_prompts), Sampling.of_evaluate(cfg)
     )
     return [{"prompt": c.prompt, "completion": c.completion} for c in done]
+
+
+def score_lm(cfg: Config, pretrained_dir: Path, tokenized_dir: Path) -> tuple[dict, list]:
+    """The report's LM section (perplexity) and its samples. With no LM in this run
+    (``finetune.base_model`` set: ``lmforge.train.skipped``) the section says why, and no
+    samples: the classifier's base model is not lmforge's LM, and an older LM is not this run's."""
+    from lmforge.train.skipped import lm_skipped
+
+    reason = lm_skipped(cfg, pretrained_dir)
+    if reason is not None:
+        return {"skipped": True, "reason": reason}, []
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    lm_dir = pretrained_dir / "model"
+    if not (lm_dir / "config.json").is_file():
+        raise DataError(f"{lm_dir}: no pretrained model (config.json); run pretrain first")
+    lm = AutoModelForCausalLM.from_pretrained(lm_dir).eval()
+    numbers = perplexity(
+        lm, tokenized_dir, cfg.evaluate.max_perplexity_batches, cfg.evaluate.batch_size
+    )
+    return numbers, samples(lm, AutoTokenizer.from_pretrained(lm_dir), cfg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,7 +214,6 @@ def evaluate(
     if is_sft_output(Path(finetuned_dir)):
         return evaluate_sft(cfg, Path(finetuned_dir), Path(out_dir))
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lmforge import tracking
     from lmforge.train.classify import read_labelled
@@ -206,19 +227,10 @@ def evaluate(
     texts = [r["text"] for r in test]
     y_true = np.array([labels.index(r["label"]) for r in test])
 
-    lm_dir = Path(pretrained_dir) / "model"
-    if not (lm_dir / "config.json").is_file():
-        raise DataError(f"{lm_dir}: no pretrained model (config.json); run pretrain first")
-    lm = AutoModelForCausalLM.from_pretrained(lm_dir).eval()
-    lm_tokenizer = AutoTokenizer.from_pretrained(lm_dir)
     report: dict[str, Any] = {"labels": labels, "primary_metric": primary}
     # register logs it as the classifier's input example: a text of the task, not a made-up one
     report["input_example"] = texts[0][:EXAMPLE_CHARS] if texts else None
-    report["lm"] = perplexity(
-        lm, tokenized_dir, cfg.evaluate.max_perplexity_batches, cfg.evaluate.batch_size
-    )
-    report["samples"] = samples(lm, lm_tokenizer, cfg)
-    del lm
+    report["lm"], report["samples"] = score_lm(cfg, Path(pretrained_dir), Path(tokenized_dir))
 
     def score(model, tokenizer) -> tuple[dict[str, Any], np.ndarray]:
         preds = classify(model, tokenizer, texts, labels, cfg)
@@ -275,7 +287,7 @@ def evaluate(
     report["confusion"] = confusion
 
     result = EvaluationResult(
-        perplexity=report["lm"]["perplexity"],
+        perplexity=report["lm"].get("perplexity"),  # None: no LM in this run
         accuracy=challenger["accuracy"],
         macro_f1=challenger["macro_f1"],
         baseline_accuracy=report["baseline"] and report["baseline"]["accuracy"],
@@ -383,18 +395,20 @@ def _markdown(report: dict[str, Any]) -> str:
     lines += [
         f"- {'↑' if c['passed'] else '↓'} {c['name']}: {c['detail']}" for c in gate["comparisons"]
     ]
+    lines += ["", "## Language model (test blocks)", "", *_lm_markdown(report)]
+    lines += ["", "Confusion matrix: `plots/confusion.png` (rows: actual, columns: predicted).", ""]
+    return "\n".join(lines)
+
+
+def _lm_markdown(report: dict[str, Any]) -> list[str]:
     lm = report["lm"]
-    lines += [
-        "",
-        "## Language model (test blocks)",
-        "",
+    if lm.get("skipped"):
+        return [f"Not pretrained in this run: {lm['reason']}."]
+    lines = [
         f"Perplexity **{lm['perplexity']:.2f}** (loss {lm['loss']:.4f} nats/token, "
         f"{int(lm['n_blocks'])} blocks)",
         "",
         "## Samples",
         "",
     ]
-    for s in report["samples"]:
-        lines.append(f"- **{s['prompt']}**{s['completion']}")
-    lines += ["", "Confusion matrix: `plots/confusion.png` (rows: actual, columns: predicted).", ""]
-    return "\n".join(lines)
+    return lines + [f"- **{s['prompt']}**{s['completion']}" for s in report["samples"]]

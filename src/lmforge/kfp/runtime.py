@@ -68,10 +68,15 @@ def pretrain_on_backend(
     finds the data already staged, adopts the job (running, or finished: its output is
     collected) and the job resumes from its checkpoints there. It is removed only once a
     succeeded job's output has been collected; a failure leaves it for the retry.
-    ``options`` go to ``launch_pretrain`` (``api``, ``echo``).
+    ``options`` go to ``launch_pretrain`` (``api``, ``echo``). With ``finetune.base_model`` set
+    (and no ``pretrain.init_from``) nothing is launched: ``out`` gets the skipped output of
+    ``lmforge.train.skipped``, which evaluate and register read as "no LM in this run".
     """
     from lmforge.launch.launcher import launch_pretrain
+    from lmforge.train.skipped import skip_pretrain
 
+    if (skipped := skip_pretrain(cfg, out)) is not None:  # finetune.base_model: nothing to train
+        return skipped
     if backend != "kubernetes":
         return launch_pretrain(cfg, tokenized, out, backend=backend, **options)
     if options.get("api") is None:  # no credentials: fail before touching the volume

@@ -2,8 +2,9 @@
 
 The pretrained language model (``text-generation``) and the fine-tuned classifier
 (``text-classification``) are logged with MLflow's transformers flavour straight from their
-saved directories (no second copy in memory). Output: ``registered.json`` (model names,
-versions, run ids).
+saved directories (no second copy in memory). With ``finetune.base_model`` set no LM was
+pretrained in the run, and only the classifier is registered. Output: ``registered.json``
+(model names, versions, run ids; ``lm`` null and ``lm_skipped`` the reason then).
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ class RegisteredVersion:
 class RegisterResult:
     run_id: str
     pipeline_run_id: str
-    lm: RegisteredVersion
+    lm: RegisteredVersion | None  # None: no LM pretrained in this run (``lm_skipped`` says why)
     classifier: RegisteredVersion
+    lm_skipped: str | None = None
 
 
 def _requirements() -> list[str]:
@@ -124,7 +126,9 @@ def _log_and_register(
 def register(
     cfg: Config, pretrained_dir: Path, finetuned_dir: Path, evaluation_dir: Path, out_dir: Path
 ) -> RegisterResult:
-    """Log and register both models as new versions with the alias ``challenger``."""
+    """Log and register both models as new versions with the alias ``challenger``; the
+    classifier only when this run pretrained no LM (``finetune.base_model``:
+    ``lmforge.train.skipped``), and the result's ``lm_skipped`` says why."""
     from mlflow.exceptions import MlflowException
 
     from lmforge import tracking
@@ -134,8 +138,11 @@ def register(
 
     if (sft := sft_report(Path(evaluation_dir))) is not None:  # finetune.task sft
         return register_sft(cfg, Path(finetuned_dir), Path(evaluation_dir), Path(out_dir), sft)
+    from lmforge.train.skipped import lm_skipped
+
     pretrained_dir, finetuned_dir = Path(pretrained_dir), Path(finetuned_dir)
-    lm_dir = _model_dir(pretrained_dir, "pretrained")
+    skipped = lm_skipped(cfg, pretrained_dir)  # finetune.base_model: the classifier only
+    lm_dir = None if skipped else _model_dir(pretrained_dir, "pretrained")
     clf_dir = _model_dir(finetuned_dir, "fine-tuned")
     report = _evaluation(Path(evaluation_dir))
     uri = tracking.tracking_uri(cfg)
@@ -144,6 +151,7 @@ def register(
     with bounded_http(cfg):
         try:
             result = _register(cfg, lm_dir, clf_dir, report)
+            result.lm_skipped = skipped
         except MlflowException as exc:
             raise RegistryError(
                 f"registering into {uri} failed ({describe(exc)}); versions registered before "
@@ -154,7 +162,9 @@ def register(
     return result
 
 
-def _register(cfg: Config, lm_dir: Path, clf_dir: Path, report: dict[str, Any]) -> RegisterResult:
+def _register(
+    cfg: Config, lm_dir: Path | None, clf_dir: Path, report: dict[str, Any]
+) -> RegisterResult:
     import mlflow
 
     from lmforge import tracking
@@ -170,18 +180,7 @@ def _register(cfg: Config, lm_dir: Path, clf_dir: Path, report: dict[str, Any]) 
         }
         mlflow.log_metrics({f"lm.{k}": float(v) for k, v in report["lm"].items()})
         mlflow.log_metrics({f"classifier.{k}": float(v) for k, v in report["classifier"].items()})
-        lm = _log_and_register(
-            cfg,
-            lm_dir,
-            name=cfg.register.lm_model_name,
-            artifact="language_model",
-            task="text-generation",
-            example=list(cfg.evaluate.sample_prompts[:1]) or ["Once upon a time"],
-            output_example=["Once upon a time there was"],
-            params={"max_new_tokens": cfg.evaluate.sample_max_new_tokens, "do_sample": False},
-            metrics=report["lm"],
-            tags=tags,
-        )
+        lm = None if lm_dir is None else _register_lm(cfg, lm_dir, report["lm"], tags)
         classifier = _log_and_register(
             cfg,
             clf_dir,
@@ -200,3 +199,18 @@ def _register(cfg: Config, lm_dir: Path, clf_dir: Path, report: dict[str, Any]) 
             lm=lm,
             classifier=classifier,
         )
+
+
+def _register_lm(cfg: Config, lm_dir: Path, metrics: dict[str, float], tags: dict[str, str]):
+    return _log_and_register(
+        cfg,
+        lm_dir,
+        name=cfg.register.lm_model_name,
+        artifact="language_model",
+        task="text-generation",
+        example=list(cfg.evaluate.sample_prompts[:1]) or ["Once upon a time"],
+        output_example=["Once upon a time there was"],
+        params={"max_new_tokens": cfg.evaluate.sample_max_new_tokens, "do_sample": False},
+        metrics=metrics,
+        tags=tags,
+    )
