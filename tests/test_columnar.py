@@ -104,3 +104,51 @@ def test_a_labelled_set_as_plain_text_is_refused_with_the_fix(tmp_path):
     cfg.labelled_file = "labelled.txt"
     with pytest.raises(DataError, match=r"labelled\.txt: plain text has no labels.*CSV"):
         raw_files(cfg, root)
+
+
+def test_the_batch_split_is_the_record_split():
+    """``split_codes`` (the columns' inlined hash) puts every id where ``split_of`` does."""
+    from lmforge.data.split import split_codes, split_of
+
+    ids = [content_id(f"document {i}") for i in range(3000)] + ["doc-1", "a", ""]
+    shares = ("salt-x", 0.2, 0.3)
+    codes = split_codes([i.encode() for i in ids], *shares)
+    assert [SPLITS[c] for c in codes] == [split_of(i, *shares) for i in ids]
+    assert set(codes) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("mode", ["mask", "drop"])
+def test_worker_processes_write_what_one_process_writes(tmp_path, monkeypatch, mode):
+    """Batches validated by spawned workers (``lmforge.data.workers``) come back in reading
+    order, between the records of a JSON-lines file read in the middle: the same split files,
+    profile and personal-data tally as in one process."""
+    from lmforge.data import sources, workers
+
+    started = []
+
+    class Recorded(workers.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            started.append(args)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(sources, "ARROW_BATCH", 16)  # 360 documents a file: 23 batches
+    monkeypatch.setattr(workers, "ProcessPoolExecutor", Recorded)
+    docs = [f"{text} #{i}" for i, text in enumerate(TEXTS * 40)]
+    paths = [
+        *_write_text(tmp_path / "a", docs, per_file=False),
+        *_write_jsonl(tmp_path / "b", [f"{d} (b)" for d in docs[:50]], ["b"] * 50),
+        *_write_text(tmp_path / "c", [f"{d} (c)" for d in docs], per_file=False),
+    ]
+    sets = ("data.text_documents=blank_line",)
+    one = _run(tmp_path, "one", paths, mode, *sets, "data.num_proc=1")
+    assert started == []
+    two = _run(tmp_path, "two", paths, mode, *sets, "data.num_proc=2")
+    assert started == [(2,)]  # one pool, two workers, for the first text file onwards
+    (one_prof, one_counts, one_files, one_pii), (two_prof, two_counts, two_files, two_pii) = (
+        one,
+        two,
+    )
+    assert two_files == one_files and two_counts == one_counts
+    assert two_pii == one_pii and sum(one_pii["train"][k] for k in ("email", "phone")) > 0
+    assert two_prof.cols == one_prof.cols and two_prof.chars == one_prof.chars
+    assert sum(one_counts.values()) == len(one_prof.cols["id"]) > len(docs)

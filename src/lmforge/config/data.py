@@ -47,6 +47,13 @@ class DataConfig(Section):
         "Plain-text corpus files: file: each file is one document; blank_line: documents are "
         "separated by blank lines.",
     )
+    num_proc: int = setting(
+        0,
+        "Worker processes that validate a plain-text corpus, a batch of 10,000 documents each "
+        "(the output is the same for any number); 0: one per usable core; 1: none, all in the "
+        "stage's process. Workers start only once the corpus is more than one batch.",
+        ge=0,
+    )
     text_field: str = setting("text", "The field (column) that holds a record's text.")
     labelled_text_field: str = setting("", "The labelled set's text field; empty: data.text_field.")
     id_field: str = setting(

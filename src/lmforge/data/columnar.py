@@ -28,9 +28,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lmforge.data.expectations import PREVIEW_CHARS, Profile, letter_share
-from lmforge.data.pii import Tally, find
+from lmforge.data.pii import Allow, Tally, find
 from lmforge.data.records import JsonlWriters, Kind, text_digest
-from lmforge.data.split import SPLITS, split_of
+from lmforge.data.split import SPLITS, split_codes
 
 
 @dataclass
@@ -42,17 +42,30 @@ class TextBatch:
     source: str | list[str]
 
 
-def _byte_table(chars: bytes) -> np.ndarray:
-    table = np.zeros(256, dtype=np.uint8)  # uint8, not bool: reduceat sums it twice as fast
-    table[list(chars)] = 1
-    return table
+# Byte classes by comparisons (SIMD; a 256-entry table lookup is ten times slower). uint8
+# arithmetic wraps, so ``b - lo < n`` is ``lo <= b < lo + n``.
+def _letters(raw: np.ndarray) -> np.ndarray:
+    return ((raw | 0x20) - 0x61) < 26  # A-Z, a-z: the ASCII letters
 
 
-_LETTER = _byte_table(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-_VISIBLE = 1 - _byte_table(b" \t\n\r\x0b\x0c")
+def _spaces(raw: np.ndarray) -> np.ndarray:
+    return (raw == 0x20) | ((raw - 0x09) < 5)  # space, \t \n \v \f \r
+
+
 # expectations._CONTROL, less the surrogates (not valid UTF-8, so never in an Arrow string);
 # every byte of a multi-byte UTF-8 character is >= 0x80, so a byte count is a character count.
-_CONTROL = _byte_table(bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F]))
+def _controls(raw: np.ndarray) -> np.ndarray:
+    return ((raw < 0x20) & ((raw - 0x09) >= 2) & (raw != 0x0D)) | (raw == 0x7F)  # not \t \n \r
+
+
+def _escaped(raw: np.ndarray) -> np.ndarray:  # what json.dumps escapes but control characters
+    return (raw == 0x22) | (raw == 0x5C) | (raw == 0x0A) | (raw == 0x0D) | (raw == 0x09)
+
+
+def _candidates(raw: np.ndarray) -> np.ndarray:  # an @ or an ASCII digit
+    return (raw == 0x40) | ((raw - 0x30) < 10)
+
+
 # The characters json.dumps escapes in the texts without a control character, in that order
 # (the backslash first: the later replacements write backslashes).
 _ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
@@ -69,20 +82,35 @@ def _bytes_of(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _counts(hits: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Per string, how many of its bytes are 1 in ``hits``."""
+    """Per string, how many of its bytes are True in ``hits``."""
     out = np.zeros(len(offsets) - 1, np.int32)
     starts, ends = offsets[:-1], offsets[1:]
     full = np.flatnonzero(ends > starts)
     if len(full):  # reduceat sums from one start to the next; empty strings are skipped
-        out[full] = np.add.reduceat(hits[: ends[-1]], starts[full], dtype=np.int32)
+        out[full] = np.add.reduceat(hits[: ends[-1]].view(np.uint8), starts[full], dtype=np.int32)
+    return out
+
+
+def _any(hits: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Per string, whether any of its bytes is True in ``hits``."""
+    out = np.zeros(len(offsets) - 1, bool)
+    starts, ends = offsets[:-1], offsets[1:]
+    full = np.flatnonzero(ends > starts)
+    if len(full):
+        out[full] = np.maximum.reduceat(hits[: ends[-1]].view(np.uint8), starts[full]) > 0
     return out
 
 
 def _json_bodies(arr: pa.Array, control: np.ndarray) -> pa.Array:
     """Each text as ``json.dumps(text, ensure_ascii=False)`` writes it, without the quotes."""
+    raw, offsets = _bytes_of(arr)
+    escaped = _any(_escaped(raw), offsets) & (control == 0)
     out = arr
-    for old, new in _ESCAPES:
-        out = pc.replace_substring(out, old, new)
+    if escaped.any():  # the kernels' passes over the texts that have something to escape
+        part = arr.filter(pa.array(escaped))
+        for old, new in _ESCAPES:
+            part = pc.replace_substring(part, old, new)
+        out = pc.replace_with_mask(out, pa.array(escaped), part)
     rare = np.flatnonzero(control > 0)
     if len(rare):
         redone = [json.dumps(arr[int(i)].as_py(), ensure_ascii=False)[1:-1] for i in rare]
@@ -90,19 +118,32 @@ def _json_bodies(arr: pa.Array, control: np.ndarray) -> pa.Array:
     return out
 
 
+def _pii_candidates(arr: pa.Array) -> np.ndarray:
+    """The texts that can hold personal data: an ASCII text with an @ or a digit, a non-ASCII
+    one that RE2 finds one in (``\\p{Nd}`` has digits beyond 0-9)."""
+    raw, offsets = _bytes_of(arr)
+    found = _any(_candidates(raw), offsets)
+    wide = np.flatnonzero(~pc.string_is_ascii(arr).to_numpy(False))
+    if len(wide):
+        some = pc.match_substring_regex(arr.take(pa.array(wide)), _PII_CANDIDATE)
+        found[wide] = some.to_numpy(False)
+    return found
+
+
 def _masked(
-    batch: TextBatch, kind: Kind, splits: list[str], pii: Tally
-) -> tuple[pa.Array, list, list[tuple[int, str]]]:
-    """The texts as written under ``data.pii`` (masked, or their records dropped), with the
-    kept documents' indices and the matches each had, and the masked texts by index."""
+    batch: TextBatch, kind: Kind, splits: list[int], pii: Tally
+) -> tuple[pa.Array, np.ndarray | None, np.ndarray, list[tuple[int, str]]]:
+    """The texts as written under ``data.pii`` (masked, or their records dropped), the kept
+    documents' indices (None: all), the matches each kept one had, and the masked texts by
+    index."""
     arr, n = batch.text, len(batch.text)
-    found = [0] * n
+    found = np.zeros(n, np.int32)
     dropped: list[int] = []
-    candidates = np.flatnonzero(pc.match_substring_regex(arr, _PII_CANDIDATE).to_numpy(False))
+    candidates = np.flatnonzero(_pii_candidates(arr))
     new_texts, new_at = [], np.zeros(n, bool)
     for i in candidates:
         old = arr[int(i)].as_py()
-        text, found[i] = pii.apply(kind, splits[i], old)
+        text, found[i] = pii.apply(kind, SPLITS[splits[i]], old)
         if text is None and found[i]:
             dropped.append(int(i))
         elif text is not old:
@@ -111,9 +152,21 @@ def _masked(
     if new_texts:
         values = pa.array([t for _, t in new_texts], arr.type)
         arr = pc.replace_with_mask(arr, pa.array(new_at), values)
-    keep = sorted(set(range(n)).difference(dropped)) if dropped else range(n)
-    kept = [(i, found[i]) for i in keep]
-    return (arr.take(pa.array(list(keep))) if dropped else arr), kept, new_texts
+    if not dropped:
+        return arr, None, found, new_texts
+    keep = np.setdiff1d(np.arange(n), dropped)
+    return arr.take(pa.array(keep)), keep, found[keep], new_texts
+
+
+@dataclass
+class Done:
+    """One batch validated: its profile rows (a list a column), its JSON lines a split, and,
+    from a worker process, the personal-data matches it found (``Tally.merge``)."""
+
+    cols: dict[str, list[Any]]
+    lines: dict[str, bytes]
+    counts: dict[str, int]  # documents a split
+    tally: Tally | None = None
 
 
 def add_batch(
@@ -126,26 +179,48 @@ def add_batch(
 ) -> dict[str, int]:
     """Split, mask, profile and write one batch (what ``validate.split_and_profile`` does per
     record); returns the documents written per split. ``salt``: the split's salt and shares."""
+    return apply(process(batch, kind, salt, pii, prof.pii), prof, writers)
+
+
+def apply(done: Done, prof: Profile, writers: JsonlWriters) -> dict[str, int]:
+    """A validated batch into the profile and the split files; the documents per split."""
+    prof.add_columns(done.cols)
+    for split, lines in done.lines.items():
+        if lines:
+            writers.write_bytes(split, lines)
+    return done.counts
+
+
+def process(
+    batch: TextBatch,
+    kind: Kind,
+    salt: tuple[str, float, float],
+    pii: Tally,
+    checked: Allow | None,
+) -> Done:
+    """Split, mask and profile one batch, and encode its JSON lines: no state but ``pii``'s
+    counts, so a worker process can do it (``lmforge.data.workers``). ``checked``: the
+    allow-list under which the profile counts the personal data left (None: not counted)."""
     raw, offsets = _bytes_of(batch.text)
     n = len(batch.text)
     view, bounds = memoryview(raw), offsets.tolist()
-    ids, hashes = [], []
+    ids, hashes, from_bytes = [], [], int.from_bytes
     for i in range(n):  # the id and the text hash from one digest (records.text_digest)
         digest = text_digest(view[bounds[i] : bounds[i + 1]])
         ids.append("h-" + digest.hex())
-        hashes.append(int.from_bytes(digest[:8]))
-    splits = [split_of(rec_id, *salt) for rec_id in ids]
+        hashes.append(from_bytes(digest[:8]))
+    splits = split_codes([rec_id.encode() for rec_id in ids], *salt)  # split_of, inlined
     sources = [batch.source] * n if isinstance(batch.source, str) else batch.source
-    text, kept, masked = _masked(batch, kind, splits, pii)
+    text, keep, found, masked = _masked(batch, kind, splits, pii)
     for i, new in masked:  # the profile hashes the text as written (the id, as read)
         hashes[i] = int.from_bytes(text_digest(new.encode("utf-8"))[:8])
-    if len(kept) < n:
-        keep = [i for i, _ in kept]
+    if keep is not None:
+        keep = keep.tolist()
         ids, hashes = [ids[i] for i in keep], [hashes[i] for i in keep]
         splits, sources = [splits[i] for i in keep], [sources[i] for i in keep]
-    cols = _profile_columns(text, ids, hashes, sources, kept, pii, prof)
-    prof.add_columns(cols)
-    return _write(text, ids, sources, splits, np.asarray(cols["control_chars"]), writers)
+    cols = _profile_columns(text, ids, hashes, sources, found, checked)
+    lines, counts = _lines(text, ids, sources, splits, np.asarray(cols["control_chars"]))
+    return Done(cols, lines, counts)
 
 
 def _profile_columns(
@@ -153,14 +228,13 @@ def _profile_columns(
     ids: list[str],
     hashes: list[int],
     sources: list[str],
-    kept: list,
-    pii: Tally,
-    prof: Profile,
+    found: np.ndarray,
+    checked: Allow | None,
 ) -> dict[str, list[Any]]:
     raw, offsets = _bytes_of(text)
     lengths = offsets[1:] - offsets[:-1]
-    control = _counts(_CONTROL[raw], offsets)
-    letters, visible = _counts(_LETTER[raw], offsets), _counts(_VISIBLE[raw], offsets)
+    control = _counts(_controls(raw), offsets)
+    letters, visible = _counts(_letters(raw), offsets), lengths - _counts(_spaces(raw), offsets)
     share = np.divide(letters, visible, out=np.zeros(len(text)), where=visible > 0)
     shares = np.round(share, 4).tolist()
     for i in np.flatnonzero(~pc.string_is_ascii(text).to_numpy(False)):
@@ -175,23 +249,19 @@ def _profile_columns(
         "text_hash": hashes,
         "source": sources,
     }
-    if prof.pii is not None:  # what was masked is scanned again; the rest had no match
-        cols["pii_left"] = [
-            len(find(text[j].as_py(), prof.pii)) if found else 0
-            for j, (_, found) in enumerate(kept)
-        ]
+    if checked is not None:  # what was masked is scanned again; the rest had no match
+        left = np.zeros(len(text), np.int64)
+        for j in np.flatnonzero(found):
+            left[j] = len(find(text[int(j)].as_py(), checked))
+        cols["pii_left"] = left.tolist()
     return cols
 
 
-def _write(
-    text: pa.Array,
-    ids: list[str],
-    sources: list[str],
-    splits: list[str],
-    control: np.ndarray,
-    writers: JsonlWriters,
-) -> dict[str, int]:
-    """The JSON lines ``JsonlWriters.write`` would write for these records, a split at a time."""
+def _lines(
+    text: pa.Array, ids: list[str], sources: list[str], splits: list[int], control: np.ndarray
+) -> tuple[dict[str, bytes], dict[str, int]]:
+    """The JSON lines ``JsonlWriters.write`` would write for these records, a split at a time,
+    and how many a split."""
     quoted = {s: json.dumps(s, ensure_ascii=False) for s in set(sources)}
     lines = pc.binary_join_element_wise(
         '{"id": "',
@@ -203,13 +273,11 @@ def _write(
         '"}\n',
         "",
     )
-    codes = np.asarray([SPLITS.index(s) for s in splits], np.int8)
-    written = {}
+    codes = np.asarray(splits, np.int8)
+    encoded, written = {}, {}
     for k, split in enumerate(SPLITS):
         rows = np.flatnonzero(codes == k)
         written[split] = len(rows)
-        if len(rows):
-            part = lines.take(pa.array(rows))
-            raw, offsets = _bytes_of(part)
-            writers.write_bytes(split, raw[offsets[0] : offsets[-1]].data)
-    return written
+        raw, offsets = _bytes_of(lines.take(pa.array(rows)))
+        encoded[split] = raw[offsets[0] : offsets[-1]].tobytes()
+    return encoded, written

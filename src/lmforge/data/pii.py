@@ -315,6 +315,14 @@ class Tally:
             return text, len(matches)
         return replace(text, matches), len(matches)
 
+    def merge(self, other: Tally) -> None:
+        """Add what ``other`` counted (a worker process's, ``lmforge.data.workers``)."""
+        for dataset, splits in other.found.items():
+            for split, counts in splits.items():
+                self.found.setdefault(dataset, {}).setdefault(split, Counter()).update(counts)
+        self.records.update(other.records)
+        self.dropped.update(other.dropped)
+
     def summary(self, datasets: Iterable[str], splits: Iterable[str]) -> dict:
         splits = list(splits)
         out: dict = {"mode": self.mode, "types": list(PII_TYPES), "datasets": {}}

@@ -13,13 +13,14 @@ and the split files together).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lmforge.config import Config, DataConfig
 from lmforge.data import sources
-from lmforge.data.columnar import TextBatch, add_batch
+from lmforge.data.columnar import Done, TextBatch, apply
 from lmforge.data.expectations import Profile, failure_message, run_suites
 from lmforge.data.labels import LABELS_FILE, resolve
 from lmforge.data.pii import Allow, Tally
@@ -28,6 +29,7 @@ from lmforge.data.report_html import render
 from lmforge.data.sources import check_input
 from lmforge.data.split import SPLITS, split_of
 from lmforge.data.track import log_outputs, tracked
+from lmforge.data.workers import BatchPool, worker_count
 from lmforge.errors import DataError
 from lmforge.outputs import atomic_output_dir, write_json
 
@@ -72,12 +74,14 @@ def split_and_profile(
     prof = Profile(kind, labels=labels, pii=checked, bounds=cfg)  # checked a chunk at a time
     counts = dict.fromkeys(SPLITS, 0)
     shares = (cfg.split_salt, cfg.validation_share, cfg.test_share)
-    with JsonlWriters(out, SPLITS) as writers:
+    pool = BatchPool(worker_count(cfg.num_proc), kind, shares, pii, checked)
+    with JsonlWriters(out, SPLITS) as writers, pool:
         for rec in sources.read(paths, kind, cfg):
             if isinstance(rec, TextBatch):  # plain text, by columns: the same as the loop below
-                for split, n in add_batch(rec, kind, shares, pii, prof, writers).items():
-                    counts[split] += n
+                _applied(pool.validate(rec), prof, writers, counts)
                 continue
+            # the batches read before this record are written before it
+            _applied(pool.drain(), prof, writers, counts)
             split = split_of(rec["id"], cfg.split_salt, cfg.validation_share, cfg.test_share)
             text, found = pii.apply(kind, split, rec["text"])
             if found and text is None:
@@ -90,7 +94,16 @@ def split_and_profile(
             writers.write(split, rec)
             counts[split] += 1
             prof.add(rec, pii_left=left)  # ignored under keep: no pii column
+        _applied(pool.drain(), prof, writers, counts)
     return prof, counts
+
+
+def _applied(
+    batches: Iterator[Done], prof: Profile, writers: JsonlWriters, counts: dict[str, int]
+) -> None:
+    for done in batches:
+        for split, n in apply(done, prof, writers).items():
+            counts[split] += n
 
 
 def metrics_of(report: dict[str, Any], counts: dict[str, dict[str, int]]) -> dict[str, Any]:
