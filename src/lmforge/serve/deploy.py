@@ -57,7 +57,9 @@ def registered_names(registered_dir: Path) -> list[str]:
         result = json.loads(path.read_text())
         names = [v["name"] for v in result.values() if isinstance(v, dict) and "name" in v]
     except (OSError, ValueError, AttributeError, TypeError) as exc:
-        raise LaunchError(f"{path}: unreadable ({exc}); the register step wrote no result") from None
+        raise LaunchError(
+            f"{path}: unreadable ({exc}); the register step wrote no result"
+        ) from None
     if not names:
         raise LaunchError(f"{path}: no registered model in it; nothing to promote or deploy")
     return names
