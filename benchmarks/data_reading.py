@@ -10,7 +10,9 @@ times, in fresh child processes one after the other, with the imports done befor
 - raw arrow: the same without streaming (the Arrow cache written, then read back);
 - validate: ``lmforge.data.validate.validate`` with ``data.text_documents: blank_line`` (the
   same ``datasets`` reader, then the record mapping, the split, personal-data masking, the
-  profile, the chunked GX suites and the split files written), default ``data.pii: mask``;
+  profile, the chunked GX suites and the split files written), default ``data.pii: mask``
+  and ``data.num_proc: 0`` (a worker process a core: ``lmforge.data.workers``);
+- validate (1 process): the same with ``data.num_proc: 1``;
 - validate (pii keep): the same without personal-data detection.
 
 The rounds interleave the contenders so that load from other work on a shared machine falls on
@@ -23,6 +25,7 @@ with its RSS after the imports beside it (the libraries' share).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -31,18 +34,20 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "work" / "data_reading"
 FILE_MB = 50
-CONTENDERS = ("raw", "raw_arrow", "validate", "validate_pii_keep")
-KINDS = {
+CONTENDERS = ("raw", "raw_arrow", "validate", "validate_1_process", "validate_pii_keep")
+KINDS = {  # validate_<data.pii>_<data.num_proc>
     "raw": "raw",
     "raw_arrow": "raw_arrow",
-    "validate": "validate_mask",
-    "validate_pii_keep": "validate_keep",
+    "validate": "validate_mask_0",
+    "validate_1_process": "validate_mask_1",
+    "validate_pii_keep": "validate_keep_0",
 }
 ANALYSIS = "## What the figures say"
 SETS = [
@@ -122,7 +127,31 @@ def child_raw(data: Path, streaming: bool = True) -> dict:
     return {"s": seconds, "records": n, "rss_after_import_mb": after_import}
 
 
-def child_validate(data: Path, pii: str) -> dict:
+class WorkerRss(threading.Thread):
+    """The largest RSS any worker process (a child) reached, sampled every 50 ms: a child's
+    ``ru_maxrss`` would count the forks that run git, each the size of this process."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak, self.done = 0.0, threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self.done.wait(0.05):
+            for child in me.children(recursive=True):
+                with contextlib.suppress(psutil.Error):  # gone meanwhile
+                    self.peak = max(self.peak, child.memory_info().rss / 2**20)
+
+    def stop(self) -> float:
+        self.done.set()
+        self.join()
+        return self.peak
+
+
+def child_validate(data: Path, pii: str, num_proc: str) -> dict:
     import datasets  # noqa: F401  (imports before the clock, as for raw)
     import great_expectations  # noqa: F401
     import mlflow
@@ -134,14 +163,21 @@ def child_validate(data: Path, pii: str) -> dict:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{WORK / 'mlflow.db'}"
     mlflow.MlflowClient().search_experiments()
     after_import = rss_mb(peak=False)
-    cfg = load_config(ROOT / "params.yaml", [*SETS, f"data.pii={pii}"])
+    cfg = load_config(ROOT / "params.yaml", [*SETS, f"data.pii={pii}", f"data.num_proc={num_proc}"])
     out = WORK / f"validated-{pii}"
     shutil.rmtree(out, ignore_errors=True)
+    sampler = WorkerRss()
     t = time.perf_counter()
     result = validate(cfg, data, out)
     seconds = time.perf_counter() - t
+    workers = sampler.stop()
     shutil.rmtree(out, ignore_errors=True)
-    return {"s": seconds, "records": result.records["corpus"], "rss_after_import_mb": after_import}
+    return {
+        "s": seconds,
+        "records": result.records["corpus"],
+        "rss_after_import_mb": after_import,
+        "worker_peak_rss_mb": round(workers, 1),
+    }
 
 
 def in_child(kind: str, data: Path) -> dict:
@@ -168,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         if kind.startswith("raw"):
             out = child_raw(data, streaming=kind == "raw")
         else:
-            out = child_validate(data, kind.split("_")[-1])
+            out = child_validate(data, *kind.split("_")[1:])
         print(json.dumps({**out, "peak_rss_mb": rss_mb(peak=True)}))
         return
     shutil.rmtree(WORK, ignore_errors=True)
@@ -221,10 +257,12 @@ def write(mb: float, names: list[str], rounds: list[dict]) -> None:
     for sec in sorted(result["reading"].values(), key=lambda sec: sec["corpus_mb"]):
         for name, m in sec["median"].items():
             arrow = f"{m['ratio_to_raw_arrow']:.3f}" if "ratio_to_raw_arrow" in m else "-"
+            workers = m.get("worker_peak_rss_mb") or 0
             rows.append(
                 f"| {sec['corpus_mb']:,} | {name.replace('_', ' ')} | {m['s']:.1f} | "
                 f"{m['mb_s']:.1f} | {m['ratio_to_raw']:.3f} | {arrow} | {m['peak_rss_mb']:,.0f} | "
-                f"{m['rss_after_import_mb']:,.0f} | {len(sec['rounds'])} | {sec['loadavg_end']} |"
+                f"{f'{workers:,.0f}' if workers else '-'} | {m['rss_after_import_mb']:,.0f} | "
+                f"{len(sec['rounds'])} | {sec['loadavg_end']} |"
             )
     md = ROOT / "docs" / "benchmarks" / "data_throughput.md"
     # What the figures say is written by hand under ANALYSIS; a new run keeps it.
@@ -242,13 +280,15 @@ def write(mb: float, names: list[str], rounds: list[dict]) -> None:
         "folder, then every text read from it: what `load_dataset` costs before a `.map`); "
         "*validate*: the whole validate stage on the same files (reading through the "
         "same `datasets` call, record mapping, split, personal-data masking, profile, chunked "
-        "GX suites, split files written); *validate pii keep*: without personal-data "
-        "detection. Medians over interleaved rounds; the ratio is raw seconds / contender "
-        "seconds within a round (target >= 0.5). Peak RSS is each child's own; *after imports* "
+        "GX suites, split files written), with `data.num_proc: 0` (a worker process a core); "
+        "*validate 1 process*: the same in one process (`data.num_proc: 1`); *validate pii "
+        "keep*: without personal-data detection. Medians over interleaved rounds; the ratio is "
+        "raw seconds / contender seconds within a round (target >= 0.5). Peak RSS is each "
+        "child's own, *worker peak RSS* the largest of its worker processes; *after imports* "
         "is its RSS before reading started (the libraries).\n\n"
         "| corpus MB | contender | s | MB/s | ratio to raw | ratio to raw arrow | peak RSS MB | "
-        "RSS after imports MB | rounds | load avg at end |\n"
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n"
+        "worker peak RSS MB | RSS after imports MB | rounds | load avg at end |\n"
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n"
         + "\n".join(rows)
         + "\n"
         + (f"\n{kept}" if kept else "")
