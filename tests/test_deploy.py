@@ -316,3 +316,8 @@ def test_the_deploy_step_promotes_and_applies_what_register_registered(registry,
     sft = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, task="sft"))
     assert model_names(sft, None) == ["lmforge-lm", cfg.register.sft_model_name]
     assert model_names(cfg, None) == ["lmforge-lm", cfg.register.classifier_model_name]
+    # a base model fine-tuned without pretraining: there is no LM of this project to deploy
+    base = dataclasses.replace(cfg.finetune, base_model="/models/qwen")
+    assert model_names(dataclasses.replace(cfg, finetune=base), None) == [
+        cfg.register.classifier_model_name
+    ]

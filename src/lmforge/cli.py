@@ -299,7 +299,11 @@ def generate(
 def deploy(
     model: Annotated[
         list[str] | None,
-        typer.Option(help="Registered model (repeatable). Default: the LM and the classifier."),
+        typer.Option(
+            help="Registered model (repeatable). Default: the LM (none when "
+            "finetune.base_model skips pretraining) and the classifier (finetune.task sft: "
+            "the SFT model)."
+        ),
     ] = None,
     render: Annotated[
         bool, typer.Option(help="Print their champions' InferenceServices and exit.")

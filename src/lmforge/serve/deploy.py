@@ -44,9 +44,15 @@ class DeployResult:
 
 
 def model_names(cfg: Config, models: list[str] | None) -> list[str]:
-    """``models``, else the LM and the model ``finetune.task`` trains (classifier or SFT)."""
+    """``models``, else the LM (unless this config pretrains none: ``finetune.base_model``) and
+    the model ``finetune.task`` trains (classifier or SFT)."""
+    from lmforge.train.skipped import skip_reason
+
+    if models:
+        return list(models)
     tuned = cfg.register.sft_model_name if cfg.finetune.task == "sft" else None
-    return list(models or [cfg.register.lm_model_name, tuned or cfg.register.classifier_model_name])
+    lm = [] if skip_reason(cfg) else [cfg.register.lm_model_name]
+    return [*lm, tuned or cfg.register.classifier_model_name]
 
 
 def registered_names(registered_dir: Path) -> list[str]:
