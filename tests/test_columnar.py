@@ -152,3 +152,25 @@ def test_worker_processes_write_what_one_process_writes(tmp_path, monkeypatch, m
     assert two_pii == one_pii and sum(one_pii["train"][k] for k in ("email", "phone")) > 0
     assert two_prof.cols == one_prof.cols and two_prof.chars == one_prof.chars
     assert sum(one_counts.values()) == len(one_prof.cols["id"]) > len(docs)
+
+
+def test_paragraphs_are_trimmed_and_blank_ones_dropped_as_the_kernels_do():
+    """``columnar.paragraphs`` runs Arrow's trim kernels only where they can change something;
+    on random texts of line ends, ASCII and Unicode whitespace, control characters and letters
+    (sliced arrays too) it must give what the kernels give on every text."""
+    import random
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from lmforge.data.columnar import paragraphs
+
+    rng = random.Random(0)
+    alphabet = ["a", " ", "\n", "\t", "\u00a0", "\u2003", "é", "\x1c", "\x0b", "x.", "\u3000"]
+    for _ in range(1000):
+        n = rng.randint(1, 8)
+        texts = ["".join(rng.choices(alphabet, k=rng.randint(0, 6))) for _ in range(n)]
+        arr = pa.array(texts).slice(rng.randint(0, 1))
+        trimmed = pc.utf8_trim(arr, "\n")
+        expected = trimmed.filter(pc.not_equal(pc.utf8_trim_whitespace(trimmed), ""))
+        assert paragraphs(arr).to_pylist() == expected.to_pylist(), texts

@@ -101,6 +101,29 @@ def _any(hits: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return out
 
 
+def paragraphs(arr: pa.Array) -> pa.Array:
+    """``datasets``' paragraphs as documents: line ends trimmed from both ends of each text and
+    the blank texts dropped (``utf8_trim(arr, "\\n")``, then a filter on
+    ``utf8_trim_whitespace``), the kernels run only on the texts that can need them."""
+    raw, offsets = _bytes_of(arr)
+    starts, ends = offsets[:-1], offsets[1:]
+    full = np.flatnonzero(ends > starts)
+    edge = np.zeros(len(arr), bool)
+    edge[full] = (raw[starts[full]] == 0x0A) | (raw[ends[full] - 1] == 0x0A)
+    if edge.any():
+        mask = pa.array(edge)
+        arr = pc.replace_with_mask(arr, mask, pc.utf8_trim(arr.filter(mask), "\n"))
+        raw, offsets = _bytes_of(arr)
+    # A text with a visible ASCII character is no blank one, whatever counts as whitespace.
+    maybe = np.flatnonzero(~_any((raw - 0x21) < 0x5E, offsets))
+    if not len(maybe):
+        return arr
+    blank = pc.equal(pc.utf8_trim_whitespace(arr.take(pa.array(maybe))), "").to_numpy(False)
+    keep = np.ones(len(arr), bool)
+    keep[maybe[blank]] = False
+    return arr.filter(pa.array(keep))
+
+
 def _json_bodies(arr: pa.Array, control: np.ndarray) -> pa.Array:
     """Each text as ``json.dumps(text, ensure_ascii=False)`` writes it, without the quotes."""
     raw, offsets = _bytes_of(arr)

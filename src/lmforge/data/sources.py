@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow.compute as pc
 
 from lmforge.config import DataConfig
-from lmforge.data.columnar import TextBatch
+from lmforge.data.columnar import TextBatch, paragraphs
 from lmforge.data.records import Fields, Kind, check_file, read_records, to_record
 from lmforge.errors import DataError
 
@@ -118,9 +118,8 @@ def _paragraphs(path: Path) -> Iterator[TextBatch]:
     with _reading(path, "text", "corpus"):
         kwargs = {"sample_by": "paragraph", "encoding": "utf-8-sig"}
         for table in _load("text", [path], kwargs, arrow=True):
-            text = pc.utf8_trim(table.column("text").combine_chunks(), "\n")
             # more than one blank line between two documents leaves a blank one
-            text = text.filter(pc.not_equal(pc.utf8_trim_whitespace(text), ""))
+            text = paragraphs(table.column("text").combine_chunks())
             n += len(text)
             if len(text):
                 yield TextBatch(text, path.stem)
