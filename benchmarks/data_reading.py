@@ -143,7 +143,8 @@ class WorkerRss(threading.Thread):
         while not self.done.wait(0.05):
             for child in me.children(recursive=True):
                 with contextlib.suppress(psutil.Error):  # gone meanwhile
-                    self.peak = max(self.peak, child.memory_info().rss / 2**20)
+                    if "multiprocessing" in " ".join(child.cmdline()):  # not git, not a shell
+                        self.peak = max(self.peak, child.memory_info().rss / 2**20)
 
     def stop(self) -> float:
         self.done.set()
