@@ -81,24 +81,24 @@ def _bytes_of(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return raw, offsets.astype(np.int64)
 
 
-def _counts(hits: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Per string, how many of its bytes are True in ``hits``."""
-    out = np.zeros(len(offsets) - 1, np.int32)
+def _per_string(ufunc: np.ufunc, hits: np.ndarray, offsets: np.ndarray, **kw) -> np.ndarray:
+    """``ufunc`` reduced over each string's bytes of ``hits`` (0 for an empty string)."""
+    out = np.zeros(len(offsets) - 1, kw.get("dtype", np.uint8))
     starts, ends = offsets[:-1], offsets[1:]
     full = np.flatnonzero(ends > starts)
-    if len(full):  # reduceat sums from one start to the next; empty strings are skipped
-        out[full] = np.add.reduceat(hits[: ends[-1]].view(np.uint8), starts[full], dtype=np.int32)
+    if len(full):  # reduceat runs from one start to the next; empty strings are skipped
+        out[full] = ufunc.reduceat(hits[: ends[-1]].view(np.uint8), starts[full], **kw)
     return out
+
+
+def _counts(hits: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Per string, how many of its bytes are True in ``hits``."""
+    return _per_string(np.add, hits, offsets, dtype=np.int32)
 
 
 def _any(hits: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Per string, whether any of its bytes is True in ``hits``."""
-    out = np.zeros(len(offsets) - 1, bool)
-    starts, ends = offsets[:-1], offsets[1:]
-    full = np.flatnonzero(ends > starts)
-    if len(full):
-        out[full] = np.maximum.reduceat(hits[: ends[-1]].view(np.uint8), starts[full]) > 0
-    return out
+    return _per_string(np.maximum, hits, offsets) > 0
 
 
 def paragraphs(arr: pa.Array) -> pa.Array:
