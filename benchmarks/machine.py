@@ -7,6 +7,7 @@ oneDNN cap, the threads and the torch version.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -77,6 +78,26 @@ def line(record: dict[str, Any]) -> str:
         f"{', '.join(record['capabilities']) or 'no AVX2'}{isa}), {record['cores']} cores, "
         f"{record['threads']} threads, torch {record['torch']}{gpu}."
     )
+
+
+def record_by_class(path: Path, payload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Write ``payload`` (which has a ``machine`` record) into ``path`` under its machine class,
+    keeping what other classes measured, and return every class's payload.
+
+    One file holds one run per machine class: an AVX2-only run must not erase the AVX512-BF16
+    figures the docs also cite (a file from before this layout becomes its class's entry).
+    """
+    runs: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        before = json.loads(path.read_text())
+        if "by_machine_class" in before:
+            runs = before["by_machine_class"]
+        elif isinstance(before.get("machine"), dict):
+            runs = {before["machine"]["machine_class"]: before}
+    runs[payload["machine"]["machine_class"]] = payload
+    runs = dict(sorted(runs.items()))
+    path.write_text(json.dumps({"by_machine_class": runs}, indent=2) + "\n")
+    return runs
 
 
 if __name__ == "__main__":

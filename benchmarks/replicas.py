@@ -112,35 +112,41 @@ def main() -> None:
         "steps": args.steps,
         "results": results,
     }
-    (ROOT / "benchmarks" / "results" / "replicas.json").write_text(
-        json.dumps(payload, indent=2) + "\n"
-    )
-    write_doc(payload)
+    runs = machine.record_by_class(ROOT / "benchmarks" / "results" / "replicas.json", payload)
+    write_doc(runs)
     print(json.dumps(results, indent=2))
 
 
-def write_doc(payload: dict) -> None:
+def write_doc(runs: dict[str, dict]) -> None:
+    """One table for every machine class measured (``replicas.json`` keeps one run each)."""
+    first = next(iter(runs.values()))
     lines = [
         "# Replicas on one machine",
         "",
-        machine.line(payload["machine"]),
-        "",
         "`benchmarks/replicas.py`: the default shape, "
-        f"{payload['shape']}, global batch {payload['global_batch']} x 256 tokens, "
-        f"{payload['steps']} steps, median of {payload['rounds']} interleaved rounds; tokens/s is "
-        "the job's training rate (start-up and rendezvous excluded). Raw: "
-        "`benchmarks/results/replicas.json`.",
+        f"{first['shape']}, global batch {first['global_batch']} x 256 tokens; tokens/s is "
+        "the job's training rate (start-up and rendezvous excluded), the median of interleaved "
+        "rounds. Raw: `benchmarks/results/replicas.json`, one run per machine class.",
         "",
-        "| precision | " + " | ".join(CONTENDERS) + " |",
-        "| --- | " + " | ".join("---:" for _ in CONTENDERS) + " |",
     ]
-    for precision, row in payload["results"].items():
-        cells = [
-            f"{row[n]['tokens_per_s']:.0f} ({row[n]['vs_one_process']:.2f}x)" for n in CONTENDERS
+    for payload in runs.values():
+        lines += [
+            f"## {payload['machine']['machine_class']}",
+            "",
+            machine.line(payload["machine"])
+            + f" {payload['steps']} steps, {payload['rounds']} rounds.",
+            "",
+            "| precision | " + " | ".join(CONTENDERS) + " |",
+            "| --- | " + " | ".join("---:" for _ in CONTENDERS) + " |",
         ]
-        lines.append(f"| {precision} | " + " | ".join(cells) + " |")
+        for precision, row in payload["results"].items():
+            cells = [
+                f"{row[n]['tokens_per_s']:.0f} ({row[n]['vs_one_process']:.2f}x)"
+                for n in CONTENDERS
+            ]
+            lines.append(f"| {precision} | " + " | ".join(cells) + " |")
+        lines.append("")
     lines += [
-        "",
         "Each cell: tokens/s (against one process). The local runner splits the usable cores "
         "(affinity mask capped by the cgroup quota) between the replicas; the oversubscribed "
         "column is what giving every replica all cores would cost.",

@@ -12,23 +12,39 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def throughput_table(data: dict) -> list[str]:
-    s = data["shape"]
+def throughput_section(runs: dict[str, dict]) -> list[str]:
+    """The throughput tables of every machine class measured (one run each in the JSON)."""
+    first = next(iter(runs.values()))
+    s = first["shape"]
     lines = [
         "## Throughput: lmforge loop vs a minimal loop and `transformers.Trainer`",
         "",
         f"`benchmarks/train_throughput.py`: {s['n_layers']} layers, width {s['d_model']}, "
         f"{s['n_heads']} heads, context {s['seq_len']}, vocabulary {s['vocab']}, batch "
-        f"{s['batch']}; one process, {data['threads']} threads; median of {data['rounds']} "
-        f"interleaved rounds of {data['timed_steps']} timed steps. MFU against the matmul peak "
-        "of the same precision measured in the same run. Raw: "
-        "`benchmarks/results/train_throughput.json`.",
+        f"{s['batch']}; one process, all cores; the median of interleaved rounds of timed "
+        "steps. MFU against the matmul peak of the same precision measured in the same run. Raw: "
+        "`benchmarks/results/train_throughput.json`, one run per machine class.",
         "",
         "Each cell: tokens/s (MFU). Eager is each trainer's default; compiled runs under "
         "`torch.compile` (lmforge `pretrain.compile: true`, the minimal loop "
         "`torch.compile(model)`, Trainer `torch_compile=True`), its compilation in the untimed "
         "warm-up. The minimal loop is nanoGPT's step written out (forward, backward, clip, AdamW "
         "step) over the same model and batches: what is left when a loop does nothing else.",
+        "",
+    ]
+    for data in runs.values():
+        lines += throughput_table(data)
+    return lines
+
+
+def throughput_table(data: dict) -> list[str]:
+    import machine  # benchmarks/machine.py
+
+    lines = [
+        f"### {data['machine']['machine_class']}",
+        "",
+        machine.line(data["machine"])
+        + f" {data['rounds']} rounds of {data['timed_steps']} timed steps.",
         "",
         "| precision | matmul peak (GFLOP/s) | lmforge eager | lmforge compiled | minimal "
         "eager | minimal compiled | Trainer eager | Trainer compiled |",
@@ -64,32 +80,52 @@ def throughput_table(data: dict) -> list[str]:
         "sizes and repeats at the training threads, so no MFU can pass 100%)."
         + (f" Not measured in this run: {', '.join(missing)}." if missing else ""),
     ]
-    lines += [
-        "",
-        "Both trainers run the same Hugging Face model, so compiled against compiled they are "
-        "close to parity: the loop adds little of its own, and what `torch.compile` fuses "
-        "(RMSNorm, RoPE, SwiGLU, the loss's softmax, the autocast casts) is where the time "
-        "outside matmuls goes. Compilation costs about 20-40 s per process on this CPU before the "
-        "first step, so `pretrain.compile` is off in the default (minutes-long) CPU run and is "
-        "worth turning on for GPU presets and long runs.",
-    ]
     if data.get("note"):
         lines += ["", f"How this run was made: {data['note']}."]
-    lines += [
-        "",
-        "Against the issue's targets (at least 1.0x the minimal loop eager and compiled, 1.1x "
-        "Trainer eager): three trainers over one model on one CPU differ by their per-step "
-        "overhead only, and that is inside the spread of the samples (`samples` in the JSON: "
-        "+-10% between rounds). A torch profile of one bf16 step of this shape (about 0.4 s) "
-        "puts 76% of it in the matmuls and the CPU flash-attention kernel, which all three "
-        "share. The loss's log-softmax backward is 4% and the autocast casts 4.5%, both also "
-        "shared. What the loop itself adds (clipping, the fused AdamW, reading the loss) is "
-        "under 2%. Parity is what a loop can reach here; 1.1x over Trainer eager would need a "
-        "faster model step. An earlier run's 0.88x against Trainer eager in bf16 did not come "
-        "back: a hand-written loop with the same model, its own loss, fused AdamW and foreach "
-        "clipping came within 2% of both (medians of 2 rounds).",
-    ]
-    return lines
+    return [*lines, "", *NOTES.get(data["machine"]["machine_class"], []), ""]
+
+
+# What each class's run showed beyond its table, written by hand from the runs it names.
+NOTES: dict[str, list[str]] = {}
+NOTES["AVX2 CPU"] = [
+    "Here bf16 is not measured: without AVX512-BF16 or AMX a bf16 matmul is emulated, about "
+    "100x slower than fp32, and `precision: auto` trains in fp32. How this run was made: one "
+    "invocation (`train_throughput.py --rounds 2 --precisions fp32`) on an otherwise idle "
+    "machine, 2026-12-06. All six contenders are within 2% of each other in every round "
+    "(1,354 to 1,404 tokens/s).",
+    "",
+    "Against the issue's targets: lmforge is at least 1.0x the minimal loop eager (1.01x) and "
+    "compiled (1.00x), and 0.99x Trainer eager, so the 1.1x over Trainer eager is not met here "
+    "either. A torch profile of 3 eager fp32 steps of this shape (1.48 s a step, lmforge's "
+    "model and loss, fused AdamW, foreach clipping) puts 76% of the step in `aten::mm`, 10% in "
+    "the CPU flash-attention kernels, 4.7% in the loss's log-softmax forward and backward and "
+    "2.6% in `fill_`; the element-wise rest (RMSNorm, RoPE, SiLU) is under 4%, AdamW 0.4%, the "
+    "gradient norm 0.2%. All of that is the model's step, which the three trainers share; a "
+    "loop has under 1% of its own to save. `torch.compile` gains nothing measurable here "
+    "(1.00-1.01x in each trainer): on this CPU the part it can fuse is a tenth of the step. "
+    "`torch.nn.functional.rms_norm` (the fused op) was 1.3x slower than Llama's own RMSNorm at "
+    "this shape (4.7 against 3.6 ms forward and backward on 2,048 x 384).",
+]
+NOTES["AVX512-BF16 CPU"] = [
+    "Both trainers run the same Hugging Face model, so compiled against compiled they are "
+    "close to parity: the loop adds little of its own, and what `torch.compile` fuses "
+    "(RMSNorm, RoPE, SwiGLU, the loss's softmax, the autocast casts) is where the time "
+    "outside matmuls goes. Compilation costs about 20-40 s per process on this CPU before the "
+    "first step, so `pretrain.compile` is off in the default (minutes-long) CPU run and is "
+    "worth turning on for GPU presets and long runs.",
+    "",
+    "Against the issue's targets (at least 1.0x the minimal loop eager and compiled, 1.1x "
+    "Trainer eager): three trainers over one model on one CPU differ by their per-step "
+    "overhead only, and that is inside the spread of the samples (`samples` in the JSON: "
+    "+-10% between rounds). A torch profile of one bf16 step of this shape (about 0.4 s) "
+    "puts 76% of it in the matmuls and the CPU flash-attention kernel, which all three "
+    "share. The loss's log-softmax backward is 4% and the autocast casts 4.5%, both also "
+    "shared. What the loop itself adds (clipping, the fused AdamW, reading the loss) is "
+    "under 2%. Parity is what a loop can reach here; 1.1x over Trainer eager would need a "
+    "faster model step. An earlier run's 0.88x against Trainer eager in bf16 did not come "
+    "back: a hand-written loop with the same model, its own loss, fused AdamW and foreach "
+    "clipping came within 2% of both (medians of 2 rounds).",
+]
 
 
 def memory_table(data: dict) -> list[str]:
@@ -151,12 +187,10 @@ UNRECORDED = (
 )
 
 
-def machine_line() -> str:
-    """The throughput run's machine (train_throughput.py records it), else what is known."""
+def memory_machine_line(data: dict) -> str:
     import machine  # benchmarks/machine.py
 
-    path = ROOT / "benchmarks" / "results" / "train_throughput.json"
-    record = json.loads(path.read_text()).get("machine") if path.exists() else None
+    record = data.get("machine")
     return machine.line(record) if isinstance(record, dict) else UNRECORDED
 
 
@@ -164,16 +198,19 @@ def main() -> None:
     lines = [
         "# Training benchmarks",
         "",
-        machine_line(),
-        "",
-        "Measured on the shared 2-core CI-class CPU machine; ratios matter, absolute numbers "
-        "move with load.",
+        "Measured on shared 2-core CPU machines of the CI's kind; each table names its machine "
+        "class. Ratios within a run matter, absolute numbers move with load.",
         "",
     ]
-    for name, table in (("train_throughput", throughput_table), ("train_memory", memory_table)):
-        path = RESULTS / f"{name}.json"
-        if path.exists():
-            lines += [*table(json.loads(path.read_text())), ""]
+    path = RESULTS / "train_throughput.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        runs = data.get("by_machine_class") or {data["machine"]["machine_class"]: data}
+        lines += throughput_section(runs)
+    path = RESULTS / "train_memory.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        lines += [*memory_table(data), "", memory_machine_line(data), ""]
     (ROOT / "docs" / "benchmarks" / "training.md").write_text("\n".join(lines))
 
 

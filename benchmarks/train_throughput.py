@@ -243,8 +243,8 @@ def main() -> None:
         "timed_steps": args.steps,
         "results": results,
     }
-    out = ROOT / "benchmarks" / "results" / "train_throughput.json"
-    out.write_text(json.dumps(payload, indent=2) + "\n")
+    # One run per machine class: this run replaces its own class's and keeps the others'.
+    machine.record_by_class(ROOT / "benchmarks" / "results" / "train_throughput.json", payload)
     print(json.dumps(results, indent=2))
 
 
