@@ -85,11 +85,15 @@ def test_text_files_give_what_the_same_json_lines_give(tmp_path, mode, per_file)
     if mode != "keep":
         assert slow_pii["train"]["records"] + slow_pii["test"]["records"] > 0
     assert fast_prof.chars == slow_prof.chars
-    for name, values in slow_prof.cols.items():
-        assert fast_prof.cols[name] == values, name
+    assert fast_prof.batches and not slow_prof.batches  # Arrow columns against lists
+    fast_rows, slow_rows = fast_prof.pending_rows(), slow_prof.pending_rows()
+    for name, values in slow_rows.items():
+        assert fast_rows[name] == values, name
     # the texts that need the per-document fallbacks were really there
-    assert any(c > 0 for c in slow_prof.cols["control_chars"])
-    assert any(s < 1 for s in slow_prof.cols["letter_share"])
+    assert any(c > 0 for c in slow_rows["control_chars"])
+    assert any(s < 1 for s in slow_rows["letter_share"])
+    # and GX sees the same table either way
+    assert fast_prof.frame().astype(object).equals(slow_prof.frame().astype(object))
 
 
 def test_a_labelled_set_as_plain_text_is_refused_with_the_fix(tmp_path):
@@ -119,9 +123,9 @@ def test_the_batch_split_is_the_record_split():
 
 @pytest.mark.parametrize("mode", ["mask", "drop"])
 def test_worker_processes_write_what_one_process_writes(tmp_path, monkeypatch, mode):
-    """Batches validated by spawned workers (``lmforge.data.workers``) come back in reading
-    order, between the records of a JSON-lines file read in the middle: the same split files,
-    profile and personal-data tally as in one process."""
+    """Text files read and validated by spawned workers (``lmforge.data.workers``) come back
+    in reading order, around the records of a JSON-lines file read in the middle: the same split
+    files, profile and personal-data tally as in one process, and no part file left behind."""
     from lmforge.data import sources, workers
 
     started = []
@@ -132,6 +136,7 @@ def test_worker_processes_write_what_one_process_writes(tmp_path, monkeypatch, m
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(sources, "ARROW_BATCH", 16)  # 360 documents a file: 23 batches
+    monkeypatch.setattr(workers, "POOL_MIN_BYTES", 0)  # a pool for this little text too
     monkeypatch.setattr(workers, "ProcessPoolExecutor", Recorded)
     docs = [f"{text} #{i}" for i, text in enumerate(TEXTS * 40)]
     paths = [
@@ -150,8 +155,23 @@ def test_worker_processes_write_what_one_process_writes(tmp_path, monkeypatch, m
     )
     assert two_files == one_files and two_counts == one_counts
     assert two_pii == one_pii and sum(one_pii["train"][k] for k in ("email", "phone")) > 0
-    assert two_prof.cols == one_prof.cols and two_prof.chars == one_prof.chars
-    assert sum(one_counts.values()) == len(one_prof.cols["id"]) > len(docs)
+    one_rows = one_prof.pending_rows()
+    assert two_prof.pending_rows() == one_rows and two_prof.chars == one_prof.chars
+    assert sum(one_counts.values()) == len(one_rows["id"]) == len(one_prof) > len(docs)
+    assert {p.name for p in (tmp_path / "two").iterdir()} == {f"{s}.jsonl" for s in SPLITS}
+
+
+def test_a_file_a_worker_cannot_read_stops_the_stage_naming_it(tmp_path, monkeypatch):
+    from lmforge.data import workers
+    from lmforge.errors import DataError
+
+    monkeypatch.setattr(workers, "POOL_MIN_BYTES", 0)
+    paths = _write_text(tmp_path / "a", TEXTS * 10, per_file=False)
+    bad = tmp_path / "a" / "latin.txt"
+    bad.write_bytes("Caf\xe9 au lait, the old man said.\n".encode("latin1"))
+    sets = ("data.text_documents=blank_line", "data.num_proc=2")
+    with pytest.raises(DataError, match=r"latin\.txt: invalid UTF-8.*iconv"):
+        _run(tmp_path, "out", [*paths, bad], "mask", *sets)
 
 
 def test_paragraphs_are_trimmed_and_blank_ones_dropped_as_the_kernels_do():
@@ -174,3 +194,37 @@ def test_paragraphs_are_trimmed_and_blank_ones_dropped_as_the_kernels_do():
         trimmed = pc.utf8_trim(arr, "\n")
         expected = trimmed.filter(pc.not_equal(pc.utf8_trim_whitespace(trimmed), ""))
         assert paragraphs(arr).to_pylist() == expected.to_pylist(), texts
+
+
+def test_rare_byte_classes_found_by_position_count_what_the_record_path_counts():
+    """The profile's control characters, the texts ``json.dumps`` escapes and the personal-data
+    candidates are found by byte position (``columnar._positions``); on random texts of those
+    bytes, multi-byte characters and empty strings (sliced arrays too) they must say what the
+    record path's own functions say of each text."""
+    import json
+    import random
+    import re
+
+    import pyarrow as pa
+
+    from lmforge.data import columnar
+    from lmforge.data.expectations import _CONTROL
+
+    rng = random.Random(1)
+    alphabet = ["a", " ", "\n", "\t", "\r", "\x07", "\x7f", '"', "\\", "@", "7", "é", "٣", "🎉"]
+    for _ in range(1000):
+        n = rng.randint(1, 8)
+        texts = ["".join(rng.choices(alphabet, k=rng.randint(0, 6))) for _ in range(n)]
+        arr = pa.array(texts).slice(rng.randint(0, 1))
+        raw, offsets = columnar._bytes_of(arr)
+        low = columnar._low(raw, offsets)
+        kept = arr.to_pylist()
+        control = columnar._control_counts(raw, offsets, low)
+        assert control.tolist() == [len(_CONTROL.findall(t)) for t in kept], kept
+        escapes = columnar._escaped_any(raw, offsets, low)
+        assert escapes.tolist() == [
+            json.dumps(re.sub(_CONTROL, "", t), ensure_ascii=False)[1:-1] != re.sub(_CONTROL, "", t)
+            for t in kept
+        ], kept
+        candidates = columnar._pii_candidates(arr)
+        assert candidates.tolist() == [bool(re.search(r"[@\d]", t)) for t in kept], kept

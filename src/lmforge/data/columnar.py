@@ -20,7 +20,8 @@ document (id, text hash, split); docs/benchmarks/data_throughput.md has what tha
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,18 +53,51 @@ def _spaces(raw: np.ndarray) -> np.ndarray:
     return (raw == 0x20) | ((raw - 0x09) < 5)  # space, \t \n \v \f \r
 
 
-# expectations._CONTROL, less the surrogates (not valid UTF-8, so never in an Arrow string);
-# every byte of a multi-byte UTF-8 character is >= 0x80, so a byte count is a character count.
-def _controls(raw: np.ndarray) -> np.ndarray:
-    return ((raw < 0x20) & ((raw - 0x09) >= 2) & (raw != 0x0D)) | (raw == 0x7F)  # not \t \n \r
-
-
-def _escaped(raw: np.ndarray) -> np.ndarray:  # what json.dumps escapes but control characters
-    return (raw == 0x22) | (raw == 0x5C) | (raw == 0x0A) | (raw == 0x0D) | (raw == 0x09)
-
-
 def _candidates(raw: np.ndarray) -> np.ndarray:  # an @ or an ASCII digit
     return (raw == 0x40) | ((raw - 0x30) < 10)
+
+
+# The rare byte classes are found by position, not counted over every byte: the bytes below
+# 0x20 (mostly line ends), DEL, quotes and backslashes, @ and digits are a few percent of a text,
+# and a mask over every byte of a batch, reduced string by string, cost more than the rest of
+# the profile together.
+def _positions(raw: np.ndarray, offsets: np.ndarray, hits) -> np.ndarray:
+    """Where ``hits(bytes)`` is True among the strings' bytes (positions into ``raw``)."""
+    lo = int(offsets[0])
+    return np.flatnonzero(hits(raw[lo : int(offsets[-1])])) + lo
+
+
+def _string_of(positions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The string each byte position falls in (an empty string holds none)."""
+    return np.searchsorted(offsets, positions, side="right") - 1
+
+
+def _count_at(positions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Per string, how many of ``positions`` fall in it."""
+    return np.bincount(_string_of(positions, offsets), minlength=len(offsets) - 1)
+
+
+def _low(raw: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The positions of the bytes below 0x20, and those bytes."""
+    at = _positions(raw, offsets, lambda b: b < 0x20)
+    return at, raw[at]
+
+
+# expectations._CONTROL, less the surrogates (not valid UTF-8, so never in an Arrow string);
+# every byte of a multi-byte UTF-8 character is >= 0x80, so a byte count is a character count.
+def _control_counts(raw: np.ndarray, offsets: np.ndarray, low) -> np.ndarray:
+    at, byte = low
+    below = at[(byte != 0x09) & (byte != 0x0A) & (byte != 0x0D)]  # not \t \n \r
+    delete = _positions(raw, offsets, lambda b: b == 0x7F)
+    return _count_at(np.concatenate([below, delete]), offsets)
+
+
+def _escaped_any(raw: np.ndarray, offsets: np.ndarray, low) -> np.ndarray:
+    """Per string, whether json.dumps escapes any of its characters but control characters."""
+    at, byte = low
+    line = at[(byte == 0x09) | (byte == 0x0A) | (byte == 0x0D)]
+    quoted = _positions(raw, offsets, lambda b: (b == 0x22) | (b == 0x5C))
+    return _count_at(np.concatenate([line, quoted]), offsets) > 0
 
 
 # The characters json.dumps escapes in the texts without a control character, in that order
@@ -124,10 +158,11 @@ def paragraphs(arr: pa.Array) -> pa.Array:
     return arr.filter(pa.array(keep))
 
 
-def _json_bodies(arr: pa.Array, control: np.ndarray) -> pa.Array:
-    """Each text as ``json.dumps(text, ensure_ascii=False)`` writes it, without the quotes."""
+def _json_bodies(arr: pa.Array, control: np.ndarray, low=None) -> pa.Array:
+    """Each text as ``json.dumps(text, ensure_ascii=False)`` writes it, without the quotes
+    (``low``: ``_low`` of ``arr``, when the caller has it)."""
     raw, offsets = _bytes_of(arr)
-    escaped = _any(_escaped(raw), offsets) & (control == 0)
+    escaped = _escaped_any(raw, offsets, low or _low(raw, offsets)) & (control == 0)
     out = arr
     if escaped.any():  # the kernels' passes over the texts that have something to escape
         part = arr.filter(pa.array(escaped))
@@ -145,7 +180,7 @@ def _pii_candidates(arr: pa.Array) -> np.ndarray:
     """The texts that can hold personal data: an ASCII text with an @ or a digit, a non-ASCII
     one that RE2 finds one in (``\\p{Nd}`` has digits beyond 0-9)."""
     raw, offsets = _bytes_of(arr)
-    found = _any(_candidates(raw), offsets)
+    found = _count_at(_positions(raw, offsets, _candidates), offsets) > 0
     wide = np.flatnonzero(~pc.string_is_ascii(arr).to_numpy(False))
     if len(wide):
         some = pc.match_substring_regex(arr.take(pa.array(wide)), _PII_CANDIDATE)
@@ -154,7 +189,7 @@ def _pii_candidates(arr: pa.Array) -> np.ndarray:
 
 
 def _masked(
-    batch: TextBatch, kind: Kind, splits: list[int], pii: Tally
+    batch: TextBatch, kind: Kind, splits: np.ndarray, pii: Tally
 ) -> tuple[pa.Array, np.ndarray | None, np.ndarray, list[tuple[int, str]]]:
     """The texts as written under ``data.pii`` (masked, or their records dropped), the kept
     documents' indices (None: all), the matches each kept one had, and the masked texts by
@@ -183,13 +218,15 @@ def _masked(
 
 @dataclass
 class Done:
-    """One batch validated: its profile rows (a list a column), its JSON lines a split, and,
-    from a worker process, the personal-data matches it found (``Tally.merge``)."""
+    """Documents validated: their profile rows (a dict of arrays a batch), their JSON lines a
+    split (in memory, or in ``parts``: a file a split, written by a worker process), and, from a
+    worker, the personal-data matches it found (``Tally.merge``)."""
 
-    cols: dict[str, list[Any]]
+    cols: list[dict[str, Any]]
     lines: dict[str, bytes]
     counts: dict[str, int]  # documents a split
     tally: Tally | None = None
+    parts: dict[str, Path] = field(default_factory=dict)
 
 
 def add_batch(
@@ -206,11 +243,15 @@ def add_batch(
 
 
 def apply(done: Done, prof: Profile, writers: JsonlWriters) -> dict[str, int]:
-    """A validated batch into the profile and the split files; the documents per split."""
-    prof.add_columns(done.cols)
+    """Validated documents into the profile and the split files; the documents per split."""
+    for cols in done.cols:
+        prof.add_columns(cols)
     for split, lines in done.lines.items():
         if lines:
             writers.write_bytes(split, lines)
+    for split, part in done.parts.items():
+        writers.append_file(split, part)
+        part.unlink()
     return done.counts
 
 
@@ -224,71 +265,88 @@ def process(
     """Split, mask and profile one batch, and encode its JSON lines: no state but ``pii``'s
     counts, so a worker process can do it (``lmforge.data.workers``). ``checked``: the
     allow-list under which the profile counts the personal data left (None: not counted)."""
-    raw, offsets = _bytes_of(batch.text)
     n = len(batch.text)
-    view, bounds = memoryview(raw), offsets.tolist()
-    ids, hashes, from_bytes = [], [], int.from_bytes
-    for i in range(n):  # the id and the text hash from one digest (records.text_digest)
-        digest = text_digest(view[bounds[i] : bounds[i + 1]])
-        ids.append("h-" + digest.hex())
-        hashes.append(from_bytes(digest[:8]))
-    splits = split_codes([rec_id.encode() for rec_id in ids], *salt)  # split_of, inlined
+    ids, keys, hashes = _content_ids(batch.text)
+    splits = split_codes(keys, *salt)  # split_of, inlined
     sources = [batch.source] * n if isinstance(batch.source, str) else batch.source
     text, keep, found, masked = _masked(batch, kind, splits, pii)
     for i, new in masked:  # the profile hashes the text as written (the id, as read)
         hashes[i] = int.from_bytes(text_digest(new.encode("utf-8"))[:8])
     if keep is not None:
-        keep = keep.tolist()
-        ids, hashes = [ids[i] for i in keep], [hashes[i] for i in keep]
-        splits, sources = [splits[i] for i in keep], [sources[i] for i in keep]
+        hashes, splits, ids = hashes[keep], splits[keep], ids.take(pa.array(keep))
+        sources = [sources[i] for i in keep.tolist()]
     cols = _profile_columns(text, ids, hashes, sources, found, checked)
     lines, counts = _lines(text, ids, sources, splits, np.asarray(cols["control_chars"]))
-    return Done(cols, lines, counts)
+    return Done([cols], lines, counts)
+
+
+ID_WIDTH = 22  # "h-" and the 20 hex digits of a 10-byte digest (records.content_id)
+
+
+def _content_ids(text: pa.Array) -> tuple[pa.Array, list[bytes], np.ndarray]:
+    """Each text's derived id (``records.content_id``), as Arrow strings and as the bytes the
+    split hashes, and its profile hash (the digest's first 8 bytes, big-endian): one digest a
+    text (``records.text_digest``), the hex and the rest done for the whole batch."""
+    raw, offsets = _bytes_of(text)
+    n, view, bounds = len(text), memoryview(raw), offsets.tolist()
+    digests = b"".join([text_digest(view[bounds[i] : bounds[i + 1]]) for i in range(n)])
+    size = len(digests) // n if n else 10
+    rows = np.empty((n, ID_WIDTH), np.uint8)
+    rows[:, :2] = np.frombuffer(b"h-", np.uint8)
+    rows[:, 2:] = np.frombuffer(digests.hex().encode("ascii"), np.uint8).reshape(n, 2 * size)
+    ends = np.arange(0, ID_WIDTH * (n + 1), ID_WIDTH, dtype=np.int32)
+    ids = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(ends), pa.py_buffer(rows)])
+    flat = rows.tobytes()
+    keys = [flat[k : k + ID_WIDTH] for k in range(0, len(flat), ID_WIDTH)]
+    first8 = np.frombuffer(digests, np.uint8).reshape(n, size)[:, :8].copy()
+    return ids, keys, first8.view(">u8").ravel().astype(np.uint64)
 
 
 def _profile_columns(
     text: pa.Array,
-    ids: list[str],
-    hashes: list[int],
+    ids: pa.Array,
+    hashes: np.ndarray,
     sources: list[str],
     found: np.ndarray,
     checked: Allow | None,
-) -> dict[str, list[Any]]:
+) -> dict[str, Any]:
+    """The batch's profile rows, an array a column (numpy or Arrow: sent to the validating
+    process as buffers and kept so until GX checks them, ``Profile.add_columns``)."""
     raw, offsets = _bytes_of(text)
     lengths = offsets[1:] - offsets[:-1]
-    control = _counts(_controls(raw), offsets)
+    control = _control_counts(raw, offsets, _low(raw, offsets))
     letters, visible = _counts(_letters(raw), offsets), lengths - _counts(_spaces(raw), offsets)
     share = np.divide(letters, visible, out=np.zeros(len(text)), where=visible > 0)
-    shares = np.round(share, 4).tolist()
+    shares = np.round(share, 4)
     for i in np.flatnonzero(~pc.string_is_ascii(text).to_numpy(False)):
         shares[i] = round(letter_share(text[int(i)].as_py()), 4)
     n_chars = pc.utf8_length(text).to_numpy(False) if len(text) else lengths
-    cols: dict[str, list[Any]] = {
+    cols: dict[str, Any] = {
         "id": ids,
-        "text": pc.utf8_slice_codeunits(text, 0, PREVIEW_CHARS).to_pylist(),
-        "n_chars": n_chars.tolist(),
+        "text": pc.utf8_slice_codeunits(text, 0, PREVIEW_CHARS),
+        "n_chars": n_chars.astype(np.int64),
         "letter_share": shares,
-        "control_chars": control.tolist(),
+        "control_chars": control.astype(np.int64),
         "text_hash": hashes,
-        "source": sources,
+        "source": pa.array(sources, pa.string()),
     }
     if checked is not None:  # what was masked is scanned again; the rest had no match
         left = np.zeros(len(text), np.int64)
         for j in np.flatnonzero(found):
             left[j] = len(find(text[int(j)].as_py(), checked))
-        cols["pii_left"] = left.tolist()
+        cols["pii_left"] = left
     return cols
 
 
 def _lines(
-    text: pa.Array, ids: list[str], sources: list[str], splits: list[int], control: np.ndarray
+    text: pa.Array, ids: pa.Array, sources: list[str], splits: np.ndarray, control: np.ndarray
 ) -> tuple[dict[str, bytes], dict[str, int]]:
     """The JSON lines ``JsonlWriters.write`` would write for these records, a split at a time,
     and how many a split."""
     quoted = {s: json.dumps(s, ensure_ascii=False) for s in set(sources)}
     lines = pc.binary_join_element_wise(
         '{"id": "',
-        pa.array(ids),  # "h-" and hex digits: nothing to escape
+        ids,  # "h-" and hex digits: nothing to escape
         '", "source": ',
         pa.array([quoted[s] for s in sources]),
         ', "text": "',

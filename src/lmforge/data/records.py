@@ -11,6 +11,7 @@ read through ``datasets`` (``lmforge.data.sources``) and mapped by the same ``to
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -255,6 +256,19 @@ class JsonlWriters:
         fh = self.files[split]
         fh.flush()
         fh.buffer.write(lines)
+
+    def append_file(self, split: str, path: Path) -> None:
+        """The JSON lines of a file (a worker's part, ``lmforge.data.workers``), after what has
+        been written: copied by the kernel, never through Python objects."""
+        fh = self.files[split]
+        fh.flush()
+        with path.open("rb") as src:
+            size, sent = path.stat().st_size, 0
+            while sent < size:
+                n = os.sendfile(fh.fileno(), src.fileno(), sent, size - sent)
+                if n == 0:
+                    break
+                sent += n
 
     def close(self) -> None:
         for fh in self.files.values():

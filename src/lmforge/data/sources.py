@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,27 @@ EXTENSIONS = {
     ".tsv": "csv",
 }
 BUILDERS = {"json": "json", "text": "text", "parquet": "parquet", "csv": "csv"}
+
+
+@dataclass(frozen=True)
+class TextFiles:
+    """Plain-text input read and validated as a unit, by a worker process or in this one
+    (``lmforge.data.workers``): one file of documents split on blank lines, or a run of
+    one-document files (``per_file``), at most ``ARROW_BATCH`` of them."""
+
+    paths: tuple[Path, ...]
+    per_file: bool
+
+    @property
+    def size(self) -> int:
+        return sum(p.stat().st_size for p in self.paths)
+
+
+def text_batches(task: TextFiles) -> Iterator[TextBatch]:
+    """The documents of ``task``, a ``TextBatch`` of at most ``ARROW_BATCH`` at a time."""
+    if task.per_file:
+        return _text_files(list(task.paths))
+    return _paragraphs(task.paths[0])
 
 
 def format_setting(kind: Kind) -> str:
@@ -87,29 +109,34 @@ def check_input(path: Path, kind: Kind, cfg: DataConfig) -> str:
     return fmt
 
 
-def read(paths: list[Path], kind: Kind, cfg: DataConfig) -> Iterator[dict[str, Any] | TextBatch]:
+def read(paths: list[Path], kind: Kind, cfg: DataConfig) -> Iterator[dict[str, Any] | TextFiles]:
     """The records of ``paths`` (checked by ``check_input``), in order: a dict a record, except
-    plain text, which comes as batches of documents (``TextBatch``), for the validate stage's
-    columnar path (``lmforge.data.columnar``)."""
+    plain text, which comes as files to read (``TextFiles``: ``text_batches`` gives their
+    documents), for the validate stage's columnar path (``lmforge.data.columnar``)."""
     fields = fields_of(cfg, kind)
     per_file_text: list[Path] = []  # plain-text documents: one datasets call for a run of files
     for path in paths:
         fmt = detect(path, kind, cfg)
         if fmt == "text" and cfg.text_documents == "file":
             per_file_text.append(path)
+            if len(per_file_text) == ARROW_BATCH:
+                yield TextFiles(tuple(per_file_text), per_file=True)
+                per_file_text = []
             continue
-        yield from _text_files(per_file_text)
+        if per_file_text:
+            yield TextFiles(tuple(per_file_text), per_file=True)
         per_file_text = []
         if fmt == "jsonl":
             yield from read_records(path, kind, cfg.max_line_mb, fields=fields)
         elif fmt == "text":
-            yield from _paragraphs(path)
+            yield TextFiles((path,), per_file=False)
         else:
             rows = _checked_columns(_rows(path, fmt, cfg, kind), path, kind, fields, fmt)
             stem = path.name if fmt == "arrow" else path.stem
             for n, row in enumerate(rows, 1):
                 yield to_record(row, kind, f"{path}: row {n}", fields, stem)
-    yield from _text_files(per_file_text)
+    if per_file_text:
+        yield TextFiles(tuple(per_file_text), per_file=True)
 
 
 def _paragraphs(path: Path) -> Iterator[TextBatch]:

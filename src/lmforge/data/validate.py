@@ -20,13 +20,13 @@ from typing import Any
 
 from lmforge.config import Config, DataConfig
 from lmforge.data import sources
-from lmforge.data.columnar import Done, TextBatch, apply
+from lmforge.data.columnar import Done, apply
 from lmforge.data.expectations import Profile, failure_message, run_suites
 from lmforge.data.labels import LABELS_FILE, resolve
 from lmforge.data.pii import Allow, Tally
 from lmforge.data.records import JsonlWriters, Kind
 from lmforge.data.report_html import render
-from lmforge.data.sources import check_input
+from lmforge.data.sources import TextFiles, check_input
 from lmforge.data.split import SPLITS, split_of
 from lmforge.data.track import log_outputs, tracked
 from lmforge.data.workers import BatchPool, worker_count
@@ -74,10 +74,13 @@ def split_and_profile(
     prof = Profile(kind, labels=labels, pii=checked, bounds=cfg)  # checked a chunk at a time
     counts = dict.fromkeys(SPLITS, 0)
     shares = (cfg.split_salt, cfg.validation_share, cfg.test_share)
-    pool = BatchPool(worker_count(cfg.num_proc), kind, shares, pii, checked)
+    text = [p for p in paths if sources.detect(p, kind, cfg) == "text"]
+    text_bytes = sum(p.stat().st_size for p in text)
+    workers = worker_count(cfg.num_proc)
+    pool = BatchPool(workers, kind, shares, pii, checked, out / ".parts", text_bytes)
     with JsonlWriters(out, SPLITS) as writers, pool:
         for rec in sources.read(paths, kind, cfg):
-            if isinstance(rec, TextBatch):  # plain text, by columns: the same as the loop below
+            if isinstance(rec, TextFiles):  # plain text, by columns: the same as the loop below
                 _applied(pool.validate(rec), prof, writers, counts)
                 continue
             # the batches read before this record are written before it

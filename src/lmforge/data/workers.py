@@ -1,39 +1,51 @@
-"""Plain-text batches validated in worker processes, their results applied in reading order.
+"""Plain-text files read and validated in worker processes, their results applied in order.
 
-The validate stage reads a plain-text corpus through ``datasets`` in this process and hands each
-batch of documents (``lmforge.data.columnar.TextBatch``, Arrow strings: pickled as buffers, not
-as Python objects) to a pool of worker processes. A worker splits, masks, profiles and encodes
-the batch (``columnar.process``) and sends back its profile rows, its JSON lines a split and the
-personal-data matches it counted. Results are applied strictly in the order the batches were
-read, so the split files, the profile and the tally are byte for byte what one process writes
-(``tests/test_columnar.py``); this process meanwhile reads the next batches and runs the Great
-Expectations checks of each full chunk of profile rows.
+The validate stage hands each unit of plain text (``lmforge.data.sources.TextFiles``: a file of
+documents split on blank lines, or a run of one-document files) to a pool of worker processes.
+A worker reads it through ``datasets`` itself, a batch of documents at a time, and splits, masks,
+profiles and encodes each batch (``columnar.process``); it writes the batches' JSON lines to part
+files of its own, one a split, and sends back only the profile columns (Arrow and numpy buffers)
+and the personal-data matches it counted. This process applies the results strictly in the order
+the inputs were listed: it appends each part file to its split's file and adds the profile rows,
+so the split files, the profile and the tally are byte for byte what one process writes
+(``tests/test_columnar.py``). Meanwhile it reads the JSON-lines inputs and runs the Great
+Expectations checks of each full chunk of profile rows. Reading in the workers matters: when this
+process read every batch and shipped it out, it was the one every batch waited on
+(docs/benchmarks/data_throughput.md).
 
-At most ``IN_FLIGHT`` batches a worker are out at once (bounded memory). The first batch is
-validated here: a corpus of one batch (the shipped data, every test's) never starts a pool.
-Workers are spawned, not forked: this process may hold threads (MLflow, Arrow's pools) that a
-fork would copy in an unknown state; like every spawned pool, they import the ``__main__``
-script, so a script that calls ``validate`` keeps its code under ``if __name__ ==
-"__main__":``. A worker that dies (out of memory, killed) stops the stage
-with the fix, and nothing is written: the stage's output folder is only renamed into place
-after everything passed.
+At most ``IN_FLIGHT`` units a worker are out at once; a worker holds one batch of documents at a
+time and the part files hold the rest, so memory is bounded by the batch, not by the file. Less
+plain text than ``POOL_MIN_BYTES`` (the shipped data, every test's) never starts a pool: each
+worker costs about a second of imports. Workers are spawned, not forked: this process may hold
+threads (MLflow, Arrow's pools) that a fork would copy in an unknown state; like every spawned
+pool, they import the ``__main__`` script, so a script that calls ``validate`` keeps its code
+under ``if __name__ == "__main__":``. A worker that dies (out of memory, killed) stops the stage
+with the fix, a file it cannot read stops it with the worker's own error, and nothing is written:
+the stage's output folder is only renamed into place after everything passed.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import shutil
+import sys
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 from lmforge.cores import usable_cores
-from lmforge.data.columnar import Done, TextBatch, process
+from lmforge.data.columnar import Done, process
 from lmforge.data.pii import Allow, Tally
 from lmforge.data.records import Kind
+from lmforge.data.sources import TextFiles, text_batches
+from lmforge.data.split import SPLITS
 from lmforge.errors import DataError
 
-IN_FLIGHT = 2  # batches a worker: one being validated, one waiting, while this process reads
+IN_FLIGHT = 2  # units a worker: one being validated, one waiting
+POOL_MIN_BYTES = 16 * 2**20  # less plain text than this is validated in this process
 
 
 def worker_count(num_proc: int) -> int:
@@ -41,24 +53,48 @@ def worker_count(num_proc: int) -> int:
     return num_proc or usable_cores()
 
 
-def _validate(
-    batch: TextBatch,
+def _worker_started() -> None:
+    """A worker reads text into Arrow and never needs torch, which ``datasets`` otherwise
+    imports when it is installed (its ``USE_TORCH`` switch): 1.7 s of CPU a worker, a sixth of
+    a 1 GB corpus's work on 2 cores. Only before ``datasets`` is imported can it still take."""
+    if "datasets" not in sys.modules:
+        os.environ["USE_TORCH"] = "0"
+
+
+def _validate_files(
+    task: TextFiles,
+    part: Path,
     kind: Kind,
     salt: tuple[str, float, float],
     mode: str,
     allow: Allow,
     checked: Allow | None,
 ) -> Done:
-    """In a worker: one batch, with a tally of its own (merged into the stage's)."""
+    """In a worker: read and validate ``task``, its JSON lines into ``part/{split}.jsonl``,
+    with a tally of its own (merged into the stage's)."""
     tally = Tally(mode, allow)
-    done = process(batch, kind, salt, tally, checked)
-    done.tally = tally
-    return done
+    cols: list = []
+    counts = dict.fromkeys(SPLITS, 0)
+    part.mkdir(parents=True)
+    parts = {split: part / f"{split}.jsonl" for split in SPLITS}
+    files = {split: path.open("wb") for split, path in parts.items()}
+    try:
+        for batch in text_batches(task):
+            done = process(batch, kind, salt, tally, checked)
+            cols += done.cols
+            for split, lines in done.lines.items():
+                files[split].write(lines)
+                counts[split] += done.counts[split]
+    finally:
+        for fh in files.values():
+            fh.close()
+    return Done(cols, {}, counts, tally, parts)
 
 
 class BatchPool:
-    """``validate(batch)`` yields the batches done so far, in reading order; ``drain()`` the
-    rest. Use as a context manager: leaving it stops the workers."""
+    """``validate(task)`` yields the units validated so far, in reading order; ``drain()`` the
+    rest. Use as a context manager: leaving it stops the workers and removes the part files
+    (under ``scratch``)."""
 
     def __init__(
         self,
@@ -67,24 +103,30 @@ class BatchPool:
         salt: tuple[str, float, float],
         pii: Tally,
         checked: Allow | None,
+        scratch: Path,
+        text_bytes: int,
     ):
         self.workers, self.kind, self.salt = workers, kind, salt
-        self.pii, self.checked = pii, checked
+        self.pii, self.checked, self.scratch = pii, checked, scratch
+        self.parallel = workers > 1 and text_bytes >= POOL_MIN_BYTES
         self.pool: ProcessPoolExecutor | None = None
         self.pending: deque[Future] = deque()
         self.seen = 0
 
-    def validate(self, batch: TextBatch) -> Iterator[Done]:
-        self.seen += 1
-        if self.workers <= 1 or self.seen == 1:
-            yield from self.drain()  # none pending when in-process: order is kept either way
-            yield process(batch, self.kind, self.salt, self.pii, self.checked)
+    def validate(self, task: TextFiles) -> Iterator[Done]:
+        if not self.parallel:  # in this process, a batch at a time
+            for batch in text_batches(task):
+                yield process(batch, self.kind, self.salt, self.pii, self.checked)
             return
         if self.pool is None:
             spawn = multiprocessing.get_context("spawn")
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=spawn)
+            self.pool = ProcessPoolExecutor(
+                self.workers, mp_context=spawn, initializer=_worker_started
+            )
+        self.seen += 1
+        part = self.scratch / f"{self.seen:06d}"
         args = (self.kind, self.salt, self.pii.mode, self.pii.allow, self.checked)
-        self.pending.append(self.pool.submit(_validate, batch, *args))
+        self.pending.append(self.pool.submit(_validate_files, task, part, *args))
         while len(self.pending) > self.workers * IN_FLIGHT:
             yield self._next()
 
@@ -112,3 +154,4 @@ class BatchPool:
     def __exit__(self, *exc) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self.scratch, ignore_errors=True)
