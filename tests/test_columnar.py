@@ -228,3 +228,23 @@ def test_rare_byte_classes_found_by_position_count_what_the_record_path_counts()
         ], kept
         candidates = columnar._pii_candidates(arr)
         assert candidates.tolist() == [bool(re.search(r"[@\d]", t)) for t in kept], kept
+
+
+@pytest.mark.parametrize("platform", ["linux", "darwin"])
+def test_a_part_file_is_appended_after_what_was_written(tmp_path, monkeypatch, platform):
+    """``JsonlWriters.append_file``: the kernel's copy on Linux, a buffered copy elsewhere; the
+    lines written before and after it stay in order."""
+    import sys
+
+    from lmforge.data.records import JsonlWriters
+
+    part = tmp_path / "part.jsonl"
+    part.write_bytes(b'{"id": "p1"}\n{"id": "p2"}\n')
+    monkeypatch.setattr(sys, "platform", platform)
+    with JsonlWriters(tmp_path / "out", ["train"]) as writers:
+        writers.write("train", {"id": "a"})
+        writers.append_file("train", part)
+        writers.write_bytes("train", b'{"id": "b"}\n')
+        writers.write("train", {"id": "c"})
+    lines = (tmp_path / "out" / "train.jsonl").read_text().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ["a", "p1", "p2", "b", "c"]

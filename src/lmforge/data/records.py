@@ -11,8 +11,10 @@ read through ``datasets`` (``lmforge.data.sources``) and mapped by the same ``to
 from __future__ import annotations
 
 import hashlib
-import os
 import json
+import os
+import shutil
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,6 +265,10 @@ class JsonlWriters:
         fh = self.files[split]
         fh.flush()
         with path.open("rb") as src:
+            if not sys.platform.startswith("linux"):  # macOS sends files to sockets only
+                shutil.copyfileobj(src, fh.buffer, 4 * 2**20)
+                fh.buffer.flush()
+                return
             size, sent = path.stat().st_size, 0
             while sent < size:
                 n = os.sendfile(fh.fileno(), src.fileno(), sent, size - sent)
