@@ -4,8 +4,9 @@ Plain-text files arrive from ``datasets`` as Arrow strings. Taken one record at 
 a regex scan for personal data, a profile row, ``json.dumps``) they cost about 70 µs a
 document, ten times the read. Here a batch is handled as columns:
 
-- the profile's lengths, control characters and (ASCII texts) letter shares are counted by numpy
-  over the batch's UTF-8 bytes, in place;
+- the profile's lengths and (ASCII texts) letter shares are counted by numpy over the batch's
+  UTF-8 bytes, in place; the rare bytes (control characters, what JSON escapes, ``@`` and
+  digits) are found by position;
 - the personal-data scan (``lmforge.data.pii``) runs only on the texts with an ``@`` or a digit,
   which RE2 picks out for the whole batch: every match needs one of them;
 - the JSON lines are joined by Arrow string kernels and written as one buffer a split.
@@ -13,8 +14,10 @@ document, ten times the read. Here a batch is handled as columns:
 What cannot be done by columns is done per document by the record path's own functions: a
 non-ASCII text's letter share, the escaping of a text with control characters, the masking. So
 a folder of text files and the same documents as JSON lines give byte-identical split files and
-the same profile (``tests/test_columnar.py``). Python remains in the loop for three hashes a
-document (id, text hash, split); docs/benchmarks/data_throughput.md has what that costs.
+the same profile (``tests/test_columnar.py``). Python remains in the loop for two hashes a
+document: the text's digest (its id and its profile hash) and the id's (its split); the hex,
+the ids and the comparisons are done for the batch. docs/benchmarks/data_throughput.md has what
+that costs.
 """
 
 from __future__ import annotations
@@ -158,11 +161,10 @@ def paragraphs(arr: pa.Array) -> pa.Array:
     return arr.filter(pa.array(keep))
 
 
-def _json_bodies(arr: pa.Array, control: np.ndarray, low=None) -> pa.Array:
-    """Each text as ``json.dumps(text, ensure_ascii=False)`` writes it, without the quotes
-    (``low``: ``_low`` of ``arr``, when the caller has it)."""
+def _json_bodies(arr: pa.Array, control: np.ndarray) -> pa.Array:
+    """Each text as ``json.dumps(text, ensure_ascii=False)`` writes it, without the quotes."""
     raw, offsets = _bytes_of(arr)
-    escaped = _escaped_any(raw, offsets, low or _low(raw, offsets)) & (control == 0)
+    escaped = _escaped_any(raw, offsets, _low(raw, offsets)) & (control == 0)
     out = arr
     if escaped.any():  # the kernels' passes over the texts that have something to escape
         part = arr.filter(pa.array(escaped))
