@@ -78,3 +78,13 @@ def test_chunked_results_equal_one_table(faulty, micro_cfg, raw_data, tmp_path, 
         "e.g. mail/ham/0017",
     ):
         assert failed in whole and failed in chunked, (whole, chunked)
+
+
+def test_gx_fingerprints_no_profile_frame():
+    """``expectations._gx`` turns off GX's per-batch dataframe fingerprint (half of a chunk's
+    check); a GX that renamed the setting would silently check at half speed, so this fails."""
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    assert hasattr(pandas_execution_engine, "HASH_THRESHOLD")
+    expectations._gx()
+    assert pandas_execution_engine.HASH_THRESHOLD == 0
