@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 
 from lmforge.data.expectations import PREVIEW_CHARS, Profile, letter_share
 from lmforge.data.pii import Allow, Tally, find
-from lmforge.data.records import JsonlWriters, Kind, text_digest
+from lmforge.data.records import DIGEST_SIZE, JsonlWriters, Kind, text_digest
 from lmforge.data.split import SPLITS, split_codes
 
 
@@ -231,19 +231,6 @@ class Done:
     parts: dict[str, Path] = field(default_factory=dict)
 
 
-def add_batch(
-    batch: TextBatch,
-    kind: Kind,
-    salt: tuple[str, float, float],
-    pii: Tally,
-    prof: Profile,
-    writers: JsonlWriters,
-) -> dict[str, int]:
-    """Split, mask, profile and write one batch (what ``validate.split_and_profile`` does per
-    record); returns the documents written per split. ``salt``: the split's salt and shares."""
-    return apply(process(batch, kind, salt, pii, prof.pii), prof, writers)
-
-
 def apply(done: Done, prof: Profile, writers: JsonlWriters) -> dict[str, int]:
     """Validated documents into the profile and the split files; the documents per split."""
     for cols in done.cols:
@@ -282,7 +269,7 @@ def process(
     return Done([cols], lines, counts)
 
 
-ID_WIDTH = 22  # "h-" and the 20 hex digits of a 10-byte digest (records.content_id)
+ID_WIDTH = 2 + 2 * DIGEST_SIZE  # "h-" and the hex digits of the digest (records.content_id)
 
 
 def _content_ids(text: pa.Array) -> tuple[pa.Array, list[bytes], np.ndarray]:
@@ -292,15 +279,14 @@ def _content_ids(text: pa.Array) -> tuple[pa.Array, list[bytes], np.ndarray]:
     raw, offsets = _bytes_of(text)
     n, view, bounds = len(text), memoryview(raw), offsets.tolist()
     digests = b"".join([text_digest(view[bounds[i] : bounds[i + 1]]) for i in range(n)])
-    size = len(digests) // n if n else 10
     rows = np.empty((n, ID_WIDTH), np.uint8)
     rows[:, :2] = np.frombuffer(b"h-", np.uint8)
-    rows[:, 2:] = np.frombuffer(digests.hex().encode("ascii"), np.uint8).reshape(n, 2 * size)
+    rows[:, 2:] = np.frombuffer(digests.hex().encode("ascii"), np.uint8).reshape(n, -1)
     ends = np.arange(0, ID_WIDTH * (n + 1), ID_WIDTH, dtype=np.int32)
     ids = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(ends), pa.py_buffer(rows)])
     flat = rows.tobytes()
     keys = [flat[k : k + ID_WIDTH] for k in range(0, len(flat), ID_WIDTH)]
-    first8 = np.frombuffer(digests, np.uint8).reshape(n, size)[:, :8].copy()
+    first8 = np.frombuffer(digests, np.uint8).reshape(n, DIGEST_SIZE)[:, :8].copy()
     return ids, keys, first8.view(">u8").ravel().astype(np.uint64)
 
 

@@ -217,8 +217,6 @@ class Profile:
 
     def flush(self) -> None:
         """Check the current chunk row by row, keep its compact columns, drop its rows."""
-        import pyarrow as pa
-
         if not self._pending():
             return
         if self._check is None:
@@ -231,17 +229,10 @@ class Profile:
         frame = self.frame()
         items = _condense(_run(self._check, frame), Previews(frame), self.bounds.failed_examples)
         self.checked = items if self.checked is None else _merge(self.checked, items, self.bounds)
-        if self.batches:
-            chunk = self._chunk_table()
-            for name in self.table:
-                self.table[name].append(chunk.column(name).combine_chunks())
-        else:
-            for name in self.table:
-                kind = pa.uint64() if name == "text_hash" else pa.string()
-                self.table[name].append(pa.array(self.cols[name], kind))
+        chunk = self._chunk_table()  # the lists too, as one more batch
+        for name in self.table:
+            self.table[name].append(chunk.column(name).combine_chunks())
         self.batches.clear()
-        for values in self.cols.values():
-            values.clear()
 
     def table_frame(self):
         """The compact columns of every record (after a ``flush``), for the cross-record

@@ -99,10 +99,13 @@ class Fields:
 IDENTITY = Fields()
 
 
+DIGEST_SIZE = 10  # bytes of ``text_digest``: a derived id is "h-" and their hex
+
+
 def text_digest(blob: bytes | memoryview) -> bytes:
     """The 10-byte BLAKE2b digest of a text's UTF-8: a derived id (``content_id``) and, its
     first 8 bytes, the profile's text hash; one hash a document serves both."""
-    return hashlib.blake2b(blob, digest_size=10).digest()
+    return hashlib.blake2b(blob, digest_size=DIGEST_SIZE).digest()
 
 
 def content_id(text: str | None) -> str:

@@ -50,10 +50,6 @@ class TextFiles:
     paths: tuple[Path, ...]
     per_file: bool
 
-    @property
-    def size(self) -> int:
-        return sum(p.stat().st_size for p in self.paths)
-
 
 def text_batches(task: TextFiles) -> Iterator[TextBatch]:
     """The documents of ``task``, a ``TextBatch`` of at most ``ARROW_BATCH`` at a time."""
