@@ -248,3 +248,38 @@ def test_a_part_file_is_appended_after_what_was_written(tmp_path, monkeypatch, p
         writers.write("train", {"id": "c"})
     lines = (tmp_path / "out" / "train.jsonl").read_text().splitlines()
     assert [json.loads(line)["id"] for line in lines] == ["a", "p1", "p2", "b", "c"]
+
+
+def _killed(*args):
+    """In a worker: die as the OOM killer would have it (no exception, no cleanup)."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.usefixtures("data_store")  # the stage's MLflow run goes to a throwaway store
+def test_a_killed_worker_stops_validate_with_the_fix_and_writes_nothing(tmp_path, monkeypatch):
+    from lmforge.config import load_config
+    from lmforge.data import workers
+    from lmforge.data.validate import validate
+    from lmforge.errors import DataError
+
+    monkeypatch.setattr(workers, "POOL_MIN_BYTES", 0)
+    monkeypatch.setattr(workers, "_validate_files", _killed)  # spawned: pickled by name
+    raw = tmp_path / "data"
+    _write_text(raw / "corpus", TEXTS * 10, per_file=False)
+    (raw / "labelled").mkdir()
+    (raw / "labelled" / "spam.jsonl").write_text(
+        "".join(
+            json.dumps({"id": f"l{i}", "text": f"mail number {i}", "label": ["ham", "spam"][i % 2]})
+            + "\n"
+            for i in range(40)
+        )
+    )
+    sets = ["data.corpus_glob=corpus/*.txt", "data.text_documents=blank_line", "data.num_proc=2"]
+    cfg = load_config(None, [*MICRO, *sets])
+    with pytest.raises(DataError, match=r"worker process died.*data\.num_proc"):
+        validate(cfg, raw, tmp_path / "validated")
+    assert not (tmp_path / "validated").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".validated")]
