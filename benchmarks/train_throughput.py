@@ -55,9 +55,12 @@ CONTENDERS = (
 )
 
 
-def run_lmforge(ds: BlockDataset, precision: str, steps: int, warmup: int, compile: bool) -> float:
+def lmforge_setup(
+    ds: BlockDataset, precision: str, steps: int, log_every: int, compile: bool = False
+) -> tuple[TrainConfig, Runtime, torch.nn.Module, LMTask]:
+    """lmforge's loop at the reference shape: its config, runtime, fresh model and task."""
     cfg = TrainConfig(
-        max_steps=warmup + steps,
+        max_steps=steps,
         micro_batch_size=BATCH,
         warmup_steps=2,
         lr=1e-3,
@@ -65,14 +68,18 @@ def run_lmforge(ds: BlockDataset, precision: str, steps: int, warmup: int, compi
         parallel="single",
         eval_every=0,
         ckpt_every=0,
-        log_every=warmup,
+        log_every=log_every,
         compile=compile,
     )
     rt = Runtime()
     model = build_model(build_config(SHAPE), seed=0)
     sampler = GlobalBatchSampler(len(ds), BATCH, 1, 1, seed=0)
-    task = LMTask(ds, ds, sampler, rt, SEQ, np.arange(0), BATCH)
+    return cfg, rt, model, LMTask(ds, ds, sampler, rt, SEQ, np.arange(0), BATCH)
+
+
+def run_lmforge(ds: BlockDataset, precision: str, steps: int, warmup: int, compile: bool) -> float:
     # Log windows of `warmup` steps: the first holds the warm-up, the rest are timed.
+    cfg, rt, model, task = lmforge_setup(ds, precision, warmup + steps, warmup, compile)
     result = fit(model, task, cfg, rt, progress=False)
     rows = [r for r in result.history if "tokens_per_s" in r][1:]
     return statistics.fmean(r["tokens_per_s"] for r in rows)
