@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -126,8 +127,17 @@ def _device_id(rt: Runtime) -> torch.device | None:
 
 
 def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    gloo = dist.get_backend() == "gloo"
+    dist.destroy_process_group()
+    if gloo:
+        # Gloo's worker threads drop each finished collective, and the Python tensors it holds,
+        # only with the GIL. The process group object is freed later, when the DDP model that
+        # references it goes, by a destructor that holds the GIL and joins those threads
+        # (pytorch/pytorch#56297): a thread still waiting for the GIL then hangs the rank at
+        # exit. Sleeping hands them the GIL first.
+        time.sleep(0.1)
 
 
 def barrier() -> None:
