@@ -22,14 +22,9 @@ CAPABILITIES = (
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    try:
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from lmforge.cores import cpuinfo_field
+
+    return cpuinfo_field("model name", cpuinfo) or platform.processor() or platform.machine()
 
 
 def machine_class(capabilities: list[str]) -> str:

@@ -3,7 +3,8 @@ change to the loop, the loss or the element-wise ops could gain over another tra
 the same model.
 
 The step is lmforge's own (``fit`` over ``LMTask``: forward with the loss, backward, clipping,
-AdamW), at the shape of ``train_throughput.py``. A torch profile of its timed steps sums each
+AdamW), at the shape of ``train_throughput.py``, in a process set up as the lmforge CLI sets up
+its own (``lmforge.mkl_shim``). A torch profile of its timed steps sums each
 op's own time into: the matmuls (``aten::mm``/``addmm``/``bmm``), the attention kernel, the
 loss's log-softmax and NLL, AdamW, the Python between ops (the loop's and the model's), and
 everything else (RMSNorm, RoPE, SiLU, residual adds, copies, gradient clipping). Two bounds follow:
@@ -33,6 +34,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 from train_throughput import BATCH, SEQ, SHAPE, lmforge_setup
 
+from lmforge import mkl_shim
 from lmforge.model import build_config, model_size
 from lmforge.train.allocator import keep_freed_blocks
 from lmforge.train.data import BlockDataset
@@ -78,6 +80,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     args = parser.parse_args()
+    mkl_shim.exec_with_shim()  # the process the lmforge CLI would run (MKL's fast path on AMD)
     heap = keep_freed_blocks()  # as lmforge's training processes run (benchmarks/allocator.py)
     size = model_size(build_config(SHAPE), SEQ)
     layers, width = SHAPE.n_layers, SHAPE.d_model
@@ -114,6 +117,7 @@ def main() -> None:
         },
         "machine": machine.describe(),
         "precision": args.precision,
+        "mkl_shim": mkl_shim.state(),
         "heap": heap,
         "timed_steps": args.steps,
         "step_seconds": step_s,

@@ -37,6 +37,25 @@ def throughput_section(runs: dict[str, dict]) -> list[str]:
     return lines
 
 
+LABELS = {
+    "lmforge": "lmforge eager",
+    "lmforge+compile": "lmforge compiled",
+    "lmforge@stock": "lmforge eager, plain process",
+    "minimal": "minimal eager",
+    "minimal+compile": "minimal compiled",
+    "trainer": "Trainer eager",
+    "trainer+compile": "Trainer compiled",
+}
+SPEEDUPS = {
+    "eager_vs_minimal": "lmforge / minimal, eager",
+    "compiled_vs_minimal_compiled": "lmforge / minimal, compiled",
+    "eager_vs_trainer": "lmforge / Trainer, eager",
+    "compiled_vs_trainer": "lmforge compiled / Trainer eager",
+    "compiled_vs_trainer_compiled": "lmforge / Trainer, compiled",
+    "stock_loop_vs_trainer": "lmforge in a plain process / Trainer, eager",
+}
+
+
 def throughput_table(data: dict) -> list[str]:
     import machine  # benchmarks/machine.py
 
@@ -46,29 +65,30 @@ def throughput_table(data: dict) -> list[str]:
         machine.line(data["machine"])
         + f" {data['rounds']} rounds of {data['timed_steps']} timed steps.",
         "",
-        "| precision | matmul peak (GFLOP/s) | lmforge eager | lmforge compiled | minimal "
-        "eager | minimal compiled | Trainer eager | Trainer compiled |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    if data.get("mkl_shim"):  # runs from before each contender had a process of its own lack it
+        shim = data["mkl_shim"]
+        lines += [
+            f"MKL in lmforge's processes: {shim.get('cli', '?')}; in the plain processes: "
+            f"{shim.get('stock', '?')}.",
+            "",
+        ]
     # The contenders, in the order train_throughput.py ran and wrote them.
     first = next(iter(data["results"].values()))
     names = [n for n, v in first.items() if isinstance(v, dict) and "tokens_per_s" in v]
+    lines += [
+        "| precision | matmul peak (GFLOP/s) | " + " | ".join(LABELS[n] for n in names) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in names) + " |",
+    ]
     for prec, row in data["results"].items():
         cells = " | ".join(f"{row[n]['tokens_per_s']:.0f} ({row[n]['mfu']:.1%})" for n in names)
         lines.append(f"| {prec} | {row['matmul_peak_gflops']:.1f} | {cells} |")
+    keys = [k for k in SPEEDUPS if k in first["speedup"]]
     lines += [
         "",
-        "| precision | lmforge / minimal, eager | lmforge / minimal, compiled | lmforge / "
-        "Trainer, eager | lmforge compiled / Trainer eager | lmforge / Trainer, compiled |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| precision | " + " | ".join(SPEEDUPS[k] for k in keys) + " |",
+        "| --- | " + " | ".join("---:" for _ in keys) + " |",
     ]
-    keys = (
-        "eager_vs_minimal",
-        "compiled_vs_minimal_compiled",
-        "eager_vs_trainer",
-        "compiled_vs_trainer",
-        "compiled_vs_trainer_compiled",
-    )
     for prec, row in data["results"].items():
         up = row["speedup"]
         lines.append(f"| {prec} | " + " | ".join(f"{up[k]:.2f}x" for k in keys) + " |")

@@ -8,11 +8,17 @@ process, all cores. Three trainers, each eager (its default) and under ``torch.c
 loop is nanoGPT's, written out: forward, backward, clip, AdamW step, nothing else (no logging,
 no checkpoints, no divergence check): the floor any loop's overhead is measured against.
 
+Each contender runs in a process of its own, started as its users start it: lmforge's as the
+lmforge CLI starts its processes (``lmforge.mkl_shim``: on an AMD CPU, MKL's fast kernels), the
+minimal loop and Trainer as plain Python. ``lmforge@stock`` is lmforge's loop in a plain
+process too, which separates what the loop does from what the process set-up does.
+
 Each round runs all of them for the same steps, in a rotating order, at fp32 and bf16
 (autocast); tokens/s is the median over rounds of the post-warm-up steps. MFU divides the
 achieved model FLOP/s (6N + 12LdT per token) by the matmul peak of the same precision measured
-in the same round with the same threads (``lmforge.train.flops.measure_matmul_peak``: the best
-of several sizes and repeats, so that no MFU can exceed 100%).
+in each round in both kinds of process with the same threads (the better of the two;
+``lmforge.train.flops.measure_matmul_peak``: the best of several sizes and repeats, so that no
+MFU can exceed 100%).
 
     .venv/bin/python benchmarks/train_throughput.py [--rounds 3 --steps 12 --warmup 3]
 """
@@ -21,7 +27,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +39,7 @@ import machine  # benchmarks/machine.py (this script's folder): what the figures
 import numpy as np
 import torch
 
+from lmforge import mkl_shim
 from lmforge.config import ModelConfig, TrainConfig
 from lmforge.model import build_config, build_model, model_size
 from lmforge.train.allocator import keep_freed_blocks
@@ -48,6 +58,7 @@ BATCH, SEQ = 8, 256
 CONTENDERS = (
     "lmforge",
     "lmforge+compile",
+    "lmforge@stock",
     "minimal",
     "minimal+compile",
     "trainer",
@@ -178,45 +189,86 @@ def run_trainer(
     return steps * BATCH * SEQ / elapsed
 
 
+def clean_env(cli: bool) -> dict[str, str]:
+    """A child's environment: a plain process's, or one the lmforge CLI will set up itself."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "LMFORGE_MKL_SHIM_OFF")}
+    env.pop(mkl_shim.SWITCH, None)
+    if not cli:
+        env[mkl_shim.SWITCH] = "0"
+    return env
+
+
+def child(args: argparse.Namespace) -> None:
+    """One contender (or the matmul peak) in this process; prints one JSON line."""
+    if args.cli:
+        mkl_shim.exec_with_shim()  # what `lmforge` does first: the process the CLI would run
+    # Every contender runs with the heap lmforge's training processes keep: with glibc's default
+    # thresholds, whichever contender ran first paid the page faults of its large buffers, and
+    # the order, not the loop, decided the ratio (benchmarks/allocator.py).
+    keep_freed_blocks()
+    name, precision = args.one, args.precision
+    if name == "peak":
+        tps = measure_matmul_peak(torch.device("cpu"), precision_dtype(precision), 1.0)
+    else:
+        ds = BlockDataset(Path(args.data) / "blocks", "train")
+        compile = name.endswith("+compile")
+        if name.startswith("lmforge"):
+            tps = run_lmforge(ds, precision, args.steps, args.warmup, compile)
+        elif name.startswith("minimal"):
+            tps = run_minimal(ds, precision, args.steps, args.warmup, compile)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                tps = run_trainer(ds, precision, args.steps, args.warmup, compile, Path(tmp))
+    print(json.dumps({"value": tps, "mkl_shim": mkl_shim.state()}), flush=True)
+
+
+def spawn(name: str, precision: str, cli: bool, data: Path, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--one", name, "--precision", precision, "--data", str(data)]
+    cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--cli"] if cli else [])
+    done = subprocess.run(cmd, env=clean_env(cli), capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{name} ({precision}) failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    # One contender in this process (what main() spawns):
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--cli", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    # Every contender runs with the heap lmforge's training processes keep: with glibc's default
-    # thresholds, whichever contender ran first paid the page faults of its large buffers, and
-    # the order, not the loop, decided the ratio (benchmarks/allocator.py).
-    heap = keep_freed_blocks()
+    if args.one:
+        return child(args)
     flops = model_size(build_config(SHAPE), SEQ).flops_per_token
     results: dict[str, dict] = {}
+    shim: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = write_synthetic_tokenized(
             Path(tmp) / "tok", vocab_size=8192, block_size=SEQ, n_blocks={"train": 512}
         )
-        ds = BlockDataset(data / "blocks", "train")
         for precision in args.precisions:
-            samples: dict[str, list[float]] = {name: [] for name in (*CONTENDERS, "peak")}
+            samples: dict[str, list[float]] = {n: [] for n in (*CONTENDERS, "peak", "peak@cli")}
             for r in range(args.rounds):
-                samples["peak"].append(
-                    measure_matmul_peak(torch.device("cpu"), precision_dtype(precision), 1.0)
-                )
+                for name, cli in (("peak", False), ("peak@cli", True)):
+                    samples[name].append(spawn("peak", precision, cli, data, args)["value"])
                 shift = r % len(CONTENDERS)  # no contender always first
                 for name in CONTENDERS[shift:] + CONTENDERS[:shift]:
-                    compile = name.endswith("+compile")
-                    if name.startswith("lmforge"):
-                        tps = run_lmforge(ds, precision, args.steps, args.warmup, compile)
-                    elif name.startswith("minimal"):
-                        tps = run_minimal(ds, precision, args.steps, args.warmup, compile)
-                    else:
-                        tps = run_trainer(
-                            ds, precision, args.steps, args.warmup, compile, Path(tmp) / "hf"
-                        )
-                    samples[name].append(tps)
-                    print(f"{precision} round {r} {name}: {tps:.0f} tokens/s", flush=True)
-            peak = statistics.median(samples["peak"])
-            row: dict = {"matmul_peak_gflops": peak / 1e9}
+                    cli = name.startswith("lmforge") and not name.endswith("@stock")
+                    got = spawn(name.removesuffix("@stock"), precision, cli, data, args)
+                    samples[name].append(got["value"])
+                    shim["cli" if cli else "stock"] = got["mkl_shim"]
+                    print(f"{precision} round {r} {name}: {got['value']:.0f} tokens/s", flush=True)
+            peak = max(statistics.median(samples["peak"]), statistics.median(samples["peak@cli"]))
+            row: dict = {
+                "matmul_peak_gflops": peak / 1e9,
+                "matmul_peak_stock_gflops": statistics.median(samples["peak"]) / 1e9,
+            }
             for name in CONTENDERS:
                 tps = statistics.median(samples[name])
                 row[name] = {
@@ -231,6 +283,7 @@ def main() -> None:
                 "eager_vs_trainer": tps["lmforge"] / tps["trainer"],
                 "compiled_vs_trainer": tps["lmforge+compile"] / tps["trainer"],
                 "compiled_vs_trainer_compiled": tps["lmforge+compile"] / tps["trainer+compile"],
+                "stock_loop_vs_trainer": tps["lmforge@stock"] / tps["trainer"],
             }
             results[precision] = row
     payload = {
@@ -245,7 +298,8 @@ def main() -> None:
         "machine": machine.describe(),
         "flops_per_token": flops,
         "threads": torch.get_num_threads(),
-        "heap": heap,
+        "heap": keep_freed_blocks(),
+        "mkl_shim": shim,
         "rounds": args.rounds,
         "timed_steps": args.steps,
         "results": results,

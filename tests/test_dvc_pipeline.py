@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lmforge import mkl_shim
 from lmforge.config import parse_override
 from lmforge_components import testing
 
@@ -94,6 +95,10 @@ def test_repro_runs_every_stage_and_registers_both_models(project, first_repro):
     assert registered["pipeline_run_id"] == RUN_ID
     pretrain = json.loads((project / "outputs/pretrain/metrics.json").read_text())
     assert pretrain["world_size"] == 2  # through the local runner's two replicas
+    # dvc -> lmforge pretrain -> the local runner -> torchrun -> replicas: on an AMD CPU the CLI
+    # gave itself MKL's fast kernels and every process under it kept them (lmforge.mkl_shim).
+    amd, cc = mkl_shim.cpu_vendor() == "AuthenticAMD", shutil.which(os.environ.get("CC") or "cc")
+    assert pretrain["mkl_shim"].startswith("on" if amd and cc else "off"), pretrain["mkl_shim"]
     shown = json.loads(run(str(BIN / "dvc"), "metrics", "show", "--json", cwd=project))
     assert shown  # dvc reads every declared metrics file
     run(str(BIN / "dvc"), "plots", "show", "--json", cwd=project)

@@ -24,6 +24,7 @@ import typer
 from lmforge.config import Config, load_config
 from lmforge.config.docs import section_help
 from lmforge.errors import failure_paragraph
+from lmforge.mkl_shim import exec_with_shim
 
 app = typer.Typer(
     help="Train transformer language models: validate, augment, tokenize, pretrain, finetune, "
@@ -493,6 +494,9 @@ def _step_name(argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the command; any exception becomes one paragraph and an exit."""
+    # A process of its own (not a test calling main) that will compute: MKL's fast path on AMD.
+    if argv is None and sys.argv[1:] and not {"--help", "-h"} & set(sys.argv[1:]):
+        exec_with_shim()
     argv = sys.argv[1:] if argv is None else argv
     try:
         app(args=argv, prog_name="lmforge", standalone_mode=True)

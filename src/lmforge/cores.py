@@ -12,6 +12,19 @@ import os
 from pathlib import Path
 
 
+def cpuinfo_field(key: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The first processor's ``key`` in ``/proc/cpuinfo`` (``vendor_id``, ``model name``), ""
+    where there is none (not Linux, or the key is absent)."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == key:
+                return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
 def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     """The container's CPU quota in cores (cgroup v2 ``cpu.max``, v1 ``cfs_quota_us``), if set."""
     try:

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from lmforge import mkl_shim
 from lmforge.config import TrainConfig
 from lmforge.errors import TrainingError
 from lmforge.train.checkpoint import Checkpointer, writer_lock
@@ -132,6 +133,8 @@ def _fit(
     precision = resolve(cfg.precision, rt.device)
     if rt.is_main:
         announce(precision)
+        if rt.device.type == "cpu":
+            mkl_shim.announce()
     model = parallelize(model, cfg, rt)
     if cfg.compile:
         model = torch.compile(model)

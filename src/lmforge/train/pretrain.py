@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lmforge import mkl_shim
 from lmforge.config import Config
 from lmforge.errors import DataError
 from lmforge.metrics import perplexity_of, token_nll
@@ -158,6 +159,7 @@ def pretrain(
             task = LMTask(train_ds, val_ds, sampler, rt, seq_len, eval_ids, tcfg.micro_batch_size)
             precision = resolve(tcfg.precision, rt.device)  # the loop resolves the same way
             peak = peak_flops(rt.device, precision.dtype, seconds=0.3)
+            shim = mkl_shim.state() if rt.device.type == "cpu" else ""
             tracker.log_params(
                 {
                     "n_params": size.n_params,
@@ -168,6 +170,7 @@ def pretrain(
                     "matmul_peak_flops": f"{peak:.4g}",
                     "precision": precision.name,
                     "precision_reason": precision.reason,
+                    "mkl_shim": shim,
                 }
             )
             result = fit(
@@ -204,6 +207,7 @@ def pretrain(
                 model_dir=str(out_dir / "model"),
                 precision=precision.name,
                 precision_reason=precision.reason,
+                mkl_shim=shim,
             )
             if rt.is_main:
                 _write_outputs(out_dir, hf_config, state, tok_dir, result.history, outcome)

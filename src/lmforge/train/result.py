@@ -30,6 +30,7 @@ class PretrainResult:
     model_dir: str
     precision: str = ""  # what training computed in (fp32 | bf16), ``auto`` resolved
     precision_reason: str = ""  # why (lmforge.train.precision)
+    mkl_shim: str = ""  # CPU: whether MKL took its fast path on an AMD CPU (lmforge.mkl_shim)
     # What reached MLflow: run id, sent, unsent by kind, the buffer (train/tracker.py); None
     # when the step did not track (ranks > 0) or for a metrics.json written before it existed.
     tracking: dict[str, Any] | None = None
