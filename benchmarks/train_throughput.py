@@ -191,8 +191,8 @@ def run_trainer(
 
 def clean_env(cli: bool) -> dict[str, str]:
     """A child's environment: a plain process's, or one the lmforge CLI will set up itself."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "LMFORGE_MKL_SHIM_OFF")}
-    env.pop(mkl_shim.SWITCH, None)
+    drop = ("LD_PRELOAD", mkl_shim.SWITCH, mkl_shim.OFF)
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     if not cli:
         env[mkl_shim.SWITCH] = "0"
     return env

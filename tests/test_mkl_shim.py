@@ -32,7 +32,7 @@ print(json.dumps({"state": m.state(), "branch": m.mkl_branch(), "preload": m.pre
 
 def probe(tmp_path: Path, **env: str) -> dict:
     full = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), **env}
-    for key in ("LD_PRELOAD", mkl_shim.SWITCH, "LMFORGE_MKL_SHIM_OFF"):
+    for key in ("LD_PRELOAD", mkl_shim.SWITCH, mkl_shim.OFF):
         if key not in env:
             full.pop(key, None)  # as a user's shell starts it
     done = subprocess.run(

@@ -21,6 +21,7 @@ Library use (``import lmforge``, the KFP components) is not changed: only the CL
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -34,7 +35,8 @@ from pathlib import Path
 from lmforge.cores import cpuinfo_field
 
 SOURCE = "int mkl_serv_intel_cpu_true(void) { return 1; }\n"
-SWITCH = "LMFORGE_MKL_SHIM"  # "0": never; set to "tried" by the CLI once it has decided
+SWITCH = "LMFORGE_MKL_SHIM"  # "0": never
+OFF = "LMFORGE_MKL_SHIM_OFF"  # why the CLI could not apply it (its child processes do not retry)
 NAME = f"lmforge-mkl-shim-{hashlib.sha256(SOURCE.encode()).hexdigest()[:12]}.so"
 
 
@@ -94,16 +96,15 @@ def exec_with_shim() -> None:
     """Re-execute this command with the shim preloaded when the rule wants it; otherwise (or if
     anything fails) return and let the command run as it is. Call before anything prints."""
     env = os.environ
-    if preloaded(env) or env.get(SWITCH) in ("0", "tried"):
+    if preloaded(env) or env.get(SWITCH) == "0" or OFF in env:
         return
     ok, _ = _rule(env)
     if not ok:
         return
     path = shim_path(env)
     why_not = build(path, env.get("CC") or "cc")
-    os.environ[SWITCH] = "tried"  # children of this process do not try again
     if why_not:
-        os.environ["LMFORGE_MKL_SHIM_OFF"] = why_not
+        os.environ[OFF] = why_not
         return
     preload = " ".join(p for p in (str(path), env.get("LD_PRELOAD", "")) if p)
     try:
@@ -111,7 +112,7 @@ def exec_with_shim() -> None:
             sys.executable, [sys.executable, *sys.orig_argv[1:]], {**env, "LD_PRELOAD": preload}
         )
     except OSError as exc:
-        os.environ["LMFORGE_MKL_SHIM_OFF"] = f"re-executing failed: {exc}"
+        os.environ[OFF] = f"re-executing failed: {exc}"
 
 
 _announced = False
@@ -144,9 +145,11 @@ def mkl_branch() -> str | None:
     return BRANCHES.get(code, f"branch {code}")
 
 
-def state(env: Mapping[str, str] = os.environ) -> str:
+@functools.cache
+def state() -> str:
     """One line for logs and run records: ``on (...)`` or ``off (why)``, with the branch MKL
-    dispatches to in this process."""
+    dispatches to in this process (fixed at its start, so asked once)."""
+    env = os.environ
     ok, why = _rule(env)
     branch = mkl_branch()
     kernels = f"; MKL's kernels: {branch}" if branch else ""
@@ -154,5 +157,5 @@ def state(env: Mapping[str, str] = os.environ) -> str:
         return f"on ({why}{kernels})" if ok else f"on (preloaded by hand; {why}{kernels})"
     if not ok:
         return f"off ({why}{kernels})"
-    off = env.get("LMFORGE_MKL_SHIM_OFF") or "AMD CPU, but not started by the lmforge CLI"
+    off = env.get(OFF) or "AMD CPU, but not started by the lmforge CLI"
     return f"off ({off}{kernels})"

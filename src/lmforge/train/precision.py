@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from lmforge.cores import cpuinfo_field
+
 log = logging.getLogger(__name__)
 
 # oneDNN's ISA levels, lowest first, as ONEDNN_MAX_CPU_ISA names them (oneDNN 3.x; the AVX10
@@ -124,13 +126,9 @@ def resolve_precision(requested: str, facts: DeviceFacts) -> Precision:
 
 def read_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     """The first processor's flags (Linux); elsewhere torch's own CPU probe for the bf16 ones."""
-    try:
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("flags", "Features"):
-                return frozenset(value.split())
-    except OSError:
-        pass
+    listed = cpuinfo_field("flags", cpuinfo) or cpuinfo_field("Features", cpuinfo)  # x86, ARM
+    if listed:
+        return frozenset(listed.split())
     flags = set()
     if platform.machine().lower() in ("x86_64", "amd64"):
         probe = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")().upper()
