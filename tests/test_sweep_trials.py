@@ -91,7 +91,7 @@ def test_pick_best_writes_best_yaml_and_the_trials_table(tmp_path):
         ("2", "COMPLETE"),
     ]
     assert table[1]["objective"] == "" and "diverged" in table[1]["error"]
-    maximize = trials.pick_best(config("sweep.direction=maximize"), rows, tmp_path / "max")
+    maximize = trials.pick_best(config("sweep.objective=tokens_per_s"), rows, tmp_path / "max")
     assert maximize["best_trial"] == 2
     with pytest.raises(TrainingError, match="no trial completed"):
         trials.pick_best(cfg, [rows[2]], tmp_path / "none")

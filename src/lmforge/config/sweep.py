@@ -26,6 +26,20 @@ MAX_GRID = 10_000  # points of a grid sweep (a typo in an int range, not a plan)
 SHAPE_KEYS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff")
 
 
+# Objectives that are costs: lower is better, though lmforge.metrics.greater_is_better (which
+# judges quality metrics: losses and perplexities lower, scores higher) would say otherwise.
+COST_OBJECTIVES = ("train_seconds", "peak_memory_bytes")
+
+
+def objective_direction(objective: str) -> Literal["minimize", "maximize"]:
+    """Which way ``objective`` is better, so a sweep can never keep the worst trial."""
+    from lmforge.metrics import greater_is_better  # numpy: only when a sweep asks
+
+    if objective in COST_OBJECTIVES or not greater_is_better(objective):
+        return "minimize"
+    return "maximize"
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -50,8 +64,11 @@ class SweepConfig(Section):
     objective: str = setting(
         "val_loss", "The metric each trial is judged by: a key of the step's metrics.json."
     )
-    direction: Literal["minimize", "maximize"] = setting(
-        "minimize", "Whether a lower (val_loss) or a higher (val_macro_f1) objective is better."
+    direction: Literal["auto", "minimize", "maximize"] = setting(
+        "auto",
+        "Which way the objective is better: auto follows from its name (a loss or perplexity, "
+        "time or memory is minimized, anything else, e.g. val_macro_f1, maximized); an explicit "
+        "minimize or maximize must agree with that.",
     )
     n_trials: int = setting(
         8, "Trials of the sweep in all; a resumed sweep runs only the ones missing.", ge=1
@@ -113,8 +130,20 @@ class SweepConfig(Section):
         ge=0,
     )
 
+    @property
+    def goal(self) -> Literal["minimize", "maximize"]:
+        """The direction the sweep optimises: the objective's own (``objective_direction``)."""
+        return objective_direction(self.objective)
+
     def check(self) -> None:
         self._check_scaling()
+        if self.direction != "auto" and self.direction != self.goal:
+            better = "higher" if self.goal == "maximize" else "lower"
+            self.fail(
+                "direction",
+                f"{self.direction} contradicts sweep.objective {self.objective} (a {better} "
+                f"value is better): set sweep.direction: auto (or {self.goal}) in params.yaml",
+            )
         if not self.space:
             self.fail("space", "is empty; name at least one SECTION.KEY to search")
         if not self.objective.strip():

@@ -176,7 +176,7 @@ def render(
         "parallelTrialCount": parallel,
         "maxFailedTrialCount": n_trials,  # as the local sweep: failed trials do not stop it
         "objective": {
-            "type": sw.direction,
+            "type": sw.goal,
             "objectiveMetricName": sw.objective,
             "metricStrategies": [{"name": sw.objective, "value": "latest"}],
         },

@@ -52,7 +52,7 @@ def write_best(path: Path, sweep: SweepConfig, best) -> None:
     """The best trial's params as a params.yaml fragment, with where they came from."""
     head = (
         f"# Best trial {best.number} of sweep {sweep.study_name!r}: "
-        f"{sweep.objective} = {best.value:.6g} ({sweep.direction}).\n"
+        f"{sweep.objective} = {best.value:.6g} ({sweep.goal}).\n"
         "# A params.yaml fragment: merge these keys into params.yaml to train with them.\n"
     )
     body = yaml.safe_dump(nested(best.params), sort_keys=True, default_flow_style=False)
@@ -74,7 +74,7 @@ def plot(plots_dir: Path, sweep: SweepConfig, rows: list[dict[str, Any]]) -> Non
     ax = axes[0][0]
     xs, ys = [r["number"] for r in done], [float(r["objective"]) for r in done]
     ax.plot(xs, ys, "o", label="trial")
-    pick = min if sweep.direction == "minimize" else max
+    pick = min if sweep.goal == "minimize" else max
     best = [pick(ys[: i + 1]) for i in range(len(ys))]
     ax.step(xs, best, where="post", label="best so far")
     ax.set_xlabel("trial")

@@ -96,10 +96,11 @@ def sweep(cfg: Config, out_dir: Path, inputs: StepInputs | None = None) -> Sweep
 
     out_dir.mkdir(parents=True, exist_ok=True)
     study = open_study(sw, out_dir)
-    if study.direction.name.lower() != sw.direction:
+    if study.direction.name.lower() != sw.goal:  # made by an older lmforge, or another objective
         raise ConfigError(
-            f"sweep.direction: study {sw.study_name!r} in {out_dir / 'optuna.db'} was made to "
-            f"{study.direction.name.lower()}; use that, another sweep.study_name or another --out"
+            f"sweep.study_name: study {sw.study_name!r} in {out_dir / 'optuna.db'} was made to "
+            f"{study.direction.name.lower()}, but {sw.objective} must be {sw.goal}d; use another "
+            "sweep.study_name or another --out"
         )
     run_key = study.user_attrs.get(RUN_KEY_ATTR)
     if run_key is None:
@@ -136,7 +137,7 @@ def open_study(sw, out_dir: Path, seed_offset: int = 0):
         storage=f"sqlite:///{(out_dir / 'optuna.db').resolve()}",
         sampler=space.sampler(sw, sw.seed + seed_offset),
         pruner=space.pruner(sw),
-        direction=sw.direction,
+        direction=sw.goal,
         load_if_exists=True,
     )
 
@@ -253,7 +254,7 @@ def pruning_hook(trial, sw):
         if sw.objective in row:
             value = row[sw.objective]
         elif "val_loss" in row:
-            value = row["val_loss"] if sw.direction == "minimize" else -row["val_loss"]
+            value = row["val_loss"] if sw.goal == "minimize" else -row["val_loss"]
         else:
             return
         if not math.isfinite(value):
@@ -297,7 +298,7 @@ def finish(study, sw, runs: SweepRuns, out_dir: Path, ran: int) -> SweepResult:
     result = SweepResult(
         study_name=sw.study_name,
         objective=sw.objective,
-        direction=sw.direction,
+        direction=sw.goal,
         n_trials=len(trials),
         complete=len(complete),
         pruned=sum(t.state == TrialState.PRUNED for t in trials),

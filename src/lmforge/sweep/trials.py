@@ -124,12 +124,12 @@ def pick_best(
             f"sweep {sw.study_name!r}: no trial completed ({len(results)} failed); first error: "
             f"{results[0]['error'] if results else 'no trials'}"
         )
-    pick = min if sw.direction == "minimize" else max
+    pick = min if sw.goal == "minimize" else max
     best = pick(done, key=lambda r: float(r["objective"]))
     summary = SweepSummary(
         study_name=sw.study_name,
         objective=sw.objective,
-        direction=sw.direction,
+        direction=sw.goal,
         n_trials=len(results),
         complete=len(done),
         failed=len(results) - len(done),
