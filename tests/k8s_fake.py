@@ -4,7 +4,8 @@ Responses are recorded in the API's own shapes (``tests/k8s_responses/``); the r
 ``kubernetes`` client talks to it, so serialization, paths, status codes, headers and the log
 stream all go through the client's code. Faults are replies too: a status with headers
 (``Reply(429, ..., {"Retry-After": "1"})``), a connection closed before any answer (``DROP``),
-or a body cut short (``Reply(..., truncate=True)``).
+or a body cut short (``Reply(..., truncate=True)``). A collection can instead keep state
+(``k8s_live.LiveObjects``: create, read, replace, merge patch, server-side apply, delete).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from k8s_live import LiveObjects
 from kubernetes import client
 
 from lmforge.launch.kube import api_client
-from lmforge.launch.pytorchjob import params_configmap_name
 
 RESPONSES = Path(__file__).parent / "k8s_responses"
 NAME = "lmforge-pretrain-recorded"
@@ -64,20 +65,24 @@ class RecordedApi(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, routes: dict[tuple[str, str], list[Reply]]):
+    def __init__(self, routes: dict[tuple[str, str], list[Reply]], live: list[LiveObjects] = ()):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.routes = {k: list(v) for k, v in routes.items()}
+        self.live = list(live)  # collections that keep state; recorded routes come first
         self.calls: list[tuple[str, str, dict, object]] = []
         self.lock = threading.Lock()
 
-    def answer(self, method: str, url: str, body: bytes) -> tuple[Reply, str]:
+    def answer(self, method: str, url: str, body: bytes, headers=None) -> tuple[Reply, str]:
         parts = urlsplit(url)
+        query, sent = parse_qs(parts.query), json.loads(body or "null")
         with self.lock:
-            self.calls.append(
-                (method, parts.path, parse_qs(parts.query), json.loads(body or "null"))
-            )
+            self.calls.append((method, parts.path, query, sent))
             queue = self.routes.get((method, parts.path))
-            if not queue:
+            live = next((c for c in self.live if c.handles(parts.path)), None)
+            if not queue and live:
+                code, answer = live.answer(method, parts.path, query, headers or {}, sent)
+                reply = Reply(code, json.dumps(answer).encode())
+            elif not queue:
                 reply = Reply(404, b'{"kind":"Status","code":404,"reason":"NotFound"}')
             else:
                 reply = queue.pop(0) if len(queue) > 1 else queue[0]
@@ -94,7 +99,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        reply, ctype = self.server.answer(self.command, self.path, body)
+        reply, ctype = self.server.answer(self.command, self.path, body, self.headers)
         if reply.drop:
             self.close_connection = True
             return
@@ -123,29 +128,38 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.wfile.write(b"0\r\n\r\n")
 
-    do_GET = do_POST = do_DELETE = do_PATCH = _serve
+    do_GET = do_POST = do_DELETE = do_PATCH = do_PUT = _serve
 
     def log_message(self, *args):  # keep pytest's output clean
         pass
 
 
-def start(routes) -> tuple[RecordedApi, client.ApiClient]:
-    server = RecordedApi(routes)
+def configmaps(*existing: dict) -> LiveObjects:
+    """The namespace's ConfigMaps, kept as the API server keeps them; ``existing`` are there
+    already (a cluster outlives the launcher: share one between a step's attempts)."""
+    live = LiveObjects(f"{CORE}/configmaps", "ConfigMap", "v1")
+    for configmap in existing:
+        live.answer("POST", live.collection, {}, {}, configmap)
+    return live
+
+
+def start(routes, live: list[LiveObjects] | None = None) -> tuple[RecordedApi, client.ApiClient]:
+    """A server for ``routes``, with ``live`` collections (default: an empty ConfigMaps one)."""
+    server = RecordedApi(routes, [configmaps()] if live is None else live)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     # The launcher's own client for a host (as a kubeconfig would give it).
     return server, api_client(f"http://127.0.0.1:{server.server_address[1]}")
 
 
 def routes(job_states, extra=None) -> dict[tuple[str, str], list[Reply]]:
-    """A job that goes through ``job_states`` (``job_<state>.json``), its master's pod and log."""
+    """A job that goes through ``job_states`` (``job_<state>.json``), its master's pod and log
+    (its params ConfigMap: ``start``'s live ConfigMaps)."""
     base = {
-        ("POST", f"{CORE}/configmaps"): [recorded("configmap_created.json")],
         ("POST", JOBS): [Reply(201, (RESPONSES / "job_created.json").read_bytes())],
         ("GET", f"{JOBS}/{NAME}"): [recorded(f"job_{s}.json") for s in job_states],
         ("GET", f"{CORE}/pods/{NAME}-master-0"): [recorded("pod_master_running.json")],
         ("GET", f"{CORE}/pods/{NAME}-master-0/log"): [recorded("master_log.txt")],
         ("DELETE", f"{JOBS}/{NAME}"): [recorded("deleted.json")],
-        ("DELETE", f"{CORE}/configmaps/{params_configmap_name(NAME)}"): [recorded("deleted.json")],
     }
     return base | (extra or {})
 
@@ -156,8 +170,8 @@ def api_server():
     shut down when it ends."""
     servers = []
 
-    def start_one(route_map):
-        server, api = start(route_map)
+    def start_one(route_map, live: list[LiveObjects] | None = None):
+        server, api = start(route_map, live)
         servers.append(server)
         return server, api
 

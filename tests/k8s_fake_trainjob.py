@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from k8s_fake import CORE, NAME, RESPONSES, Reply, recorded
 
-from lmforge.launch.pytorchjob import params_configmap_name
-
 TRAINJOBS = "/apis/trainer.kubeflow.org/v1alpha1/namespaces/lmforge/trainjobs"
 NODE0 = f"{NAME}-node-0-0-x7k2p"  # node 0's pod in pods_running.json
 NODE0_FAILED = f"{NAME}-node-0-0-b8d3r"  # ... and after the JobSet's last restart
@@ -23,7 +21,6 @@ def routes(job_states, extra=None) -> dict[tuple[str, str], list[Reply]]:
     """A TrainJob that goes through ``job_states`` (``trainjob/<state>.json``)."""
     log = tj("node0_log.txt")
     base = {
-        ("POST", f"{CORE}/configmaps"): [recorded("configmap_created.json")],
         ("POST", TRAINJOBS): [Reply(201, (RESPONSES / "trainjob" / "created.json").read_bytes())],
         ("GET", f"{TRAINJOBS}/{NAME}"): [tj(f"{s}.json") for s in job_states],
         ("GET", f"{CORE}/pods"): [tj("pods_running.json")],
@@ -31,6 +28,5 @@ def routes(job_states, extra=None) -> dict[tuple[str, str], list[Reply]]:
         ("GET", f"{CORE}/pods/{NODE0_FAILED}/log"): [log],
         ("GET", f"{CORE}/events"): [tj("events_failed.json")],
         ("DELETE", f"{TRAINJOBS}/{NAME}"): [recorded("deleted.json")],
-        ("DELETE", f"{CORE}/configmaps/{params_configmap_name(NAME)}"): [recorded("deleted.json")],
     }
     return base | (extra or {})

@@ -9,6 +9,7 @@ import json
 import pytest
 import yaml
 from k8s_fake import RESPONSES, Reply, recorded, server_error, start
+from k8s_live import APPLY, LiveObjects
 from k8s_schema import REPO, errors, kustomize
 from mlflow_fixtures import tiny_config
 from serve_fixtures import *  # noqa: F403  (fixtures listed in its __all__)
@@ -20,6 +21,8 @@ from lmforge.serve.deploy import InferenceServices, deploy, render, render_yaml
 from lmforge.serve.kserve import Served, inference_service
 
 ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/lmforge/inferenceservices"
+LM = f"{ISVCS}/lmforge-lm"
+APPLY_HEADERS = {"Content-Type": APPLY}
 
 
 def _mapped(cfg, **serve):
@@ -121,7 +124,7 @@ def test_cli_render_prints_the_manifests(registry, capsys, monkeypatch):
 # --------------------------------------------------------------------------------------------
 
 
-def _manifest(**serve) -> dict:
+def _manifest(tags: dict | None = None, **serve) -> dict:
     cfg = tiny_config(*(f"serve.{k}={v}" for k, v in serve.items()))
     served = Served(
         name="lmforge-lm",
@@ -130,7 +133,9 @@ def _manifest(**serve) -> dict:
         artifact_location="s3://mlflow/artifacts/1/models/m-0/artifacts",
         storage_uri="s3://mlflow/artifacts/1/models/m-0/artifacts/model",
         task="text-generation",
-        tags={"lmforge.git_commit": "abc123"},
+        tags={"lmforge.git_commit": "abc123", "lmforge.data_version": "d1"}
+        if tags is None
+        else tags,
     )
     return inference_service(cfg, served)
 
@@ -148,8 +153,8 @@ def _body(name: str) -> bytes:
 def test_apply_creates_then_waits_until_ready():
     server, isvcs, lines = _services(
         {
-            ("POST", ISVCS): [Reply(201, _body("isvc_created.json"))],
-            ("GET", f"{ISVCS}/lmforge-lm"): [
+            ("PATCH", LM): [Reply(201, _body("isvc_created.json"))],
+            ("GET", LM): [
                 recorded("isvc_created.json"),  # no status yet
                 recorded("isvc_pending.json"),
                 recorded("isvc_ready.json"),
@@ -158,19 +163,20 @@ def test_apply_creates_then_waits_until_ready():
     )
     manifest = _manifest()
     assert isvcs.apply(manifest) == "created"
-    assert server.called("POST", ISVCS)[0][3] == manifest
+    (applied,) = server.called("PATCH", LM)
+    assert applied[3] == manifest
+    assert applied[2] == {"fieldManager": ["lmforge"], "force": ["True"]}
     ready = isvcs.wait_ready("lmforge-lm", timeout_s=30, poll_s=0.01)
     assert ready["status"]["url"] == "http://lmforge-lm.lmforge.example.com"
     assert len(server.called("GET")) == 3
     assert any("RevisionMissing" in line for line in lines)
 
 
-def test_apply_patches_on_409_and_ignores_the_previous_generations_ready():
+def test_apply_to_an_existing_service_ignores_the_previous_generations_ready():
     server, isvcs, _ = _services(
         {
-            ("POST", ISVCS): [recorded("isvc_already_exists.json")],
-            ("PATCH", f"{ISVCS}/lmforge-lm"): [recorded("isvc_patched.json")],
-            ("GET", f"{ISVCS}/lmforge-lm"): [
+            ("PATCH", LM): [recorded("isvc_patched.json")],
+            ("GET", LM): [
                 recorded("isvc_patched.json"),  # Ready, but of generation 1: stale
                 recorded("isvc_ready_gen2.json"),
             ],
@@ -183,8 +189,74 @@ def test_apply_patches_on_409_and_ignores_the_previous_generations_ready():
     assert len(server.called("GET")) == 2
 
 
+def test_a_new_version_leaves_nothing_of_the_old_one_but_what_others_own():
+    """v1 with GPU limits, lineage annotations and a runtime; v2 without them. The live object
+    must equal v2's render (a merge patch kept all three); what KServe and a person own stays."""
+    isvcs_live = LiveObjects(ISVCS, "InferenceService", "serving.kserve.io/v1beta1")
+    _, api = start({}, [isvcs_live])
+    isvcs = InferenceServices(api, "lmforge", echo=lambda _: None)
+    v1 = _manifest(gpus=1)
+    assert v1["spec"]["predictor"]["model"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert v1["spec"]["predictor"]["model"]["runtime"] and "lmforge.io/git_commit" in str(v1)
+    assert isvcs.apply(v1) == "created"
+    # KServe's controller adds its finalizer and reports; a person annotates and edits.
+    isvcs_live.update_as(
+        "manager", "lmforge-lm", {"metadata": {"finalizers": ["inferenceservice.finalizers"]}}
+    )
+    isvcs_live.set_status("lmforge-lm", {"observedGeneration": 1, "url": "http://x"})
+    isvcs_live.update_as(
+        "kubectl-edit",
+        "lmforge-lm",
+        {
+            "metadata": {"annotations": {"team": "nlp"}},
+            "spec": {"predictor": {"scaleTarget": 99}},
+        },
+    )
+    v2 = _manifest(runtime="", tags={})
+    assert "runtime" not in v2["spec"]["predictor"]["model"]
+    assert isvcs.apply(v2) == "patched"
+    live = isvcs.get("lmforge-lm")
+    assert live["spec"] == v2["spec"]  # no GPU limit, no runtime, scaleTarget the render's
+    assert live["metadata"]["labels"] == v2["metadata"]["labels"]
+    assert live["metadata"]["annotations"] == {**v2["metadata"]["annotations"], "team": "nlp"}
+    assert live["metadata"]["finalizers"] == ["inferenceservice.finalizers"]
+    assert live["status"]["url"] == "http://x" and live["metadata"]["generation"] == 3
+    assert {m["manager"] for m in live["metadata"]["managedFields"]} == {
+        "lmforge",
+        "manager",
+        "kubectl-edit",
+    }
+
+
+def test_the_fake_api_applies_as_the_api_server_does():
+    """The fake's server-side apply: a conflict without force, a field given up but shared
+    kept, a merge patch keeping what it omits (the behaviour that left stale fields)."""
+    live = LiveObjects(ISVCS, "InferenceService", "serving.kserve.io/v1beta1")
+
+    def apply(manager: str, body: dict) -> tuple[int, dict]:
+        query = {"fieldManager": [manager]}
+        return live.answer("PATCH", f"{ISVCS}/a", query, APPLY_HEADERS, body)
+
+    assert (
+        apply(
+            "m", {"metadata": {"name": "a", "annotations": {"x": "1", "y": "2"}}, "spec": {"n": 1}}
+        )[0]
+        == 201
+    )
+    other = {"metadata": {"name": "a", "annotations": {"y": "2"}}, "spec": {"n": 2}}
+    code, body = apply("o", other)
+    assert code == 409 and 'conflict with "m"' in body["message"]
+    del other["spec"]
+    assert apply("o", other)[0] == 200  # the same value: shared, no conflict
+    apply("m", {"metadata": {"name": "a"}, "spec": {"n": 1}})
+    shown = live.answer("GET", f"{ISVCS}/a", {}, {}, None)[1]
+    assert shown["metadata"]["annotations"] == {"y": "2"}  # o still owns y; x was m's alone
+    live.answer("PATCH", f"{ISVCS}/a", {}, {}, {"spec": {"m": 3}})
+    assert live.answer("GET", f"{ISVCS}/a", {}, {}, None)[1]["spec"] == {"n": 1, "m": 3}
+
+
 def test_a_failed_load_is_explained_from_the_conditions_and_the_model_status():
-    _, isvcs, _ = _services({("GET", f"{ISVCS}/lmforge-lm"): [recorded("isvc_failed.json")]})
+    _, isvcs, _ = _services({("GET", LM): [recorded("isvc_failed.json")]})
     with pytest.raises(LaunchError) as info:
         isvcs.wait_ready("lmforge-lm", timeout_s=30, poll_s=0.01)
     message = str(info.value)
@@ -194,7 +266,7 @@ def test_a_failed_load_is_explained_from_the_conditions_and_the_model_status():
 
 
 def test_not_ready_in_time_says_what_it_waits_for():
-    _, isvcs, _ = _services({("GET", f"{ISVCS}/lmforge-lm"): [recorded("isvc_pending.json")]})
+    _, isvcs, _ = _services({("GET", LM): [recorded("isvc_pending.json")]})
     with pytest.raises(LaunchError, match=r"not Ready after 0s.*RevisionMissing"):
         isvcs.wait_ready("lmforge-lm", timeout_s=0.05, poll_s=0.01)
 
@@ -202,7 +274,7 @@ def test_not_ready_in_time_says_what_it_waits_for():
 def test_transient_errors_are_retried_and_refusals_are_not():
     server, isvcs, lines = _services(
         {
-            ("POST", ISVCS): [
+            ("PATCH", LM): [
                 server_error(503),
                 server_error(429, headers={"Retry-After": "0"}),
                 Reply(201, _body("isvc_created.json")),
@@ -211,9 +283,9 @@ def test_transient_errors_are_retried_and_refusals_are_not():
         retry_base_s=0.01,
     )
     assert isvcs.apply(_manifest()) == "created"
-    assert len(server.called("POST")) == 3 and len(lines) == 2
-    _, refused, _ = _services({("POST", ISVCS): [recorded("isvc_forbidden.json")]})
-    with pytest.raises(LaunchError, match=r"HTTP 403.*cannot create.*Role lmforge-deployer"):
+    assert len(server.called("PATCH")) == 3 and len(lines) == 2
+    _, refused, _ = _services({("PATCH", LM): [recorded("isvc_forbidden.json")]})
+    with pytest.raises(LaunchError, match=r"HTTP 403.*cannot patch.*Role lmforge-deployer"):
         refused.apply(_manifest())
 
 
@@ -222,8 +294,8 @@ def test_deploy_apply_end_to_end_writes_what_it_did(registry, tmp_path):
     cfg = _mapped(registry, poll_s=0.01)
     server, api = start(
         {
-            ("POST", ISVCS): [Reply(201, _body("isvc_created.json"))],
-            ("GET", f"{ISVCS}/lmforge-lm"): [recorded("isvc_ready.json")],
+            ("PATCH", LM): [Reply(201, _body("isvc_created.json"))],
+            ("GET", LM): [recorded("isvc_ready.json")],
         }
     )
     result = deploy(cfg, ["lmforge-lm"], apply=True, out_dir=tmp_path / "deployed", api=api)
@@ -233,7 +305,7 @@ def test_deploy_apply_end_to_end_writes_what_it_did(registry, tmp_path):
     saved = json.loads((tmp_path / "deployed" / "deployed.json").read_text())
     assert saved["services"][0]["action"] == "created"
     written = yaml.safe_load((tmp_path / "deployed" / "inferenceservices.yaml").read_text())
-    assert written == server.called("POST")[0][3]
+    assert written == server.called("PATCH")[0][3]
 
 
 def test_deployer_role_allows_exactly_what_deploy_calls():
@@ -298,8 +370,8 @@ def test_the_deploy_step_promotes_and_applies_what_register_registered(registry,
     )
     server, api = start(
         {
-            ("POST", ISVCS): [Reply(201, _body("isvc_created.json"))],
-            ("GET", f"{ISVCS}/lmforge-lm"): [recorded("isvc_ready.json")],
+            ("PATCH", LM): [Reply(201, _body("isvc_created.json"))],
+            ("GET", LM): [recorded("isvc_ready.json")],
         }
     )
     lines: list[str] = []
@@ -308,7 +380,7 @@ def test_the_deploy_step_promotes_and_applies_what_register_registered(registry,
     assert [line.split(":")[0] for line in lines if line.startswith("promote")] == [
         "promote lmforge-lm"
     ]
-    assert [c[3]["metadata"]["name"] for c in server.called("POST")] == ["lmforge-lm"]
+    assert [c[3]["metadata"]["name"] for c in server.called("PATCH")] == ["lmforge-lm"]
     (registered / "registered.json").write_text("{}")
     with pytest.raises(LaunchError, match="no registered model"):
         promote_and_deploy(cfg, tmp_path / "again", registered, api=api)

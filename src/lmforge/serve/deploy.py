@@ -1,12 +1,15 @@
 """``lmforge deploy``: the champions as KServe InferenceServices, rendered or applied.
 
-``render`` resolves each model's alias once (``lmforge.serve.kserve``). ``apply`` creates each
-InferenceService, or patches it when it exists (HTTP 409 on create, then a merge patch: the
-apply of a new champion), and waits until KServe reports it Ready for this generation of the
-spec (a Ready left over from the previous version does not count). A failure is explained from
-the resource's conditions and its model status; every call is retried through transient API
-failures (``lmforge.launch.retry``). The Role ``lmforge-deployer`` (``k8s/base/deploy-rbac.yaml``)
-allows exactly the calls made here: create, get and patch on inferenceservices.
+``render`` resolves each model's alias once (``lmforge.serve.kserve``). ``apply`` sends each
+InferenceService by server-side apply (field manager ``lmforge``, forced): the API server
+creates it, or makes the fields lmforge owns equal the render, removing those the new render
+omits (a merge patch kept the old version's lineage annotations, GPU limits, ``runtime``), while
+fields other managers own (KServe's finalizer and status) stay. It then waits until KServe
+reports it Ready for this generation of the spec (a Ready left over from the previous version
+does not count). A failure is explained from the resource's conditions and its model status;
+every call is retried through transient API failures (``lmforge.launch.retry``). The Role
+``lmforge-deployer`` (``k8s/base/deploy-rbac.yaml``) allows exactly the calls made here: create
+(an apply that creates), get and patch on inferenceservices.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from lmforge.launch.retry import CALL_ATTEMPTS, RETRY_BASE_S, Backoff, describe,
 from lmforge.serve.kserve import GROUP, PLURAL, VERSION, inference_service, resolve, to_yaml
 
 TIMEOUTS = (15.0, 60.0)  # connect, read: a half-open connection must not stall the wait
+FIELD_MANAGER = "lmforge"  # owns every field of the render; one name across versions
+APPLY_PATCH = "application/apply-patch+yaml"  # JSON is YAML: the client sends the dict as JSON
 # KServe's model status when loading cannot succeed without a change of spec or model.
 FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
 
@@ -145,37 +150,37 @@ class InferenceServices:
         return LaunchError(f"could not {what}: HTTP {exc.status} ({message}); {hint}")
 
     def apply(self, manifest: dict[str, Any]) -> str:
-        """Create ``manifest``, or patch the existing one of that name: "created" or "patched"."""
+        """Server-side apply ``manifest``: "created" (HTTP 201) or "patched" (200).
+
+        An apply, not a create then a merge patch: only an apply removes what the previous
+        render had and this one omits. Forced: a field another manager changed (``kubectl
+        edit``) becomes lmforge's again, as the render is what should run.
+        """
         from kubernetes.client.exceptions import ApiException
 
         name = manifest["metadata"]["name"]
+        what = f"apply InferenceService {name}"
         try:
-            self._call(
-                f"create InferenceService {name}",
-                lambda: self.custom.create_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, PLURAL, manifest, _request_timeout=TIMEOUTS
-                ),
-            )
-            return "created"
+            _, code, _ = self._call(what, lambda: self._server_side_apply(name, manifest))
         except ApiException as exc:
-            if exc.status != 409:
-                raise self._refused(f"create InferenceService {name}", exc) from None
-        try:  # exists (or a timed-out create landed): the spec and metadata become ours
-            self._call(
-                f"patch InferenceService {name}",
-                lambda: self.custom.patch_namespaced_custom_object(
-                    GROUP,
-                    VERSION,
-                    self.namespace,
-                    PLURAL,
-                    name,
-                    manifest,
-                    _request_timeout=TIMEOUTS,
-                ),
-            )
-        except ApiException as exc:
-            raise self._refused(f"patch InferenceService {name}", exc) from None
-        return "patched"
+            raise self._refused(what, exc) from None
+        return "created" if code == 201 else "patched"
+
+    def _server_side_apply(self, name: str, manifest: dict[str, Any]):
+        # kubernetes<31 (the cap kfp sets) has no content-type argument on
+        # patch_namespaced_custom_object: the same call, with the apply content type.
+        return self.custom.api_client.call_api(
+            f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{PLURAL}/{{name}}",
+            "PATCH",
+            path_params={"namespace": self.namespace, "name": name},
+            query_params=[("fieldManager", FIELD_MANAGER), ("force", True)],
+            header_params={"Accept": "application/json", "Content-Type": APPLY_PATCH},
+            body=manifest,
+            response_type="object",
+            auth_settings=["BearerToken"],
+            _return_http_data_only=False,
+            _request_timeout=TIMEOUTS,
+        )
 
     def get(self, name: str) -> dict[str, Any]:
         from kubernetes.client.exceptions import ApiException
@@ -303,5 +308,5 @@ def promote_and_deploy(
 
     models = registered_names(registered_dir) if registered_dir else model_names(cfg, None)
     for name in models:
-        echo(f"promote {name}: {promote(cfg, name).action}")
+        echo(f"promote {name}: {promote(cfg, name).summary()}")  # says why when unchanged
     return deploy(cfg, models, apply=True, out_dir=out_dir, api=api, echo=echo)
