@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import k8s_fake_trainjob
 import pytest
 from k8s_fake import (
     CORE,
@@ -18,19 +19,23 @@ from k8s_fake import (
     NAME,
     RESPONSES,
     Reply,
+    configmaps,
     recorded,
     routes,
     server_error,
 )
+from k8s_live import status
 
 from lmforge.config import load_config
 from lmforge.errors import LaunchError
+from lmforge.launch import trainjob
 from lmforge.launch.launcher import KubernetesPretrain, launch_pretrain
 from lmforge.launch.pytorchjob import PARAMS_HASH_LABEL, params_configmap_name, render
 from lmforge.train.result import PretrainResult
 
 pytestmark = pytest.mark.timeout(60)
 LOG = f"{CORE}/pods/{NAME}-master-0/log"
+ADOPT = recorded("job_already_exists.json")
 
 
 @pytest.fixture
@@ -109,20 +114,82 @@ def test_failed_job_reports_its_condition_and_pod_states(api_server, cfg):
 
 
 def test_existing_job_is_adopted_not_duplicated(api_server, cfg):
+    ours, _ = render(cfg, Path("outputs/tokenized"), Path("outputs/pretrain"))
     server, api = api_server(
-        routes(
-            ["running", "running", "succeeded"],
-            {
-                ("POST", JOBS): [recorded("job_already_exists.json")],
-                ("POST", f"{CORE}/configmaps"): [recorded("configmap_already_exists.json")],
-            },
-        )
+        routes(["running", "running", "succeeded"], {("POST", JOBS): [ADOPT]}),
+        [configmaps(ours)],  # the ConfigMap a first attempt made: the same params, kept
     )
     lines: list[str] = []
     result = launch(cfg, api, lines)
     assert result.adopted is True
     assert len(server.called("POST", JOBS)) == 1
     assert any("already exists (Running): adopting it" in line for line in lines)
+    assert not any((c[3] or {}).get("preconditions") for c in server.called("DELETE"))  # kept
+
+
+# Both job APIs: their recorded routes, the job's path, its "already exists" answer, render.
+APIS = {
+    "pytorchjob": (routes, JOBS, ADOPT, render),
+    "trainjob": (
+        k8s_fake_trainjob.routes,
+        k8s_fake_trainjob.TRAINJOBS,
+        k8s_fake_trainjob.tj("already_exists.json"),
+        trainjob.render,
+    ),
+}
+PARAMS_CM = f"{CORE}/configmaps/{params_configmap_name(NAME)}"
+NO_JOB = Reply(404, json.dumps(status(404, "NotFound", f'"{NAME}" not found')[1]).encode())
+
+
+def _left_behind(job_api: str, *settings: str):
+    """The config of a launch with ``job_api``, and the ConfigMap an earlier launch of this run
+    id with other params left: (cfg, ours, theirs)."""
+    cfg = load_config(
+        None, ["launch.poll_s=0.01", "launch.timeout_s=30", f"launch.api={job_api}", *settings]
+    )
+    ours, _ = APIS[job_api][3](cfg, Path("outputs/tokenized"), Path("outputs/pretrain"))
+    theirs = json.loads(json.dumps(ours))
+    theirs["data"] = {"params.yaml": "train:\n  lr: 0.5\n"}  # the earlier launch's params
+    return cfg, ours, theirs
+
+
+@pytest.mark.parametrize("job_api", list(APIS))
+def test_a_params_configmap_left_by_a_partial_cleanup_is_replaced(api_server, cfg, job_api):
+    """A cleanup deleted the job of this run id but not its ConfigMap, of other params: the new
+    job must mount this launch's params, the ones its params-hash label names."""
+    job_routes, jobs, _, _ = APIS[job_api]
+    cfg, ours, theirs = _left_behind(job_api, "launch.delete_on_finish=false")
+    cms = configmaps(theirs)
+    server, api = api_server(job_routes(["running", "succeeded"]), [cms])
+    server.routes[("GET", f"{jobs}/{NAME}")].insert(0, NO_JOB)  # no job mounts it
+    lines: list[str] = []
+    launch(cfg, api, lines)
+    assert cms.objects[ours["metadata"]["name"]]["data"] == ours["data"]
+    writes = [c for c in server.calls if c[0] != "GET"]
+    assert [(c[0], c[1]) for c in writes] == [
+        ("POST", f"{CORE}/configmaps"),  # 409
+        ("DELETE", PARAMS_CM),
+        ("POST", f"{CORE}/configmaps"),  # these params, before the job exists
+        ("POST", jobs),
+    ]
+    assert writes[1][3]["preconditions"]["resourceVersion"]  # only the version it read
+    assert any("held other params and no" in line and "replaced" in line for line in lines)
+
+
+@pytest.mark.parametrize("job_api", list(APIS))
+def test_a_params_configmap_of_a_live_job_of_other_params_is_refused(api_server, cfg, job_api):
+    job_routes, jobs, _, _ = APIS[job_api]
+    cfg, ours, theirs = _left_behind(job_api)
+    cms = configmaps(theirs)
+    server, api = api_server(job_routes(["running"]), [cms])
+    with pytest.raises(LaunchError) as err:
+        launch(cfg, api, [])
+    message = str(err.value)
+    assert f"ConfigMap lmforge/{NAME}-params holds other params" in message
+    assert f"delete {job_api} {NAME} configmap {NAME}-params" in message
+    assert "another run id" in message and "\n" not in message
+    assert cms.objects[ours["metadata"]["name"]]["data"] == theirs["data"]
+    assert not server.called("DELETE") and not server.called("POST", jobs)
 
 
 def test_a_create_whose_answer_was_lost_adopts_the_job_it_made(api_server, cfg):

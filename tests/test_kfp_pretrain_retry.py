@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from k8s_fake import CORE, JOBS, NAME, recorded, routes
+from k8s_fake import JOBS, NAME, configmaps, recorded, routes
 from k8s_fake import start as start_api
 
 from lmforge.config import load_config
@@ -20,10 +20,7 @@ from lmforge.kfp.runtime import pretrain_on_backend
 from lmforge.train.result import PretrainResult
 
 pytestmark = pytest.mark.timeout(60)
-ADOPT = {
-    ("POST", JOBS): [recorded("job_already_exists.json")],
-    ("POST", f"{CORE}/configmaps"): [recorded("configmap_already_exists.json")],
-}
+ADOPT = {("POST", JOBS): [recorded("job_already_exists.json")]}
 
 
 @pytest.fixture
@@ -33,10 +30,10 @@ def setup(tmp_path, monkeypatch):
     (tokenized / "blocks").mkdir(parents=True)
     (tokenized / "blocks" / "meta.json").write_text('{"n_blocks": 8}')
     cfg = load_config(None, [f"launch.mount_path={tmp_path / 'volume'}", "launch.poll_s=0.01"])
-    servers = []
+    servers, cluster = [], [configmaps()]  # the params ConfigMaps outlive an attempt
 
     def attempt(job_reads, extra=None, out=None):
-        server, api = start_api(routes(job_reads, extra))
+        server, api = start_api(routes(job_reads, extra), cluster)
         servers.append(server)
         target = out or tmp_path / f"artifact-pretrained-{len(servers)}"
         result = pretrain_on_backend(

@@ -17,7 +17,7 @@ from k8s_fake import (
     NAME,
     RESPONSES,
     Reply,
-    recorded,
+    configmaps,
 )
 from k8s_fake_trainjob import NODE0, NODE0_FAILED, TRAINJOBS, routes, tj
 from k8s_schema import REPO, errors, kustomize
@@ -115,11 +115,9 @@ def test_oom_killed_nodes_are_named_with_the_events(api_server, cfg):
 
 
 def test_existing_trainjob_of_this_run_is_adopted(api_server, cfg):
-    extra = {
-        ("POST", TRAINJOBS): [tj("already_exists.json")],
-        ("POST", f"{CORE}/configmaps"): [recorded("configmap_already_exists.json")],
-    }
-    server, api = api_server(routes(["running", "succeeded"], extra))
+    ours, _ = trainjob.render(cfg, Path("outputs/tokenized"), Path("outputs/pretrain"))
+    extra = {("POST", TRAINJOBS): [tj("already_exists.json")]}
+    server, api = api_server(routes(["running", "succeeded"], extra), [configmaps(ours)])
     lines: list[str] = []
     assert launch(cfg, api, lines).adopted is True
     assert len(server.called("POST", TRAINJOBS)) == 1

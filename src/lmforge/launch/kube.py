@@ -188,16 +188,7 @@ class KubeJob:
         """
         from kubernetes.client.exceptions import ApiException
 
-        try:
-            self._call(
-                "create the params ConfigMap",
-                lambda: self.core.create_namespaced_config_map(
-                    self.namespace, configmap, _request_timeout=self.timeouts
-                ),
-            )
-        except ApiException as exc:
-            if exc.status != 409:  # exists: a retried step already created it
-                raise self._api_error("create the params ConfigMap", exc) from None
+        self._create_params(configmap)
         try:
             self._call(
                 f"create the {self.kind}",
@@ -223,6 +214,114 @@ class KubeJob:
         )
         return True
 
+    def _create_params(self, configmap: dict[str, Any]) -> None:
+        """Create the params ConfigMap; one already there must hold these very params.
+
+        It exists when a retried step made it (the same params: kept), or when a cleanup
+        deleted a job of this run id but not its ConfigMap (other params: the new job would
+        train on them while its params-hash label names these). Such a ConfigMap is replaced
+        when no job mounts it (the job of this name: the ConfigMap is named after it), and
+        refused when one does. The replacement deletes exactly the version read (uid and
+        resourceVersion preconditions): a ConfigMap changed meanwhile is looked at again.
+        """
+        from kubernetes.client.exceptions import ApiException
+
+        name = configmap["metadata"]["name"]
+        for _ in range(3):  # a ConfigMap that changes under us twice is someone else's race
+            try:
+                self._call(
+                    "create the params ConfigMap",
+                    lambda: self.core.create_namespaced_config_map(
+                        self.namespace, configmap, _request_timeout=self.timeouts
+                    ),
+                )
+                return
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise self._api_error("create the params ConfigMap", exc) from None
+            existing = self._read_params(name)
+            if existing is None:
+                continue  # deleted since: create it again
+            if existing.get("data") == configmap.get("data"):
+                return  # a retried step created it: these params
+            if self._exists():
+                raise LaunchError(self._stale_params(name))
+            if self._delete_params(existing):
+                self.echo(
+                    f"ConfigMap {self.namespace}/{name} held other params and no {self.kind} "
+                    "mounted it (a partial cleanup): replaced by this launch's"
+                )
+        raise LaunchError(
+            f"could not create ConfigMap {self.namespace}/{name}: it kept changing while this "
+            "launch replaced it (another launch with the same run id?); launch again once that "
+            "one is done, or with another run id (LMFORGE_PIPELINE_RUN_ID)"
+        )
+
+    def _stale_params(self, name: str) -> str:
+        ns, kind = self.namespace, self.kind.lower()
+        return (
+            f"ConfigMap {ns}/{name} holds other params than this launch, and {self.ref}, "
+            "which mounts it, exists: this run id was launched before with other params, and "
+            "a job of this name would train on the ConfigMap's params while its "
+            f"{PARAMS_HASH_LABEL} label names these. Delete both (`kubectl -n {ns} delete "
+            f"{kind} {self.name} configmap {name}`) or launch with another run id "
+            "(LMFORGE_PIPELINE_RUN_ID)"
+        )
+
+    def _read_params(self, name: str) -> dict[str, Any] | None:
+        """The ConfigMap as the API has it (``None``: not there)."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            response = self._call(
+                "read the params ConfigMap",
+                lambda: self.core.read_namespaced_config_map(
+                    name, self.namespace, _preload_content=False, _request_timeout=self.timeouts
+                ),
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise self._api_error("read the params ConfigMap", exc) from None
+        return json.loads(response.data)
+
+    def _delete_params(self, existing: dict[str, Any]) -> bool:
+        """Delete the version of the ConfigMap that was read; False when it changed or went."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        meta = existing["metadata"]
+        only_this = client.V1Preconditions(
+            uid=meta["uid"], resource_version=meta["resourceVersion"]
+        )
+        try:
+            self._call(
+                "replace the params ConfigMap",
+                lambda: self.core.delete_namespaced_config_map(
+                    meta["name"],
+                    self.namespace,
+                    body=client.V1DeleteOptions(preconditions=only_this),
+                    _request_timeout=self.timeouts,
+                ),
+            )
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise self._api_error("replace the params ConfigMap", exc) from None
+        return True
+
+    def _exists(self) -> bool:
+        """Whether the job of this name exists."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self._call(f"read the {self.kind}", self._read)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise self._api_error(f"read the {self.kind}", exc) from None
+        return True
+
     def _check_same_params(self, existing: dict[str, Any], job: dict[str, Any]) -> None:
         theirs = existing.get("metadata", {}).get("labels", {}).get(PARAMS_HASH_LABEL)
         ours = job.get("metadata", {}).get("labels", {}).get(PARAMS_HASH_LABEL)
@@ -235,22 +334,21 @@ class KubeJob:
                 "or launch with another run id (LMFORGE_PIPELINE_RUN_ID)"
             )
 
+    def _read(self) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(
+            self.group,
+            self.version,
+            self.namespace,
+            self.plural,
+            self.name,
+            _request_timeout=self.timeouts,
+        )
+
     def get(self, deadline: float | None = None) -> dict[str, Any]:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return self._call(
-                f"read the {self.kind}",
-                lambda: self.custom.get_namespaced_custom_object(
-                    self.group,
-                    self.version,
-                    self.namespace,
-                    self.plural,
-                    self.name,
-                    _request_timeout=self.timeouts,
-                ),
-                deadline,
-            )
+            return self._call(f"read the {self.kind}", self._read, deadline)
         except ApiException as exc:
             raise self._api_error(f"read the {self.kind}", exc) from None
 
