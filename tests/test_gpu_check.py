@@ -1,9 +1,12 @@
-"""benchmarks/gpu_check: the CPU dry run's figures, the shell wrapper, the refusal without a GPU."""
+"""benchmarks/gpu_check: the CPU dry run's figures, the shell wrapper, the refusal without a GPU,
+and the whole GPU control flow on a fake device, run as a lent GPU machine runs it (the tree
+without .venv, plain python3, results to $OUT): a GPU comes for minutes, once."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,10 +25,9 @@ import gpu_check  # noqa: E402
 
 @pytest.mark.parametrize(("preset", "near"), [("gpu-125m", 125e6), ("gpu-1b", 1.2e9)])
 def test_dry_run_figures_match_the_model(preset, near, tmp_path):
-    out = tmp_path / "dry.json"
-    assert (
-        gpu_check.main(["--dry-run", "--presets", preset, "--gpus", "1,8", "--out", str(out)]) == 0
-    )
+    args = ["--dry-run", "--presets", preset, "--gpus", "1,8", "--out-dir", str(tmp_path)]
+    assert gpu_check.main(args) == 0
+    out = tmp_path / "gpu_dry_run.json"
     rows = {r["gpus"]: r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {1, 8}
     _, hf = gpu_check.preset_config(preset)
@@ -46,9 +48,9 @@ def test_dry_run_figures_match_the_model(preset, near, tmp_path):
 
 
 def test_shell_dry_run_writes_the_json(tmp_path):
-    out = tmp_path / "dry.json"
+    out = tmp_path / "gpu_dry_run.json"
     proc = subprocess.run(
-        ["bash", "benchmarks/gpu_check.sh", "--dry-run", "--out", str(out)],
+        ["bash", "benchmarks/gpu_check.sh", "--dry-run", "--out-dir", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -66,7 +68,7 @@ def test_real_mode_without_a_gpu_refuses_in_one_line(tmp_path):
     out = tmp_path / "gpu.json"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU visible even on a GPU machine
     proc = subprocess.run(
-        [sys.executable, "benchmarks/gpu_check.py", "--out", str(out)],
+        [sys.executable, "benchmarks/gpu_check.py", "--out-dir", str(tmp_path)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -122,15 +124,100 @@ def test_render_of_a_gpu_result_lists_every_case(tmp_path):
     assert "1x NVIDIA H200" in text and "not yet run" not in text
 
 
+def test_the_cuda_device_carries_the_index_set_device_needs(monkeypatch):
+    """torch.cuda.set_device refuses torch.device("cuda") (no index): the check's first seconds
+    on a real GPU. set_device validates with _get_device_index, which needs no GPU."""
+    from torch.cuda._utils import _get_device_index
+
+    with pytest.raises(ValueError, match="specified index"):
+        _get_device_index(torch.device("cuda"))  # what the check passed before
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    device = gpu_check.resolve_device("cuda")
+    assert device.type == "cuda" and _get_device_index(device) == 0
+
+
+@pytest.mark.parametrize(
+    ("memory_bytes", "expected"),
+    [(80e9, range(1, 16)), (141e9, range(16, 17))],
+    ids=["H100-80GB", "H200-141GB"],
+)
+def test_micro_batch_is_sized_from_the_devices_memory(memory_bytes, expected):
+    micro = gpu_check.micro_batch_for("gpu-1b", memory_bytes)
+    assert micro in expected  # 16 x 2048 needs about 84 GiB: more than an H100 has
+    used = gpu_check.estimate("gpu-1b", 1, micro)["memory_estimate_bytes"]
+    assert used <= gpu_check.MEMORY_HEADROOM * memory_bytes
+    more = gpu_check.estimate("gpu-1b", 1, micro + 1)["memory_estimate_bytes"]
+    assert micro == gpu_check.MICRO_BATCH["gpu-1b"] or more > gpu_check.MEMORY_HEADROOM * (
+        memory_bytes
+    )
+
+
+def test_versions_are_checked_against_the_pins():
+    assert gpu_check._satisfies("2.13.0", ">=2.13,<2.15")
+    assert gpu_check._satisfies("2.14.1+cu128", ">=2.13,<2.15")
+    assert not gpu_check._satisfies("2.5.1", ">=2.13,<2.15")
+    assert not gpu_check._satisfies("6.0.0", ">=5.23,<6")
+    assert set(gpu_check.pins()) == set(gpu_check.PINNED)
+
+
+def _tree_as_a_gpu_machine_receives_it(tmp_path: Path) -> Path:
+    """The files the check needs, no .venv, and a PATH whose python3 is not the project's venv
+    by name (a wrapper; lmforge must come from the copied src/, which the results prove)."""
+    tree = tmp_path / "tree"
+    for part in ("src", "benchmarks"):
+        shutil.copytree(ROOT / part, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tree)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 81559 MiB, 550'\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    return tree
+
+
 @pytest.mark.slow
-def test_one_case_runs_the_training_loop_on_cpu(tmp_path):
-    """The real mode's code path (FSDP2 world of one, fit, MFU, memory) on a tiny CPU model."""
-    out = tmp_path / "run.json"
+def test_the_whole_gpu_flow_runs_on_a_fake_device_as_the_gpu_machine_runs_it(tmp_path):
+    tree = _tree_as_a_gpu_machine_receives_it(tmp_path)
+    out = tmp_path / "OUT"
+    out.mkdir()
+    env = {
+        "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "OUT": str(out),
+        "GPU_CHECK_FAKE_MEMORY_GIB": "80",
+    }
     args = ["--device", "cpu", "--presets", "cpu-tiny", "--modes", "eager", "--warmup", "1"]
-    args += ["--steps", "2", "--micro-batch", "2", "--seq-len", "32", "--out", str(out)]
-    assert gpu_check.main(args) == 0
-    (case,) = json.loads(out.read_text())["cases"]
+    args += ["--steps", "2", "--seq-len", "32"]
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", *args],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads((out / "gpu.json").read_text())
+    versions = data["versions"]
+    assert versions["lmforge_from"].startswith(str(tree / "src"))  # the tree's, not an install
+    assert versions["torch"]["version"] == torch.__version__.split("+")[0] or versions["torch"][
+        "version"
+    ].startswith(torch.__version__.split("+")[0])
+    assert versions["torch"]["within_pin"] and versions["transformers"]["within_pin"]
+    assert data["smoke"]["status"] == "ok" and data["smoke"]["timed_steps"] == 1
+    (case,) = data["cases"]
     assert case["status"] == "ok", case
-    assert case["tokens_per_s"] > 0 and 0 < case["mfu"] < 1 and case["peak_memory_bytes"] > 0
-    assert case["parallel"] == "fsdp2, world 1"
+    # Sized from the (fake) memory: the preset's most, as 80 GiB holds it; the mean of the two
+    # steps after warm-up, not the last step alone.
+    assert case["micro_batch"] == gpu_check.MICRO_BATCH.get("cpu-tiny", 8)
+    assert case["timed_steps"] == 2 and len(case["step_s"]) == 2
+    tokens = case["micro_batch"] * case["seq_len"] * 2
+    assert case["tokens_per_s"] == pytest.approx(tokens / sum(case["step_s"]), rel=1e-2)
+    assert 0 < case["mfu"] < 1 and case["peak_memory_bytes"] > 0
     assert case["precision"] == resolve("auto", torch.device("cpu")).name  # the trainer's choice
+    for name in ("smoke.log", "cpu-tiny-eager.log", "gpu.md", "nvidia-smi.txt"):
+        assert any(p.name == name for p in out.rglob("*")), name
+    assert "NVIDIA H100 80GB HBM3" in (out / "nvidia-smi.txt").read_text()
+    assert "| cpu-tiny | eager |" in (out / "gpu.md").read_text()
+    assert not (tree / "benchmarks" / "results" / "gpu.json").exists()  # nothing in the tree

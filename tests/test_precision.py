@@ -115,3 +115,28 @@ def test_cpu_peak_is_measured_and_plausible():
     peak = peak_flops(torch.device("cpu"), torch.float32, seconds=0.1)
     assert 1e8 < peak < 1e14  # 0.1 GFLOP/s .. 100 TFLOP/s: a number, not a unit slip
     assert measure_matmul_peak(torch.device("cpu"), torch.float32, 0.05) > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "bf16"),
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),  # SXM
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA H100 NVL", 835e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA H200 NVL", 835e12),
+    ],
+)
+def test_each_card_gets_its_own_datasheet_peak(name, bf16):
+    """A fragment match gave every H100 the SXM peak: a PCIe card's MFU read 24% too low."""
+    from lmforge.train.flops import datasheet_peak
+
+    assert datasheet_peak(name, torch.bfloat16) == bf16
+    assert datasheet_peak(name, torch.float32) < bf16 / 10
+
+
+def test_an_unknown_card_has_no_datasheet_peak_and_is_measured():
+    from lmforge.train.flops import datasheet_peak
+
+    assert datasheet_peak("NVIDIA H100 SXM5 96GB", torch.bfloat16) is None
+    assert datasheet_peak("H100", torch.bfloat16) is None

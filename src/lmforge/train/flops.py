@@ -13,12 +13,30 @@ import time
 
 import torch
 
-# Dense (no sparsity) peak FLOP/s by GPU name fragment: (bf16, fp32). Datasheet values.
+# Dense (no sparsity) peak FLOP/s per card, (bf16, fp32), from NVIDIA's datasheets, keyed by the
+# exact name torch.cuda.get_device_name reports. The form factors of one chip differ by up to 25%
+# (H100 SXM 989 TFLOP/s bf16, NVL 835, PCIe 756): a fragment match ("H100") would give a PCIe
+# card the SXM peak and overstate nothing but understate its MFU. An unknown name is measured.
 GPU_PEAKS = {
-    "H200": (989e12, 67e12),
-    "H100": (989e12, 67e12),  # SXM; the PCIe card is lower and is measured instead
-    "A100": (312e12, 19.5e12),
+    "NVIDIA H100 80GB HBM3": (989e12, 67e12),  # SXM5
+    "NVIDIA H100 NVL": (835e12, 60e12),
+    "NVIDIA H100 PCIe": (756e12, 51e12),
+    "NVIDIA H200": (989e12, 67e12),  # SXM
+    "NVIDIA H200 NVL": (835e12, 60e12),
+    "NVIDIA GH200 480GB": (989e12, 67e12),
+    "NVIDIA A100-SXM4-80GB": (312e12, 19.5e12),
+    "NVIDIA A100-SXM4-40GB": (312e12, 19.5e12),
+    "NVIDIA A100 80GB PCIe": (312e12, 19.5e12),
+    "NVIDIA A100-PCIE-40GB": (312e12, 19.5e12),
 }
+
+
+def datasheet_peak(name: str, dtype: torch.dtype) -> float | None:
+    """The datasheet dense peak of the card called exactly ``name``; None for an unknown card."""
+    peaks = GPU_PEAKS.get(" ".join(name.split()))
+    if peaks is None:
+        return None
+    return peaks[0] if dtype == torch.bfloat16 else peaks[1]
 
 
 def _sync(device: torch.device) -> None:
@@ -54,10 +72,9 @@ def measure_matmul_peak(
 def peak_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.5) -> float:
     """The MFU denominator: a known GPU's datasheet dense peak, else the measured peak."""
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, (bf16, fp32) in GPU_PEAKS.items():
-            if key in name:
-                return bf16 if dtype == torch.bfloat16 else fp32
+        known = datasheet_peak(torch.cuda.get_device_name(device), dtype)
+        if known is not None:
+            return known
     return measure_matmul_peak(device, dtype, seconds)
 
 
