@@ -4,7 +4,11 @@ Kept apart from the model definition (torchtitan's split): the model code knows 
 ranks. ``single``: as is. ``ddp``: gradients all-reduced after backward. ``fsdp``: FSDP2
 ``fully_shard`` per decoder block and then the root, so parameters, gradients and optimizer state
 are sharded over ranks and gathered block by block. Activation checkpointing (recompute each
-block in backward) applies to any of them.
+block in backward) applies to any of them. ``compile`` compiles each decoder block in place, before
+sharding, as torchtitan does: a whole-model compile breaks its graph at every FSDP2 block
+boundary, and under dynamo transformers builds the full 4-D causal mask, so SDPA gets an
+``attn_mask``, which rules out the flash kernel. With the blocks compiled and the root eager, the
+mask stays ``None`` and SDPA runs ``is_causal=True``; the parameter names do not change.
 
 Under FSDP a rank need not hold the whole model even at start: build it inside
 ``meta_init(cfg, rt)`` and only rank 0 allocates the seeded weights (the initial weights stay
@@ -37,6 +41,24 @@ def decoder_blocks(model: nn.Module) -> list[nn.Module]:
     raise TrainingError(f"{type(model).__name__}: no decoder block list (`layers`) to shard")
 
 
+def compile_blocks(model: nn.Module) -> None:
+    """``torch.compile`` each decoder block in place (``nn.Module.compile``: same module, same
+    parameter names, so checkpoints and state dicts are those of the eager model)."""
+    for block in decoder_blocks(model):
+        block.compile()
+
+
+def fsdp_casts_to_bf16(cfg: TrainConfig, rt: Runtime) -> bool:
+    """Whether FSDP2's mixed-precision policy does the bf16 casting: then the loop's autocast
+    stays off, so bf16 is applied once (both together cast every matmul input twice)."""
+    return (
+        rt.distributed
+        and cfg.parallel == "fsdp"
+        and rt.device.type == "cuda"
+        and resolve(cfg.precision, rt.device).name == "bf16"
+    )
+
+
 def meta_init(cfg: TrainConfig, rt: Runtime) -> contextlib.AbstractContextManager:
     """Where to build the model: on the meta device (no storage) on ranks 1.. under FSDP, which
     ``parallelize`` fills from rank 0's weights; as usual everywhere else."""
@@ -52,6 +74,8 @@ def parallelize(model: nn.Module, cfg: TrainConfig, rt: Runtime) -> nn.Module:
         model.to(rt.device)
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.compile:
+        compile_blocks(model)
     if not rt.distributed:
         return (
             model  # one process: ddp and fsdp reduce to the plain model; one config runs anywhere
@@ -71,10 +95,9 @@ def parallelize(model: nn.Module, cfg: TrainConfig, rt: Runtime) -> nn.Module:
 
         # bf16 compute with fp32 master weights and fp32 gradient reduction, on GPUs; on CPU
         # the loop's autocast casts instead (gloo has no fast bf16 path to gain from).
-        bf16 = resolve(cfg.precision, rt.device).name == "bf16"
         mp = (
             MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-            if bf16 and rt.device.type == "cuda"
+            if fsdp_casts_to_bf16(cfg, rt)
             else MixedPrecisionPolicy()
         )
         # Built under meta_init on some rank? Then rank 0's weights fill every rank's shards.
