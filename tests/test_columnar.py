@@ -47,13 +47,18 @@ def _write_text(root: Path, docs: list[str], per_file: bool) -> list[Path]:
 
 
 def _write_jsonl(root: Path, docs: list[str], stems: list[str]) -> list[Path]:
+    """The documents as JSON lines without ids: read with ``data.id_field=''`` (``NO_IDS``),
+    their ids are derived as the text files' are, after masking."""
     root.mkdir(parents=True)
     path = root / "same.jsonl"
     with path.open("w", encoding="utf-8") as fh:
         for text, stem in zip(docs, stems, strict=True):
-            rec = {"id": content_id(text), "source": stem, "text": text}
+            rec = {"source": stem, "text": text}
             fh.write(json.dumps(rec) + "\n")
     return [path]
+
+
+NO_IDS = "data.id_field="  # ids derived from the (masked) text, as plain text's always are
 
 
 def _run(tmp_path: Path, name: str, paths: list[Path], mode: str, *sets: str):
@@ -75,7 +80,7 @@ def test_text_files_give_what_the_same_json_lines_give(tmp_path, mode, per_file)
     if not per_file:
         text_sets.append("data.text_documents=blank_line")
     fast = _run(tmp_path, "fast", paths, mode, *text_sets)
-    slow = _run(tmp_path, "slow", _write_jsonl(tmp_path / "jl", docs, stems), mode)
+    slow = _run(tmp_path, "slow", _write_jsonl(tmp_path / "jl", docs, stems), mode, NO_IDS)
     fast_prof, fast_counts, fast_files, fast_pii = fast
     slow_prof, slow_counts, slow_files, slow_pii = slow
 
@@ -144,7 +149,7 @@ def test_worker_processes_write_what_one_process_writes(tmp_path, monkeypatch, m
         *_write_jsonl(tmp_path / "b", [f"{d} (b)" for d in docs[:50]], ["b"] * 50),
         *_write_text(tmp_path / "c", [f"{d} (c)" for d in docs], per_file=False),
     ]
-    sets = ("data.text_documents=blank_line",)
+    sets = ("data.text_documents=blank_line", NO_IDS)
     one = _run(tmp_path, "one", paths, mode, *sets, "data.num_proc=1")
     assert started == []
     two = _run(tmp_path, "two", paths, mode, *sets, "data.num_proc=2")

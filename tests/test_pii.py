@@ -43,6 +43,19 @@ FOUND = [
     ("amex 378282246310005", "credit_card", "378282246310005"),
     ("IBAN GB82 WEST 1234 5698 7654 32, ref", "iban", "GB82 WEST 1234 5698 7654 32"),
     ("DE89370400440532013000", "iban", "DE89370400440532013000"),
+    # Issue 27: another upper-case code after the IBAN ran into it and failed the check.
+    ("IBAN DE89 3704 0044 0532 0130 00 BIC COBADEFFXXX", "iban", "DE89 3704 0044 0532 0130 00"),
+    ("GB82 WEST 1234 5698 7654 32 EUR 500", "iban", "GB82 WEST 1234 5698 7654 32"),
+    (
+        "FR14 2004 1010 0505 0001 3M02 606 BIC PSSTFRPPXXX",
+        "iban",
+        "FR14 2004 1010 0505 0001 3M02 606",
+    ),
+    ("NL91 ABNA 0417 1643 00 ABNANL2A", "iban", "NL91 ABNA 0417 1643 00"),
+    ("BE68 5390 0754 7034 EUR 1250", "iban", "BE68 5390 0754 7034"),
+    ("NO93 8601 1117 947 NOK 90", "iban", "NO93 8601 1117 947"),
+    ("IBAN: CH9300762011623852957 (CHF)", "iban", "CH9300762011623852957"),
+    ("CR05 0152 0200 1026 2840 66 USD 10", "iban", "CR05 0152 0200 1026 2840 66"),  # 22 since 2017
 ]
 
 NOT_FOUND = [
@@ -54,6 +67,8 @@ NOT_FOUND = [
     "order 4111 1111 1111 1112",  # fails Luhn
     "serial 1234 5678 9012 3452",  # passes Luhn, no issuer range
     "GB82 WEST 1234 5698 7654 33",  # IBAN check digits wrong
+    "GB82 WEST 1234 5698 7654 33 EUR 500",  # wrong too, however it is cut
+    "DE89 3704 0044 0532 0130 0 BIC",  # a digit short of Germany's 22
     "price $1,234,567.89 or 555 dollars",
     "the logo@2x.png image",  # an image name, not an address
     "room 012-345-6789",  # area code cannot start with 0
@@ -231,3 +246,135 @@ def test_augmentation_keeps_placeholders_whole():
     for placeholder in pii.PLACEHOLDERS.values():
         leftovers = leftovers.replace(placeholder, "")
     assert "<|" not in leftovers and "|>" not in leftovers  # none broken
+
+
+# ------------------------------------------------------------------- ids of masked records
+
+SECRET = "10.0.42.7"  # what an attacker wants back from a written id
+LOGIN = "Login from {} failed for the admin account."
+
+
+def _stage(tmp_path, name, docs, as_text: bool, mode: str = "mask"):
+    """``docs`` through the validate stage's split (no suites): as plain text (the columnar
+    path, ids always derived) or as JSON lines without ids (the record path, data.id_field='');
+    the written records."""
+    from data_fixtures import MICRO
+
+    from lmforge.data.split import SPLITS
+    from lmforge.data.validate import split_and_profile
+
+    root = tmp_path / name
+    root.mkdir(parents=True)
+    if as_text:
+        path = root / "logs.txt"
+        path.write_text("\n\n".join(docs) + "\n")
+        sets = ["data.corpus_glob=*.txt", "data.text_documents=blank_line"]
+    else:
+        path = write_jsonl(root / "logs.jsonl", [{"source": "logs", "text": t} for t in docs])
+        sets = ["data.id_field="]
+    cfg = load_config(None, [*MICRO, f"data.pii={mode}", *sets]).data
+    split_and_profile(cfg, "corpus", [path], root / "out", pii.Tally(mode, pii.Allow()))
+    return {
+        rec["text"]: (rec["id"], split)
+        for split in SPLITS
+        for line in (root / "out" / f"{split}.jsonl").read_text().splitlines()
+        for rec in [json.loads(line)]
+    }
+
+
+@pytest.mark.parametrize("as_text", [True, False], ids=["text-columns", "jsonl-records"])
+def test_a_masked_ipv4_cannot_be_brute_forced_from_its_written_id(tmp_path, as_text):
+    """Issue 27: ids were an unkeyed hash of the unmasked text, so trying the 65,536 addresses
+    of 10.0.0.0/16 gave the masked one back. Now no candidate's id, by the old derivation or by
+    the stage's own, singles out the address: every candidate gives the written id."""
+    from lmforge.data.records import content_id
+
+    docs = ["A first line of plain words.", LOGIN.format(SECRET), "Another line of words."]
+    written = _stage(tmp_path, "run", docs, as_text)
+    stored, _ = written[LOGIN.format("<|ipv4|>")]  # the text is masked...
+    candidates = [LOGIN.format(f"10.0.{a}.{b}") for a in range(256) for b in range(256)]
+    assert [c for c in candidates if content_id(c) == stored] == []  # ...and so is the id
+
+    from lmforge.data.records import as_written
+
+    tally = pii.Tally("mask", pii.Allow())
+
+    def stage_id(text):  # the stage's derivation, as an attacker with the code would run it
+        return as_written({"id": None, "text": text}, tally.masked(text, tally.scan(text)))["id"]
+
+    hits = [c for c in candidates if stage_id(c) == stored]
+    assert len(hits) == len(candidates)  # the id is the same whatever the address was
+
+
+@pytest.mark.parametrize("as_text", [True, False], ids=["text-columns", "jsonl-records"])
+def test_ids_and_splits_do_not_depend_on_the_masked_value(tmp_path, as_text):
+    """The same documents with other addresses, phones and emails in them get the same ids
+    and the same splits: what was masked is not in the id, and so not in the split either."""
+    docs = [f"Record {i}: {LOGIN.format(f'10.0.{i}.9')} Call 555-201-{i:04d}." for i in range(30)]
+    others = [
+        f"Record {i}: {LOGIN.format(f'192.168.{i}.1')} Call 555-777-{i:04d}." for i in range(30)
+    ]
+    assert _stage(tmp_path, "a", docs, as_text) == _stage(tmp_path, "b", others, as_text)
+
+
+_CLONE_RUN = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from test_pii import _stage
+print(json.dumps(_stage(Path(sys.argv[1]), "run", json.loads(sys.argv[3]), sys.argv[4] == "1")))
+"""
+
+
+@pytest.mark.parametrize("as_text", [True, False], ids=["text-columns", "jsonl-records"])
+def test_two_clones_give_the_same_ids_and_splits(tmp_path, as_text):
+    """Two copies of the same data in other folders, validated by two processes with other
+    hash seeds (as two clones of the data version would be), write the same ids to the same
+    splits: the ids hold no key, path or process state, only the masked text."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    docs = [f"Doc {i}: mail p{i}@x{i}.example.org, from 10.1.{i}.3, words." for i in range(40)]
+    tests = str(Path(__file__).parent)
+    runs = []
+    for n, seed in (("clone-a", "1"), ("clone-b", "2")):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _CLONE_RUN,
+                str(tmp_path / n),
+                tests,
+                json.dumps(docs),
+                "1" if as_text else "0",
+            ],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        runs.append(json.loads(out.stdout.splitlines()[-1]))
+    assert runs[0] == runs[1] and len(runs[0]) == len(docs)
+    assert len({split for _, split in runs[0].values()}) == 3  # all three splits were drawn
+    assert all("@" not in text and "10.1." not in text for text in runs[0])
+
+
+@pytest.mark.usefixtures("data_store")
+def test_texts_that_differ_only_in_masked_data_are_one_document(tmp_path):
+    """Two records that differ only in what was masked are the same text as written: one id,
+    so the unique-id expectation refuses them as it refuses a repeated document (the shipped
+    spam set has one such pair: a spam mailed to two addresses)."""
+    raw = make_raw_data(tmp_path / "data")
+    labelled = raw / "labelled" / "spam.jsonl"
+    recs = [json.loads(line) for line in labelled.read_text().splitlines()]
+    for rec, addr in zip(recs[:2], ["a@one.example.org", "b@two.example.org"], strict=True):
+        rec["text"] = f"Same offer for {addr}: win now, free gold!"
+    write_jsonl(labelled, [{k: v for k, v in r.items() if k != "id"} for r in recs])
+    cfg = load_config(None, ["data.labelled_id_field=", "data.validation_share=0.2"])
+    with pytest.raises(DataError, match=r"expect_column_values_to_be_unique\(id\) failed for 2"):
+        validate(cfg, raw, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

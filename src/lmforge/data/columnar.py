@@ -15,9 +15,9 @@ What cannot be done by columns is done per document by the record path's own fun
 non-ASCII text's letter share, the escaping of a text with control characters, the masking. So
 a folder of text files and the same documents as JSON lines give byte-identical split files and
 the same profile (``tests/test_columnar.py``). Python remains in the loop for two hashes a
-document: the text's digest (its id and its profile hash) and the id's (its split); the hex,
-the ids and the comparisons are done for the batch. docs/benchmarks/data_throughput.md has what
-that costs.
+document: the masked text's digest (its id and its profile hash: an id never holds what the
+masking removed) and the id's (its split); the hex, the ids and the comparisons are done for the
+batch. docs/benchmarks/data_throughput.md has what that costs.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lmforge.data.expectations import PREVIEW_CHARS, Profile, letter_share
-from lmforge.data.pii import Allow, Tally, find
+from lmforge.data.pii import Allow, Match, Tally, find
 from lmforge.data.records import DIGEST_SIZE, JsonlWriters, Kind, text_digest
 from lmforge.data.split import SPLITS, split_codes
 
@@ -190,32 +190,24 @@ def _pii_candidates(arr: pa.Array) -> np.ndarray:
     return found
 
 
-def _masked(
-    batch: TextBatch, kind: Kind, splits: np.ndarray, pii: Tally
-) -> tuple[pa.Array, np.ndarray | None, np.ndarray, list[tuple[int, str]]]:
-    """The texts as written under ``data.pii`` (masked, or their records dropped), the kept
-    documents' indices (None: all), the matches each kept one had, and the masked texts by
-    index."""
-    arr, n = batch.text, len(batch.text)
-    found = np.zeros(n, np.int32)
-    dropped: list[int] = []
-    candidates = np.flatnonzero(_pii_candidates(arr))
-    new_texts, new_at = [], np.zeros(n, bool)
-    for i in candidates:
-        old = arr[int(i)].as_py()
-        text, found[i] = pii.apply(kind, SPLITS[splits[i]], old)
-        if text is None and found[i]:
-            dropped.append(int(i))
-        elif text is not old:
+def _masked(arr: pa.Array, pii: Tally) -> tuple[pa.Array, dict[int, list[Match]]]:
+    """The texts masked (``Tally.masked``: under ``drop`` too, for their ids) and each
+    candidate's matches by index."""
+    matches: dict[int, list[Match]] = {}
+    new_texts, new_at = [], np.zeros(len(arr), bool)
+    for i in np.flatnonzero(_pii_candidates(arr)).tolist():
+        old = arr[i].as_py()
+        found = pii.scan(old)
+        if not found:
+            continue
+        matches[i] = found
+        new = pii.masked(old, found)
+        if new is not old:
             new_at[i] = True
-            new_texts.append((int(i), text))
+            new_texts.append(new)
     if new_texts:
-        values = pa.array([t for _, t in new_texts], arr.type)
-        arr = pc.replace_with_mask(arr, pa.array(new_at), values)
-    if not dropped:
-        return arr, None, found, new_texts
-    keep = np.setdiff1d(np.arange(n), dropped)
-    return arr.take(pa.array(keep)), keep, found[keep], new_texts
+        arr = pc.replace_with_mask(arr, pa.array(new_at), pa.array(new_texts, arr.type))
+    return arr, matches
 
 
 @dataclass
@@ -255,14 +247,21 @@ def process(
     counts, so a worker process can do it (``lmforge.data.workers``). ``checked``: the
     allow-list under which the profile counts the personal data left (None: not counted)."""
     n = len(batch.text)
-    ids, keys, hashes = _content_ids(batch.text)
-    splits = split_codes(keys, *salt)  # split_of, inlined
     sources = [batch.source] * n if isinstance(batch.source, str) else batch.source
-    text, keep, found, masked = _masked(batch, kind, splits, pii)
-    for i, new in masked:  # the profile hashes the text as written (the id, as read)
-        hashes[i] = int.from_bytes(text_digest(new.encode("utf-8"))[:8])
-    if keep is not None:
-        hashes, splits, ids = hashes[keep], splits[keep], ids.take(pa.array(keep))
+    # Masked first: the ids (and the profile's hashes) are of the text as written.
+    text, matches = _masked(batch.text, pii)
+    ids, keys, hashes = _content_ids(text)
+    splits = split_codes(keys, *salt)  # split_of, inlined
+    found = np.zeros(n, np.int32)
+    dropped = []
+    for i, each in matches.items():
+        found[i] = len(each)
+        if pii.count(kind, SPLITS[splits[i]], each):
+            dropped.append(i)
+    if dropped:
+        keep = np.setdiff1d(np.arange(n), dropped)
+        text, ids, found = text.take(pa.array(keep)), ids.take(pa.array(keep)), found[keep]
+        hashes, splits = hashes[keep], splits[keep]
         sources = [sources[i] for i in keep.tolist()]
     cols = _profile_columns(text, ids, hashes, sources, found, checked)
     lines, counts = _lines(text, ids, sources, splits, np.asarray(cols["control_chars"]))

@@ -74,24 +74,28 @@ _CLUSTER = re.compile(rf"\d[\d:]*(?:\D{{0,{_BEFORE + _AFTER}}}\d[\d:]*)*")
 _HEX = frozenset("0123456789abcdefABCDEF:")
 
 _FILE_EXTENSIONS = {"png", "jpg", "jpeg", "gif", "bmp", "svg", "webp", "tif", "tiff", "ico"}
-# ISO 13616 lengths of the IBAN countries (a wrong length is not an IBAN whatever its check).
+# ISO 13616 lengths of the IBAN countries (SWIFT's IBAN registry, release 101): a wrong length is
+# not an IBAN whatever its check, and the length is where an IBAN written in groups ends when
+# another code follows it ("DE89 3704 0044 0532 0130 00 BIC COBADEFFXXX").
 _IBAN_LENGTHS = {
     **dict.fromkeys(["NO"], 15),
     **dict.fromkeys(["BE"], 16),
-    **dict.fromkeys(["DK", "FI", "FO", "GL", "NL"], 18),
+    **dict.fromkeys(["DK", "FI", "FK", "FO", "GL", "NL", "SD"], 18),
     **dict.fromkeys(["MK", "SI"], 19),
-    **dict.fromkeys(["AT", "BA", "EE", "KZ", "LT", "LU", "XK"], 20),
-    **dict.fromkeys(["CH", "CR", "HR", "LI", "LV"], 21),
-    **dict.fromkeys(["BG", "BH", "DE", "GB", "GE", "IE", "ME", "RS", "VA"], 22),
-    **dict.fromkeys(["AE", "GI", "IL", "TL"], 23),
+    **dict.fromkeys(["AT", "BA", "EE", "KZ", "LT", "LU", "MN", "XK"], 20),
+    **dict.fromkeys(["CH", "HR", "LI", "LV"], 21),
+    **dict.fromkeys(["BG", "BH", "CR", "DE", "GB", "GE", "IE", "ME", "RS", "VA"], 22),
+    **dict.fromkeys(["AE", "GI", "IL", "IQ", "OM", "SO", "TL"], 23),
     **dict.fromkeys(["AD", "CZ", "ES", "MD", "PK", "RO", "SA", "SE", "SK", "TN", "VG"], 24),
-    **dict.fromkeys(["PT", "ST"], 25),
+    **dict.fromkeys(["LY", "PT", "ST"], 25),
     **dict.fromkeys(["IS", "TR"], 26),
-    **dict.fromkeys(["FR", "GR", "IT", "MC", "MR", "SM"], 27),
-    **dict.fromkeys(["AL", "AZ", "BY", "CY", "DO", "GT", "HU", "LB", "PL", "SV"], 28),
+    **dict.fromkeys(["BI", "DJ", "FR", "GR", "IT", "MC", "MR", "SM"], 27),
+    **dict.fromkeys(["AL", "AZ", "BY", "CY", "DO", "GT", "HN", "HU", "LB", "NI", "PL", "SV"], 28),
     **dict.fromkeys(["BR", "EG", "PS", "QA", "UA"], 29),
-    **dict.fromkeys(["JO", "KW", "MU"], 30),
+    **dict.fromkeys(["JO", "KW", "MU", "YE"], 30),
     **dict.fromkeys(["MT", "SC"], 31),
+    **dict.fromkeys(["LC"], 32),
+    **dict.fromkeys(["RU"], 33),
 }
 
 
@@ -260,10 +264,26 @@ def _check(kind: str, start: int, text: str) -> Match | None:
     lookaheads see what follows) if it passes its check, else the first later detector's."""
     for other in _NUMERIC[_NUMERIC.index(kind) :]:
         m = _EACH[other].match(text, start)
-        if m and _valid(other, m.group()):
-            if other == "ipv4" and not _ipv4_host(text, start, m.end()):
+        found = _iban_of(m.group()) if m and other == "iban" else m and m.group()
+        if found and _valid(other, found):
+            end = start + len(found)
+            if other == "ipv4" and not _ipv4_host(text, start, end):
                 continue
-            return Match(other, start, m.end(), m.group())
+            return Match(other, start, end, found)
+    return None
+
+
+def _iban_of(candidate: str) -> str | None:
+    """The IBAN that ``candidate`` starts with: as many letters and digits as its country's
+    length, ending where a group does. The pattern runs on over the next upper-case code
+    ("... 0130 00 BIC COBADEFFXXX", "... 7654 32 EUR 500"), which fails the check; cut at the
+    registry length, the IBAN itself is tried."""
+    want, seen = _IBAN_LENGTHS.get(candidate[:2], 0), 0
+    for i, ch in enumerate(candidate):
+        seen += ch != " "
+        if seen == want:
+            cut = candidate[: i + 1]  # the next character: a space or none (a group's end)
+            return cut if i + 1 == len(candidate) or candidate[i + 1] == " " else None
     return None
 
 
@@ -298,22 +318,28 @@ class Tally:
         self.records: Counter = Counter()  # (dataset, split) -> records with a match
         self.dropped: Counter = Counter()
 
-    def apply(self, dataset: str, split: str, text: str | None) -> tuple[str | None, int]:
-        """``text`` as the stage writes it under ``mode`` (None: drop the record), and the
-        number of matches found in it."""
-        matches = find(text, self.allow) if text else []
+    def scan(self, text: str | None) -> list[Match]:
+        """The matches in ``text`` that are not allow-listed."""
+        return find(text, self.allow) if text else []
+
+    def masked(self, text: str | None, matches: list[Match]) -> str | None:
+        """``text`` as the stage writes it under ``mask`` and ``keep``; under ``drop``, as
+        ``mask`` would have (the record is dropped): what a derived id is a hash of, so that
+        an id never carries what the masking removed (``records.as_written``)."""
+        return text if self.mode == "keep" or not matches else replace(text, matches)
+
+    def count(self, dataset: str, split: str, matches: list[Match]) -> bool:
+        """Count a record's ``matches`` under its split; True: ``drop`` removes the record."""
         if not matches:
-            return text, 0
+            return False
         self.found.setdefault(dataset, {}).setdefault(split, Counter()).update(
             m.kind for m in matches
         )
         self.records[dataset, split] += 1
         if self.mode == "drop":
             self.dropped[dataset, split] += 1
-            return None, len(matches)
-        if self.mode == "keep":
-            return text, len(matches)
-        return replace(text, matches), len(matches)
+            return True
+        return False
 
     def merge(self, other: Tally) -> None:
         """Add what ``other`` counted (a worker process's, ``lmforge.data.workers``)."""

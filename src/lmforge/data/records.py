@@ -77,8 +77,8 @@ def check_file(path: Path, max_file_mb: float, fmt: str = "jsonl") -> None:
 class Fields:
     """Which input field holds each part of a record: the ``data.*_field`` settings (``prefix``:
     ``data.`` for the corpus', ``data.labelled_`` for the labelled set's). An empty ``id``
-    derives the id from a hash of the text (``content_id``), an empty ``source`` takes the
-    file's stem."""
+    derives the id from a hash of the text as written, masked (``as_written``), an empty
+    ``source`` takes the file's stem."""
 
     text: str = "text"
     id: str = "id"
@@ -109,10 +109,21 @@ def text_digest(blob: bytes | memoryview) -> bytes:
 
 
 def content_id(text: str | None) -> str:
-    """A record id from its text: stable across runs and file order; the same text gives the
-    same id, so a repeated document is caught by the suites' unique-id expectation."""
+    """A record id from its text as written (after masking: ``as_written``): stable across
+    runs, clones and file order; the same text gives the same id, so a repeated document is
+    caught by the suites' unique-id expectation. Unkeyed, so it is only ever taken of a text
+    that is stored beside it: a hash of the unmasked text would give back a masked IPv4 address
+    or phone number to anyone who tries every candidate."""
     blob = ("\x00null" if text is None else text).encode("utf-8", "surrogatepass")
     return "h-" + text_digest(blob).hex()
+
+
+def as_written(rec: dict[str, Any], text: str | None) -> dict[str, Any]:
+    """``rec`` with ``text`` (masked: ``pii.Tally.masked``) in place of its text and, if its
+    id is derived (None from ``to_record``), the id of that text."""
+    if rec["id"] is None:
+        return {**rec, "id": content_id(text), "text": text}
+    return rec if text is rec["text"] else {**rec, "text": text}
 
 
 def _as_str(value: Any) -> Any:
@@ -163,8 +174,8 @@ def to_record(
         rec[name] = value
     if fields == IDENTITY and all(rec[k] is raw[k] for k in rec):
         rec = raw  # lmforge's own schema: the record as it was (extra fields kept)
-    if "id" not in rec:
-        rec = {"id": content_id(rec["text"]), **rec}
+    if "id" not in rec:  # derived after masking, from the text as written (``as_written``)
+        rec = {"id": None, **rec}
     elif not rec["id"]:
         raise DataError(
             f"{where}: field {wanted['id']!r} is empty; every record needs a unique id "

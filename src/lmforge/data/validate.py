@@ -24,7 +24,7 @@ from lmforge.data.columnar import Done, apply
 from lmforge.data.expectations import Profile, failure_message, run_suites
 from lmforge.data.labels import LABELS_FILE, resolve
 from lmforge.data.pii import Allow, Tally
-from lmforge.data.records import JsonlWriters, Kind
+from lmforge.data.records import JsonlWriters, Kind, as_written
 from lmforge.data.report_html import render
 from lmforge.data.sources import TextFiles, check_input
 from lmforge.data.split import SPLITS, split_of
@@ -85,15 +85,15 @@ def split_and_profile(
                 continue
             # the batches read before this record are written before it
             _applied(pool.drain(), prof, writers, counts)
+            # Masked first: a derived id is the hash of the masked text (as_written).
+            matches = pii.scan(rec["text"])
+            rec = as_written(rec, pii.masked(rec["text"], matches))
             split = split_of(rec["id"], cfg.split_salt, cfg.validation_share, cfg.test_share)
-            text, found = pii.apply(kind, split, rec["text"])
-            if found and text is None:
+            if pii.count(kind, split, matches):
                 continue  # dropped
             # What is written is scanned again when it was masked; a text without a match
             # is written as it was just scanned.
-            left = None if found else 0
-            if found:
-                rec = {**rec, "text": text}
+            left = None if matches else 0
             writers.write(split, rec)
             counts[split] += 1
             prof.add(rec, pii_left=left)  # ignored under keep: no pii column
