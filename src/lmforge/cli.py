@@ -232,13 +232,20 @@ def promote(
         str | None, typer.Option(help="Version to promote (default: the challenger).")
     ] = None,
     rollback: Annotated[bool, typer.Option(help="Restore the previous champion instead.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Promote a version that was rolled back (recorded with who and when on the "
+            "version); the gate still applies."
+        ),
+    ] = False,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
     """Move the ``champion`` alias to the challenger if it passes the gate (or roll back)."""
     cfg = _config(params, set_, "promote")
     name = model or cfg.register.classifier_model_name
-    _step("lmforge.registry:promote", cfg, name, version=version, rollback=rollback)
+    _step("lmforge.registry:promote", cfg, name, version=version, rollback=rollback, force=force)
 
 
 @_command("evaluate", "register", "tracking")

@@ -56,12 +56,17 @@ class Lease:
         return current is not None and current.get(TOKEN_TAG) == self.token
 
 
-def _holder() -> str:
+def who() -> str:
+    """``user@host`` of this process, for the registry's records of who did what."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):  # no passwd entry in some containers
         user = "unknown"
-    return f"{user}@{socket.gethostname()}:{os.getpid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _holder() -> str:
+    return f"{who()}:{os.getpid()}"
 
 
 def _read(client, lock: str) -> dict[str, str] | None:

@@ -5,6 +5,12 @@ transition a crashed promotion left (:mod:`lmforge.registry.transition`), re-rea
 judge the candidate against it (:func:`lmforge.metrics.gate`), check the lock is still ours, then
 record and apply the move. Any registry error while reading refuses the promotion and changes
 nothing; an error while writing leaves a recorded transition that the next call completes.
+
+A rollback sticks: the version it removed is tagged ``lmforge.rolled_back_at`` (and ``_by``), and
+is never promoted again (a pipeline rerun, the deploy step, a crashed rollback's completion) until
+a newer version is registered or someone passes ``force``, which is recorded on the version
+(``lmforge.forced_by``, ``lmforge.forced_at``) and in the transition. See docs/reliability.md,
+"Promotion state machine".
 """
 
 from __future__ import annotations
@@ -16,7 +22,14 @@ from lmforge.errors import RegistryError
 from lmforge.metrics import Check, gate
 from lmforge.registry import aliases, transition
 from lmforge.registry.connection import bounded_http, describe, ensure_reachable
-from lmforge.registry.lock import Lease, promotion_lock
+from lmforge.registry.lock import Lease, promotion_lock, who
+
+PROMOTED_AT = "lmforge.promoted_at"
+ROLLED_BACK_AT = "lmforge.rolled_back_at"  # set on the champion a rollback removed; sticky
+ROLLED_BACK_BY = "lmforge.rolled_back_by"
+FORCED_BY = "lmforge.forced_by"  # who promoted a rolled-back version with --force
+FORCED_AT = "lmforge.forced_at"
+FORCED_OVER = "lmforge.forced_over_rollback"  # the rollback that --force overrode
 
 
 @dataclass
@@ -26,6 +39,12 @@ class PromoteResult:
     champion: str
     previous: str | None
     checks: list[Check] = field(default_factory=list)
+    forced_by: str | None = None  # user@host, when --force promoted a rolled-back version
+
+    def summary(self) -> str:
+        """One line: the action, the champion, and why when it is not the plain outcome."""
+        notes = [c.detail for c in self.checks if c.name in ("rolled_back", "force", "repair")]
+        return f"{self.action}, champion {self.champion}" + "".join(f"; {n}" for n in notes)
 
 
 def _gate_of(cfg: Config, name: str) -> tuple[str, float]:
@@ -37,17 +56,30 @@ def _gate_of(cfg: Config, name: str) -> tuple[str, float]:
 
 
 def promote(
-    cfg: Config, model_name: str, version: str | None = None, rollback: bool = False
+    cfg: Config,
+    model_name: str,
+    version: str | None = None,
+    rollback: bool = False,
+    force: bool = False,
 ) -> PromoteResult:
     """Move ``champion`` to ``version`` (default: the challenger) if it passes the gate.
 
     Idempotent: promoting the current champion again changes nothing. ``rollback=True`` gives
-    ``champion`` back to the version under ``previous``. Refusals raise ``RegistryError``
-    naming every failed check with its numbers, or the registry error and the tracking URI.
+    ``champion`` back to the version under ``previous``. A version that was rolled back is not
+    promoted again: as the challenger, nothing changes and the result says why; asked for by
+    ``version``, it is refused. ``force=True`` promotes it anyway (the gate still applies).
+    Refusals raise ``RegistryError`` naming every failed check with its numbers, or the
+    registry error and the tracking URI.
     """
     from mlflow.exceptions import MlflowException
 
     from lmforge import tracking
+
+    if force and rollback:
+        raise RegistryError(
+            f"model {model_name}: --force overrides an earlier rollback when promoting; it means "
+            "nothing with --rollback: drop one of them"
+        )
 
     uri = tracking.tracking_uri(cfg)
     ensure_reachable(cfg, uri)
@@ -65,7 +97,7 @@ def promote(
                 if rollback:
                     result = _rollback(cfg, client, model_name, lease)
                 else:
-                    result = _promote(cfg, client, model_name, version, lease)
+                    result = _promote(cfg, client, model_name, version, lease, force)
                 if repaired is not None:
                     result.checks.insert(0, repaired[1])
                 return result
@@ -109,19 +141,47 @@ def _candidate(client, name: str, version: str | None, alias: str):
         raise
 
 
-def _promote(cfg: Config, client, name: str, version: str | None, lease: Lease) -> PromoteResult:
+def _rolled_back(version) -> str | None:
+    """``at <time> by <who>`` when ``version`` was rolled back (and not forced since)."""
+    tags = version.tags or {}
+    if not tags.get(ROLLED_BACK_AT):
+        return None
+    by = tags.get(ROLLED_BACK_BY)
+    return f"at {tags[ROLLED_BACK_AT]}" + (f" by {by}" if by else "")
+
+
+def _unchanged(client, name: str, reg, champion, check: Check) -> PromoteResult:
+    previous = aliases.find_alias(client, name, reg.previous_alias)
+    return PromoteResult(
+        name, "unchanged", str(champion.version), previous and str(previous.version), [check]
+    )
+
+
+def _promote(
+    cfg: Config, client, name: str, version: str | None, lease: Lease, force: bool
+) -> PromoteResult:
     reg = cfg.register
     candidate = _candidate(client, name, version, reg.challenger_alias)
+    v = str(candidate.version)
     champion = aliases.find_alias(client, name, reg.champion_alias)
-    if champion is not None and str(champion.version) == str(candidate.version):
-        previous = aliases.find_alias(client, name, reg.previous_alias)
-        return PromoteResult(
+    if champion is not None and str(champion.version) == v:
+        return _unchanged(
+            client,
             name,
-            "unchanged",
-            str(champion.version),
-            previous and str(previous.version),
-            [Check("champion", True, f"version {champion.version} already is the champion")],
+            reg,
+            champion,
+            Check("champion", True, f"version {v} already is the champion"),
         )
+    rolled_back = _rolled_back(candidate)
+    if rolled_back and not force:
+        why = (
+            f"version {v} was rolled back {rolled_back} and is not promoted again until a newer "
+            f"version is registered; to promote it anyway: lmforge promote --model {name} "
+            f"--version {v} --force"
+        )
+        if version is None and champion is not None:  # the challenger: nothing new to promote
+            return _unchanged(client, name, reg, champion, Check("rolled_back", False, why))
+        raise RegistryError(f"model {name}: {why}")
 
     metric, threshold = _gate_of(cfg, name)
     checks = gate(
@@ -143,17 +203,38 @@ def _promote(cfg: Config, client, name: str, version: str | None, lease: Lease) 
     else:
         new_previous = start
     history = aliases.history(aliases.model_tags(client, name))
+    at = transition.now()
+    marks: list[list[str | None]] = [[v, PROMOTED_AT, at]]
+    forced_by = None
+    if rolled_back:  # and forced: say who and when, on the version; the rollback is overridden
+        forced_by = who()
+        marks += [
+            [v, FORCED_BY, forced_by],
+            [v, FORCED_AT, at],
+            [v, FORCED_OVER, f"rolled back {rolled_back}"],
+            [v, ROLLED_BACK_AT, None],
+            [v, ROLLED_BACK_BY, None],
+        ]
+        checks.append(
+            Check(
+                "force",
+                True,
+                f"version {v} was rolled back {rolled_back}; promoted with "
+                f"--force by {forced_by} at {at}",
+            )
+        )
     move = transition.Transition(
         op="promote",
         start=start,
-        champion=str(candidate.version),
+        champion=v,
         previous=new_previous,
-        history=[*history, str(candidate.version)][-transition.HISTORY_KEPT :],
-        mark=[str(candidate.version), "lmforge.promoted_at", transition.now()],
+        history=[*history, v][-transition.HISTORY_KEPT :],
+        marks=marks,
+        forced_by=forced_by,
     )
     _still_held(lease, name, cfg)
     transition.carry_out(client, name, move, reg)
-    return PromoteResult(name, "promoted", move.champion, start, checks)
+    return PromoteResult(name, "promoted", move.champion, start, checks, forced_by)
 
 
 def _rollback(cfg: Config, client, name: str, lease: Lease) -> PromoteResult:
@@ -179,14 +260,18 @@ def _rollback(cfg: Config, client, name: str, lease: Lease) -> PromoteResult:
         champion=str(previous.version),
         previous=earlier,
         history=history or [str(previous.version)],
-        mark=None if start is None else [start, "lmforge.rolled_back_at", transition.now()],
+        # The version rolled back from stays out of `champion` until forced or superseded.
+        marks=[]
+        if start is None
+        else [[start, ROLLED_BACK_AT, transition.now()], [start, ROLLED_BACK_BY, who()]],
     )
     _still_held(lease, name, cfg)
     transition.carry_out(client, name, move, reg)
+    sticky = "" if start is None else f"; version {start} is not promoted again unless forced"
     return PromoteResult(
         name,
         "rolled_back",
         move.champion,
         earlier,
-        [Check("rollback", True, f"champion {start} -> {previous.version}")],
+        [Check("rollback", True, f"champion {start} -> {previous.version}{sticky}")],
     )

@@ -6,11 +6,15 @@ State of a registered model, as lmforge reads it under the promotion lock:
   ``lmforge.champion_history`` (champion versions in promotion order), no transition tag;
 - **in transition**: the registered-model tag ``lmforge.transition`` holds the *target* state
   (JSON: ``op``, ``from`` = the champion it started from, ``champion``, ``previous``,
-  ``history``, ``mark`` = a version tag to set), written before any alias moves.
+  ``history``, ``marks`` = version tags to set, or delete when their value is null,
+  ``forced_by`` = who passed ``--force``), written before any alias moves.
 
 A move is ``settled --record--> in transition --apply--> settled``, where *apply* sets
-``champion``, then ``previous`` (or deletes it), then the history tag, then the mark, then
-deletes the transition tag. Every write of *apply* is idempotent, so a crash anywhere leaves
+``champion``, then ``previous`` (or deletes it), then the history tag, then the marks, then
+deletes the transition tag. The marks make a rollback stick: ``lmforge.rolled_back_at`` on the
+version that lost ``champion`` keeps :func:`lmforge.registry.promote` from promoting it again
+until ``--force`` (whose marks delete it). The full state machine is in docs/reliability.md
+("Promotion state machine"). Every write of *apply* is idempotent, so a crash anywhere leaves
 either the old settled state (crash before the record: nothing changed) or a recorded
 transition, which the next ``promote`` or ``promote --rollback`` completes first thing under
 the lock (:func:`repair`): the gate already passed, under the lock, for that target. If the
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from lmforge.config import RegisterConfig
 from lmforge.errors import RegistryError
@@ -41,7 +45,9 @@ class Transition:
     champion: str
     previous: str | None
     history: list[str]
-    mark: list[str] | None = None  # [version, tag, value]: set on a version when done
+    # [version, tag, value]: set on a version when done; a value of None deletes the tag
+    marks: list[list[str | None]] = field(default_factory=list)
+    forced_by: str | None = None  # user@host who passed --force over a rollback
 
     def to_json(self) -> str:
         record = asdict(self)
@@ -51,17 +57,25 @@ class Transition:
     @classmethod
     def from_json(cls, text: str) -> Transition:
         record = json.loads(text)
+        marks = record.get("marks")
+        if marks is None:  # recorded by an earlier lmforge: one optional "mark"
+            marks = [record["mark"]] if record.get("mark") else []
         return cls(
             op=str(record["op"]),
             start=record.get("from"),
             champion=str(record["champion"]),
             previous=record.get("previous"),
             history=[str(v) for v in record.get("history", [])],
-            mark=record.get("mark"),
+            marks=[[str(v), str(tag), value] for v, tag, value in marks],
+            forced_by=record.get("forced_by"),
         )
 
     def describe(self) -> str:
-        return f"{self.op} of champion {self.start} -> {self.champion} (previous {self.previous})"
+        forced = f", forced by {self.forced_by}" if self.forced_by else ""
+        return (
+            f"{self.op} of champion {self.start} -> {self.champion} "
+            f"(previous {self.previous}{forced})"
+        )
 
 
 def now() -> str:
@@ -106,8 +120,11 @@ def apply(client, name: str, move: Transition, reg: RegisterConfig) -> None:
         elif find_alias(client, name, reg.previous_alias) is not None:
             client.delete_registered_model_alias(name, reg.previous_alias)
         client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(move.history))
-        if move.mark:
-            client.set_model_version_tag(name, *move.mark)
+        for version, tag, value in move.marks:
+            if value is None:  # deleting a tag that is gone already is no error: idempotent
+                client.delete_model_version_tag(name, version, tag)
+            else:
+                client.set_model_version_tag(name, version, tag, value)
         client.delete_registered_model_tag(name, TRANSITION_TAG)
     except (MlflowException, RegistryError) as exc:
         raise RegistryError(
