@@ -97,8 +97,19 @@ def init_distributed(device: str = "auto", num_threads: int = 0) -> Runtime:
             rank=rt.rank,
             world_size=rt.world_size,
             device_id=_device_id(rt),
+            timeout=collective_timeout(),
         )
     return rt
+
+
+def collective_timeout():
+    """How long a collective may wait for a rank: an hour, not NCCL's 10-minute default, which
+    rank 0's end-of-run work (gathering, saving and uploading a multi-GB model while the others
+    wait at the closing barrier) can outlast. A dead rank is still found at once: torchrun's
+    agent restarts the group when any worker exits. ``LMFORGE_COLLECTIVE_TIMEOUT_S`` overrides."""
+    from datetime import timedelta
+
+    return timedelta(seconds=_env_int("LMFORGE_COLLECTIVE_TIMEOUT_S", 3600))
 
 
 def _store(rt: Runtime) -> dist.Store:

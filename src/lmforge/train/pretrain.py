@@ -223,7 +223,8 @@ def _write_outputs(out_dir, hf_config, state, tok_dir, history, outcome) -> None
     """Each of model/, plots/, metrics.json appears whole (temp name, then rename)."""
     with atomic_output_dir(out_dir / "model") as model_dir:
         model = _empty_model(hf_config)
-        model.load_state_dict(state)
+        model.load_state_dict(state, assign=True)  # the gathered tensors, not copies into new ones
+        model.tie_weights()  # assign gave lm_head its own tensor: share the embedding's again
         model.save_pretrained(model_dir, safe_serialization=True)
         for f in tok_dir.iterdir():
             if f.is_file():
@@ -240,12 +241,15 @@ def _write_outputs(out_dir, hf_config, state, tok_dir, history, outcome) -> None
 
 def _empty_model(hf_config):
     """A model of ``hf_config``'s class to load the trained state into: lmforge's own decoders
-    as ``build_model`` makes them, any other (``pretrain.init_from``) through the auto class."""
+    as ``build_model`` makes them, any other (``pretrain.init_from``) through the auto class.
+    Built on the meta device: no memory and no random init, which for a 7B model on rank 0 took
+    minutes while the other ranks waited at the closing barrier."""
     from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig
 
-    if type(hf_config) in (LlamaConfig, MistralConfig):
-        return build_model(hf_config)
-    return AutoModelForCausalLM.from_config(hf_config)
+    with torch.device("meta"):
+        if type(hf_config) in (LlamaConfig, MistralConfig):
+            return build_model(hf_config)
+        return AutoModelForCausalLM.from_config(hf_config)
 
 
 def _fmt(value: float | None) -> str:
