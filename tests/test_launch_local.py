@@ -16,7 +16,9 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
+from process_fixtures import RUNNER, running, signalable_child, still_running_after, wait_for
 
 from lmforge.config import load_config, load_config_text
 from lmforge.errors import LaunchError
@@ -71,6 +73,11 @@ elif action == "talk":  # healthy and logging (training in the new world)
         time.sleep(0.1)
 elif action.startswith("exit"):
     sys.exit(int(action[4:]))
+elif action == "escape":  # a helper in a session of its own, as torchrun starts its workers
+    import subprocess
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    open(os.path.join(out, f"escaped-{name}"), "w").close()
+    time.sleep(3600)
 """
 
 
@@ -79,7 +86,7 @@ def make_job(tmp_path: Path, script: str, args: list[str], overrides=()):
     (root / "out").mkdir(parents=True)
     script_path = tmp_path / "standin.py"
     script_path.write_text(script)
-    cfg = load_config(None, list(overrides))
+    cfg = load_config(None, ["launch.api=pytorchjob", *overrides])  # whatever the default api
     configmap, job = render(cfg, root / "tok", root / "out", root=root, run_name="Local Test")
     for spec in job["spec"]["pytorchReplicaSpecs"].values():
         container = spec["template"]["spec"]["containers"][0]
@@ -303,3 +310,25 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return "Z"
+
+
+def test_a_launcher_stopped_with_sigterm_ends_what_its_replicas_started(tmp_path):
+    """SIGTERM to the launcher ends the replicas and the helpers they started in sessions of
+    their own, within 10 s; the launcher exits."""
+    cfg, root, configmap, job = make_job(tmp_path, SCRIPTED, ["master=escape", "worker=escape"])
+    spec = tmp_path / "spec.json"
+    d = {"job": job, "configmap": configmap, "root": str(root), "pvc": cfg.launch.pvc_name}
+    spec.write_text(json.dumps(d))
+    launcher = signalable_child(RUNNER, [str(spec)], dict(os.environ))
+    started: list[psutil.Process] = []
+    try:
+        for name in ("master", "worker"):
+            wait_for(root / "out" / f"escaped-{name}", launcher)
+        started = psutil.Process(launcher.pid).children(recursive=True)
+        assert len(started) == 4  # 2 replicas, a helper each
+        launcher.send_signal(signal.SIGTERM)
+        assert still_running_after(started, 10) == []
+        launcher.wait(5)
+    finally:
+        for p in [launcher, *running(started)]:  # whatever a failure leaves
+            p.kill()

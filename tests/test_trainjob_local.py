@@ -9,10 +9,14 @@ model on 2 nodes under torchrun, kills one, and ends at the same loss as an unin
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
+from process_fixtures import RUNNER, running, signalable_child, still_running_after, wait_for
 from test_launch_local import kill_first_run_of
 from test_launch_pretrain import TINY
 
@@ -32,6 +36,24 @@ runs = os.path.join(out, f"runs-{name}")
 n = len(open(runs).read().splitlines()) if os.path.exists(runs) else 0
 open(runs, "a").write(f"{n}\\n")
 sys.exit(int(plan.get(f"{name}.{n}", plan.get(name, "0"))))
+"""
+# A worker under real torchrun, training until it is stopped: rank 0 holds the checkpoint
+# folder's writer lock and ignores SIGTERM (as one stuck in a collective does); each starts a
+# helper in a session of its own, as torchrun starts the worker itself.
+TRAINING = """
+import os, signal, subprocess, sys, time
+from pathlib import Path
+from lmforge.outputs import owner_lock
+out, mode, rank = Path(sys.argv[1]), sys.argv[2], int(os.environ["RANK"])
+lock = out / "checkpoints" / ".writer.lock"
+with owner_lock(lock, "checkpoint folder") if rank == 0 else open(os.devnull):
+    if mode == "train":
+        if rank == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                         start_new_session=True)
+        (out / f"training-{rank}").write_text(str(os.getpid()))
+        time.sleep(600)
 """
 PET = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
 
@@ -92,6 +114,41 @@ def test_job_completes_when_every_node_does_after_a_restart(tmp_path):
     cfg, root, configmap, job = make_job(tmp_path, PLANNED, ["node1.0=1"], torchrun=False)
     result = runner(cfg, root, configmap, job, []).run()
     assert result["restarts"] == 1 and (runs(root, "node0"), runs(root, "node1")) == (2, 2)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stopped_runner_ends_every_process_it_started_and_frees_the_lock(tmp_path, sig):
+    """Ctrl-C or SIGTERM to the runner while 2 nodes train under torchrun: within 10 s no
+    torchrun, worker (in its own session) or helper of theirs is left, nor the runner's
+    scratch folder, and the next run takes the checkpoint folder's lock."""
+    cfg, root, configmap, job = make_job(tmp_path, TRAINING, ["train"])
+    (root / "out" / "checkpoints").mkdir()
+    spec = tmp_path / "spec.json"
+    runtime = trainjob.render_runtime(cfg)
+    d = {"job": job, "runtime": runtime, "configmap": configmap, "root": str(root)}
+    spec.write_text(json.dumps(d | {"pvc": cfg.launch.pvc_name}))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    launcher = signalable_child(RUNNER, [str(spec)], {**os.environ, "TMPDIR": str(scratch)})
+    started: list[psutil.Process] = []
+    try:
+        for rank in (0, 1):
+            wait_for(root / "out" / f"training-{rank}", launcher)
+        started = psutil.Process(launcher.pid).children(recursive=True)
+        # 2 torchruns, their 2 workers, and a helper each
+        assert len([p for p in started if "time.sleep(600)" in " ".join(p.cmdline())]) == 2
+        assert len(started) >= 6
+        launcher.send_signal(sig)
+        assert still_running_after(started, 10) == []
+        launcher.wait(5)
+    finally:
+        for p in [launcher, *running(started)]:  # whatever a failure leaves
+            p.kill()
+    assert list(scratch.iterdir()) == []  # the ConfigMap's folder, removed
+    job["spec"]["trainer"]["args"][-1] = "finish"  # take the lock, and end
+    result = runner(cfg, root, configmap, job, []).run()
+    assert result["restarts"] == 0
+    assert not (root / "out" / "checkpoints" / ".writer.lock").exists()
 
 
 @pytest.mark.slow

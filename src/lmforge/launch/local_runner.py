@@ -18,11 +18,17 @@ collective: no log line) is stopped and restarted, as a cluster's collective tim
 the job converges instead of hanging; one that keeps logging has joined the new world (it was
 still in rendezvous) and is left alone. The restarted replicas meet again and resume from the
 last checkpoint.
+
+Every process the runner starts ends with it: on success, failure, Ctrl-C or SIGTERM it ends
+each replica's main process and everything below it (``ProcessTree``: torchrun's workers live in
+sessions of their own), SIGTERM then SIGKILL after ``STOP_GRACE_S``; and a replica whose main
+process ends takes whatever it started with it, as a pod's containers do.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import shutil
 import signal
@@ -39,6 +45,7 @@ from typing import Any
 
 from lmforge.cores import threads_per_process, usable_cores
 from lmforge.errors import LaunchError
+from lmforge.launch.process_tree import ProcessTree, Seen, signals_as_interrupt, signals_deferred
 from lmforge.launch.pytorchjob import CONTAINER
 
 RETRYABLE = {
@@ -47,6 +54,8 @@ RETRYABLE = {
     "ExitCode": lambda code: code >= 128,
     "Never": lambda code: False,
 }
+STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL: all of a job's processes are gone within 10 s
+SCAN_EVERY_S = 0.5  # how often the runner looks for the processes its replicas started
 
 
 def free_port() -> int:
@@ -64,6 +73,7 @@ class Replica:
     argv: list[str]
     env: dict[str, str]
     proc: subprocess.Popen | None = None
+    root: Seen | None = None  # its main process, as the runner's ProcessTree knows it
     pump: threading.Thread | None = None  # copies its output to the log, line by line
     started_at: float = 0.0
     peer_deadline: float | None = None  # a peer of its world died: stop it if silent till then
@@ -126,6 +136,7 @@ class LocalRunner:
         self.backoff_limit = job["spec"].get("runPolicy", {}).get("backoffLimit")
         self.restarts = 0
         self._lock = threading.Lock()
+        self._tree = ProcessTree()
 
     # -- spec -> processes ----------------------------------------------------------------
 
@@ -250,6 +261,7 @@ class LocalRunner:
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
+        r.root = self._tree.add_root(r.proc.pid)
         r.started_at, r.peer_deadline = time.monotonic(), None
         r.pump = threading.Thread(target=self._pump, args=(r, r.proc), daemon=True)
         r.pump.start()
@@ -267,24 +279,38 @@ class LocalRunner:
             with self._lock:
                 self.echo(f"[{r.name}] {line}")
 
+    def _stop(self, r: Replica, grace_s: float = STOP_GRACE_S) -> None:
+        self._end([r], grace_s)
+
+    def _end(self, replicas: list[Replica], grace_s: float = STOP_GRACE_S) -> None:
+        """End these replicas and every process they started, all at once: SIGTERM, then
+        SIGKILL what still runs after ``grace_s``."""
+        self._tree.scan()  # first: a signalled process may orphan what it started
+        self._signal_groups(replicas, signal.SIGTERM)
+        self._tree.end({r.root for r in replicas if r.root}, grace_s=grace_s)
+        self._signal_groups(replicas, signal.SIGKILL)
+        for r in replicas:
+            if r.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    r.proc.wait(1)  # dead by now (a zombie): reap it
+
     @staticmethod
-    def _stop(r: Replica, grace_s: float = 10) -> None:
-        if r.proc is None or r.proc.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 30)):
-            try:
-                os.killpg(r.proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                r.proc.wait(wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+    def _signal_groups(replicas: list[Replica], sig: int) -> None:
+        """Signal each replica's process group (what it started since the last scan, too). Only
+        while its leader is unreaped: until then no new process can get its id."""
+        for r in replicas:
+            if r.proc is not None and r.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(r.proc.pid, sig)
+
+    def _end_of_pod(self, r: Replica) -> None:
+        """Its main process ended: its pod ends, and every process in it (a container's
+        processes are killed with it), now, before anything restarts."""
+        if r.root is not None:
+            self._tree.end({r.root}, grace_s=0)
 
     def _fail(self, replicas: list[Replica], reason: str, culprit: Replica | None) -> LaunchError:
-        for r in replicas:
-            self._stop(r)
+        self._end(replicas)
         tail = ""
         if culprit is not None and culprit.tail:
             tail = f"\nlast lines of {culprit.name}:\n  " + "\n  ".join(culprit.tail)
@@ -323,23 +349,32 @@ class LocalRunner:
         self._start(r)
 
     def run(self) -> dict[str, Any]:
-        """Run the job to completion; the result names the job and counts restarts."""
-        with tempfile.TemporaryDirectory(prefix=f"{self.name}-") as tmp:
+        """Run the job to completion; the result names the job and counts restarts. SIGTERM
+        (like Ctrl-C) raises KeyboardInterrupt here, after every process has been ended."""
+        with signals_as_interrupt(), tempfile.TemporaryDirectory(prefix=f"{self.name}-") as tmp:
             port = free_port()
             replicas = self._replicas(Path(tmp), port)
+            for r in replicas:  # a pod's /tmp goes with it (torchrun leaves its log folders)
+                r.env["TMPDIR"] = str(Path(tmp) / "tmp" / r.name)
+                Path(r.env["TMPDIR"]).mkdir(parents=True)
             deadline = time.monotonic() + self.timeout_s
             try:
                 for r in replicas:
                     self._start(r)
                 self._watch(replicas, deadline)
             finally:
-                for r in replicas:
-                    self._stop(r)
+                with signals_deferred():  # a second Ctrl-C must not cut the cleanup short
+                    self._end(replicas)
+                    self._tree.end(None)  # and any leftover of an earlier incarnation
         return {"job": self.name, "replicas": len(replicas), "restarts": self.restarts}
 
     def _watch(self, replicas: list[Replica], deadline: float) -> None:
         master = [r for r in replicas if r.rtype == "master"]
+        next_scan = 0.0
         while True:
+            if time.monotonic() >= next_scan:  # remember workers before anything orphans them
+                self._tree.scan()
+                next_scan = time.monotonic() + SCAN_EVERY_S
             for r in replicas:
                 code = None if r.proc is None else r.proc.poll()
                 if r.succeeded or code is None:
@@ -348,8 +383,9 @@ class LocalRunner:
                             f"[{r.name}] silent for {self.peer_timeout_s}s after a peer "
                             "died (stuck in a collective): stopping it"
                         )
-                        self._stop(r, grace_s=5)
+                        self._stop(r)
                     continue
+                self._end_of_pod(r)
                 if r.pump is not None:
                     r.pump.join(timeout=5)  # exited: let its last lines reach the log
                 if code == 0:

@@ -7,7 +7,8 @@ What the Trainer, JobSet and the kubelet do, done with processes (``LocalRunner`
 - each node gets only what the Trainer injects: ``PET_NNODES``, ``PET_NPROC_PER_NODE``,
   ``PET_NODE_RANK``, ``PET_MASTER_ADDR`` (127.0.0.1), ``PET_MASTER_PORT`` (a free port; 29500 on
   a cluster), plus ``trainer.env``. No RANK, WORLD_SIZE or MASTER_ADDR: torchrun derives them;
-- a node's main process ending ends its pod: whatever it started is killed with it;
+- a node's main process ending ends its pod: whatever it started is killed with it (torchrun's
+  workers too, which live in sessions of their own: ``ProcessTree``);
 - a node that fails fails its Job (``backoffLimit: 0``, pods ``restartPolicy: Never``) and the
   JobSet restarts every node together, up to ``failurePolicy.maxRestarts`` times, then fails
   (``ReachedMaxRestarts``); the new world resumes from the last checkpoint;
@@ -16,14 +17,10 @@ What the Trainer, JobSet and the kubelet do, done with processes (``LocalRunner`
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import shutil
-import signal
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,24 +30,6 @@ from lmforge.launch.trainjob import CONTAINER, REPLICATED_JOB
 
 # What a pod never inherits from the machine that launches it: a world is the Trainer's to say.
 _NOT_INHERITED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
-
-
-def descendants(pid: int, proc: Path = Path("/proc")) -> set[int]:
-    """Every live process below ``pid`` (Linux ``/proc``; elsewhere none are known)."""
-    children: dict[int, list[int]] = {}
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def _by_name(items: list[dict[str, Any]], patch: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -154,23 +133,6 @@ class TrainJobRunner(LocalRunner):
             for rank in range(self.nnodes)
         ]
 
-    def _start(self, r: Replica) -> None:
-        super()._start(r)
-        proc = r.proc
-
-        def end_of_pod() -> None:  # its main process ended: the container, and all in it, ends
-            known: set[int] = set()
-            while proc.poll() is None:  # torchrun starts its workers in sessions of their own
-                known |= descendants(proc.pid)
-                time.sleep(0.1)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            for pid in known:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-
-        threading.Thread(target=end_of_pod, daemon=True).start()
-
     def _on_exit(self, r: Replica, code: int, replicas: list[Replica]) -> None:
         """A node failed: its Job fails, and the JobSet restarts all nodes or fails."""
         if self.restarts >= self.max_restarts:
@@ -185,8 +147,7 @@ class TrainJobRunner(LocalRunner):
             f"[{r.name}] exited with code {code}; restarting all {len(replicas)} nodes "
             f"(JobSet restart {self.restarts}/{self.max_restarts})"
         )
-        for peer in replicas:
-            self._stop(peer, grace_s=5)
+        self._end(replicas)
         for peer in replicas:
             peer.succeeded = False
             peer.restarts += 1
