@@ -27,8 +27,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """Weight decay on 2-D+ weights (matmuls, embeddings), none on norms and biases.
 
-    The fused kernel where every parameter is a plain tensor (CPU and CUDA have one); the
-    multi-tensor ``foreach`` path for FSDP2's DTensor shards.
+    The fused kernel (CPU and CUDA have one), also on FSDP2's DTensor shards: DTensor runs it on
+    each local shard (AdamW is element-wise), as torchtitan does; ``foreach`` there cost a
+    kernel launch per tensor group on GPUs.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
@@ -37,6 +38,4 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    plain = all(type(p.data) is torch.Tensor for p in params)
-    kind = {"fused": True} if plain else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **kind)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
