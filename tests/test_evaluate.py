@@ -154,7 +154,11 @@ def test_a_champion_naming_code_outside_transformers_is_refused(
     marker = tmp_path / "code-ran"
     _champion_with_custom_code(embedded_store, tmp_path / "evil", marker, where)
     stages = trained_stages
-    with pytest.raises(RegistryError, match="refused: it names classes outside transformers"):
+    reason = {
+        "mlmodel": "pipeline_model_type = 'EvilForSequenceClassification': a class outside",
+        "config": "model/config.json.auto_map = ",
+    }[where]
+    with pytest.raises(RegistryError, match="refused, loading it could run code") as refused:
         evaluate(
             embedded_store,
             stages["pretrain"],
@@ -163,5 +167,7 @@ def test_a_champion_naming_code_outside_transformers_is_refused(
             stages["augmented"],
             tmp_path / "eval",
         )
+    assert reason in str(refused.value)
+    assert "model/modeling_evil.py: Python source" in str(refused.value)
     assert not marker.exists()  # nothing from the registry ran
     assert not (tmp_path / "eval").exists()  # and nothing was written

@@ -184,13 +184,14 @@ def ui_command(cfg: Config, host: str = "127.0.0.1", port: int = 5000) -> list[s
 
 
 def serve_ui(cfg: Config, host: str = "127.0.0.1", port: int = 5000) -> int:
-    """Serve MLflow's UI on the project's store until interrupted; returns the exit code."""
+    """Serve MLflow's UI on the project's store until interrupted (Ctrl-C, SIGTERM, SIGHUP:
+    exit code 0) or it exits (its code). The server, its uvicorn workers and job runner are
+    stopped with lmforge (``lmforge.children``): none is left holding the port."""
+    from lmforge.children import run_until_stopped
+
     cmd = ui_command(cfg, host, port)
     print(f"MLflow UI on http://{host}:{port} over {cmd[cmd.index('--backend-store-uri') + 1]}")
-    try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return 0
+    return run_until_stopped(cmd)
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,8 +188,9 @@ def _load_dir(model_dir: Path, tokenizer_dir: Path, where: str, error: type[Exce
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _require_lm(json.loads((model_dir / "config.json").read_text()), where, error)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=False)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
+    local = {"local_files_only": True, "trust_remote_code": False}  # never the hub, no code
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **local)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, **local)
     return model.eval(), tokenizer
 
 
@@ -228,20 +228,14 @@ def load_lm(cfg: Config, source: str) -> tuple[Any, Any, str]:
         match = URI.match(source)
         if match is None:
             raise RegistryError(f"{source}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
-        import mlflow
-
-        from lmforge.registry.loading import check_no_remote_code
+        from lmforge.registry.loading import checked_version
 
         client, mv = resolve_version(cfg, match["name"], match["alias"], match["version"])
         what = f"models:/{mv.name}/{mv.version}"  # pinned: the alias may move while we load
-        with tempfile.TemporaryDirectory(prefix="lmforge-generate-") as tmp:
-            root = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=what, dst_path=tmp, tracking_uri=client.tracking_uri
-                )
+        with checked_version(client, mv.name, str(mv.version), "lmforge-generate-") as checked:
+            model, tokenizer = _load_dir(
+                checked.model_dir, checked.tokenizer_dir, what, RegistryError
             )
-            model_dir, tokenizer_dir = check_no_remote_code(root, what)
-            model, tokenizer = _load_dir(model_dir, tokenizer_dir, what, RegistryError)
         return model, tokenizer, what
     folder = Path(source)
     if (folder / "MLmodel").is_file():  # a downloaded MLflow model

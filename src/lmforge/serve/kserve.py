@@ -110,6 +110,7 @@ def _task(client, location: str, what: str) -> str:
 def resolve(cfg: Config, client, name: str, alias: str) -> Served:
     """The version under ``alias`` with its artifact location, task and tags."""
     from lmforge.registry.aliases import check_model, find_alias
+    from lmforge.registry.loading import check_version
 
     check_model(client, name)
     found = find_alias(client, name, alias)
@@ -121,6 +122,7 @@ def resolve(cfg: Config, client, name: str, alias: str) -> Served:
     version = str(found.version)
     what = f"models:/{name}/{version}"
     location = client.get_model_version_download_uri(name, version)
+    check_version(client, name, version)  # KServe's server loads these files: no code in them
     return Served(
         name=name,
         version=version,

@@ -1,25 +1,29 @@
 """``lmforge serve``: a registered model behind MLflow's own scoring server, on 127.0.0.1.
 
-The alias is resolved once to a version; the version's files are downloaded and checked for
-code from outside transformers (``lmforge.registry.loading``) before ``mlflow models serve``
-(``--env-manager local``: this environment, nothing installed) loads that same folder, so what
-is served is what was checked. The server listens on loopback only, on a free port unless one
-is given; it is ready when ``/ping`` answers, and the request to send it is the model's own
-logged input example (``serving_input_example.json``).
+The alias is resolved once to a version; the version's files are downloaded into a private
+folder and checked (``lmforge.registry.loading``: nothing in it may run code). The registry's
+MLmodel is then replaced by one lmforge writes, with only the checked transformers flavour and a
+``python_function`` flavour whose loader is ``mlflow.transformers`` (no code paths): that file is
+what ``mlflow models serve`` (``--env-manager local``: this environment, nothing installed)
+loads, so the registry never decides what it imports. The server listens on loopback only, on a
+free port unless one is given; it is ready when ``/ping`` answers, and the request to send it is
+the model's own logged input example (``serving_input_example.json``).
+
+SIGTERM and SIGHUP are handled as Ctrl-C from the start, download and readiness wait included:
+the server runs in its own process group and is stopped with everything it started
+(``lmforge.children``), and the downloaded folder is removed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,11 +32,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmforge.children import (
+    signals_deferred,
+    signals_ignored,
+    signals_interrupt,
+    start_group,
+    stop_group,
+)
 from lmforge.config import Config
 from lmforge.errors import RegistryError
+from lmforge.registry.loading import MLMODEL, PYFUNC_LOADER, CheckedModel, download_checked
 
 HOST = "127.0.0.1"
-STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL: uvicorn drains in well under this
 FALLBACK_EXAMPLE = {"inputs": ["Hello"]}
 
 
@@ -52,8 +63,13 @@ class Running:
     log: Path
 
     def curl(self) -> str:
+        """A shell command that sends the example. The body comes from the registry, so it is
+        quoted for the shell: a quote in it can neither end the argument nor run anything."""
         body = json.dumps(self.example)
-        return f"curl -s {self.url}/invocations -H 'Content-Type: application/json' -d '{body}'"
+        return (
+            f"curl -s {self.url}/invocations -H 'Content-Type: application/json' "
+            f"-d {shlex.quote(body)}"
+        )
 
     def invoke(self, body: dict[str, Any], timeout_s: float = 60.0) -> Any:
         request = urllib.request.Request(
@@ -65,43 +81,50 @@ class Running:
             return json.loads(resp.read())
 
     def stop(self) -> int:
-        """Stop the server and its workers (its own process group); its exit code.
-
-        The group leader can exit before its worker has let go of the port (a worker still
-        draining, or slow to get the signal on a loaded machine): the port is what a client
-        sees, so the stop waits until it refuses and kills what is left of the group if not.
-        """
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=STOP_GRACE_S)
-        while self._answers() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if self.proc.poll() is None or self._answers():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-            end = time.monotonic() + STOP_GRACE_S
-            while self._answers() and time.monotonic() < end:
-                time.sleep(0.2)
-        shutil.rmtree(self.folder, ignore_errors=True)
-        return self.proc.returncode
-
-    def _answers(self) -> bool:
-        """Whether something still accepts connections on the server's port."""
-        host, port = self.url.removeprefix("http://").rsplit(":", 1)
-        with socket.socket() as s:
-            s.settimeout(1.0)
-            return s.connect_ex((host, int(port))) == 0
+        """Stop the server, its workers and whatever they started (SIGTERM, then SIGKILL),
+        remove the downloaded copy; the server's exit code."""
+        with signals_ignored():  # a second Ctrl-C must not cut the clean-up short
+            code = stop_group(self.proc)
+            shutil.rmtree(self.folder, ignore_errors=True)
+        return code
 
 
 def _example(root: Path) -> dict[str, Any]:
     path = root / "serving_input_example.json"
     try:
-        return json.loads(path.read_text())
+        example = json.loads(path.read_text())
     except (OSError, ValueError):
         return dict(FALLBACK_EXAMPLE)
+    return example if isinstance(example, dict) else dict(FALLBACK_EXAMPLE)
+
+
+def served_mlmodel(checked: CheckedModel) -> dict[str, Any]:
+    """The MLmodel a checked model is served with: its checked transformers flavour, a
+    ``python_function`` flavour lmforge writes, and the registry's signature (data)."""
+    kept = ("signature", "saved_input_example_info", "mlflow_version")
+    return {
+        "flavors": {
+            "python_function": {
+                "loader_module": PYFUNC_LOADER,
+                "python_version": ".".join(map(str, sys.version_info[:3])),
+            },
+            "transformers": {**checked.flavor, "code": None},
+        },
+        **{k: checked.mlmodel[k] for k in kept if isinstance(checked.mlmodel.get(k), dict | str)},
+    }
+
+
+def _download_checked(cfg: Config, name: str, alias: str, folder: Path) -> CheckedModel:
+    """The version under ``alias``, downloaded into ``folder`` and checked; its MLmodel
+    replaced by :func:`served_mlmodel`."""
+    import yaml
+
+    from lmforge.serve.generate import resolve_version
+
+    client, mv = resolve_version(cfg, name, alias, None)
+    checked = download_checked(client, mv.name, str(mv.version), folder)
+    (checked.root / MLMODEL).write_text(yaml.safe_dump(served_mlmodel(checked), sort_keys=False))
+    return checked
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout_s: float, what: str):
@@ -126,52 +149,49 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout_s: float, w
     )
 
 
-def start(cfg: Config, name: str, alias: str | None = None, port: int = 0) -> Running:
-    """Resolve ``name@alias`` (default: the champion), check and download it, serve it."""
-    import mlflow
+def _command(root: Path, port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "mlflow", "models", "serve",
+        "-m", str(root), "--env-manager", "local",
+        "-h", HOST, "-p", str(port), "--workers", "1",
+    ]  # fmt: skip
 
+
+def start(cfg: Config, name: str, alias: str | None = None, port: int = 0) -> Running:
+    """Resolve ``name@alias`` (default: the champion), download and check it, serve it.
+
+    Whatever ends this before the server answers (an error, Ctrl-C, or SIGTERM inside
+    :func:`lmforge.children.signals_interrupt`), the server's processes and the downloaded
+    folder are gone when it raises.
+    """
     from lmforge import tracking
-    from lmforge.registry.loading import check_no_remote_code
-    from lmforge.serve.generate import resolve_version
 
     alias = alias or cfg.register.champion_alias
-    client, mv = resolve_version(cfg, name, alias, None)
-    what = f"models:/{mv.name}/{mv.version}"
-    folder = Path(tempfile.mkdtemp(prefix="lmforge-serve-"))
+    folder = running = None
     try:
+        with signals_deferred():  # made and recorded, or neither: the except below removes it
+            folder = Path(tempfile.mkdtemp(prefix="lmforge-serve-"))
         (folder / "model").mkdir()
-        root = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=what, dst_path=str(folder / "model"), tracking_uri=client.tracking_uri
-            )
-        )
-        check_no_remote_code(root, what)
-        port = port or free_port()
+        checked = _download_checked(cfg, name, alias, folder / "model")
         log = folder / "server.log"
-        cmd = [
-            sys.executable, "-m", "mlflow", "models", "serve",
-            "-m", str(root), "--env-manager", "local",
-            "-h", HOST, "-p", str(port), "--workers", "1",
-        ]  # fmt: skip
-        bin_dir = str(Path(sys.executable).parent)
+        url = f"http://{HOST}:{port or free_port()}"
         env = {
             **os.environ,
-            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
             "MLFLOW_TRACKING_URI": tracking.tracking_uri(cfg),
             "HF_HUB_OFFLINE": "1",
         }
-        with log.open("ab") as out:  # its own group: the workers stop with it
-            proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+        cmd = _command(checked.root, int(url.rsplit(":", 1)[1]))
+        with log.open("ab") as out, signals_deferred():  # started and recorded, or neither
+            proc = start_group(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            running = Running(url, checked.what, _example(checked.root), proc, folder, log)
+        _wait_ready(url, proc, log, cfg.serve.start_timeout_s, checked.what)
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    running = Running(f"http://{HOST}:{port}", what, _example(root), proc, folder, log)
-    try:
-        _wait_ready(running.url, proc, log, cfg.serve.start_timeout_s, what)
-    except BaseException:
-        running.stop()
+        if running is not None:
+            running.stop()
+        if folder is not None:
+            with signals_ignored():
+                shutil.rmtree(folder, ignore_errors=True)
         raise
     return running
 
@@ -184,34 +204,26 @@ def serve(
     echo: Callable[[str], None] = print,
 ) -> int:
     """Serve until interrupted (Ctrl-C, or SIGTERM: how Kubernetes and most supervisors stop a
-    process) or the server exits; its exit code (0 when stopped). Either signal stops the
-    server's whole process group before returning; none of it is left running."""
-    running = start(cfg, name, alias, port)
-    echo(f"Serving {running.model} at {running.url} (Ctrl-C stops it). Try:\n{running.curl()}")
-    with _sigterm_as_interrupt():
+    process) or the server exits; its exit code (0 when stopped). A signal at any point, the
+    download and the readiness wait included, stops the server's processes and removes its
+    folder before this returns: none of it is left behind."""
+    with signals_interrupt():
         try:
+            running = start(cfg, name, alias, port)
+        except KeyboardInterrupt:
+            echo(f"stopped before {name} was served")
+            return 0
+        interrupted = False
+        try:
+            echo(
+                f"Serving {running.model} at {running.url} (Ctrl-C stops it). Try:\n"
+                f"{running.curl()}"
+            )
             code = running.proc.wait()
         except KeyboardInterrupt:
+            code, interrupted = 0, True
+        finally:
             running.stop()
-            echo(f"stopped {running.model}")
-            return 0
-    running.stop()
+    if interrupted:
+        echo(f"stopped {running.model}")
     return code
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM raises KeyboardInterrupt while serving (the default would end Python at once and
-    leave the model server's processes behind); signals can only be set in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
