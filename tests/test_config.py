@@ -153,7 +153,10 @@ def test_yaml_values_of_the_wrong_kind_are_one_line_errors(tmp_path, text, patte
         (["model.n_heads=5"], r"model.n_heads: 5 must divide model.d_model"),
         (["tokenizer.eos_token=<|eos|>"], r"tokenizer.eos_token: .*special_tokens"),
         (["launch.gpus_per_node=8"], r"launch.nproc_per_node: 1 but launch.gpus_per_node=8"),
-        (["launch.elastic_min_nodes=1"], r"launch.elastic_min_nodes: set both"),
+        (
+            ["launch.api=pytorchjob", "launch.elastic_min_nodes=1"],
+            r"launch.elastic_min_nodes: set both",
+        ),
         (["register.champion_alias=previous"], r"register.champion_alias: the three aliases"),
         (["kubeflow.gpu_steps=[train]"], r"kubeflow.gpu_steps: unknown step 'train'"),
     ],

@@ -42,7 +42,7 @@ ADOPT = recorded("job_already_exists.json")
 def cfg(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no metrics.json of a real run in sight
     monkeypatch.setenv("LMFORGE_PIPELINE_RUN_ID", "recorded")
-    return load_config(None, ["launch.poll_s=0.01", "launch.timeout_s=30"])
+    return load_config(None, ["launch.api=pytorchjob", "launch.poll_s=0.01", "launch.timeout_s=30"])
 
 
 def launch(cfg, api, lines):

@@ -29,7 +29,10 @@ def setup(tmp_path, monkeypatch):
     tokenized = tmp_path / "artifact-tokenized"
     (tokenized / "blocks").mkdir(parents=True)
     (tokenized / "blocks" / "meta.json").write_text('{"n_blocks": 8}')
-    cfg = load_config(None, [f"launch.mount_path={tmp_path / 'volume'}", "launch.poll_s=0.01"])
+    cfg = load_config(
+        None,
+        [f"launch.mount_path={tmp_path / 'volume'}", "launch.poll_s=0.01", "launch.api=pytorchjob"],
+    )
     servers, cluster = [], [configmaps()]  # the params ConfigMaps outlive an attempt
 
     def attempt(job_reads, extra=None, out=None):

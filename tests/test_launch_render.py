@@ -38,7 +38,7 @@ SHAPES = {
 
 
 def rendered(overrides, **kwargs):
-    cfg = load_config(None, overrides)
+    cfg = load_config(None, ["launch.api=pytorchjob", *overrides])  # not the default any more
     return cfg, render(
         cfg, Path("outputs/tokenized"), Path("outputs/pretrain"), run_name="t", **kwargs
     )
@@ -166,7 +166,15 @@ def test_job_names_keep_runs_apart_and_simple_names_readable():
 
 def test_cli_render_prints_valid_manifests(tmp_path):
     proc = subprocess.run(
-        [LMFORGE, "pretrain", "--render", "--set", "launch.nnodes=3"],
+        [
+            LMFORGE,
+            "pretrain",
+            "--render",
+            "--set",
+            "launch.nnodes=3",
+            "--set",
+            "launch.api=pytorchjob",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -35,8 +35,9 @@ SAMPLE = {
     "pretrain.precision": "bf16",
 }
 SHAPES = {
-    "pytorchjob": [],
+    "pytorchjob": ["launch.api=pytorchjob"],
     "pytorchjob-elastic": [
+        "launch.api=pytorchjob",
         "launch.nnodes=2",
         "launch.elastic_min_nodes=1",
         "launch.elastic_max_nodes=3",
@@ -73,7 +74,7 @@ def trainer_args(job) -> list[str]:
 
 
 def test_parameters_objective_and_algorithm_come_from_the_sweep_section():
-    _, configmap, exp = experiment("sweep.n_trials=12", "sweep.seed=5")
+    _, configmap, exp = experiment("sweep.n_trials=12", "sweep.seed=5", "launch.api=pytorchjob")
     spec = exp["spec"]
     assert exp["apiVersion"] == "kubeflow.org/v1beta1" and exp["kind"] == "Experiment"
     assert {p["name"]: (p["parameterType"], p["feasibleSpace"]) for p in spec["parameters"]} == {
@@ -128,6 +129,7 @@ def test_each_trial_job_validates_against_its_crd(shape):
 
 def test_gpu_preset_experiment_keeps_the_preset_and_the_gpus():
     gpu = ["model.preset=gpu-125m", "launch.gpus_per_node=8", "launch.nproc_per_node=8"]
+    gpu.append("launch.api=pytorchjob")  # its trial's Master is read below
     _, configmap, exp = experiment(*gpu, space={"pretrain.lr": SPACE["pretrain.lr"]})
     assert yaml.safe_load(configmap["data"]["params.yaml"])["model"]["preset"] == "gpu-125m"
     job = katib.trial_job(exp, {"pretrain.lr": "0.001"})

@@ -136,8 +136,9 @@ def test_config_errors_name_the_key(override, key):
     assert key in str(err.value)
 
 
-def test_pytorchjob_stays_the_default_and_ignores_trainjob_keys():
-    cfg = load_config(None, ["launch.runtime=Not_Checked_Here"])
+def test_trainjob_is_the_default_and_a_pytorchjob_ignores_trainjob_keys():
+    assert load_config(None).launch.api == "trainjob"
+    cfg = load_config(None, ["launch.api=pytorchjob", "launch.runtime=Not_Checked_Here"])
     assert cfg.launch.api == "pytorchjob"
 
 

@@ -21,9 +21,10 @@ class LaunchConfig(Section):
     name = "launch"
 
     api: Literal["pytorchjob", "trainjob"] = setting(
-        "pytorchjob",
-        "pytorchjob: Training Operator v1 (kubeflow.org/v1 PyTorchJob); trainjob: Kubeflow "
-        "Trainer v2 (trainer.kubeflow.org/v1alpha1 TrainJob on launch.runtime).",
+        "trainjob",
+        "trainjob: Kubeflow Trainer v2.x (trainer.kubeflow.org/v1alpha1 TrainJob on "
+        "launch.runtime); pytorchjob: Training Operator v1.9 (kubeflow.org/v1 PyTorchJob, "
+        "maintenance only upstream; elastic training).",
     )
     runtime: str = setting(
         "lmforge-torch",
@@ -40,16 +41,16 @@ class LaunchConfig(Section):
 
     backend: Literal["local", "kubernetes", "inline"] = setting(
         "local",
-        "local: the PyTorchJob spec on local processes; kubernetes: on the cluster; "
+        "local: the job's spec (either API) on local processes; kubernetes: on the cluster; "
         "inline: train in this process.",
     )
     job_name: str = setting(
         "lmforge-pretrain",
-        "Base of the PyTorchJob name (folded into an RFC 1035 label with the run id).",
+        "Base of the job's name (folded into an RFC 1035 label with the run id).",
     )
     namespace: str = setting("lmforge", "Namespace of the job; the pipeline's pods' namespace.")
     image: str = setting("ghcr.io/lmforge/lmforge:0.1.0", "Container image of the replicas.")
-    nnodes: int = setting(2, "Pods: Master + (nnodes - 1) Workers.", ge=1)
+    nnodes: int = setting(2, "Pods (nodes); a PyTorchJob's: Master + (nnodes - 1) Workers.", ge=1)
     nproc_per_node: int = setting(1, "Processes per pod (= GPUs per node on GPU pools).", ge=1)
     gpus_per_node: int = setting(0, "GPUs requested per pod; 0 on CPU.", ge=0)
     elastic_min_nodes: int | None = setting(
