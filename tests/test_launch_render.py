@@ -107,6 +107,23 @@ def test_replicas_get_the_resolved_config_and_volume_paths():
     assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
 
 
+def test_launch_env_reaches_every_replica_as_it_does_a_trainjob():
+    """launch.env is the trainer's environment whatever the API (issue 32: PyTorchJobs ignored
+    it); a key lmforge sets itself is overridden by the user's, in both."""
+    from lmforge.launch import trainjob
+
+    settings = ['launch.env={"HF_HOME": "/mnt/lmforge/hf", "NCCL_DEBUG": "INFO"}']
+    _, (_, job) = rendered([*settings, "launch.nnodes=2"])
+    for replica in ("Master", "Worker"):
+        env = {e["name"]: e["value"] for e in _container(job, replica)["env"]}
+        assert env["HF_HOME"] == "/mnt/lmforge/hf" and env["NCCL_DEBUG"] == "INFO"
+    tj_cfg = load_config(None, ["launch.api=trainjob", *settings, "launch.nnodes=2"])
+    _, tj = trainjob.render(
+        tj_cfg, Path("outputs/tokenized"), Path("outputs/pretrain"), run_name="t"
+    )
+    assert tj["spec"]["trainer"]["env"] == _container(job, "Master")["env"]
+
+
 def test_folders_outside_the_shared_volume_are_refused(tmp_path):
     assert volume_path(tmp_path / "a" / "b", tmp_path, "/mnt/x") == "/mnt/x/a/b"
     assert volume_path(Path("/mnt/x/run/out"), tmp_path, "/mnt/x") == "/mnt/x/run/out"

@@ -1,19 +1,20 @@
-"""The Trainer v2 side of k8s/: lmforge's TrainingRuntime in every overlay, the gpu deployment's
-TrainJob (overlays/gpu-trainjob), rendered with the real kubectl kustomize and validated."""
+"""The Trainer v2 side of k8s/: lmforge's TrainingRuntime in the TrainJob overlays (dev, gpu),
+the GPU template TrainJob (templates/gpu-trainjob), rendered with the real kubectl kustomize and
+validated."""
 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import pytest
+import yaml
 from k8s_schema import REPO, errors, kustomize
 
 from lmforge.config import load_config
 from lmforge.launch import trainjob
 
 K8S = REPO / "k8s"
-OVERLAYS = ["base", "overlays/dev", "overlays/gpu", "overlays/gpu-trainjob"]
+OVERLAYS = ["overlays/dev", "overlays/gpu"]  # the *-pytorchjob ones have no runtime
 
 
 @functools.cache
@@ -70,44 +71,43 @@ def test_runtime_pods_are_restricted_with_the_volume_and_shm(overlay):
 
 
 @pytest.mark.parametrize(
-    ("overlay", "params", "kustomized"),
-    [
-        ("base", "base", "base"),
-        ("overlays/gpu", "overlays/gpu", "overlays/gpu"),
-        ("overlays/gpu-trainjob", "overlays/gpu", "overlays/gpu-trainjob"),
-    ],
+    ("folder", "env"), [("components/trainer", "cpu"), ("overlays/gpu", "gpu")]
 )
-def test_committed_runtime_is_the_launchers_rendering(overlay, params, kustomized):
-    cfg = load_config(K8S / params / "params.yaml", ["launch.api=trainjob"])
+def test_committed_runtime_is_the_launchers_rendering(folder, env):
+    cfg = load_config(K8S / "params" / env / "params.yaml", ["launch.api=trainjob"])
     expected = trainjob.render_runtime(cfg)
-    deployed = runtime_of(kustomized)
-    assert deployed["spec"] == expected["spec"], f"stale {overlay}: run make k8s-jobs"
+    committed = yaml.safe_load((K8S / folder / "trainingruntime.yaml").read_text())
+    assert committed == expected, f"stale k8s/{folder}: run make k8s-jobs"
+    if folder == "overlays/gpu":  # the overlay's patch replaces the component's lists
+        assert runtime_of(folder)["spec"] == expected["spec"]
 
 
-def test_gpu_trainjob_is_the_launchers_rendering_and_replaces_the_pytorchjob():
-    cfg = load_config(K8S / "overlays/gpu/params.yaml", ["launch.api=trainjob"])
-    _, job = trainjob.render(
-        cfg,
-        Path("outputs/tokenized"),
-        Path("outputs/pretrain"),
-        root=Path.cwd(),
-        run_name="template",
-    )
-    objs = rendered("overlays/gpu-trainjob")
-    assert not [o for o in objs if o["kind"] == "PyTorchJob"]  # one training, not two
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_runtime_pods_carry_the_labels_the_network_policies_select(overlay):
+    """The Trainer copies no TrainJob or runtime label to pods: the pod template's must say
+    what the pretrain-peers and mlflow-ingress policies select."""
+    labels = node_pod(runtime_of(overlay))["metadata"]["labels"]
+    assert labels == {
+        "app.kubernetes.io/name": "lmforge",
+        "app.kubernetes.io/component": "pretrain",
+    }
+
+
+def test_gpu_template_trainjob_runs_on_the_gpu_runtime():
+    objs = rendered("templates/gpu-trainjob")
     (deployed,) = [o for o in objs if o["kind"] == "TrainJob"]
-    assert deployed["spec"] == job["spec"], "stale gpu-trainjob/trainjob.yaml: run make k8s-jobs"
+    assert deployed["spec"]["runtimeRef"]["name"] == runtime_of("overlays/gpu")["metadata"]["name"]
     assert deployed["spec"]["trainer"]["numNodes"] == 4
     assert deployed["spec"]["trainer"]["numProcPerNode"] == 8
     limits = deployed["spec"]["trainer"]["resourcesPerNode"]["limits"]
     assert limits["nvidia.com/gpu"] == "8"
-    # the ConfigMap it mounts is the overlay's generated one
+    # the ConfigMap it mounts is the template's generated one
     patch = deployed["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]
     pod = patch["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
     cm_name = pod["volumes"][0]["configMap"]["name"]
     assert [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == cm_name]
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
-    gpu = node_pod(runtime_of("overlays/gpu-trainjob"))["spec"]["containers"][0]
+    gpu = node_pod(runtime_of("overlays/gpu"))["spec"]["containers"][0]
     assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "8"
 
 
@@ -116,7 +116,7 @@ def test_dev_overlay_runtime_uses_the_local_image():
 
 
 def test_validation_rejects_a_broken_runtime():
-    runtime = runtime_of("base")
+    runtime = runtime_of("overlays/dev")
     spec = runtime["spec"]["template"]["spec"]
     bad = {**runtime, "spec": {**runtime["spec"], "template": {"spec": {**spec, "maxRestart": 1}}}}
     assert any("maxRestart" in e for e in errors(bad))

@@ -98,6 +98,23 @@ def _command(cfg: Config, data: str, out: str) -> list[str]:
     return ["lmforge", *step]
 
 
+def env_vars(cfg: Config, run_id: str) -> list[dict[str, str]]:
+    """The trainer's environment, the same for both APIs: lmforge's, then ``launch.env``."""
+    env = {
+        "LMFORGE_PIPELINE_RUN_ID": run_id,  # MLflow runs join one parent
+        "NCCL_DEBUG": cfg.launch.nccl_debug,
+        "NCCL_ASYNC_ERROR_HANDLING": "1",  # a dead peer fails, not hangs
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+    } | dict(cfg.launch.env)
+    return [{"name": k, "value": v} for k, v in env.items()]
+
+
+def pod_labels(cfg: Config) -> dict[str, str]:
+    """The labels every training pod carries, whatever the API: the NetworkPolicy
+    ``pretrain-peers`` (k8s/base/networkpolicy.yaml) lets pods with them reach each other."""
+    return {k: v for k, v in _labels(cfg).items() if k != PARAMS_HASH_LABEL}
+
+
 def _container(cfg: Config, data: str, out: str, run_id: str) -> dict[str, Any]:
     la = cfg.launch
     resources: dict[str, dict[str, Any]] = {
@@ -107,12 +124,6 @@ def _container(cfg: Config, data: str, out: str, run_id: str) -> dict[str, Any]:
     if la.gpus_per_node:
         resources["requests"]["nvidia.com/gpu"] = la.gpus_per_node
         resources["limits"]["nvidia.com/gpu"] = la.gpus_per_node
-    env = [
-        {"name": "LMFORGE_PIPELINE_RUN_ID", "value": run_id},  # MLflow runs join one parent
-        {"name": "NCCL_DEBUG", "value": la.nccl_debug},
-        {"name": "NCCL_ASYNC_ERROR_HANDLING", "value": "1"},  # a dead peer fails, not hangs
-        {"name": "TORCH_NCCL_ASYNC_ERROR_HANDLING", "value": "1"},
-    ]
     command = _command(cfg, data, out)
     return {
         "name": CONTAINER,
@@ -120,7 +131,7 @@ def _container(cfg: Config, data: str, out: str, run_id: str) -> dict[str, Any]:
         "imagePullPolicy": "IfNotPresent",
         "command": command[:1],
         "args": command[1:],
-        "env": env,
+        "env": env_vars(cfg, run_id),
         # MLflow server and credentials, from the Secret the k8s base defines (never inlined).
         "envFrom": [{"secretRef": {"name": cfg.kubeflow.mlflow_secret, "optional": True}}],
         "ports": [{"name": PORT_NAME, "containerPort": la.master_port, "protocol": "TCP"}],
@@ -162,7 +173,7 @@ def _pod_template(cfg: Config, name: str, data: str, out: str, run_id: str) -> d
         spec["tolerations"] = [dict(t) for t in la.tolerations]
     return {
         "metadata": {
-            "labels": {k: v for k, v in _labels(cfg).items() if k != PARAMS_HASH_LABEL},
+            "labels": pod_labels(cfg),
             # Kubeflow's Istio sidecar would hold pods open and intercept the rendezvous port.
             "annotations": {"sidecar.istio.io/inject": "false"},
         },

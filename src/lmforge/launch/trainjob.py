@@ -1,7 +1,7 @@
 """Render pretraining as a Kubeflow Trainer v2 TrainJob (``trainer.kubeflow.org/v1alpha1``).
 
 The v2 split: a ``TrainingRuntime`` (``render_runtime``; committed as
-``k8s/base/trainingruntime.yaml``) holds what every run shares (the JobSet of ``node`` pods, the
+``k8s/components/trainer/``) holds what every run shares (the JobSet of ``node`` pods, the
 shared volume, ``/dev/shm``, the security context, the restart policy), and each run's
 ``TrainJob`` (``render``) names it and adds the image, the command, the node count and size, and,
 through ``runtimePatches``, the run's params ConfigMap and scheduling. The same ConfigMap as the
@@ -25,9 +25,10 @@ from lmforge.launch.pytorchjob import (
     PARAMS_DIR,
     PARAMS_FILE,
     PARAMS_HASH_LABEL,
-    _labels,
+    env_vars,
     job_frame,
     params_configmap_name,
+    pod_labels,
     to_yaml,
 )
 
@@ -60,17 +61,6 @@ def _resources(cfg: Config) -> dict[str, dict[str, str]]:
     if la.gpus_per_node:
         amounts["nvidia.com/gpu"] = str(la.gpus_per_node)
     return {"requests": dict(amounts), "limits": dict(amounts)}
-
-
-def _env(cfg: Config, run_id: str) -> list[dict[str, str]]:
-    la = cfg.launch
-    env = {
-        "LMFORGE_PIPELINE_RUN_ID": run_id,  # MLflow runs join one parent
-        "NCCL_DEBUG": la.nccl_debug,
-        "NCCL_ASYNC_ERROR_HANDLING": "1",  # a dead peer fails, not hangs
-        "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
-    } | dict(la.env)
-    return [{"name": k, "value": v} for k, v in env.items()]
 
 
 def _pod_patch(cfg: Config, name: str) -> dict[str, Any]:
@@ -113,7 +103,7 @@ def render(
         "image": la.image,
         "command": argv[:1],
         "args": argv[1:],
-        "env": _env(cfg, run_id),
+        "env": env_vars(cfg, run_id),
         "numNodes": la.nnodes,
         "numProcPerNode": la.nproc_per_node,
         "resourcesPerNode": _resources(cfg),
@@ -153,7 +143,12 @@ def render_runtime(cfg: Config) -> dict[str, Any]:
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
     pod = {
-        "metadata": {"annotations": {"sidecar.istio.io/inject": "false"}},
+        # The Trainer copies neither the TrainJob's nor the runtime's labels to pods: only these
+        # (and JobSet's own) reach them, and the NetworkPolicies select pods by them.
+        "metadata": {
+            "labels": pod_labels(cfg),
+            "annotations": {"sidecar.istio.io/inject": "false"},
+        },
         "spec": {
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,  # nodes never call the API
@@ -180,7 +175,7 @@ def render_runtime(cfg: Config) -> dict[str, Any]:
             "spec": {"backoffLimit": 0, "template": pod},
         },
     }
-    labels = {k: v for k, v in _labels(cfg).items() if k != PARAMS_HASH_LABEL}
+    labels = pod_labels(cfg)
     return {
         "apiVersion": API_VERSION,
         "kind": "TrainingRuntime",

@@ -42,6 +42,10 @@ LINEAGE_TAGS = (
 METRIC_PREFIX = "lmforge.metric."
 # MLflow's transformers task -> the Hugging Face server's --task.
 HF_TASKS = {"text-generation": "text_generation", "text-classification": "sequence_classification"}
+# k8s/kserve/storagecontainer.yaml: KServe's storage initializer with a securityContext that
+# passes Pod Security "restricted" (KServe's default one has none), for the URIs it downloads.
+STORAGE_CONTAINER = "lmforge-storage-initializer"
+STORAGE_CONTAINER_SCHEMES = ("s3://", "gs://", "https://", "hdfs://", "webhdfs://")
 MAX_NAME = 45  # KServe derives "<name>-predictor-<hash>" names that must stay <= 63 characters
 
 
@@ -166,7 +170,13 @@ def inference_service(cfg: Config, served: Served) -> dict[str, Any]:
             f"--backend={scfg.hf_backend}",
         ],
         "resources": {"requests": dict(resources), "limits": dict(resources)},
-        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True},
+        # Pod Security "restricted" (the lmforge namespace enforces it): without these the
+        # predictor's pods are refused and the InferenceService never becomes Ready.
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+        },
     }
     if scfg.runtime:
         model["runtime"] = scfg.runtime
@@ -176,7 +186,11 @@ def inference_service(cfg: Config, served: Served) -> dict[str, Any]:
         "scaleMetric": scfg.scale_metric,
         "scaleTarget": scfg.scale_target,
         "model": model,
+        # Pod-wide, so KServe's storage-initializer init container is covered as well.
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
     }
+    if served.storage_uri.startswith(STORAGE_CONTAINER_SCHEMES):  # pvc:// mounts, no download
+        predictor["storageContainerName"] = STORAGE_CONTAINER
     if scfg.service_account:
         predictor["serviceAccountName"] = scfg.service_account
     return {
