@@ -14,7 +14,14 @@ else ``cc``) into the user cache, then re-executes the same command with it in `
 every process it starts (torchrun workers, local replicas, DVC's next stage through the CLI)
 inherits or re-applies it. ``LMFORGE_MKL_SHIM=0`` turns it off. Without a compiler, or on any
 failure, the command runs as before. ``state()`` is the one line that training prints and
-records (metrics.json, MLflow params): whether this process has it, and if not, why.
+records (metrics.json, MLflow params): whether this process has it, and if not, why. It says
+"on" only when the library is mapped in this process and MKL dispatches to a fast branch: an
+``LD_PRELOAD`` the loader refused is "off", with the reason.
+
+Every lmforge process would run the cached library's code, so it is preloaded only if it is
+what lmforge built: the file, the sha256 recorded beside it at build time and their folder must
+be this user's and writable by no one else, and the file must match the recorded sha256. A
+cached file that fails is rebuilt (``state()`` says why); a folder that fails is refused.
 
 Library use (``import lmforge``, the KFP components) is not changed: only the CLI re-executes.
 """
@@ -26,6 +33,7 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -37,6 +45,7 @@ from lmforge.cores import cpuinfo_field
 SOURCE = "int mkl_serv_intel_cpu_true(void) { return 1; }\n"
 SWITCH = "LMFORGE_MKL_SHIM"  # "0": never
 OFF = "LMFORGE_MKL_SHIM_OFF"  # why the CLI could not apply it (its child processes do not retry)
+REPLACED = "LMFORGE_MKL_SHIM_REPLACED"  # why the CLI rebuilt a cached file (for its own state())
 NAME = f"lmforge-mkl-shim-{hashlib.sha256(SOURCE.encode()).hexdigest()[:12]}.so"
 
 
@@ -61,8 +70,61 @@ def _rule(env: Mapping[str, str]) -> tuple[bool, str]:
 
 
 def shim_path(env: Mapping[str, str] = os.environ) -> Path:
+    """In a folder of its own, which lmforge creates for this user alone."""
     cache = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "lmforge" / NAME
+    return Path(cache) / "lmforge" / "mkl-shim" / NAME
+
+
+def digest_path(path: Path) -> Path:
+    """Where the sha256 of the built library is recorded."""
+    return path.with_name(path.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _untrusted(path: Path) -> str:
+    """Why ``path`` could hold someone else's code ("" if it cannot): a link, another owner, or
+    writable by its group or others."""
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        return f"{path} is a symbolic link"
+    if st.st_uid != os.getuid():
+        return f"{path} is owned by uid {st.st_uid}, not by this user (uid {os.getuid()})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{path} is writable by its group or others (mode {stat.filemode(st.st_mode)})"
+    return ""
+
+
+def check(path: Path) -> str:
+    """Why the cached shim at ``path`` must not be preloaded as it is ("" if it may)."""
+    digest = digest_path(path)
+    for p in (path, digest):
+        if not p.exists() and not p.is_symlink():
+            return f"{p} is missing"
+        if why := _untrusted(p):
+            return why
+    recorded, actual = digest.read_text().strip(), _sha256(path)
+    if recorded != actual:
+        return f"{path} is not what lmforge built (sha256 {actual[:12]}, built {recorded[:12]})"
+    return ""
+
+
+def ensure(path: Path, compiler: str | None) -> tuple[str, str]:
+    """A shim at ``path`` that may be preloaded: build it unless a trusted one is there.
+    Returns (why there is none, "" if there is; why a file there was rebuilt, or "")."""
+    try:
+        path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+        if why := _untrusted(path.parent):
+            return f"{why}: not trusted to hold a library; fix: chmod go-w (or remove) it", ""
+        stale = check(path)
+        if not stale:
+            return "", ""
+        existed = path.exists() or path.is_symlink() or digest_path(path).exists()
+        return build(path, compiler), stale if existed else ""
+    except OSError as exc:
+        return f"could not check or build it in {path.parent}: {exc}", ""
 
 
 def preloaded(env: Mapping[str, str] = os.environ) -> bool:
@@ -70,10 +132,9 @@ def preloaded(env: Mapping[str, str] = os.environ) -> bool:
 
 
 def build(path: Path, compiler: str | None) -> str:
-    """Compile the shim to ``path`` unless it is there; "" on success, else why not. Atomic:
-    two processes building at once each write their own file and rename it into place."""
-    if path.is_file():
-        return ""
+    """Compile the shim to ``path`` and record its sha256 beside it; "" on success, else why
+    not. Atomic: two processes building at once each write their own files and rename them
+    into place (one that reads a pair mid-way sees a mismatch and builds again)."""
     cc = shutil.which(compiler) if compiler else None
     if cc is None:
         return f"no C compiler ({compiler or 'cc'}) to build it"
@@ -86,6 +147,10 @@ def build(path: Path, compiler: str | None) -> str:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
             if done.returncode != 0:
                 return f"{cc} failed: {(done.stderr or done.stdout).strip()[:200]}"
+            built.chmod(0o755)
+            digest = Path(tmp) / "digest"
+            digest.write_text(_sha256(built) + "\n")
+            os.replace(digest, digest_path(path))
             os.replace(built, path)
     except (OSError, subprocess.SubprocessError) as exc:
         return f"could not build it in {path.parent}: {exc}"
@@ -95,27 +160,30 @@ def build(path: Path, compiler: str | None) -> str:
 def exec_with_shim() -> None:
     """Re-execute this command with the shim preloaded when the rule wants it; otherwise (or if
     anything fails) return and let the command run as it is. Call before anything prints."""
+    global _replaced
     env = os.environ
+    if REPLACED in env:  # this process is the re-executed one: its state() says why, no child's
+        _replaced = env.pop(REPLACED)
     if preloaded(env) or env.get(SWITCH) == "0" or OFF in env:
         return
     ok, _ = _rule(env)
     if not ok:
         return
     path = shim_path(env)
-    why_not = build(path, env.get("CC") or "cc")
+    why_not, replaced = ensure(path, env.get("CC") or "cc")
     if why_not:
         os.environ[OFF] = why_not
         return
     preload = " ".join(p for p in (str(path), env.get("LD_PRELOAD", "")) if p)
+    new_env = {**env, "LD_PRELOAD": preload} | ({REPLACED: replaced} if replaced else {})
     try:
-        os.execve(
-            sys.executable, [sys.executable, *sys.orig_argv[1:]], {**env, "LD_PRELOAD": preload}
-        )
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], new_env)
     except OSError as exc:
         os.environ[OFF] = f"re-executing failed: {exc}"
 
 
 _announced = False
+_replaced = ""  # why exec_with_shim rebuilt the cached file before this process was started
 
 
 def announce() -> None:
@@ -145,16 +213,52 @@ def mkl_branch() -> str | None:
     return BRANCHES.get(code, f"branch {code}")
 
 
+def mapped(maps: Path = Path("/proc/self/maps")) -> str | None:
+    """The path of the shim as the loader mapped it into this process, or None (not loaded,
+    or no ``/proc`` to ask)."""
+    try:
+        lines = maps.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        # a file replaced since it was mapped (a rebuild) reads "PATH (deleted)"
+        path = fields[5].removesuffix(" (deleted)") if len(fields) == 6 else ""
+        if Path(path).name == NAME:
+            return path
+    return None
+
+
+def _unloaded(env: Mapping[str, str]) -> str:
+    """Why the shim that ``LD_PRELOAD`` names is not in this process: the loader refused it."""
+    named = [p for p in env.get("LD_PRELOAD", "").replace(":", " ").split() if Path(p).name == NAME]
+    path = Path(named[0])
+    try:
+        with path.open("rb") as f:
+            kind = "not an ELF shared library" if f.read(4) != b"\x7fELF" else "refused"
+    except OSError as exc:
+        kind = f"unreadable ({exc.strerror})"
+    return f"LD_PRELOAD names {path}, but the loader did not load it: {kind}"
+
+
 @functools.cache
 def state() -> str:
     """One line for logs and run records: ``on (...)`` or ``off (why)``, with the branch MKL
-    dispatches to in this process (fixed at its start, so asked once)."""
+    dispatches to in this process (fixed at its start, so asked once). "on" only when the shim
+    is mapped here and MKL dispatches to a fast branch."""
     env = os.environ
     ok, why = _rule(env)
     branch = mkl_branch()
     kernels = f"; MKL's kernels: {branch}" if branch else ""
+    rebuilt = f"; rebuilt the cached shim: {_replaced}" if _replaced else ""
+    if mapped() is not None:
+        if branch is None:
+            return "off (the shim is loaded, but torch has no MKL here)"
+        if branch == "COMPATIBLE":
+            return f"off (the shim is loaded, but MKL still takes its generic path{kernels})"
+        return f"on ({why if ok else 'preloaded by hand; ' + why}{kernels}{rebuilt})"
     if preloaded(env):
-        return f"on ({why}{kernels})" if ok else f"on (preloaded by hand; {why}{kernels})"
+        return f"off ({_unloaded(env)}{kernels})"
     if not ok:
         return f"off ({why}{kernels})"
     off = env.get(OFF) or "AMD CPU, but not started by the lmforge CLI"
