@@ -143,6 +143,8 @@ def test_first_submit_uploads_pipeline_and_version_then_creates_a_run(checkout, 
         "pipeline_version_id": result["version_id"],
     }
     assert run["display_name"] == f"lmforge-full-{sha[:12]}"
+    # Every step runs as lmforge's own account (k8s/pipeline), not KFP's shared pipeline-runner.
+    assert run["service_account"] == cfg.kubeflow.service_account == "lmforge-pipeline"
     assert result["version"] == sha[:12]
     assert result["url"] == f"{api.url}/#/runs/details/{result['run_id']}"
 

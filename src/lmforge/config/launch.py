@@ -10,6 +10,7 @@ from lmforge.config.schema import Section, setting
 
 PIPELINE_STEPS = ("validate", "augment", "tokenize", "pretrain", "finetune", "evaluate", "register")
 _RFC1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")  # a DNS-1123 subdomain
 # TrainJob restarts are JobSet restarts (all nodes at once); a pod's own policy is a Job's.
 TRAINJOB_RESTART_POLICIES = ("OnFailure", "Never")
 
@@ -28,7 +29,7 @@ class LaunchConfig(Section):
     )
     runtime: str = setting(
         "lmforge-torch",
-        "TrainJob: the runtime it references (k8s/base/trainingruntime.yaml; or the stock "
+        "TrainJob: the runtime it references (k8s/components/trainer; or the stock "
         "ClusterTrainingRuntime torch-distributed with runtime_kind ClusterTrainingRuntime).",
     )
     runtime_kind: Literal["TrainingRuntime", "ClusterTrainingRuntime"] = setting(
@@ -36,7 +37,7 @@ class LaunchConfig(Section):
     )
     env: dict[str, str] = setting(
         {},
-        "TrainJob: extra env of the trainer container (never PET_*: the Trainer sets those).",
+        "Extra env of the trainer container, both APIs (never PET_*: the Trainer sets those).",
     )
 
     backend: Literal["local", "kubernetes", "inline"] = setting(
@@ -68,7 +69,6 @@ class LaunchConfig(Section):
     tolerations: list[dict[str, str]] = setting([], "Tolerations of the pods.")
     pvc_name: str = setting("lmforge-work", "The shared volume for data, checkpoints, model.")
     mount_path: str = setting("/mnt/lmforge", "Where the shared volume is mounted in the pods.")
-    service_account: str = setting("lmforge-launcher", "ServiceAccount of the pods.")
     timeout_s: int = setting(6 * 3600, "The job's deadline (activeDeadlineSeconds).", ge=1)
     delete_on_finish: bool = setting(True, "Delete the job once it has ended and been collected.")
     nccl_debug: str = setting("WARN", "NCCL_DEBUG of the replicas.")
@@ -128,7 +128,7 @@ class LaunchConfig(Section):
                 f"{self.restart_policy!r} with launch.api=trainjob: a TrainJob restarts all its "
                 "nodes together (JobSet failurePolicy); use OnFailure or Never",
             )
-        for key in ("runtime", "namespace", "pvc_name", "service_account"):
+        for key in ("runtime", "namespace", "pvc_name"):
             value = getattr(self, key)
             if len(value) > 63 or not _RFC1035.match(value):
                 self.fail(
@@ -147,6 +147,10 @@ class KubeflowConfig(Section):
     image: str = setting("ghcr.io/lmforge/lmforge:0.1.0", "Image of every pipeline step.")
     host: str = setting("", "Kubeflow Pipelines API URL (or pass --host).")
     namespace: str = setting("kubeflow", "Namespace of the pipeline runs.")
+    service_account: str = setting(
+        "lmforge-pipeline",
+        "ServiceAccount the pipeline runs' pods use (k8s/pipeline), set on the run at submission.",
+    )
     experiment: str = setting("lmforge", "KFP experiment the runs go to.")
     pipeline_prefix: str = setting("lmforge", "Uploaded pipelines are named PREFIX-NAME.")
     cache_heavy_steps: bool = setting(False, "Let KFP cache pretrain, finetune and evaluate.")
@@ -186,4 +190,10 @@ class KubeflowConfig(Section):
         if unknown:
             self.fail(
                 "gpu_steps", f"unknown step {unknown[0]!r}; steps: {', '.join(PIPELINE_STEPS)}"
+            )
+        if len(self.service_account) > 253 or not _DNS1123.match(self.service_account):
+            self.fail(
+                "service_account",
+                f"{self.service_account!r} is not a ServiceAccount name (lower-case letters, "
+                "digits, '-' and '.', starting and ending with a letter or digit)",
             )

@@ -109,7 +109,8 @@ def submit(
         job_name=f"{pipeline_name}-{version}",
         pipeline_id=pipeline_id,
         version_id=version_id,
-        service_account=cfg.launch.service_account,
+        # kfp-kubernetes has no per-task service account: the run's is every step's.
+        service_account=cfg.kubeflow.service_account,
     )
     ui = os.environ.get("KF_PIPELINES_UI_ENDPOINT", host).rstrip("/")
     return {
