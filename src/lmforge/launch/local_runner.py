@@ -43,9 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmforge.children import signals_ignored, signals_interrupt
 from lmforge.cores import threads_per_process, usable_cores
 from lmforge.errors import LaunchError
-from lmforge.launch.process_tree import ProcessTree, Seen, signals_as_interrupt, signals_deferred
+from lmforge.launch.process_tree import ProcessTree, Seen
 from lmforge.launch.pytorchjob import CONTAINER
 
 RETRYABLE = {
@@ -349,9 +350,9 @@ class LocalRunner:
         self._start(r)
 
     def run(self) -> dict[str, Any]:
-        """Run the job to completion; the result names the job and counts restarts. SIGTERM
-        (like Ctrl-C) raises KeyboardInterrupt here, after every process has been ended."""
-        with signals_as_interrupt(), tempfile.TemporaryDirectory(prefix=f"{self.name}-") as tmp:
+        """Run the job to completion; the result names the job and counts restarts. SIGTERM and
+        SIGHUP (like Ctrl-C) raise KeyboardInterrupt here, after every process has been ended."""
+        with signals_interrupt(), tempfile.TemporaryDirectory(prefix=f"{self.name}-") as tmp:
             port = free_port()
             replicas = self._replicas(Path(tmp), port)
             for r in replicas:  # a pod's /tmp goes with it (torchrun leaves its log folders)
@@ -363,7 +364,7 @@ class LocalRunner:
                     self._start(r)
                 self._watch(replicas, deadline)
             finally:
-                with signals_deferred():  # a second Ctrl-C must not cut the cleanup short
+                with signals_ignored():  # a second Ctrl-C must not cut the cleanup short
                     self._end(replicas)
                     self._tree.end(None)  # and any leftover of an earlier incarnation
         return {"job": self.name, "replicas": len(replicas), "restarts": self.restarts}

@@ -12,12 +12,11 @@ the check and the signal cannot be split by a reuse in between).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import psutil
@@ -143,44 +142,3 @@ class ProcessTree:
         with self._lock:
             for p in ended:
                 del self._root_of[p]
-
-
-@contextlib.contextmanager
-def signals_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so that cleanup runs (Python's
-    default ends the process at once, leaving its children and temporary files behind).
-    Signals can be set only in the main thread: elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM while cleanup runs (a second Ctrl-C would cut it short); one
-    that came meanwhile raises KeyboardInterrupt at the end, unless an exception is on its way."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    came: list[int] = []
-    previous = {
-        sig: signal.signal(sig, lambda signum, frame: came.append(signum))
-        for sig in (signal.SIGINT, signal.SIGTERM)
-        if signal.getsignal(sig) is not signal.SIG_IGN  # a background job ignores SIGINT
-    }
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if came:
-        raise KeyboardInterrupt
