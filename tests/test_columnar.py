@@ -27,6 +27,7 @@ TEXTS = [
     "Café au lait, naïve façade, Straße; 東京の天気は晴れ。",
     "Emoji 🎉 and Arabic-Indic digits ٣٤٥ in a sentence.",
     "Write to jane.doe@example.com or call +44 20 7946 0958 today.",
+    "Or to kai.berg (at) example (dot) org, which has neither an at sign nor a digit.",
     "Order 12345 shipped on 2002-08-22 in 3 boxes.",
     "Plain words only, nothing to see here at all.",
     "  leading spaces and a trailing space ",

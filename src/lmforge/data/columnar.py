@@ -7,8 +7,9 @@ document, ten times the read. Here a batch is handled as columns:
 - the profile's lengths and (ASCII texts) letter shares are counted by numpy over the batch's
   UTF-8 bytes, in place; the rare bytes (control characters, what JSON escapes, ``@`` and
   digits) are found by position;
-- the personal-data scan (``lmforge.data.pii``) runs only on the texts with an ``@`` or a digit,
-  which RE2 picks out for the whole batch: every match needs one of them;
+- the personal-data scan (``lmforge.data.pii``) runs only on the texts with an ``@``, a digit
+  or an address written out (``[at]``), which RE2 picks out for the whole batch: every match
+  needs one of them;
 - the JSON lines are joined by Arrow string kernels and written as one buffer a split.
 
 What cannot be done by columns is done per document by the record path's own functions: a
@@ -32,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lmforge.data.expectations import PREVIEW_CHARS, Profile, letter_share
-from lmforge.data.pii import Allow, Match, Tally, find
+from lmforge.data.pii import AT_WORD_HINT, Allow, Match, Tally, find
 from lmforge.data.records import DIGEST_SIZE, JsonlWriters, Kind, text_digest
 from lmforge.data.split import SPLITS, split_codes
 
@@ -180,13 +181,18 @@ def _json_bodies(arr: pa.Array, control: np.ndarray) -> pa.Array:
 
 def _pii_candidates(arr: pa.Array) -> np.ndarray:
     """The texts that can hold personal data: an ASCII text with an @ or a digit, a non-ASCII
-    one that RE2 finds one in (``\\p{Nd}`` has digits beyond 0-9)."""
+    one that RE2 finds one in (``\\p{Nd}`` has digits beyond 0-9), and any that RE2 finds an
+    address written out in (``[at]``: ``pii.AT_WORD_HINT``)."""
     raw, offsets = _bytes_of(arr)
     found = _count_at(_positions(raw, offsets, _candidates), offsets) > 0
     wide = np.flatnonzero(~pc.string_is_ascii(arr).to_numpy(False))
     if len(wide):
         some = pc.match_substring_regex(arr.take(pa.array(wide)), _PII_CANDIDATE)
         found[wide] = some.to_numpy(False)
+    rest = np.flatnonzero(~found)
+    if len(rest):
+        some = pc.match_substring_regex(arr.take(pa.array(rest)), AT_WORD_HINT)
+        found[rest] = some.to_numpy(False)
     return found
 
 

@@ -10,16 +10,20 @@ number that fails Luhn is not a card, and not a phone either unless it has a pho
 
 False positives guarded against, by shape (docs/data.md has the measured precision):
 - phone: ``+`` and a country code (``+44 20 7946 0958``), or North American with separators
-  (``555-234-5678``, ``(415) 555-2671``), whose area code and exchange start with 2-9; so
-  dates (``2002-08-22``, ``08/22/2002``), zip+4 (``12345-6789``), SSN-like ids (3-2-4), bare
-  digit runs and version numbers do not match;
+  (``555-234-5678``, ``(415) 555-2671``), whose area code and exchange start with 2-9, or
+  Brazilian (``(11) 98620-2614``) or French pairs (``01 23 45 67 89``); other national layouts
+  (``020 7946 0958``, ``03-1234-5678``) only after a word that says phone; so dates
+  (``2002-08-22``, ``08/22/2002``), zip+4 (``12345-6789``), SSN-like ids (3-2-4), bare digit
+  runs and version numbers do not match;
 - IPv6: eight groups, or ``::`` with at least two groups, one of 3-4 digits: times
   (``12:30:45``), verses (``3:20::``) and MAC addresses (six groups of two) do not match;
 - IPv4: not inside a longer dotted number (``1.2.3.4.5``: an OID or version), and a quad led by
   a single digit (``1.6.4.2``: a CVS revision) only in a host context (``http://4.3.2.1/``);
-- email: the "TLD" must not be an image or file extension (``logo@2x.png``).
-Speed: emails are looked for only around an ``@``; the other detectors only in small windows
-around clusters of digits (most text has neither).
+- email: the "TLD" must not be an image or file extension (``logo@2x.png``); written out only
+  with brackets or capitals (``name [at] example [dot] com``), never the bare words.
+Speed: emails are looked for only around an ``@`` (written-out ones where ``[at]`` or ``AT``
+is); the other detectors only in small windows around clusters of digits (most text has
+neither), the phone layouts that need a phone word only in a text that has one.
 """
 
 from __future__ import annotations
@@ -39,6 +43,20 @@ _EMAIL = (
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}"
     r"(?![A-Za-z0-9]|[.-][A-Za-z0-9])"
 )
+# Written out to fool harvesters: "name [at] example [dot] com", "(at)", "{at}", " AT ... DOT ";
+# a real dot may stand for a [dot]. The bare lower-case words ("name at example dot com") are
+# not taken: "look at this dot com bubble" has the same shape.
+_AT_WORD = r"(?:\s?[\[({]\s?(?:at|AT|At)\s?[\])}]\s?|\sAT\s)"
+_DOT_WORD = r"(?:\s?[\[({]\s?(?:dot|DOT|Dot)\s?[\])}]\s?|\sDOT\s|\.)"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_OBFUSCATED_EMAIL = re.compile(
+    rf"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._+-]{{0,63}}{_AT_WORD}(?:{_LABEL}{_DOT_WORD})+"
+    r"[A-Za-z]{2,24}(?![\w]|[.-]\w)"
+)
+# Where a written-out address can be (also RE2's syntax: the columnar path's filter).
+AT_WORD_HINT = r"[\[({]\s?(?:at|AT|At)\s?[\])}]|\sAT\s"
+_AT_HINT = re.compile(AT_WORD_HINT)
+_AT_MARKS = ("t]", "t)", "t}", "t ]", "t )", "t }", "AT")  # str scans, ten times the regex's
 _H = r"[0-9A-Fa-f]{1,4}"
 _IPV6 = rf"(?<![\w:.])(?:{_H})?(?::(?:{_H})?){{2,7}}(?![\w:]|\.\d)"
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
@@ -52,8 +70,34 @@ _PHONE = (
     rf"\+\d{{1,3}}(?:{_SEP}?\(\d{{1,4}}\))?{_SEP}?\d{{1,8}}(?:{_SEP}\d{{1,8}}){{0,5}}"
     # North American: optional 1, (area) or area+separator, exchange, separator, line
     rf"|(?:1{_SEP}?)?(?:\([2-9]\d\d\) ?|[2-9]\d\d{_SEP})[2-9]\d\d{_SEP}\d{{4}}"
+    # Brazil: (area) 4-5 digits - 4 digits
+    r"|\([1-9]\d\) ?9?\d{4}-\d{4}"
+    # France: the trunk 0 and four pairs (01 23 45 67 89, 06.81.13.01.39)
+    r"|0[1-9](?:[ .]\d\d){4}"
+    "{worded}"
     r")(?!\d|[.-]\d)"  # a letter may follow: "703-724-0118W" (work), "...0407Fax"
 )
+# The rest only after a word that says phone (_phone_stands), and only looked for in a text
+# with one (_PHONE_WORDS): national, with the trunk 0 (020 7946 0958, 030 123 45678,
+# 03-1234-5678, 09044-991053, (04) 747 0943), and international without a plus (852 23079338,
+# 44-870-136-7079, + 225 0771 1719).
+_WORDED_PHONE = (
+    r"|\(?0[1-9]\d{0,3}\)?(?:[ /.-]\d{2,8}){1,4}"
+    r"|(?:\+ |00[ -]?)?\(?\d{1,4}\)?(?:[ ./-]{1,2}\d{1,8}){1,5}"
+)
+_PHONE, _LONE_ONLY = _PHONE.replace("{worded}", _WORDED_PHONE), _PHONE.replace("{worded}", "")
+# The phone layouts that stand alone: +CC, North American, Brazilian, French.
+_LONE_PHONE = re.compile(
+    rf"\+\d.*|(?:1{_SEP}?)?(?:\([2-9]\d\d\) ?|[2-9]\d\d{_SEP})[2-9]\d\d{_SEP}\d{{4}}"
+    r"|\([1-9]\d\) ?9?\d{4}-\d{4}|0[1-9](?:[ .]\d\d){4}",
+    re.S,
+)
+_PHONE_WORD = re.compile(
+    r"(?i)(?:\b(?:tel|tele?phone|phone|fon|telefon|call|mobile|mob|cell|fax|handy|sms|"
+    r"whatsapp|hotline|dial|t[ée]l|t[ée]l[ée]phone|portable|contact)\b|☎|📞)[^\n\d]{0,12}$"
+)
+_PHONE_WORDS = ("tel", "phone", "fon", "call", "mob", "cell", "fax", "handy", "sms", "whatsapp")
+_PHONE_WORDS += ("hotline", "dial", "tél", "portable", "contact", "☎", "📞")
 _ORDER = ("email", "ipv6", "ipv4", "iban", "credit_card", "phone")
 _SINGLE = {
     "email": _EMAIL,
@@ -66,6 +110,9 @@ _SINGLE = {
 _EACH = {k: re.compile(_SINGLE[k]) for k in _ORDER}
 _NUMERIC = _ORDER[1:]
 _ANY_NUMERIC = re.compile("|".join(f"(?P<{k}>{_SINGLE[k]})" for k in _NUMERIC))
+_NO_PHONE_WORD = re.compile(
+    "|".join(f"(?P<{k}>{_LONE_ONLY if k == 'phone' else _SINGLE[k]})" for k in _NUMERIC)
+)
 # Every numeric match holds a digit (an IPv6 address without one is not looked for): only
 # windows around the clusters of digit runs (and colons after them; runs less than
 # _BEFORE + _AFTER apart make one cluster, found by the regex engine, not a Python loop).
@@ -148,7 +195,9 @@ def _valid(kind: str, s: str) -> bool:
         return True
     if kind == "phone":
         n = sum(ch.isdigit() for ch in s)
-        return 8 <= n <= 15 if s.startswith("+") else n in (10, 11)
+        if s.startswith("+"):
+            return 8 <= n <= 15
+        return n in (10, 11) if _LONE_PHONE.fullmatch(s) else 9 <= n <= 15
     return True  # ipv4: the octet ranges are in the regex; the host context in _ipv4_host
 
 
@@ -228,20 +277,34 @@ def _emails(text: str) -> list[Match]:
     return out
 
 
+def _with_obfuscated(text: str, emails: list[Match]) -> list[Match]:
+    """``emails`` and the written-out addresses (``[at]``, ``(dot)``) that none overlaps."""
+    more = [
+        Match("email", m.start(), m.end(), m.group())
+        for m in _OBFUSCATED_EMAIL.finditer(text)
+        if not any(e.start < m.end() and m.start() < e.end for e in emails)
+    ]
+    return sorted(emails + more, key=lambda m: m.start) if more else emails
+
+
 def find(text: str, allow: Allow = _NO_ALLOW) -> list[Match]:
     """Every personal-data match in ``text``, left to right, none overlapping (an email wins
     over a number inside it)."""
     if not text:
         return []
     emails = _emails(text) if "@" in text else []
+    if any(mark in text for mark in _AT_MARKS) and _AT_HINT.search(text):
+        emails = _with_obfuscated(text, emails)
     numbers: list[Match] = []
+    lower = text.lower()
+    numeric = _ANY_NUMERIC if any(w in lower for w in _PHONE_WORDS) else _NO_PHONE_WORD
     taken = iter(emails)
     email = next(taken, None)
     pos = 0
     for ws, we in _windows(text):
         pos = max(pos, ws)  # a window may open inside the previous window's last match
         while pos < we:
-            m = _ANY_NUMERIC.search(text, pos, we)
+            m = numeric.search(text, pos, we)
             if m is None:
                 break
             found = _check(m.lastgroup, m.start(), text)
@@ -269,8 +332,20 @@ def _check(kind: str, start: int, text: str) -> Match | None:
             end = start + len(found)
             if other == "ipv4" and not _ipv4_host(text, start, end):
                 continue
+            if other == "phone" and not _phone_stands(found, text, start):
+                continue
             return Match(other, start, end, found)
     return None
+
+
+def _phone_stands(number: str, text: str, start: int) -> bool:
+    """A number in none of the layouts that stand alone (``_LONE_PHONE``) is a phone only
+    after a word that says phone (``Tel.:``, ``call``, ``Mobile:``): bare, ``0171 4869089``
+    or ``852 23079338`` could be any reference, and ``012-345-6789`` is no North American
+    number."""
+    if _LONE_PHONE.fullmatch(number):
+        return True
+    return _PHONE_WORD.search(text, max(0, start - 40), start) is not None
 
 
 def _iban_of(candidate: str) -> str | None:
