@@ -136,10 +136,14 @@ def load_pairs(cfg, augmented_dir: Path) -> dict[str, list[Pair]]:
         return subject_line_pairs(Path(augmented_dir) / "labelled")
     source = pairs_source(tcfg.sft_data)
     if source.is_dir():
-        splits = {split: read_pairs(_split_file(source, split), *_fields(tcfg)) for split in SPLITS}
-    else:
-        splits = split_pairs(read_pairs(source, *_fields(tcfg)), tcfg.sft_holdout_share)
-    splits = {split: _masked(cfg, pairs) for split, pairs in splits.items()}
+        splits = {
+            split: _masked(cfg, read_pairs(_split_file(source, split), *_fields(tcfg)))
+            for split in SPLITS
+        }
+    else:  # masked before the split: the split of a prompt never depends on what was masked,
+        # and prompts that differ only there are one prompt, in one split
+        pairs = _masked(cfg, read_pairs(source, *_fields(tcfg)))
+        splits = split_pairs(pairs, tcfg.sft_holdout_share)
     for split, pairs in splits.items():
         if not pairs:
             raise DataError(
