@@ -8,6 +8,21 @@ and the folder renamed into place, so a crash mid-write leaves the previous chec
 latest complete one. A folder whose files do not match its manifest (truncated, overwritten,
 partly deleted) is skipped with a warning naming it, in favour of an older one.
 
+One folder, many runs: a run whose fingerprint (``lmforge.train.step.fingerprint``: model
+shape, data, seed, optimizer) differs from the checkpoints already in ``<root>`` keeps its own
+in ``<root>/run-<fingerprint>/`` and never touches theirs; ``<root>`` itself belongs to the
+first run that wrote there (so a folder of one run looks as it always did). A run resumes from
+the newest checkpoint of its fingerprint in either place.
+
+Nothing is deleted that is the last copy of a checkpoint. Replacing a step that exists (a run
+that resumed from an earlier one writes it again) is: rename the old folder to ``.old-NAME``,
+rename ``.tmp-NAME`` to ``NAME``, remove ``.old-NAME``. ``prepare`` (the next writer, under the
+lock) finishes whatever a crash interrupted: a ``.tmp-`` that verifies is the newest copy and is
+moved into place (the old one aside first); a ``.old-`` whose name is free is renamed back; a
+``.old-`` goes only once its name holds a checkpoint that verifies; a ``.tmp-`` that does not
+verify was cut short before its manifest and is removed. A checkpoint of another fingerprint at
+the same step is moved into that run's own folder, not replaced.
+
 One run writes a checkpoint folder at a time: ``writer_lock`` (a lock file holding the
 writer's pid and host) refuses a second. Pruning keeps the newest ``keep_last`` verified
 checkpoints of this run's fingerprint, always including the one just written; checkpoints of
@@ -29,7 +44,7 @@ import os
 import pickle
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +64,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 PREFIX = "step-"
 LOCK = ".writer.lock"
+RUN_PREFIX = "run-"
 
 # What DCP's metadata pickle may reference; anything else is refused before it is built.
 _ALLOWED_GLOBALS = {
@@ -123,6 +139,11 @@ def _step_dir(root: Path, step: int) -> Path:
     return root / f"{PREFIX}{step:08d}"
 
 
+def run_dir(home: Path, fingerprint: str) -> Path:
+    """Where a run keeps its checkpoints when ``home`` holds another run's."""
+    return Path(home) / f"{RUN_PREFIX}{fingerprint or 'unnamed'}"
+
+
 def sha256_of(path: Path) -> str:
     with path.open("rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
@@ -152,18 +173,38 @@ def _hash_files(folder: Path, rt: Runtime) -> dict[str, dict[str, Any]]:
 Status = Literal["good", "foreign", "bad"]
 
 
+def _accepted(fingerprint: str | Collection[str] | None) -> frozenset[str] | None:
+    """The fingerprints a run accepts as its own: its own and, for a ``step.Fingerprint``, the
+    one older lmforge computed for the same config."""
+    if fingerprint is None:
+        return None
+    if isinstance(fingerprint, str):
+        legacy = getattr(fingerprint, "legacy", "")
+        return frozenset({str(fingerprint), legacy} if legacy else {str(fingerprint)})
+    return frozenset(fingerprint)
+
+
+def _read_manifest(folder: Path) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        return manifest if isinstance(manifest, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
 def _inspect(
-    folder: Path, fingerprint: str | None, hashes: bool = True
+    folder: Path, fingerprint: str | Collection[str] | None, hashes: bool = True
 ) -> tuple[Status, dict[str, Any] | None, str]:
-    """Whether ``folder`` is a complete checkpoint of ``fingerprint`` (any, if None): the
-    status, the manifest when readable, and the reason when not good."""
+    """Whether ``folder`` is a complete checkpoint of ``fingerprint`` (any, if None; a set: any
+    of them): the status, the manifest when readable, and the reason when not good."""
+    accepted = _accepted(fingerprint)
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
         files = manifest["files"]
         int(manifest["step"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return "bad", None, f"no readable manifest ({exc})"
-    if fingerprint is not None and manifest.get("fingerprint") != fingerprint:
+    if accepted is not None and manifest.get("fingerprint") not in accepted:
         return "foreign", manifest, "written by a different config or data"
     if ".metadata" not in files:
         return "bad", manifest, "no DCP metadata"
@@ -182,13 +223,19 @@ def _inspect(
     return "good", manifest, ""
 
 
-def verify(folder: Path, fingerprint: str | None = None) -> dict[str, Any] | None:
+def verify(folder: Path, fingerprint: str | Collection[str] | None = None) -> dict | None:
     """The manifest of a complete, uncorrupted checkpoint folder, or None (reason logged)."""
     status, manifest, reason = _inspect(folder, fingerprint)
     if status != "good":
         log.warning("skipping checkpoint %s: %s", folder, reason)
         return None
     return manifest
+
+
+def _complete(folder: Path) -> dict[str, Any] | None:
+    """The manifest of ``folder`` if it is a complete checkpoint of any run, else None."""
+    status, manifest, _ = _inspect(folder, None)
+    return manifest if status == "good" else None
 
 
 def _signature(folder: Path) -> tuple:
@@ -198,6 +245,77 @@ def _signature(folder: Path) -> tuple:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and (st := p.stat())
     )
+
+
+# ------------------------------------------------------------------------------ replacing
+
+
+def _move_to_its_run(final: Path, manifest: dict[str, Any]) -> None:
+    """Move another run's checkpoint out of the way, into that run's own folder (which its
+    run searches too): renamed, never deleted."""
+    target = run_dir(final.parent, str(manifest.get("fingerprint", ""))) / final.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():  # that run holds the step there too: keep both, under a free name
+        target = _free_name(target, ".moved")
+    log.warning("moving %s, a checkpoint of another run, to %s (kept, not replaced)", final, target)
+    os.replace(final, target)
+
+
+def _free_name(path: Path, tag: str) -> Path:
+    n = 1
+    while (candidate := path.with_name(f"{path.name}{tag}{n}")).exists():
+        n += 1
+    return candidate
+
+
+def replace_folder(final: Path, tmp: Path, accepted: Collection[str]) -> None:
+    """Put the complete folder ``tmp`` at ``final`` so that a crash at any point leaves a
+    complete copy that ``recover`` finds: old aside, new into place, old removed. A folder of
+    a fingerprint not in ``accepted`` at ``final`` is moved to its run's folder instead."""
+    if final.exists():
+        status, manifest, _ = _inspect(final, accepted, hashes=False)
+        if status == "foreign" and manifest is not None:
+            _move_to_its_run(final, manifest)
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    aside = final.with_name(f".old-{final.name}")
+    if aside.exists():  # kept by recover() beside a final that did not verify
+        aside = _free_name(aside, ".")
+    os.replace(final, aside)
+    os.replace(tmp, final)
+    shutil.rmtree(aside)
+
+
+def recover(root: Path) -> None:
+    """Finish the replaces a crash interrupted in ``root`` (rank 0, under the writer lock:
+    nobody else is writing). Never deletes the only complete copy of a checkpoint."""
+    if not root.is_dir():
+        return
+    for tmp in sorted(root.glob(".tmp-*")):
+        final = root / tmp.name.removeprefix(".tmp-")
+        manifest = _complete(tmp)
+        if manifest is None:
+            log.warning("removing %s: a checkpoint cut short before its manifest", tmp)
+            shutil.rmtree(tmp)
+        elif not final.exists():
+            log.warning("completing the interrupted save of %s", final)
+            os.replace(tmp, final)  # the crash fell before or between the two renames
+        else:
+            log.warning("completing the interrupted save of %s", final)
+            replace_folder(final, tmp, {str(manifest.get("fingerprint", ""))})
+    for aside in sorted(root.glob(".old-*")):
+        final = root / aside.name.removeprefix(".old-").split(".")[0]
+        if not final.exists():
+            log.warning("restoring %s: its replacement never arrived", final)
+            os.replace(aside, final)
+        elif _complete(final) is not None:
+            shutil.rmtree(aside)  # superseded by the complete copy in place
+        else:
+            log.warning("keeping %s: %s does not verify", aside, final)
+
+
+# ------------------------------------------------------------------------------ the lock
 
 
 @contextlib.contextmanager
@@ -223,7 +341,10 @@ def writer_lock(root: Path, rt: Runtime) -> Iterator[None]:
 
 
 class Checkpointer:
-    """Save, find and load the checkpoints of one run under ``root``; every rank calls each."""
+    """Save, find and load the checkpoints of one run under ``root``; every rank calls each.
+
+    ``prepare()`` first: it recovers interrupted replaces and picks the run's folder
+    (``.folder``: ``root`` or ``root/run-<fingerprint>``, see the module doc)."""
 
     def __init__(self, root: Path, rt: Runtime, keep_last: int = 2, fingerprint: str = ""):
         if keep_last < 1:  # 0 would delete the checkpoint just written
@@ -231,28 +352,62 @@ class Checkpointer:
                 f"keep_last={keep_last}: at least the newest checkpoint must be kept; set "
                 "keep_last >= 1 (or ckpt_every=0 to write no checkpoints)."
             )
-        self.root, self.rt, self.keep_last, self.fingerprint = (
-            Path(root),
-            rt,
-            keep_last,
-            fingerprint,
-        )
-        self._known: dict[str, tuple[tuple, Status, int]] = {}  # name -> (signature, status, step)
+        self.home, self.rt, self.keep_last = Path(root), rt, keep_last
+        self.fingerprint = fingerprint
+        self.accepted = _accepted(fingerprint) or frozenset()
+        self.folder = self.home
+        self.others = 0  # checkpoints of other runs in ``home`` (why ``folder`` may differ)
+        self._known: dict[str, tuple[tuple, Status, int]] = {}  # path -> (signature, status, step)
         self._reported: set[str] = set()
 
-    def complete(self) -> list[Path]:
-        """Checkpoint folders, newest first (not yet verified)."""
-        if not self.root.exists():
-            return []
-        found = [p for p in self.root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
-        return sorted(found, key=lambda p: p.name, reverse=True)
+    @property
+    def root(self) -> Path:
+        return self.folder
 
-    def latest(self) -> tuple[Path, dict[str, Any]] | None:
-        """The newest checkpoint that verifies; rank 0 decides, every rank gets the same answer."""
+    def prepare(self) -> None:
+        """Recover what a crash left (rank 0, under the lock) and choose this run's folder."""
+        choice = None
+        if self.rt.is_main:
+            own = run_dir(self.home, self.fingerprint)
+            recover(self.home)
+            recover(own)
+            fingerprints = [m.get("fingerprint") for m in self._manifests(self.home)]
+            self.others = sum(fp not in self.accepted for fp in fingerprints)
+            ours_at_home = len(fingerprints) > self.others
+            if any(m.get("fingerprint") in self.accepted for m in self._manifests(own)):
+                choice = (str(own), self.others)
+            elif ours_at_home or not self.others:
+                choice = (str(self.home), self.others)
+            else:
+                choice = (str(own), self.others)
+        folder, self.others = broadcast_object(choice)
+        self.folder = Path(folder)
+
+    @staticmethod
+    def _manifests(folder: Path) -> list[dict[str, Any]]:
+        found = [_read_manifest(p) for p in _step_folders(folder)]
+        return [m for m in found if m is not None]
+
+    def complete(self) -> list[Path]:
+        """This run's candidate checkpoint folders (its own folder's and ``home``'s), newest
+        step first (not yet verified)."""
+        places = [self.folder] if self.folder == self.home else [self.folder, self.home]
+        found = [p for place in places for p in _step_folders(place)]
+        return sorted(found, key=lambda p: (p.name, p.parent == self.folder), reverse=True)
+
+    def latest(self, at_most: int | None = None) -> tuple[Path, dict[str, Any]] | None:
+        """The newest checkpoint that verifies, of step ``at_most`` or less when given (a run
+        asked for fewer steps than its checkpoints hold); rank 0 decides, every rank gets the
+        same answer."""
         choice = None
         if self.rt.is_main:
             for folder in self.complete():
-                manifest = verify(folder, self.fingerprint)
+                status, manifest, _ = _inspect(folder, self.accepted, hashes=False)
+                if status == "foreign":
+                    continue  # another run's: it resumes from them, this one does not look
+                if at_most is not None and manifest and int(manifest["step"]) > at_most:
+                    continue
+                manifest = verify(folder, self.accepted)
                 if manifest is not None:
                     choice = (str(folder), manifest)
                     break
@@ -263,8 +418,8 @@ class Checkpointer:
         self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict
     ) -> Path:
         """Write checkpoint ``step`` atomically; keep the newest ``keep_last`` of this run."""
-        final = _step_dir(self.root, step)
-        tmp = self.root / f".tmp-{final.name}"
+        final = _step_dir(self.folder, step)
+        tmp = self.folder / f".tmp-{final.name}"
         if self.rt.is_main:
             if tmp.exists():
                 shutil.rmtree(tmp)
@@ -279,42 +434,29 @@ class Checkpointer:
         if self.rt.is_main:
             manifest = {
                 "step": step,
-                "fingerprint": self.fingerprint,
+                "fingerprint": str(self.fingerprint),
                 "world_size": self.rt.world_size,
                 "state": state,
                 "files": files,
             }
             write_json(tmp / MANIFEST, manifest, indent=1)
-            self._replace(final, tmp)
-            self._known[final.name] = (_signature(final), "good", step)
+            replace_folder(final, tmp, self.accepted)
+            self._known[str(final)] = (_signature(final), "good", step)
             self._prune(final)
         barrier()
         return final
 
-    def _replace(self, final: Path, tmp: Path) -> None:
-        if final.exists():
-            status, _, _ = _inspect(final, self.fingerprint, hashes=False)
-            if status == "foreign":
-                log.warning("replacing %s, a checkpoint of another config at the same step", final)
-            aside = final.with_name(f".old-{final.name}")
-            shutil.rmtree(aside, ignore_errors=True)
-            os.replace(final, aside)
-            os.replace(tmp, final)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-
     def _classify(self, folder: Path) -> tuple[Status, int]:
         """A folder's status, verified once and remembered until any of its files changes."""
         sig = _signature(folder)
-        known = self._known.get(folder.name)
+        known = self._known.get(str(folder))
         if known is not None and known[0] == sig:
             return known[1], known[2]
-        status, manifest, reason = _inspect(folder, self.fingerprint)
+        status, manifest, reason = _inspect(folder, self.accepted)
         step = int(manifest["step"]) if manifest else -1
-        self._known[folder.name] = (sig, status, step)
-        if status != "good" and folder.name not in self._reported:
-            self._reported.add(folder.name)
+        self._known[str(folder)] = (sig, status, step)
+        if status != "good" and str(folder) not in self._reported:
+            self._reported.add(str(folder))
             if status == "foreign":
                 log.info("leaving %s alone: %s; not counted for keep_last", folder, reason)
             else:
@@ -332,7 +474,7 @@ class Checkpointer:
         ours.sort(reverse=True)
         for _, folder in ours[self.keep_last - 1 :]:
             shutil.rmtree(folder, ignore_errors=True)
-            self._known.pop(folder.name, None)
+            self._known.pop(str(folder), None)
 
     def load(self, folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Restore model, optimizer and this rank's RNG from ``folder`` in place."""
@@ -346,13 +488,11 @@ class Checkpointer:
         if rng_file.exists():  # absent when the world size changed: keep the seeded state
             _set_rng_state(load_file(str(rng_file)))
 
-    def clean_partial(self) -> None:
-        """Remove ``.tmp-*`` and ``.old-*`` folders a crash left behind (rank 0, under the lock:
-        no other writer can be filling them)."""
-        if self.rt.is_main and self.root.exists():
-            for p in [*self.root.glob(".tmp-*"), *self.root.glob(".old-*")]:
-                shutil.rmtree(p, ignore_errors=True)
-        barrier()
+
+def _step_folders(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
 
 
 def _tensor_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:

@@ -17,7 +17,10 @@ Each optimizer step: set the learning rate (warmup + cosine), accumulate ``grad_
 micro batches under autocast (DDP/FSDP gradient sync only on the last), clip gradients, stop on a
 non-finite loss or gradient norm (the divergence guard; weights and the last checkpoint stay
 untouched), step AdamW; then log, validate and checkpoint on their own cadences. A checkpoint
-found under ``checkpoint_dir`` with the same ``fingerprint`` is resumed from automatically.
+found under ``checkpoint_dir`` with the same ``fingerprint`` is resumed from automatically, even
+with another ``max_steps`` (the learning rate is a function of the step and ``max_steps``, so the
+schedule is recomputed for the new length), world size or micro-batch split (DCP reshards); one
+line on stderr says where the run starts and what changed (``_start_line``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import resource
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +44,7 @@ from lmforge.errors import TrainingError
 from lmforge.train.checkpoint import Checkpointer, writer_lock
 from lmforge.train.distributed import Runtime, all_reduce_sum
 from lmforge.train.optim import build_optimizer, lr_at
-from lmforge.train.parallel import parallelize
+from lmforge.train.parallel import fsdp_casts_to_bf16, parallelize
 from lmforge.train.precision import Precision, announce, resolve
 
 
@@ -82,9 +86,12 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
 
 
-def autocast(cfg: TrainConfig, device: torch.device):
-    """bf16 autocast when ``cfg.precision`` resolves to bf16 on ``device`` (``auto`` included)."""
+def autocast(cfg: TrainConfig, device: torch.device, rt: Runtime | None = None):
+    """bf16 autocast when ``cfg.precision`` resolves to bf16 on ``device`` (``auto`` included),
+    unless FSDP2's mixed-precision policy already computes in bf16 on ``rt``'s ranks."""
     enabled = resolve(cfg.precision, device).autocast
+    if rt is not None and fsdp_casts_to_bf16(cfg, rt):
+        enabled = False
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
@@ -135,17 +142,15 @@ def _fit(
         announce(precision)
         if rt.device.type == "cpu":
             mkl_shim.announce()
-    model = parallelize(model, cfg, rt)
-    if cfg.compile:
-        model = torch.compile(model)
+    model = parallelize(model, cfg, rt)  # compiles each block first when cfg.compile
     optimizer = build_optimizer(model, cfg)
     result = FitResult(model=model, step=0, precision=precision)
 
     ckpt = None
     if checkpoint_dir is not None and cfg.ckpt_every > 0:
         ckpt = Checkpointer(checkpoint_dir, rt, cfg.keep_last, fingerprint)
-        ckpt.clean_partial()
-        found = ckpt.latest()
+        ckpt.prepare()
+        found = ckpt.latest(at_most=cfg.max_steps)
         if found is not None:
             folder, manifest = found
             ckpt.load(folder, model, optimizer)
@@ -162,6 +167,8 @@ def _fit(
                     last["tokens_per_s"],
                     last["mfu"],
                 )
+        if rt.is_main:
+            print(_start_line(ckpt, found, _run_shape(cfg, rt)), file=sys.stderr, flush=True)
     last_good = f"step {result.step}" if ckpt and result.resumed_from else "none"
 
     bar = None
@@ -182,7 +189,8 @@ def _fit(
         tokens = 0
         for micro in range(cfg.grad_accum_steps):
             batch = task.batch(step, micro)
-            with _no_grad_sync(model, micro == cfg.grad_accum_steps - 1), autocast(cfg, rt.device):
+            last_micro = micro == cfg.grad_accum_steps - 1
+            with _no_grad_sync(model, last_micro), autocast(cfg, rt.device, rt):
                 loss = task.loss(model, batch) / cfg.grad_accum_steps
             loss.backward()
             loss_sum += loss.detach()
@@ -235,7 +243,7 @@ def _fit(
             window_loss, window_steps, window_tokens, window_time = 0.0, 0, 0, 0.0
         if cfg.eval_every > 0 and (done % cfg.eval_every == 0 or done == cfg.max_steps):
             model.eval()
-            with torch.no_grad(), autocast(cfg, rt.device):
+            with torch.no_grad(), autocast(cfg, rt.device, rt):
                 row.update(task.evaluate(model))
             model.train()
         if row:
@@ -249,6 +257,7 @@ def _fit(
                 "tokens_seen": result.tokens_seen,
                 "train_seconds": result.train_seconds,
                 "data_position": {"next_step": done, "micro_steps": done * cfg.grad_accum_steps},
+                "run_shape": _run_shape(cfg, rt),
             }
             ckpt.save(done, model, optimizer, state)
             last_good = f"step {done}"
@@ -256,3 +265,52 @@ def _fit(
         bar.close()
     result.peak_memory_bytes = peak_memory_bytes(rt.device)
     return result
+
+
+def _run_shape(cfg: TrainConfig, rt: Runtime) -> dict[str, int]:
+    """What a resumed run may change (``lmforge.train.step.RESUMABLE``), as the checkpoint
+    records it so that resuming can say what changed."""
+    return {
+        "max_steps": cfg.max_steps,
+        "world_size": rt.world_size,
+        "micro_batch_size": cfg.micro_batch_size,
+        "grad_accum_steps": cfg.grad_accum_steps,
+        "global_batch": cfg.micro_batch_size * cfg.grad_accum_steps * rt.world_size,
+    }
+
+
+def _start_line(ckpt: Checkpointer, found: tuple[Path, dict] | None, now: dict) -> str:
+    """One line: where the run resumes from and what changed since, or why it starts fresh."""
+    if found is None:
+        if ckpt.others:
+            return (
+                f"starting fresh in {ckpt.folder}: the {ckpt.others} checkpoint(s) in "
+                f"{ckpt.home} are of another model, data, seed or optimizer setting (or were "
+                "written by an lmforge before resumable runs with other settings); they stay"
+            )
+        return f"starting fresh (checkpoints in {ckpt.folder})"
+    folder, manifest = found
+    before = manifest["state"].get("run_shape")
+    if before is None:
+        return f"resuming from {folder} (written by an older lmforge)"
+    changes = []
+    if before["max_steps"] != now["max_steps"]:
+        changes.append(
+            f"max_steps {before['max_steps']} -> {now['max_steps']}: "
+            f"schedule recomputed for {now['max_steps']} steps"
+        )
+    if before["world_size"] != now["world_size"]:
+        changes.append(f"world size {before['world_size']} -> {now['world_size']}: resharded")
+    split = ("micro_batch_size", "grad_accum_steps")
+    if any(before[k] != now[k] for k in split):
+        changes.append(
+            "micro batch x accumulation "
+            f"{before['micro_batch_size']}x{before['grad_accum_steps']} -> "
+            f"{now['micro_batch_size']}x{now['grad_accum_steps']}"
+        )
+    if before["global_batch"] != now["global_batch"]:
+        changes.append(
+            f"global batch {before['global_batch']} -> {now['global_batch']}: from here on "
+            "the data order is that of the new batch size"
+        )
+    return f"resuming from {folder}" + (f" ({'; '.join(changes)})" if changes else "")

@@ -7,9 +7,12 @@
   other ranks get a tracker that logs nothing;
 - ``checkpoint_dir``: ``out_dir/checkpoints`` (one subfolder per model when a step trains more
   than one, e.g. finetune's ``model`` and ``baseline``);
-- ``fingerprint``: which checkpoints a run may resume from: the model's shape, the training
-  section minus the cadence knobs (``CADENCE``), and the data's identity. Changing how often
-  things are logged, validated or saved, or any other section (``evaluate.*``), still resumes;
+- ``fingerprint``: which checkpoints a run may resume from: the model's shape, the data's
+  identity, and the training knobs that define the run (seed, optimizer and schedule shape:
+  ``lr``, warmup, betas...). Everything a run can change and still continue is left out:
+  ``max_steps`` (the schedule is recomputed for the new length), the split of the batch into
+  micro batches and accumulation, the process count and the parallelism (DCP reshards), the
+  cadence knobs (``RESUMABLE``), and any other section (``evaluate.*``);
 - ``write_metrics``: ``metrics.json`` with the tracking summary (what was not logged).
 """
 
@@ -30,10 +33,19 @@ from lmforge.outputs import write_json
 from lmforge.train.distributed import Runtime, init_distributed, shutdown
 from lmforge.train.tracker import NullTracker, TrainingTracker
 
-# Knobs that change how often things happen around training (or where, or how fast), not the
-# weights it produces; ``baseline`` says whether a second model trains beside the first.
-CADENCE = frozenset(
+# Knobs a run may change and still continue from its checkpoints: how often things happen
+# around training (or where, or how fast), how the batch is split over micro batches and
+# processes (DCP reshards the weights), and the run's length (the schedule is a function of
+# ``max_steps`` and is recomputed, as torchtitan does). ``baseline`` says whether a second model
+# trains beside the first. ``lr``, warmup and the rest of the optimizer stay in: a run with
+# another ``lr`` starts over, in its own checkpoint folder.
+RESUMABLE = frozenset(
     {
+        "max_steps",
+        "micro_batch_size",
+        "grad_accum_steps",
+        "parallel",
+        "activation_checkpointing",
         "eval_every",
         "eval_batches",
         "log_every",
@@ -95,12 +107,36 @@ def checkpoint_dir(out_dir: Path, model: str | None = None) -> Path:
     return root / model if model else root
 
 
-def fingerprint(train: TrainConfig, model: Any, data: Any) -> str:
-    """Checkpoints are interchangeable when this matches: ``model`` (its shape, or the identity
-    of the weights it starts from), the training section minus ``CADENCE``, and ``data``."""
-    keep = {k: v for k, v in asdict(train).items() if k not in CADENCE}
+# What lmforge before RESUMABLE left out of the fingerprint: the cadence knobs only.
+_LEGACY_LEFT_OUT = RESUMABLE - {
+    "max_steps",
+    "micro_batch_size",
+    "grad_accum_steps",
+    "parallel",
+    "activation_checkpointing",
+}
+
+
+class Fingerprint(str):
+    """A run's resume fingerprint. ``legacy``: what lmforge computed for the same run before
+    ``RESUMABLE`` (it hashed every training knob but the cadence ones), so that a checkpoint
+    folder written then still resumes when the config is unchanged."""
+
+    legacy: str = ""
+
+
+def _digest(train: TrainConfig, model: Any, data: Any, left_out: frozenset[str]) -> str:
+    keep = {k: v for k, v in asdict(train).items() if k not in left_out}
     blob = json.dumps({"model": model, "train": keep, "data": data}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def fingerprint(train: TrainConfig, model: Any, data: Any) -> Fingerprint:
+    """Checkpoints are interchangeable when this matches: ``model`` (its shape, or the identity
+    of the weights it starts from), the training section minus ``RESUMABLE``, and ``data``."""
+    value = Fingerprint(_digest(train, model, data, RESUMABLE))
+    value.legacy = _digest(train, model, data, _LEGACY_LEFT_OUT)
+    return value
 
 
 def file_identity(*paths: Path) -> dict[str, str]:
