@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -164,3 +165,56 @@ def test_a_lock_held_on_another_host_is_refused_with_the_fix(tmp_path):
     with atomic_output_dir(tmp_path / "out") as tmp:
         (tmp / "x").write_text("x")
     assert (tmp_path / "out" / "x").exists()
+
+
+# ------------------------------------------------------------------------------ killed mid-swap
+
+# Publishes version "new" over version "old", killed just before its k-th filesystem step
+# after the folder was filled (``kill_points``).
+KILLED_AT_STEP = """
+import sys
+from pathlib import Path
+from kill_points import kill_before_step
+from lmforge.outputs import atomic_output_dir
+out, k = Path(sys.argv[1]), int(sys.argv[2])
+arm = kill_before_step(k, ("replace", "rename", "unlink"))
+with atomic_output_dir(out) as tmp:
+    (tmp / "version.txt").write_text("new")
+    (tmp / "weights.bin").write_bytes(b"n" * 1000)
+    arm()
+"""
+
+
+def test_a_writer_killed_between_any_two_steps_of_a_publish_loses_nothing(tmp_path):
+    """For every k: kill the writer before its k-th filesystem step of the swap; the next
+    writer finds the newest complete output in place (the new one once it was complete, i.e.
+    once the filled folder was renamed to ``.new-``; the old one before), never none."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(Path(__file__).parent)])}
+    seen: list[str] = []
+    for k in range(1, 10):
+        out = tmp_path / f"k{k}" / "out"
+        with atomic_output_dir(out) as tmp:
+            (tmp / "version.txt").write_text("old")
+        proc = subprocess.run(
+            [sys.executable, "-c", KILLED_AT_STEP, str(out), str(k)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode in (0, 9), proc.stderr[-2000:]
+        with atomic_output_dir(out) as tmp:  # the next writer
+            version = (out / "version.txt").read_text()
+            names = sorted(p.name for p in out.iterdir())
+            whole = (out / "weights.bin").exists() and (out / "weights.bin").stat().st_size
+            (tmp / "version.txt").write_text("next")
+        assert version == ("old" if k == 1 else "new"), (k, leftovers(out.parent))
+        if version == "new":  # whole, and without the writer's marker
+            assert names == ["version.txt", "weights.bin"], (k, names)
+            assert whole == 1000, k
+        assert leftovers(out.parent) == [], k
+        assert (out / "version.txt").read_text() == "next"
+        seen.append(version)
+        if proc.returncode == 0:
+            break
+    assert proc.returncode == 0 and len(seen) >= 5  # every step of the swap was cut once

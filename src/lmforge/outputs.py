@@ -213,20 +213,49 @@ def owner_lock(path: Path, what: str, error: type[LmforgeError] = OutputError) -
 # ------------------------------------------------------------------------------ folders
 
 
-def _siblings(out_dir: Path) -> list[Path]:
-    """``.NAME.tmp-XXXXXXXX`` and ``.NAME.old-XXXXXXXX`` folders this module makes for out_dir."""
-    pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.(tmp|old)-[0-9a-f]{{8}}")
-    return [p for p in out_dir.parent.iterdir() if pattern.fullmatch(p.name)]
+def _siblings(out_dir: Path, kind: str) -> list[Path]:
+    """``.NAME.KIND-XXXXXXXX`` folders this module makes beside out_dir, oldest first: ``tmp``
+    (being filled), ``new`` (filled and complete, not yet in place), ``old`` (the previous
+    output, moved aside for the new one)."""
+    pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.{kind}-[0-9a-f]{{8}}")
+    found = [p for p in out_dir.parent.iterdir() if pattern.fullmatch(p.name)]
+    return sorted(found, key=lambda p: p.stat().st_mtime_ns)
 
 
-def _remove_leftovers(out_dir: Path) -> None:
-    """Remove temporary siblings whose writer is gone (called under the folder's lock, so a
-    live writer can only be an older lmforge without locks: its folder is kept)."""
-    for leftover in _siblings(out_dir):
-        owner = _read_owner(leftover / OWNER_FILE)
-        if owner and owner_alive(owner):
-            continue
-        shutil.rmtree(leftover, ignore_errors=True)
+def _sibling(out_dir: Path, kind: str, tag: str) -> Path:
+    return out_dir.with_name(f".{out_dir.name}.{kind}-{tag}")
+
+
+def _publish(out_dir: Path, new: Path, tag: str) -> None:
+    """Put the complete folder ``new`` at ``out_dir``. Every point a crash can stop it at
+    leaves a complete copy that ``_recover`` finishes from: ``new`` (not yet moved) or
+    ``out_dir``, with the previous output under ``.old-TAG`` until the new one is in place."""
+    (new / OWNER_FILE).unlink(missing_ok=True)  # the output holds only what the step wrote
+    old = _sibling(out_dir, "old", tag)
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(new, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover(out_dir: Path) -> None:
+    """Finish what a killed writer left beside ``out_dir`` (under the folder's lock), never
+    removing the only copy of an output: a complete ``.new-`` is published (the newest output);
+    a ``.old-`` is renamed back when ``out_dir`` is missing, removed only when it is there; a
+    ``.tmp-`` was never complete and is removed, unless its writer is alive (an older lmforge
+    without locks: its folder is kept)."""
+    for tmp in _siblings(out_dir, "tmp"):
+        owner = _read_owner(tmp / OWNER_FILE)
+        if not (owner and owner_alive(owner)):
+            shutil.rmtree(tmp, ignore_errors=True)
+    for new in _siblings(out_dir, "new"):
+        tag = uuid.uuid4().hex[:8]  # a fresh tag: an .old- of the crashed swap may remain
+        _publish(out_dir, new, tag)
+    for old in reversed(_siblings(out_dir, "old")):  # newest first
+        if not out_dir.exists():
+            os.replace(old, out_dir)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -234,38 +263,38 @@ def atomic_output_dir(out_dir: Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``out_dir`` to fill; on success it replaces ``out_dir``.
 
     One writer at a time: a lock file ``.NAME.lock`` beside ``out_dir`` refuses a second
-    writer with an ``OutputError``; temporary siblings left by a killed writer are removed
-    first. On an exception the temporary folder is removed and ``out_dir`` (if any) stays as
-    it was. The swap is two renames on the same filesystem; a crash between them leaves the old
-    output under ``.NAME.old-*`` (removed by the next writer) and no half-written ``out_dir``.
+    writer with an ``OutputError``; what a killed writer left is finished first (``_recover``:
+    the newest complete output ends up at ``out_dir``). On an exception the temporary folder is
+    removed and ``out_dir`` (if any) stays as it was. The filled folder is renamed to
+    ``.NAME.new-*`` (complete), then swapped in with two renames (``_publish``); a crash
+    between them leaves no ``out_dir`` for a moment, but both copies exist and the next writer
+    puts the new one in place.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     lock = out_dir.with_name(f".{out_dir.name}.lock")
     with owner_lock(lock, f"output folder {out_dir}"):
-        _remove_leftovers(out_dir)
+        _recover(out_dir)
         tag = uuid.uuid4().hex[:8]
-        tmp = out_dir.with_name(f".{out_dir.name}.tmp-{tag}")
+        tmp = _sibling(out_dir, "tmp", tag)
         tmp.mkdir()
-        marker = tmp / OWNER_FILE
-        marker.write_text(json.dumps(this_owner()))
+        (tmp / OWNER_FILE).write_text(json.dumps(this_owner()))
         try:
             yield tmp
-            marker.unlink(missing_ok=True)  # the output holds only what the step wrote
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        old = out_dir.with_name(f".{out_dir.name}.old-{tag}")
+        new = _sibling(out_dir, "new", tag)
         try:
-            if out_dir.exists():
-                out_dir.rename(old)
-            tmp.rename(out_dir)
+            os.replace(tmp, new)  # complete from here on: _recover would publish it
+            _publish(out_dir, new, tag)
         except OSError as exc:
+            old = _sibling(out_dir, "old", tag)
             if old.exists() and not out_dir.exists():
-                old.rename(out_dir)  # put the previous output back
+                os.replace(old, out_dir)  # put the previous output back
             shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(new, ignore_errors=True)
             raise OutputError(
                 f"{out_dir}: could not move the new output into place ({exc}); was the folder "
                 "changed by hand or by a process that does not take the lock? Rerun the step."
             ) from None
-        shutil.rmtree(old, ignore_errors=True)
