@@ -6,6 +6,9 @@
   checkpoint, and the run ends with the same losses as an uninterrupted one (tolerance 1e-4).
 - Under FSDP2 a rank holds only its half of the parameters, even at start (meta init), and the
   initial weights are exactly the one-process seeded model's.
+- A 10-step FSDP2 run on 2 processes, rerun on 1 process with another micro-batch split of the
+  same global batch and ``max_steps`` 20, resumes from its step-10 checkpoint (DCP reshards)
+  and ends where an uninterrupted 20-step run does (tolerance 1e-4, as above).
 """
 
 from __future__ import annotations
@@ -171,6 +174,39 @@ def test_sigkilled_rank_resumes_and_matches_the_uninterrupted_run(workdir, runs)
     assert metrics["val_loss"] == pytest.approx(
         json.loads((runs["ddp"] / "metrics.json").read_text())["val_loss"], abs=TOL
     )
+
+
+def test_fsdp_on_two_processes_resumes_on_one_with_more_steps(workdir):
+    """Two processes -> one (as a node pool that shrank), 10 -> 20 steps, micro batch 4 x 1
+    accumulation per rank -> 4 x 2 on the one rank: the same global batch of 8, so the same
+    sequences at every step. The schedule is constant after warmup (``min_lr_ratio=1``), so
+    the first run's 10 steps are the same trajectory as the uninterrupted run's first 10 and
+    the losses must agree; they agree to summation order only (two ranks reduce gradients in
+    another order than one, and FSDP2 shards the optimizer step), hence the tolerance."""
+
+    def run(out: str, parallel: str, nproc: int, *sets: str) -> str:
+        cmd = [str(BIN / "lmforge"), *args(workdir, out, parallel, nproc, *flat, *sets)]
+        cmd += ["--nproc", str(nproc)] if nproc > 1 else []
+        proc = subprocess.run(cmd, env=env(workdir), capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stderr
+
+    flat = ["pretrain.min_lr_ratio=1.0"]
+    run("grown", "fsdp", 2, "pretrain.max_steps=10")
+    split = ["pretrain.micro_batch_size=4", "pretrain.grad_accum_steps=2"]
+    stderr = run("grown", "fsdp", 1, "pretrain.max_steps=20", *split)
+    checkpoint = workdir / "grown" / "checkpoints" / "step-00000010"
+    assert (
+        f"resuming from {checkpoint} (max_steps 10 -> 20: schedule recomputed for 20 steps; "
+        "world size 2 -> 1: resharded; micro batch x accumulation 4x1 -> 4x2)"
+    ) in stderr
+    assert json.loads((workdir / "grown" / "metrics.json").read_text())["resumed_from"] == 10
+    run("straight", "single", 1, "pretrain.max_steps=20")
+    reference, grown_losses = train_losses(workdir / "straight"), train_losses(workdir / "grown")
+    assert list(grown_losses) == list(reference) == [5, 10, 15, 20]
+    for step, loss in reference.items():
+        assert grown_losses[step] == pytest.approx(loss, abs=TOL), step
+    assert reference[20] < reference[5] - 1  # it learned: the comparison is not of noise
 
 
 META_INIT = """
