@@ -29,9 +29,8 @@ NAMESPACE_LABELS = yaml.safe_load((sources.K8S / "base" / "namespace.yaml").read
 
 
 def pods(source: str) -> list:
-    runtimes = sources.runtimes("gpu" if "gpu" in source else "cpu")
-    storage = sources.storage_containers()
-    return [p for obj in SOURCES[source] for p in pods_of(obj, runtimes, storage)]
+    installed = sources.installed("gpu" if "gpu" in source else "cpu")
+    return [p for obj in SOURCES[source] for p in pods_of(obj, installed)]
 
 
 # -- (2) Pod Security Standards, restricted -------------------------------------------------

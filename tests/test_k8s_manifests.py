@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from k8s_policy.sources import K8S, kustomizations, shipped, storage_containers
 from k8s_schema import errors
 
@@ -62,6 +63,21 @@ def test_every_object_validates(folder):
 def test_the_kserve_storage_container_validates():
     (storage,) = storage_containers()
     assert errors(storage) == []
+
+
+def test_the_training_operator_patch_mounts_the_init_template_where_the_operator_reads_it():
+    folder = K8S / "training-operator"
+    configmap = yaml.safe_load((folder / "pytorch-init-container.yaml").read_text())
+    assert errors(configmap) == []
+    pod = yaml.safe_load((folder / "deployment-patch.yaml").read_text())["spec"]["template"]["spec"]
+    (volume,) = pod["volumes"]
+    (container,) = pod["containers"]
+    (mount,) = container["volumeMounts"]
+    assert container["name"] == "training-operator"  # v1.9 manifests/base/deployment.yaml
+    assert volume["configMap"]["name"] == configmap["metadata"]["name"] == "pytorch-init-container"
+    # v1.9 pkg/config: PyTorchInitContainerTemplateFileDefault = /etc/config/initContainer.yaml
+    assert (mount["name"], mount["mountPath"]) == (volume["name"], "/etc/config")
+    assert list(configmap["data"]) == ["initContainer.yaml"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from k8s_schema import REPO, kustomize
 
+from k8s_policy.workloads import Installed
 from lmforge.config import load_config
 from lmforge.launch import pytorchjob, trainjob
 from lmforge.serve.kserve import Served, inference_service
@@ -49,16 +50,20 @@ def shipped(folder: str) -> tuple[dict[str, Any], ...]:
 
 
 def storage_containers() -> list[dict[str, Any]]:
-    return (
-        [
-            doc
-            for path in sorted((K8S / "kserve").glob("*.yaml"))
-            for doc in yaml.safe_load_all(path.read_text())
-            if doc
-        ]
-        if (K8S / "kserve").is_dir()
-        else []
-    )
+    """k8s/kserve: cluster-scoped objects a cluster admin applies beside KServe."""
+    paths = sorted((K8S / "kserve").glob("*.yaml"))
+    return [doc for path in paths for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def pytorch_init_template() -> str:
+    """k8s/training-operator: the init container template the Training Operator is given."""
+    path = K8S / "training-operator" / "pytorch-init-container.yaml"
+    return yaml.safe_load(path.read_text())["data"]["initContainer.yaml"]
+
+
+def installed(env: str) -> Installed:
+    """The operators as k8s/ sets them up, with the runtime of ``env``'s overlay."""
+    return Installed(runtimes(env), storage_containers(), pytorch_init_template())
 
 
 @functools.cache
@@ -110,6 +115,9 @@ def everything() -> dict[str, list[dict[str, Any]]]:
     """Source name -> its objects."""
     out = {f"k8s/{k}": list(shipped(k)) for k in kustomizations()}
     out["k8s/kserve"] = storage_containers()
+    out["k8s/training-operator"] = [
+        yaml.safe_load((K8S / "training-operator" / "pytorch-init-container.yaml").read_text())
+    ]
     for env in ENVS:
         for api in APIS:
             out[f"pretrain --render ({env}, {api})"] = list(rendered(env, api))

@@ -4,7 +4,9 @@ Each operator's part, read from its source at the version the README names:
 - Deployment, StatefulSet: the pod template as written.
 - PyTorchJob (Training Operator v1.9): one pod per replica, ``<job>-<type>-<index>``, labelled
   ``training.kubeflow.org/{operator-name,job-name,replica-type,replica-index}`` (and
-  ``job-role: master`` on the master), the template's labels kept.
+  ``job-role: master`` on the master), the template's labels kept; a Worker of a job with a
+  Master gets the operator's ``init-pytorch`` init container (pytorch/initcontainer.go), from
+  the template the cluster configured, else the built-in one.
 - TrainJob (Trainer v2.3.0, JobSet): the runtime's ``replicatedJobs[].template.spec.template``
   with the TrainJob's ``runtimePatches`` merged and its ``trainer`` set on the ``node`` container
   (which gets the Trainer's port 29500); only these pod-template labels reach pods (the
@@ -22,8 +24,22 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 TRAINER_PORT = 29500  # kubeflow/trainer v2.3.0 pkg/constants: ContainerTrainerPort
 PREDICTOR_PORT = 8080  # KServe's kserve-container port (the Hugging Face runtime's)
+# Training Operator v1.9.0 pkg/controller.v1/pytorch/initcontainer.go and pkg/config: no
+# securityContext.
+PYTORCH_INIT_TEMPLATE = """
+- name: init-pytorch
+  image: {{.InitContainerImage}}
+  imagePullPolicy: IfNotPresent
+  resources:
+    limits: {cpu: 100m, memory: 20Mi}
+    requests: {cpu: 50m, memory: 10Mi}
+  command: ['sh', '-c', 'until nslookup {{.MasterAddr}}; do sleep 2; done']
+"""
+PYTORCH_INIT_IMAGE, PYTORCH_INIT_TRIES = "alpine:3.10", "100"
 # KServe v0.20.0 config/storagecontainers/default.yaml: no securityContext.
 KSERVE_DEFAULT_STORAGE = {
     "name": "storage-initializer",
@@ -50,6 +66,15 @@ ISVC_ONLY = {  # predictor fields that are not PodSpec fields
     "deploymentStrategy",
     "workerSpec",
 }
+
+
+@dataclass
+class Installed:
+    """What the cluster's operators were set up with (by k8s/ or by default)."""
+
+    runtimes: dict[str, dict[str, Any]]  # TrainingRuntimes by name
+    storage_containers: list[dict[str, Any]]  # KServe ClusterStorageContainers
+    pytorch_init_template: str = PYTORCH_INIT_TEMPLATE
 
 
 @dataclass
@@ -105,10 +130,22 @@ def _merge(base: dict[str, Any], patch: dict[str, Any]) -> None:
             base[key] = copy.deepcopy(value)
 
 
-def pytorchjob_pods(job: dict[str, Any]) -> list[Pod]:
+def _pytorch_init(template: str, master: str) -> list[dict[str, Any]]:
+    """The operator's Go template, filled in as GetInitContainer does."""
+    for key, value in (
+        ("InitContainerImage", PYTORCH_INIT_IMAGE),
+        ("MasterAddr", master),
+        ("MaxTries", PYTORCH_INIT_TRIES),
+    ):
+        template = template.replace("{{." + key + "}}", value)
+    return yaml.safe_load(template)
+
+
+def pytorchjob_pods(job: dict[str, Any], init_template: str) -> list[Pod]:
     name, ns = job["metadata"]["name"], job["metadata"]["namespace"]
+    replicas = job["spec"]["pytorchReplicaSpecs"]
     pods = []
-    for rtype, replica in job["spec"]["pytorchReplicaSpecs"].items():
+    for rtype, replica in replicas.items():
         for i in range(replica.get("replicas", 1)):
             labels = {
                 "training.kubeflow.org/operator-name": "pytorchjob-controller",
@@ -118,7 +155,11 @@ def pytorchjob_pods(job: dict[str, Any]) -> list[Pod]:
             }
             if rtype == "Master":
                 labels["training.kubeflow.org/job-role"] = "master"
-            pods.append(_pod(f"{name}-{rtype.lower()}-{i}", ns, replica["template"], labels))
+            pod = _pod(f"{name}-{rtype.lower()}-{i}", ns, replica["template"], labels)
+            if rtype == "Worker" and "Master" in replicas:
+                init = _pytorch_init(init_template, f"{name}-master-0")
+                pod.spec["initContainers"] = [*pod.spec.get("initContainers", []), *init]
+            pods.append(pod)
     return pods
 
 
@@ -192,16 +233,16 @@ def storage_initializer(predictor: dict, uri: str, storage_containers: list[dict
     return found["spec"]["container"]
 
 
-def pods_of(obj: dict[str, Any], runtimes: dict[str, dict], storage: list[dict]) -> list[Pod]:
+def pods_of(obj: dict[str, Any], installed: Installed) -> list[Pod]:
     """Every pod ``obj`` makes (none for kinds that make no pods)."""
     kind, meta = obj["kind"], obj["metadata"]
     if kind in ("Deployment", "StatefulSet"):
         template = obj["spec"]["template"]
         return [_pod(f"{meta['name']}-0", meta["namespace"], template, {})]
     if kind == "PyTorchJob":
-        return pytorchjob_pods(obj)
+        return pytorchjob_pods(obj, installed.pytorch_init_template)
     if kind == "TrainJob":
-        return trainjob_pods(obj, runtimes[obj["spec"]["runtimeRef"]["name"]])
+        return trainjob_pods(obj, installed.runtimes[obj["spec"]["runtimeRef"]["name"]])
     if kind == "InferenceService":
-        return [predictor_pod(obj, storage)]
+        return [predictor_pod(obj, installed.storage_containers)]
     return []
