@@ -11,6 +11,7 @@ loads the version, so the refusals below are refusals of something real.
 
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import sys
@@ -150,3 +151,77 @@ def test_every_load_path_refuses_a_planted_version_naming_the_file(
                 assert reason in message, (path, message)
     assert not marker.exists()  # nothing from the registry ran
     assert list(scratch.iterdir()) == []  # and no download was left behind
+
+
+def _set_flavor(**changes):
+    def change(root: Path) -> None:
+        mlmodel = yaml.safe_load((root / "MLmodel").read_text())
+        for dotted, value in changes.items():
+            *path, key = dotted.split(".")
+            node = mlmodel
+            for part in path:
+                node = node.setdefault(part, {})
+            node[key] = value
+        (root / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+
+    return change
+
+
+def _symlink(root: Path) -> None:
+    (root / "model" / "extra.json").symlink_to("/etc/hostname")
+
+
+def _config_pipeline(root: Path) -> None:
+    config = json.loads((root / "model" / "config.json").read_text())
+    config["custom_pipelines"] = {"text-classification": {"impl": "evil.Pipe"}}
+    (root / "model" / "config.json").write_text(json.dumps(config))
+
+
+VARIANTS = {
+    "other-flavour": (
+        _set_flavor(**{"flavors.sklearn": {"pickled_model": "model.txt"}}),
+        "MLmodel flavors.sklearn: a flavour other than transformers",
+    ),
+    "hub-source": (
+        _set_flavor(**{"flavors.transformers.source_model_revision": "main"}),
+        "flavors.transformers.source_model_revision: loads from outside this model",
+    ),
+    "weights-elsewhere": (
+        _set_flavor(**{"flavors.transformers.model_binary": "../../elsewhere"}),
+        "model_binary = '../../elsewhere': outside the model's folder",
+    ),
+    "model-from-code": (
+        _set_flavor(**{"flavors.python_function.model_code_path": "model.txt"}),
+        "flavors.python_function.model_code_path = 'model.txt': not lmforge's",
+    ),
+    "link": (_symlink, "model/extra.json: a symbolic link"),
+    "custom-pipeline": (_config_pipeline, "model/config.json.custom_pipelines = "),
+}
+
+
+@pytest.mark.parametrize("variant", ["as-registered", *sorted(VARIANTS)])
+def test_the_check_accepts_what_lmforge_registers_and_nothing_that_loads_from_elsewhere(
+    variant, registry, tmp_path
+):
+    import mlflow
+
+    from lmforge import tracking
+    from lmforge.registry.loading import check_model_files
+
+    name = registry.register.classifier_model_name
+    root = Path(
+        mlflow.artifacts.download_artifacts(
+            f"models:/{name}/1",
+            dst_path=str(tmp_path / "v"),
+            tracking_uri=tracking.client(registry).tracking_uri,
+        )
+    )
+    if variant == "as-registered":
+        checked = check_model_files(root, "v")
+        assert checked.model_dir == root / "model"
+        return
+    change, reason = VARIANTS[variant]
+    change(root)
+    with pytest.raises(RegistryError, match=r"^v: refused, loading it could run code") as refused:
+        check_model_files(root, "v")
+    assert reason in str(refused.value)
