@@ -404,6 +404,18 @@ def test_a_longer_run_resumes_and_recomputes_the_schedule(task_module, tmp_path,
     assert shorter.resumed_from == 15 and shorter.step == 15  # the kept step-15: nothing to do
 
 
+def test_another_global_batch_resumes_and_says_what_it_does_to_the_data_order(
+    task_module, tmp_path, capsys
+):
+    ck = tmp_path / "ck"
+    train(task_module, ck, max_steps=10, micro_batch_size=8)
+    capsys.readouterr()
+    again, _ = train(task_module, ck, max_steps=15, micro_batch_size=4)
+    assert again.resumed_from == 10
+    err = capsys.readouterr().err
+    assert "micro batch x accumulation 8x1 -> 4x1; global batch 8 -> 4: the data order" in err
+
+
 def test_the_fingerprint_leaves_out_what_a_run_may_change():
     model, data = {"n_layers": 2}, {"digest": "abc"}
     base = fingerprint(TrainConfig(), model, data)

@@ -310,7 +310,8 @@ def _start_line(ckpt: Checkpointer, found: tuple[Path, dict] | None, now: dict) 
         )
     if before["global_batch"] != now["global_batch"]:
         changes.append(
-            f"global batch {before['global_batch']} -> {now['global_batch']}: from here on "
-            "the data order is that of the new batch size"
+            f"global batch {before['global_batch']} -> {now['global_batch']}: the data "
+            "order is now that of the new batch size, so this epoch sees some sequences "
+            "twice or skips some; keep micro_batch_size x grad_accum_steps x processes to avoid"
         )
     return f"resuming from {folder}" + (f" ({'; '.join(changes)})" if changes else "")
