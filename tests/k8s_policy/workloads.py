@@ -15,7 +15,8 @@ Each operator's part, read from its source at the version the README names:
 - InferenceService (KServe v0.20.0): the predictor pod, labelled with the InferenceService's
   labels plus ``serving.kserve.io/inferenceservice`` and ``component: predictor``
   (components/predictor.go); the model becomes ``kserve-container``; the storage initializer is
-  the init container of the ClusterStorageContainer that downloads the URI.
+  the init container of the ClusterStorageContainer that downloads the URI; Knative (Serverless
+  mode) adds its ``queue-proxy`` (serving pkg/reconciler/revision/resources/queue.go).
 """
 
 from __future__ import annotations
@@ -45,6 +46,22 @@ KSERVE_DEFAULT_STORAGE = {
     "name": "storage-initializer",
     "image": "kserve/storage-initializer:v0.20.0",
     "resources": {"requests": {"memory": "100Mi", "cpu": "100m"}},
+}
+QUEUE_PROXY = {  # Knative Serving's queue-proxy sidecar: queueSecurityContext, its ports
+    "name": "queue-proxy",
+    "securityContext": {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    },
+    "ports": [
+        {"name": "http1", "containerPort": 8012},
+        {"name": "queue-adm", "containerPort": 8022},
+        {"name": "http-autometric", "containerPort": 9090},
+        {"name": "http-usermetric", "containerPort": 9091},
+    ],
 }
 ISVC_ONLY = {  # predictor fields that are not PodSpec fields
     "minReplicas",
@@ -209,7 +226,7 @@ def predictor_pod(isvc: dict[str, Any], storage_containers: list[dict[str, Any]]
     if "securityContext" in model:
         container["securityContext"] = model["securityContext"]
     spec = {k: v for k, v in predictor.items() if k not in ISVC_ONLY}
-    spec["containers"] = [container, *(predictor.get("containers") or [])]
+    spec["containers"] = [container, *(predictor.get("containers") or []), QUEUE_PROXY]
     uri = model.get("storageUri", "")
     if not uri.startswith("pvc://"):
         spec["initContainers"] = [storage_initializer(predictor, uri, storage_containers)]
