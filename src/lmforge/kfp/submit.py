@@ -3,7 +3,10 @@
 The pipeline is compiled from the config, uploaded as a new version of ``<prefix>-<name>``
 (the pipeline is created on first upload; a commit submitted twice reuses its version), and a run
 of that version starts in the ``kubeflow.experiment`` experiment. A tree with uncommitted
-changes is refused unless forced: a version must say exactly which code it runs. Authentication
+changes is refused unless forced: a version must say exactly which code it runs. The run's pods
+use ``kubeflow.service_account`` (``k8s/pipeline``: exactly what lmforge's steps call, not KFP's
+shared pipeline-runner); it is set on the run because kfp-kubernetes has no per-task service
+account, so every step of the run uses it. Authentication
 goes through ``kfp.Client``'s standard options and environment (``KF_PIPELINES_*``, in-cluster
 service-account tokens, ``~/.config/kfp/context.json``).
 """
