@@ -66,24 +66,26 @@ GOOD_POD = (
     },
 )
 C = ("containers", 0, "securityContext")
-# One breach of each upstream check (path in the pod, value), all refused.
-BREACHES = {
-    "windowsHostProcess": (("securityContext", "windowsOptions"), {"hostProcess": True}),
-    "hostNamespaces": (("hostNetwork",), True),
-    "privileged": ((*C, "privileged"), True),
-    "hostPorts": (("containers", 0, "ports", 0, "hostPort"), 80),
-    "appArmorProfile": ((*C, "appArmorProfile"), {"type": "Unconfined"}),
-    "seLinuxOptions": (("securityContext", "seLinuxOptions"), {"type": "spc_t"}),
-    "procMount": ((*C, "procMount"), "Unmasked"),
-    "sysctls": (("securityContext", "sysctls"), [{"name": "kernel.msgmax", "value": "1"}]),
-    "restrictedVolumes": (("volumes", 0), {"name": "v", "hostPath": {"path": "/"}}),
-    "allowPrivilegeEscalation": ((*C, "allowPrivilegeEscalation"), True),
-    "runAsNonRoot": (("securityContext", "runAsNonRoot"), False),
-    "runAsUser": ((*C, "runAsUser"), 0),
-    "seccompProfile": (("securityContext", "seccompProfile"), {"type": "Unconfined"}),
-    "capabilities_restricted": ((*C, "capabilities"), {"drop": ["NET_RAW"]}),
-    "capabilities_add": ((*C, "capabilities"), {"drop": ["ALL"], "add": ["SYS_ADMIN"]}),
-}
+ps = pod_security
+# One breach of each upstream check: (the check, path in the pod, value).
+BREACHES = [
+    (ps.host_process, ("securityContext", "windowsOptions"), {"hostProcess": True}),
+    (ps.host_namespaces, ("hostNetwork",), True),
+    (ps.privileged, (*C, "privileged"), True),
+    (ps.host_ports, ("containers", 0, "ports", 0, "hostPort"), 80),
+    (ps.app_armor, (*C, "appArmorProfile"), {"type": "Unconfined"}),
+    (ps.se_linux, ("securityContext", "seLinuxOptions"), {"type": "spc_t"}),
+    (ps.proc_mount, (*C, "procMount"), "Unmasked"),
+    (ps.sysctls, ("securityContext", "sysctls"), [{"name": "kernel.msgmax", "value": "1"}]),
+    (ps.restricted_volumes, ("volumes", 0), {"name": "v", "hostPath": {"path": "/"}}),
+    (ps.allow_privilege_escalation, (*C, "allowPrivilegeEscalation"), True),
+    (ps.run_as_non_root, ("securityContext", "runAsNonRoot"), False),
+    (ps.run_as_user, (*C, "runAsUser"), 0),
+    (ps.seccomp, ("securityContext", "seccompProfile"), {"type": "Unconfined"}),
+    (ps.seccomp, ("securityContext",), {"runAsNonRoot": True}),  # set by neither pod nor container
+    (ps.capabilities, (*C, "capabilities"), {"drop": ["NET_RAW"]}),
+    (ps.capabilities, (*C, "capabilities"), {"drop": ["ALL"], "add": ["SYS_ADMIN"]}),
+]
 
 
 def _with(path, value):
@@ -97,11 +99,9 @@ def _with(path, value):
 
 def test_a_restricted_pod_passes_and_each_upstream_check_refuses_its_breach():
     assert pod_security.violations(*GOOD_POD) == []
-    for check, (path, value) in BREACHES.items():
-        assert pod_security.violations(*_with(path, value)), check
-    # A container may leave seccomp out when the pod sets it, not when neither does.
-    meta, spec = _with(("securityContext",), {"runAsNonRoot": True})
-    assert any("seccomp" in v for v in pod_security.violations(meta, spec))
+    assert {check for check, _, _ in BREACHES} == set(pod_security.CHECKS)  # each one tried
+    for check, path, value in BREACHES:
+        assert check(*_with(path, value)), (check.__name__, path, value)
 
 
 # -- (3) NetworkPolicy reachability ----------------------------------------------------------
@@ -292,6 +292,28 @@ def test_each_account_is_granted_exactly_what_its_code_calls(overlay, calls):
     # Nobody else gets anything here: not KFP's shared runner, not the predictors, not default.
     bound = {(ns, acct) for where, ns, acct in rbac.bound_accounts(objs) if where == LMFORGE}
     assert bound == {(LMFORGE, "lmforge-launcher"), (LMFORGE, "lmforge-deployer"), PIPELINE}
+
+
+def test_requests_map_to_what_rbac_authorizes():
+    core, isvc = "/api/v1/namespaces/lmforge", "/apis/serving.kserve.io/v1beta1/namespaces/lmforge"
+    cases = [
+        (("GET", f"{core}/pods", {}, 200), {("", "pods", "list")}),
+        (("GET", f"{core}/pods", {"watch": ["true"]}, 200), {("", "pods", "watch")}),
+        (("GET", f"{core}/pods/p/log", {}, 200), {("", "pods/log", "get")}),
+        (
+            ("PATCH", f"{isvc}/inferenceservices/m", {}, 200),
+            {("serving.kserve.io", "inferenceservices", "patch")},
+        ),
+        (
+            ("PATCH", f"{isvc}/inferenceservices/m", {}, 201),
+            {
+                ("serving.kserve.io", "inferenceservices", "patch"),
+                ("serving.kserve.io", "inferenceservices", "create"),
+            },
+        ),
+    ]
+    for request, expected in cases:
+        assert rbac.permissions(*request) == (LMFORGE, expected), request
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
