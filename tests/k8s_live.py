@@ -3,7 +3,8 @@
 Recorded replies cannot say what an object looks like after a sequence of writes; this does.
 It answers POST (create), GET, PUT (with a resourceVersion precondition), PATCH (JSON merge
 patch, or server-side apply) and DELETE (with uid/resourceVersion preconditions) on one
-collection path, with the API server's status codes and Status bodies.
+collection path, with the API server's status codes and Status bodies; ``dryRun`` answers a
+write without keeping it.
 
 Field ownership follows server-side apply as documented upstream
 (kubernetes.io/docs/reference/using-api/server-side-apply): every write records which leaf
@@ -107,6 +108,18 @@ class LiveObjects:
         return path == self.collection or path.startswith(self.collection + "/")
 
     def answer(self, method, path, query, headers, body) -> tuple[int, dict]:
+        if not query.get("dryRun"):
+            return self._answer(method, path, query, headers, body)
+        with self.lock:  # the write on a copy; the objects themselves stay as they are
+            kept = (self.objects, self.owners, self.version)
+            self.objects, self.owners = copy.deepcopy((self.objects, self.owners))
+        try:
+            return self._answer(method, path, query, headers, body)
+        finally:
+            with self.lock:
+                self.objects, self.owners, self.version = kept
+
+    def _answer(self, method, path, query, headers, body) -> tuple[int, dict]:
         name = path[len(self.collection) + 1 :] or None
         manager = (query.get("fieldManager") or [None])[0] or _agent(headers)
         with self.lock:

@@ -163,8 +163,9 @@ def test_apply_creates_then_waits_until_ready():
     )
     manifest = _manifest()
     assert isvcs.apply(manifest) == "created"
-    (applied,) = server.called("PATCH", LM)
-    assert applied[3] == manifest
+    dry_run, applied = server.called("PATCH", LM)  # what it would leave first, then the apply
+    assert dry_run[3] == applied[3] == manifest
+    assert dry_run[2] == {"fieldManager": ["lmforge"], "force": ["True"], "dryRun": ["All"]}
     assert applied[2] == {"fieldManager": ["lmforge"], "force": ["True"]}
     ready = isvcs.wait_ready("lmforge-lm", timeout_s=30, poll_s=0.01)
     assert ready["status"]["url"] == "http://lmforge-lm.lmforge.example.com"
@@ -228,6 +229,30 @@ def test_a_new_version_leaves_nothing_of_the_old_one_but_what_others_own():
     }
 
 
+def test_fields_an_apply_cannot_remove_refuse_the_deploy_before_anything_changes():
+    """An InferenceService an older lmforge made (a create by the client's default manager)
+    keeps the fields that manager set whatever lmforge applies: refused, naming them."""
+    from kubernetes import client
+
+    isvcs_live = LiveObjects(ISVCS, "InferenceService", "serving.kserve.io/v1beta1")
+    _, api = start({}, [isvcs_live])
+    v1 = _manifest(gpus=1)
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        "serving.kserve.io", "v1beta1", "lmforge", "inferenceservices", v1
+    )
+    before = json.loads(json.dumps(isvcs_live.objects["lmforge-lm"]))
+    with pytest.raises(LaunchError) as err:
+        InferenceServices(api, "lmforge", echo=lambda _: None).apply(_manifest(runtime=""))
+    message = str(err.value)
+    assert "spec.predictor.model.runtime (by OpenAPI-Generator)" in message
+    assert "spec.predictor.model.resources.limits.nvidia.com/gpu (by OpenAPI-Generator)" in message
+    assert "lmforge.io/" not in message  # annotations an apply takes over: no refusal for them
+    assert (
+        "Nothing was changed" in message and "kubectl -n lmforge delete inferenceservice" in message
+    )
+    assert isvcs_live.objects["lmforge-lm"] == before
+
+
 def test_the_fake_api_applies_as_the_api_server_does():
     """The fake's server-side apply: a conflict without force, a field given up but shared
     kept, a merge patch keeping what it omits (the behaviour that left stale fields)."""
@@ -283,7 +308,7 @@ def test_transient_errors_are_retried_and_refusals_are_not():
         retry_base_s=0.01,
     )
     assert isvcs.apply(_manifest()) == "created"
-    assert len(server.called("PATCH")) == 3 and len(lines) == 2
+    assert len(server.called("PATCH")) == 4 and len(lines) == 2  # 2 retried, dry run, apply
     _, refused, _ = _services({("PATCH", LM): [recorded("isvc_forbidden.json")]})
     with pytest.raises(LaunchError, match=r"HTTP 403.*cannot patch.*Role lmforge-deployer"):
         refused.apply(_manifest())
@@ -380,7 +405,8 @@ def test_the_deploy_step_promotes_and_applies_what_register_registered(registry,
     assert [line.split(":")[0] for line in lines if line.startswith("promote")] == [
         "promote lmforge-lm"
     ]
-    assert [c[3]["metadata"]["name"] for c in server.called("PATCH")] == ["lmforge-lm"]
+    applied = [c for c in server.called("PATCH") if "dryRun" not in c[2]]
+    assert [c[3]["metadata"]["name"] for c in applied] == ["lmforge-lm"]
     (registered / "registered.json").write_text("{}")
     with pytest.raises(LaunchError, match="no registered model"):
         promote_and_deploy(cfg, tmp_path / "again", registered, api=api)

@@ -4,7 +4,10 @@
 InferenceService by server-side apply (field manager ``lmforge``, forced): the API server
 creates it, or makes the fields lmforge owns equal the render, removing those the new render
 omits (a merge patch kept the old version's lineage annotations, GPU limits, ``runtime``), while
-fields other managers own (KServe's finalizer and status) stay. It then waits until KServe
+fields other managers own (KServe's finalizer and status) stay. A dry run of the apply comes
+first: spec fields another writer owns and the render lacks (an apply cannot remove them: an
+InferenceService made by an older lmforge, a ``kubectl edit``) refuse the deploy, naming them,
+before anything changes. It then waits until KServe
 reports it Ready for this generation of the spec (a Ready left over from the previous version
 does not count). A failure is explained from the resource's conditions and its model status;
 every call is retried through transient API failures (``lmforge.launch.retry``). The Role
@@ -24,6 +27,7 @@ from typing import Any
 from lmforge.config import Config
 from lmforge.errors import LaunchError
 from lmforge.launch.retry import CALL_ATTEMPTS, RETRY_BASE_S, Backoff, describe, is_transient
+from lmforge.serve.field_owners import foreign_spec_fields
 from lmforge.serve.kserve import GROUP, PLURAL, VERSION, inference_service, resolve, to_yaml
 
 TIMEOUTS = (15.0, 60.0)  # connect, read: a half-open connection must not stall the wait
@@ -160,20 +164,37 @@ class InferenceServices:
 
         name = manifest["metadata"]["name"]
         what = f"apply InferenceService {name}"
-        try:
+        try:  # first as a dry run: what the apply would leave that the render lacks
+            preview, _, _ = self._call(
+                what, lambda: self._server_side_apply(name, manifest, dry_run=True)
+            )
+            self._refuse_foreign_fields(name, preview, manifest)
             _, code, _ = self._call(what, lambda: self._server_side_apply(name, manifest))
         except ApiException as exc:
             raise self._refused(what, exc) from None
         return "created" if code == 201 else "patched"
 
-    def _server_side_apply(self, name: str, manifest: dict[str, Any]):
+    def _refuse_foreign_fields(self, name: str, preview: dict, manifest: dict) -> None:
+        stale = foreign_spec_fields(preview, manifest, FIELD_MANAGER)
+        if stale:
+            ns = self.namespace
+            raise LaunchError(
+                f"InferenceService {ns}/{name} has spec fields this render does not, written "
+                f"by another field manager, which an apply cannot remove: {', '.join(stale)}. "
+                f"Nothing was changed. Remove them (`kubectl -n {ns} edit inferenceservice "
+                f"{name}`), or delete it (`kubectl -n {ns} delete inferenceservice {name}`) "
+                "and deploy again; lmforge owns every field it sends from then on"
+            )
+
+    def _server_side_apply(self, name: str, manifest: dict[str, Any], dry_run: bool = False):
         # kubernetes<31 (the cap kfp sets) has no content-type argument on
         # patch_namespaced_custom_object: the same call, with the apply content type.
+        query = [("fieldManager", FIELD_MANAGER), ("force", True)]
         return self.custom.api_client.call_api(
             f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{PLURAL}/{{name}}",
             "PATCH",
             path_params={"namespace": self.namespace, "name": name},
-            query_params=[("fieldManager", FIELD_MANAGER), ("force", True)],
+            query_params=[*query, ("dryRun", "All")] if dry_run else query,
             header_params={"Accept": "application/json", "Content-Type": APPLY_PATCH},
             body=manifest,
             response_type="object",
