@@ -8,6 +8,12 @@
   under the test's tmp dir.
 - ``mlflow_server``: a real ``mlflow server`` on loopback (sqlite backend, one worker), polled on
   ``/health`` until it answers; ``server_store`` is a Config pointing at it.
+- ``postgres`` (its URI: ``postgres_uri``): a fresh database on a real PostgreSQL server that
+  ``scripts/postgres.sh`` installs (as root, Debian's package) and starts in a folder of its own
+  for the session; skipped, with the script's reason, where PostgreSQL is missing and cannot be
+  installed (not root), unless ``LMFORGE_REQUIRE_POSTGRES=1`` (CI) makes that an error.
+  ``mlflow_server_pg`` is an ``mlflow server`` on it (the production backend,
+  k8s/base/mlflow.yaml) and ``server_store_pg`` a Config pointing at that.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -35,7 +42,11 @@ __all__ = [
     "blank_store_db",
     "embedded_store",
     "mlflow_server",
+    "mlflow_server_pg",
+    "postgres",
+    "postgres_uri",
     "server_store",
+    "server_store_pg",
     "tiny_stages",
     "trained_stages",
 ]
@@ -294,9 +305,10 @@ def start_server(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, proc)
-    except RuntimeError:
+    except RuntimeError as exc:
         stop_server(proc)
-        raise
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-5:])
+        raise RuntimeError(f"{exc}; the end of {log}:\n{tail}") from None
     return proc, url
 
 
@@ -323,11 +335,84 @@ def mlflow_server(tmp_path_factory, blank_store_db):
     stop_server(proc)
 
 
-@pytest.fixture
-def server_store(mlflow_server, monkeypatch) -> Config:
-    """A Config on the shared server, with model names of its own (tests share the server)."""
-    _store_env(monkeypatch, mlflow_server)
+POSTGRES_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "postgres.sh"
+
+
+class Postgres:
+    """A PostgreSQL cluster of this session, run by scripts/postgres.sh (stop and start again:
+    the outage tests)."""
+
+    def __init__(self, cluster: Path, port: int, db: str):
+        self.cluster, self.port, self.db = cluster, port, db
+        self.uri = f"postgresql://lmforge@127.0.0.1:{port}/{db}"
+
+    def _script(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", str(POSTGRES_SCRIPT), *args],
+            capture_output=True,
+            text=True,
+            timeout=900,  # apt-get install on a machine without it
+        )
+
+    def start(self) -> None:
+        proc = self._script("start", str(self.cluster), str(self.port), self.db)
+        reason = proc.stderr.strip()
+        if proc.returncode == 3 and os.environ.get("LMFORGE_REQUIRE_POSTGRES") != "1":
+            pytest.skip(f"MLflow on PostgreSQL not tested: {reason}")
+        if proc.returncode != 0:
+            raise RuntimeError(f"scripts/postgres.sh start failed ({proc.returncode}): {reason}")
+
+    def stop(self) -> None:
+        self._script("stop", str(self.cluster)).check_returncode()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A fresh database on a PostgreSQL server of this session (see the module docstring)."""
+    # Not under pytest's tmp dirs (mode 0700): as root the cluster runs as the `postgres` user.
+    root = Path(tempfile.mkdtemp(prefix="lmforge-postgres-"))
+    root.chmod(0o755)
+    server = Postgres(root / "cluster", free_port(), f"mlflow_{uuid.uuid4().hex[:8]}")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_uri(postgres) -> str:
+    return postgres.uri
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_pg(postgres_uri, tmp_path_factory):
+    """A real ``mlflow server`` (PostgreSQL backend, one worker) on a free loopback port."""
+    root = tmp_path_factory.mktemp("mlflow-server-pg")
+    proc, url = start_server(postgres_uri, root / "artifacts", root / "server.log")
+    yield url
+    stop_server(proc)
+
+
+def _server_config(url: str, monkeypatch) -> Config:
+    """A Config on a shared server, with model names of its own (tests share the server)."""
+    _store_env(monkeypatch, url)
     tag = uuid.uuid4().hex[:6]
     return tiny_config(
-        f"register.lm_model_name=lm-{tag}", f"register.classifier_model_name=classifier-{tag}"
+        f"register.lm_model_name=lm-{tag}",
+        f"register.classifier_model_name=classifier-{tag}",
+        "tracking.request_timeout_s=60",  # a loaded 2-core CI machine: no flaky read timeouts
     )
+
+
+@pytest.fixture
+def server_store(mlflow_server, monkeypatch) -> Config:
+    """A Config on the shared sqlite-backed server."""
+    return _server_config(mlflow_server, monkeypatch)
+
+
+@pytest.fixture
+def server_store_pg(mlflow_server_pg, monkeypatch) -> Config:
+    """A Config on the shared PostgreSQL-backed server."""
+    return _server_config(mlflow_server_pg, monkeypatch)

@@ -1,4 +1,6 @@
-"""Registration and promotion against a real MLflow registry (embedded sqlite and a server)."""
+"""Registration and promotion against a real MLflow registry: the embedded sqlite store, and
+``mlflow server`` on sqlite and on PostgreSQL (production's backend) for the registry-state tests
+(``STORES``)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from serve_fixtures import *  # noqa: F403  (`registry`: the deploy step after a rollback)
 
 from lmforge import tracking
 from lmforge.errors import RegistryError
@@ -24,6 +27,12 @@ from lmforge.registry import (
 )
 
 LMFORGE = shutil.which("lmforge") or str(Path(sys.executable).parent / "lmforge")
+# The registry's state under each backend (mlflow_fixtures): every alias, tag, lock and
+# transition test runs on each; the PostgreSQL server is production's.
+STORES = ["embedded_store", "server_store", "server_store_pg"]
+SQLITE_AND_PG = ["embedded_store", "server_store_pg"]
+# Servers on a loaded 2-core CI machine can take longer than the 5 s default to answer.
+PATIENT = "tracking.request_timeout_s=60"
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,7 +146,11 @@ def test_register_tags_versions_with_lineage_metrics_and_challenger(
 def _cli_promote(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(
-        [LMFORGE, "promote", *args], capture_output=True, text=True, env=env, timeout=120
+        [LMFORGE, "promote", "--set", PATIENT, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
 
 
@@ -202,8 +215,10 @@ def _with(cfg, *overrides: str):
 
 
 def _lock_models(cfg) -> list[str]:
+    """Locks and takeover markers of ``cfg``'s models (a shared server holds other tests')."""
+    own = (cfg.register.classifier_model_name, cfg.register.lm_model_name)
     models = tracking.client(cfg).search_registered_models()
-    return [m.name for m in models if m.name.endswith(LOCK_SUFFIX)]
+    return [m.name for m in models if LOCK_SUFFIX in m.name and m.name.startswith(own)]
 
 
 RACER = """
@@ -212,24 +227,24 @@ from pathlib import Path
 from lmforge.config import load_config
 from lmforge.errors import RegistryError
 from lmforge.registry import promote
-cfg = load_config(None)
-barrier, me, n = Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+cfg = load_config(None, ["tracking.request_timeout_s=60"])  # see PATIENT
+barrier, me, n, name = Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
 (barrier / me).touch()  # imports done: wait for the others, then promote together
 while len(list(barrier.iterdir())) < n:
     time.sleep(0.002)
 try:
-    print(promote(cfg, cfg.register.classifier_model_name, version=sys.argv[1]).action)
+    print(promote(cfg, name, version=sys.argv[1]).action)
 except RegistryError as exc:
     print("refused", exc)
 """
 
 
-def _race(versions: list[str], barrier: Path) -> list[str]:
+def _race(name: str, versions: list[str], barrier: Path) -> list[str]:
     """Promote each of ``versions`` from its own process, all released at the same moment."""
     barrier.mkdir()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", RACER, v, str(barrier), str(i), str(len(versions))],
+            [sys.executable, "-c", RACER, v, str(barrier), str(i), str(len(versions)), name],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -258,7 +273,7 @@ def test_two_concurrent_promotions_leave_exactly_one_champion(
 
     # Two different challengers at once: serialised by the lock, the best one always wins,
     # and the loser is judged against the winner, never against the stale champion.
-    outcome = dict(zip([good, best], _race([good, best], tmp_path / "race1"), strict=True))
+    outcome = dict(zip([good, best], _race(name, [good, best], tmp_path / "race1"), strict=True))
     aliases = _aliases(cfg, name)
     assert aliases["champion"] == best
     assert outcome[best] == "promoted"
@@ -270,13 +285,31 @@ def test_two_concurrent_promotions_leave_exactly_one_champion(
 
     # The same version twice at once: one promotion, one no-op, history recorded once.
     top = _add_version(cfg, name, {"macro_f1": first + 0.3}, challenger=False)
-    outcome = _race([top, top], tmp_path / "race2")
+    outcome = _race(name, [top, top], tmp_path / "race2")
     assert sorted(outcome) == ["promoted", "unchanged"]
     history = json.loads(
         tracking.client(cfg).get_registered_model(name).tags["lmforge.champion_history"]
     )
     assert history.count(top) == 1
     assert _aliases(cfg, name)["champion"] == top
+    assert not _lock_models(cfg)
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_two_promotes_racing_on_one_model_leave_one_winner_and_consistent_aliases(
+    store, request, tmp_path
+):
+    cfg = request.getfixturevalue(store)
+    name = cfg.register.classifier_model_name
+    v1, v2 = _bare_model(cfg, 0.80, 0.90)
+    promote(cfg, name, version=v1)
+    # Two processes promote the challenger at the same moment: one moves it, one finds it done.
+    assert sorted(_race(name, [v2, v2], tmp_path / "race")) == ["promoted", "unchanged"]
+    assert _aliases(cfg, name) == {"champion": v2, "previous": v1, "challenger": v2}
+    tags = _model_tags(cfg, name)
+    assert json.loads(tags["lmforge.champion_history"]) == [v1, v2]
+    assert "lmforge.transition" not in tags
+    assert "lmforge.promoted_at" in tracking.client(cfg).get_model_version(name, v2).tags
     assert not _lock_models(cfg)
 
 
@@ -338,7 +371,7 @@ def _model_tags(cfg, name: str) -> dict[str, str]:
     return tracking.client(cfg).get_registered_model(name).tags
 
 
-@pytest.mark.parametrize("store", ["embedded_store", "server_store"])
+@pytest.mark.parametrize("store", STORES)
 def test_a_transient_error_reading_the_champion_refuses_and_changes_nothing(
     store, request, monkeypatch
 ):
@@ -378,12 +411,17 @@ def test_a_transient_error_reading_the_champion_refuses_and_changes_nothing(
     assert _aliases(cfg, name) == before
 
 
+def _short_lease(cfg):
+    """``cfg`` whose promotions take over a killed holder's lock after 1 s."""
+    return _with(cfg, "register.lock_lease_s=1", "register.lock_timeout_s=60")
+
+
 CRASHER = """
 import os, signal, sys
 import mlflow
 from lmforge.config import load_config
 from lmforge.registry import promote
-op, nth, when = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+op, nth, when, name, version = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 original = mlflow.MlflowClient.set_registered_model_alias
 calls = []
 def crashing(self, *args, **kwargs):  # SIGKILL around the nth alias write: no cleanup runs
@@ -395,14 +433,18 @@ def crashing(self, *args, **kwargs):  # SIGKILL around the nth alias write: no c
         os.kill(os.getpid(), signal.SIGKILL)
     return result
 mlflow.MlflowClient.set_registered_model_alias = crashing
-cfg = load_config(None)
-promote(cfg, cfg.register.classifier_model_name, rollback=op == "rollback")
+cfg = load_config(None, ["tracking.request_timeout_s=60"])  # see PATIENT
+version = None if version == "-" else version
+forced = {"force": True} if op == "force" else {}
+promote(cfg, name, version=version, rollback=op == "rollback", **forced)
 """
 
 
-def _crash(op: str, nth: int, when: str) -> None:
+def _crash(name: str, op: str, nth: int, when: str, version: str = "-") -> None:
+    """``op`` (promote, rollback, force: promote --force) of ``name`` (``version``, default the
+    challenger) in a process SIGKILLed before or after its ``nth`` alias write."""
     proc = subprocess.run(
-        [sys.executable, "-c", CRASHER, op, str(nth), when],
+        [sys.executable, "-c", CRASHER, op, str(nth), when, name, version],
         capture_output=True,
         text=True,
         timeout=120,
@@ -410,16 +452,15 @@ def _crash(op: str, nth: int, when: str) -> None:
     assert proc.returncode == -9, proc.stderr
 
 
-def test_a_crash_between_alias_writes_is_completed_by_the_next_promote_or_rollback(
-    embedded_store,
-):
-    cfg = _with(embedded_store, "register.lock_lease_s=1", "register.lock_timeout_s=60")
+@pytest.mark.parametrize("store", SQLITE_AND_PG)
+def test_a_crash_between_alias_writes_is_completed_by_the_next_promote_or_rollback(store, request):
+    cfg = _short_lease(request.getfixturevalue(store))
     name = cfg.register.classifier_model_name
     v1, v2 = _bare_model(cfg, 0.70, 0.80)
     promote(cfg, name, version=v1)
 
     # Killed after `champion` moved, before `previous` and the history were written.
-    _crash("promote", 1, "after")
+    _crash(name, "promote", 1, "after")
     assert _aliases(cfg, name) == {"champion": v2, "challenger": v2}  # half done
     assert "lmforge.transition" in _model_tags(cfg, name)
     # The next promote waits out the dead holder's lease and completes the move first.
@@ -436,7 +477,7 @@ def test_a_crash_between_alias_writes_is_completed_by_the_next_promote_or_rollba
     assert "lmforge.promoted_at" in tracking.client(cfg).get_model_version(name, v2).tags
 
     # Killed during a rollback, after it was recorded and before any alias moved.
-    _crash("rollback", 1, "before")
+    _crash(name, "rollback", 1, "before")
     assert _aliases(cfg, name) == {"champion": v2, "previous": v1, "challenger": v2}
     back = promote(cfg, name, rollback=True)  # completes that rollback; does not roll back twice
     assert (back.action, back.champion, back.previous) == ("rolled_back", v1, None)
@@ -447,20 +488,183 @@ def test_a_crash_between_alias_writes_is_completed_by_the_next_promote_or_rollba
     assert not _lock_models(cfg)
 
 
+# --------------------------------------------------------------------------------------------
+# Rollback sticks (docs/reliability.md, "Promotion state machine")
+# --------------------------------------------------------------------------------------------
+
+
+def _version_tags(cfg, name: str, version: str) -> dict[str, str]:
+    return tracking.client(cfg).get_model_version(name, version).tags
+
+
+def _cli_json(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout[proc.stdout.index("{") :])  # the step's result, printed last
+
+
+def _promoted_then_rolled_back(cfg, name: str) -> tuple[str, str]:
+    """v1 champion, v2 promoted over it, then rolled back: champion v1, challenger still v2."""
+    v1, v2 = _bare_model(cfg, 0.80, 0.90)
+    promote(cfg, name, version=v1)
+    assert promote(cfg, name).champion == v2
+    back = promote(cfg, name, rollback=True)
+    assert back.champion == v1
+    assert f"version {v2} is not promoted again unless forced" in back.checks[-1].detail
+    return v1, v2
+
+
+@pytest.mark.parametrize("store", SQLITE_AND_PG)
+def test_a_rolled_back_version_is_not_promoted_again_until_a_newer_one_is_registered(
+    store, request
+):
+    from lmforge.registry.lock import who
+
+    cfg = request.getfixturevalue(store)
+    name = cfg.register.classifier_model_name
+    v1, v2 = _promoted_then_rolled_back(cfg, name)
+    tags = _version_tags(cfg, name, v2)
+    assert tags["lmforge.rolled_back_at"] and tags["lmforge.rolled_back_by"] == who()
+
+    # The pipeline's promote again (the challenger is still v2): nothing moves, and it says why.
+    result = _cli_json(_cli_promote("--model", name))
+    assert (result["action"], result["champion"]) == ("unchanged", v1)
+    why = result["checks"][0]["detail"]
+    assert f"version {v2} was rolled back at {tags['lmforge.rolled_back_at']} by {who()}" in why
+    assert f"lmforge promote --model {name} --version {v2} --force" in why
+    assert _aliases(cfg, name) == {"champion": v1, "challenger": v2}
+    # Asked for by number: refused, in one line that says how to force it.
+    proc = _cli_promote("--model", name, "--version", v2)
+    assert proc.returncode == 1
+    assert f"version {v2} was rolled back" in proc.stderr and "--force" in proc.stderr
+    assert _aliases(cfg, name) == {"champion": v1, "challenger": v2}
+
+    # A newer registration supersedes it: v3 goes through the gate as usual.
+    v3 = _add_version(cfg, name, {"macro_f1": 0.85})
+    result = promote(cfg, name)
+    assert (result.action, result.champion, result.previous) == ("promoted", v3, v1)
+    assert _aliases(cfg, name) == {"champion": v3, "previous": v1, "challenger": v3}
+    assert json.loads(_model_tags(cfg, name)["lmforge.champion_history"]) == [v1, v3]
+
+
+@pytest.mark.parametrize("store", SQLITE_AND_PG)
+def test_a_crashed_rollback_completed_by_the_next_promote_does_not_promote_again(store, request):
+    cfg = _short_lease(request.getfixturevalue(store))
+    name = cfg.register.classifier_model_name
+    v1, v2 = _bare_model(cfg, 0.70, 0.80)
+    promote(cfg, name, version=v1)
+    promote(cfg, name)
+    # Killed after the rollback was recorded, before any alias moved.
+    _crash(name, "rollback", 1, "before")
+    assert _aliases(cfg, name) == {"champion": v2, "previous": v1, "challenger": v2}
+    assert json.loads(_model_tags(cfg, name)["lmforge.transition"])["op"] == "rollback"
+
+    result = promote(cfg, name)  # a pipeline rerun: completes the rollback, then stops there
+    assert (result.action, result.champion) == ("unchanged", v1)
+    assert [c.name for c in result.checks] == ["repair", "rolled_back"]
+    assert "completed an interrupted rollback" in result.checks[0].detail
+    assert _aliases(cfg, name) == {"champion": v1, "challenger": v2}
+    tags = _model_tags(cfg, name)
+    assert "lmforge.transition" not in tags
+    assert json.loads(tags["lmforge.champion_history"]) == [v1]
+    assert "lmforge.rolled_back_at" in _version_tags(cfg, name, v2)
+    assert not _lock_models(cfg)
+
+
+@pytest.mark.parametrize("store", SQLITE_AND_PG)
+def test_force_promotes_a_rolled_back_version_recording_who_and_when(store, request):
+    from lmforge.registry.lock import who
+
+    cfg = _short_lease(request.getfixturevalue(store))
+    name = cfg.register.classifier_model_name
+    v1, v2 = _promoted_then_rolled_back(cfg, name)
+    rolled_back_at = _version_tags(cfg, name, v2)["lmforge.rolled_back_at"]
+
+    result = _cli_json(_cli_promote("--model", name, "--version", v2, "--force"))
+    assert (result["action"], result["champion"], result["previous"]) == ("promoted", v2, v1)
+    assert result["forced_by"] == who()
+    forced = next(c["detail"] for c in result["checks"] if c["name"] == "force")
+    assert f"rolled back at {rolled_back_at} by {who()}; promoted with --force by {who()}" in forced
+    tags = _version_tags(cfg, name, v2)
+    assert tags["lmforge.forced_by"] == who()
+    assert tags["lmforge.forced_at"] == tags["lmforge.promoted_at"]
+    assert tags["lmforge.forced_over_rollback"] == f"rolled back at {rolled_back_at} by {who()}"
+    assert "lmforge.rolled_back_at" not in tags  # overridden: a later rollback marks it afresh
+    assert _aliases(cfg, name) == {"champion": v2, "previous": v1, "challenger": v2}
+
+    # The force is in the transition record too: a forced promote killed before any alias moved
+    # is completed, force included, by the next plain promote.
+    promote(cfg, name, rollback=True)
+    _crash(name, "force", 1, "before", version=v2)
+    record = json.loads(_model_tags(cfg, name)["lmforge.transition"])
+    assert (record["champion"], record["forced_by"]) == (v2, who())
+    result = promote(cfg, name)
+    assert (result.action, result.champion) == ("unchanged", v2)
+    assert "completed an interrupted promote" in result.checks[0].detail
+    assert f"forced by {who()}" in result.checks[0].detail
+    assert "lmforge.rolled_back_at" not in _version_tags(cfg, name, v2)
+
+
+def _mapped(cfg, **serve):
+    """``cfg`` with the test store's file:// artifacts mapped onto a PVC (as on a cluster)."""
+    from dataclasses import replace
+
+    root = f"file://{cfg.tracking.artifact_location}/"
+    changes = {"storage_prefixes": {root: "pvc://lmforge-work/mlartifacts/"}, **serve}
+    return replace(cfg, serve=replace(cfg.serve, **changes))
+
+
+@pytest.mark.slow
+def test_the_deploy_step_after_a_rollback_deploys_the_restored_champion(registry, tmp_path):
+    from k8s_fake import RESPONSES, Reply, recorded, start
+    from serve_fixtures import add_version
+
+    from lmforge.serve.deploy import promote_and_deploy
+
+    cfg = _mapped(registry, poll_s=0.01)
+    name = cfg.register.lm_model_name
+    first = float(_version_tags(cfg, name, "1")[METRIC_TAG + "perplexity"])
+    v2 = add_version(cfg, name, {"perplexity": first / 2})
+    assert promote(cfg, name).champion == v2
+    assert promote(cfg, name, rollback=True).champion == "1"
+    registered = tmp_path / "registered"
+    registered.mkdir()
+    (registered / "registered.json").write_text(json.dumps({"lm": {"name": name}}))
+    isvcs = "/apis/serving.kserve.io/v1beta1/namespaces/lmforge/inferenceservices"
+    created = Reply(201, (RESPONSES / "isvc_created.json").read_bytes())
+    server, api = start(
+        {  # a create, or a server-side apply: either is answered "created"
+            ("POST", isvcs): [created],
+            ("PATCH", f"{isvcs}/{name}"): [created],
+            ("GET", f"{isvcs}/{name}"): [recorded("isvc_ready.json")],
+        }
+    )
+    try:
+        lines: list[str] = []
+        result = promote_and_deploy(cfg, tmp_path / "out", registered, api=api, echo=lines.append)
+    finally:
+        server.shutdown()
+        server.server_close()
+    said = [line for line in lines if line.startswith(f"promote {name}:")]
+    assert len(said) == 1 and f"unchanged, champion 1; version {v2} was rolled back" in said[0]
+    assert [s.model for s in result.services] == [f"models:/{name}/1"]
+    assert _aliases(cfg, name) == {"champion": "1", "challenger": v2}
+
+
 HOLDER = """
 import sys, time
 from lmforge import tracking
 from lmforge.config import load_config
 from lmforge.registry import promotion_lock
-cfg = load_config(None)
+cfg = load_config(None, ["tracking.request_timeout_s=60"])  # see PATIENT
 with promotion_lock(tracking.client(cfg), sys.argv[1], timeout_s=60):
     print("held", flush=True)
     time.sleep(600)
 """
 
 
-def test_a_killed_lock_holder_loses_the_lock_when_its_lease_ends(embedded_store):
-    cfg = embedded_store
+@pytest.mark.parametrize("store", SQLITE_AND_PG)
+def test_a_killed_lock_holder_loses_the_lock_when_its_lease_ends(store, request):
+    cfg = request.getfixturevalue(store)
     name = cfg.register.classifier_model_name
     _bare_model(cfg, 0.80)
     holder = subprocess.Popen(
@@ -482,7 +686,7 @@ def test_a_killed_lock_holder_loses_the_lock_when_its_lease_ends(embedded_store)
     short = _with(cfg, "register.lock_lease_s=1", "register.lock_timeout_s=60")
     assert promote(short, name).action == "promoted"
     assert _aliases(cfg, name)["champion"] == "1"
-    assert not [m.name for m in tracking.client(cfg).search_registered_models() if "lock" in m.name]
+    assert not _lock_models(cfg)
 
 
 CONTENDER = """
@@ -491,7 +695,7 @@ from pathlib import Path
 from lmforge import tracking
 from lmforge.config import load_config
 from lmforge.registry import promotion_lock
-cfg = load_config(None)
+cfg = load_config(None, ["tracking.request_timeout_s=60"])  # see PATIENT
 name, log = sys.argv[1], Path(sys.argv[2])
 barrier, me, n = Path(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 (barrier / me).touch()
@@ -506,10 +710,11 @@ with promotion_lock(tracking.client(cfg), name, timeout_s=120, lease_s=float(sys
 """
 
 
-def test_contenders_for_a_stale_lock_take_it_over_one_at_a_time(embedded_store, tmp_path):
+@pytest.mark.parametrize("store", SQLITE_AND_PG)
+def test_contenders_for_a_stale_lock_take_it_over_one_at_a_time(store, request, tmp_path):
     import time
 
-    cfg = embedded_store
+    cfg = request.getfixturevalue(store)
     name = cfg.register.classifier_model_name
     client = tracking.client(cfg)
     stale = {
@@ -537,7 +742,28 @@ def test_contenders_for_a_stale_lock_take_it_over_one_at_a_time(embedded_store, 
     assert [kind for kind, _ in events] == ["enter", "exit"] * n
     assert all(events[i][1] == events[i + 1][1] for i in range(0, 2 * n, 2))
     assert sorted({who for _, who in events}) == [str(i) for i in range(n)]
-    assert not [m.name for m in client.search_registered_models() if "lock" in m.name]
+    assert not _lock_models(cfg)
+
+
+def test_a_database_outage_under_the_server_refuses_promote_and_changes_nothing(
+    server_store_pg, postgres
+):
+    """PostgreSQL stops under a live `mlflow server` (its /health still answers): promote
+    refuses, naming the registry, and nothing moves; once the database is back, it promotes."""
+    cfg = server_store_pg
+    name = cfg.register.classifier_model_name
+    v1, v2 = _bare_model(cfg, 0.80, 0.90)
+    promote(cfg, name, version=v1)
+    postgres.stop()
+    try:
+        with pytest.raises(RegistryError, match=r"registry at http://127\.0\.0\.1:.*nothing was"):
+            promote(cfg, name)
+    finally:
+        postgres.start()
+    assert _aliases(cfg, name) == {"champion": v1, "challenger": v2}
+    assert "lmforge.transition" not in _model_tags(cfg, name)
+    assert not _lock_models(cfg)
+    assert promote(cfg, name).champion == v2
 
 
 def _dead_server(monkeypatch) -> str:
