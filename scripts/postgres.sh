@@ -16,7 +16,11 @@
 # Test settings, loopback only: `trust` authentication, fsync off.
 set -euo pipefail
 
-pg_bin() { find /usr/lib/postgresql -maxdepth 2 -name bin 2>/dev/null | sort -V | tail -n1; }
+# The server's bin folder (newest major version); the client package alone (psql) has no initdb.
+pg_bin() {
+  find /usr/lib/postgresql -mindepth 3 -maxdepth 3 -path '*/bin/initdb' 2>/dev/null |
+    sort -V | tail -n1 | xargs -r dirname
+}
 
 install() {
   [ -n "$(pg_bin)" ] && return 0
@@ -31,7 +35,7 @@ install() {
     echo "apt-get could not install postgresql (see above)" >&2
     exit 3
   fi
-  [ -n "$(pg_bin)" ] || { echo "postgresql installed, but no /usr/lib/postgresql/*/bin" >&2; exit 3; }
+  [ -n "$(pg_bin)" ] || { echo "postgresql installed, but no /usr/lib/postgresql/*/bin/initdb" >&2; exit 3; }
 }
 
 # The server refuses to run as root: as root, the cluster belongs to the `postgres` user that the
