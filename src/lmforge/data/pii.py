@@ -93,7 +93,7 @@ _LONE_PHONE = re.compile(
     re.S,
 )
 _PHONE_WORD = re.compile(
-    r"(?i)(?:\b(?:tel|tele?phone|phone|fon|telefon|call|mobile|mob|cell|fax|handy|sms|"
+    r"(?i)(?:(?<!\|)\b(?:tel|tele?phone|phone|fon|telefon|call|mobile|mob|cell|fax|handy|sms|"
     r"whatsapp|hotline|dial|t[ée]l|t[ée]l[ée]phone|portable|contact)\b|☎|📞)[^\n\d]{0,12}$"
 )
 _PHONE_WORDS = ("tel", "phone", "fon", "call", "mob", "cell", "fax", "handy", "sms", "whatsapp")

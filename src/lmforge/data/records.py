@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -85,6 +85,9 @@ class Fields:
     source: str = "source"
     label: str = "label"
     prefix: str = "data."
+    # An id the input gives is written as it is, beside the masked text: under data.pii mask or
+    # drop, the allow-list (``pii.Allow``) under which one holding personal data is refused.
+    pii: Any = field(default=None, compare=False)
 
     def wanted(self, kind: Kind) -> dict[str, str]:
         """Record field -> input field, for the fields read from the input (not derived)."""
@@ -124,6 +127,30 @@ def as_written(rec: dict[str, Any], text: str | None) -> dict[str, Any]:
     if rec["id"] is None:
         return {**rec, "id": content_id(text), "text": text}
     return rec if text is rec["text"] else {**rec, "text": text}
+
+
+def _preview(value: Any) -> str:
+    """A value's first 40 characters of JSON for an error message, its personal data masked
+    (masked before the cut, so that a cut address is masked too)."""
+    from lmforge.data.pii import mask
+
+    return mask(json.dumps(value, default=str)[:400])[0][:40]
+
+
+def _refuse_personal_id(record_id: str, where: str, fields: Fields) -> None:
+    """An id that holds personal data would undo the masking of its text (the id itself is
+    never printed)."""
+    from lmforge.data.pii import find
+
+    found = find(record_id, fields.pii)
+    if found:
+        kinds = ", ".join(sorted({m.kind for m in found}))
+        raise DataError(
+            f"{where}: field {fields.id!r} holds personal data ({kinds}); ids are written as "
+            "they are, beside the masked text, so it would undo the masking. Set "
+            f"{fields.setting('id')}: '' to derive ids from the masked text, give the records "
+            "keys that are not personal data, or list the value in data.pii_allow."
+        )
 
 
 def _as_str(value: Any) -> Any:
@@ -169,7 +196,7 @@ def to_record(
             allowed = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise DataError(
                 f"{where}: field {src!r} is {type(value).__name__} "
-                f"({json.dumps(value, default=str)[:40]}), expected {allowed}."
+                f"({_preview(value)}), expected {allowed}."
             )
         rec[name] = value
     if fields == IDENTITY and all(rec[k] is raw[k] for k in rec):
@@ -181,6 +208,8 @@ def to_record(
             f"{where}: field {wanted['id']!r} is empty; every record needs a unique id "
             "(or set data.id_field: '' to derive ids from the text)."
         )
+    elif fields.pii is not None:
+        _refuse_personal_id(rec["id"], where, fields)
     if kind == "corpus" and "source" not in rec:
         rec = {"id": rec["id"], "source": stem, **rec}
     return rec

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from lmforge.config import DataConfig
 from lmforge.data.columnar import TextBatch, paragraphs
+from lmforge.data.pii import Allow
 from lmforge.data.records import Fields, Kind, check_file, read_records, to_record
 from lmforge.errors import DataError
 
@@ -80,11 +81,18 @@ def detect(path: Path, kind: Kind, cfg: DataConfig) -> str:
 
 
 def fields_of(cfg: DataConfig, kind: Kind) -> Fields:
+    # ids that hold personal data are refused unless data.pii is keep (records.to_record)
+    pii = None if cfg.pii == "keep" else Allow(cfg.pii_allow)
     if kind == "labelled":
         return Fields(
-            cfg.labelled_text_field, cfg.labelled_id_field, "", cfg.label_field, "data.labelled_"
+            cfg.labelled_text_field,
+            cfg.labelled_id_field,
+            "",
+            cfg.label_field,
+            "data.labelled_",
+            pii,
         )
-    return Fields(cfg.text_field, cfg.id_field, cfg.source_field, cfg.label_field)
+    return Fields(cfg.text_field, cfg.id_field, cfg.source_field, cfg.label_field, pii=pii)
 
 
 def check_input(path: Path, kind: Kind, cfg: DataConfig) -> str:
