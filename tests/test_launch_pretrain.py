@@ -47,7 +47,8 @@ def test_dvc_default_pretrains_two_replicas_and_survives_a_killed_worker(
 ):
     monkeypatch.chdir(tmp_path)
     write_synthetic_tokenized(tmp_path / "outputs" / "tokenized", vocab_size=128, block_size=32)
-    cfg = load_config(None, [*TINY, f"tracking.artifact_location={tmp_path / 'mlartifacts'}"])
+    artifacts = f"tracking.artifact_location={tmp_path / 'mlartifacts'}"
+    cfg = load_config(None, [*TINY, artifacts, "launch.api=pytorchjob"])  # its Master + Worker
     assert (cfg.launch.backend, cfg.launch.nnodes, cfg.launch.nproc_per_node) == ("local", 2, 1)
     checkpoints = tmp_path / "outputs" / "pretrain" / "checkpoints"
 
