@@ -21,7 +21,8 @@ def pretrain(
     """Run ``lmforge.launch.launcher.launch_pretrain`` and hand the trained model on.
 
     On ``backend="kubernetes"`` the tokenized data is staged onto the shared volume, the
-    PyTorchJob is created and watched until it ends, and its output is copied into
+    training job (a TrainJob, or a PyTorchJob: ``launch_api``) is created and watched until it
+    ends, and its output is copied into
     ``pretrained``; on ``backend="local"`` the same job spec runs as local processes.
 
     Args:
@@ -30,7 +31,7 @@ def pretrain(
         overrides: ``SECTION.KEY=VALUE`` overrides applied on top of ``params``.
         run_id: The KFP run id (tags the parent MLflow run; names the staging folder).
         task_name: This task's name (tags the step's MLflow run).
-        backend: ``kubernetes`` (a PyTorchJob on the cluster) or ``local``.
+        backend: ``kubernetes`` (the job on the cluster) or ``local``.
         launch_api: ``pytorchjob`` or ``trainjob`` (Trainer v2); empty: as in ``params``.
         pretrained: ``model/`` (HF causal LM with its tokenizer), checkpoints, loss curve.
         metrics: Final train and validation loss, perplexity, tokens per second.

@@ -1,4 +1,4 @@
-"""The pretrain component through KFP's local runner: the PyTorchJob spec on local processes."""
+"""The pretrain component through KFP's local runner: the training job's spec on local processes."""
 
 import json
 
