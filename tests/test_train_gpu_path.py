@@ -126,3 +126,50 @@ def test_adamw_is_fused_on_fsdp2_shards_and_steps_as_foreach_does(fake_world_of_
         after[kind] = [p.to_local().clone() for p in model.parameters()]
     pairs = zip(after["fused"], after["foreach"], strict=True)
     assert max((a - b).abs().max().item() for a, b in pairs) < 1e-6
+
+
+class _Stats:
+    """A step's (loss, grad norm) whose reads are recorded: reading the newest step's numbers
+    would make the host wait for the device every step."""
+
+    def __init__(self, step: int, loss: float, reads: list[int]):
+        self.step, self.loss, self.reads = step, loss, reads
+
+    def tolist(self):
+        self.reads.append(self.step)
+        return [self.loss, 1.0]
+
+
+def test_the_divergence_guard_reads_each_step_one_step_late_and_stops_the_update_on_device():
+    from lmforge.train.loop import DivergenceGuard
+
+    guard = DivergenceGuard(torch.device("cpu"))
+    reads: list[int] = []
+    optimizer = type("Opt", (), {})()
+    for step, loss in enumerate([2.0, 1.9, float("nan"), 1.8]):
+        guard.step(step, torch.tensor([loss, 1.0]), optimizer)
+        guard.pending[-1] = (step, _Stats(step, loss, reads))
+        found = guard.check(everything=False)
+        assert step not in reads  # never the step just queued
+        if step == 3:  # step 2 is read now, one step late
+            assert found == (2, pytest.approx(float("nan"), nan_ok=True), 1.0)
+    assert reads == [0, 1, 2]
+    # The sticky flag the fused AdamW skips on: set by step 2, still set after a finite step 3.
+    assert optimizer.found_inf.item() == 1.0
+
+
+def test_a_nan_step_leaves_the_weights_untouched_by_the_fused_update():
+    from lmforge.config import TrainConfig
+    from lmforge.train.loop import DivergenceGuard
+    from lmforge.train.optim import build_optimizer
+
+    model = torch.nn.Linear(4, 1)
+    optimizer = build_optimizer(model, TrainConfig(lr=0.1))
+    guard = DivergenceGuard(torch.device("cpu"))
+    before = [p.detach().clone() for p in model.parameters()]
+    for step, loss in enumerate([float("nan"), 1.0]):  # a finite step after it changes nothing
+        model(torch.ones(2, 4)).sum().backward()
+        guard.step(step, torch.tensor([loss, 1.0]), optimizer)
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

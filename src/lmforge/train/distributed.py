@@ -165,6 +165,15 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """The mean of ``t`` over ranks, on its device and without waiting for it (one collective);
+    ``t`` itself in a single process."""
+    if not dist.is_initialized():
+        return t
+    dist.all_reduce(t)
+    return t / dist.get_world_size()
+
+
 def broadcast_object(obj, src: int = 0):
     if not dist.is_initialized():
         return obj

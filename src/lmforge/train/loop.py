@@ -42,7 +42,7 @@ from lmforge import mkl_shim
 from lmforge.config import TrainConfig
 from lmforge.errors import TrainingError
 from lmforge.train.checkpoint import Checkpointer, writer_lock
-from lmforge.train.distributed import Runtime, all_reduce_sum
+from lmforge.train.distributed import Runtime, all_reduce_mean
 from lmforge.train.optim import build_optimizer, lr_at
 from lmforge.train.parallel import fsdp_casts_to_bf16, parallelize
 from lmforge.train.precision import Precision, announce, resolve
@@ -103,6 +103,38 @@ def _no_grad_sync(model: nn.Module, sync: bool):
     if hasattr(model, "no_sync") and not sync:  # DDP
         return model.no_sync()
     return contextlib.nullcontext()
+
+
+class DivergenceGuard:
+    """The divergence guard, kept on the device so that no step waits for the host.
+
+    Each step's mean loss and gradient norm go into a sticky ``diverged`` flag on the device,
+    handed to the fused AdamW as ``found_inf``: the kernel skips its update (and its step count)
+    while the flag is set, so the weights stay the last finite ones whatever the host has not read
+    yet. The host reads the steps' numbers later (``check``) and reports the first bad one.
+    """
+
+    def __init__(self, device: torch.device):
+        self.diverged = torch.zeros((), dtype=torch.bool, device=device)
+        self.pending: list[tuple[int, torch.Tensor]] = []
+
+    def step(self, step: int, stats: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        self.diverged |= ~torch.isfinite(stats).all()
+        optimizer.found_inf = self.diverged.float()
+        self.pending.append((step, stats))
+
+    def check(self, everything: bool) -> tuple[int, float, float] | None:
+        """(step, loss, grad norm) of the first non-finite step read; all but the newest step
+        unless ``everything``, whose read waits for the device."""
+        ready, self.pending = (
+            (self.pending, []) if everything else (self.pending[:-1], self.pending[-1:])
+        )
+        for step, stats in ready:
+            loss, norm = stats.tolist()
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                self.pending = []
+                return step, loss, norm
+        return None
 
 
 def fit(
@@ -178,7 +210,9 @@ def _fit(
         bar = tqdm(total=cfg.max_steps, initial=result.step, desc="train", dynamic_ncols=True)
 
     model.train()
-    window_loss, window_steps, window_tokens, window_time = 0.0, 0, 0, 0.0
+    window_loss = torch.zeros((), device=rt.device)
+    window_steps, window_tokens, window_time = 0, 0, 0.0
+    guard = DivergenceGuard(rt.device)
     for step in range(result.step, cfg.max_steps):
         t0 = time.perf_counter()
         lr = lr_at(step, cfg)
@@ -200,48 +234,57 @@ def _fit(
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=True)
         if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
             grad_norm = grad_norm.full_tensor()
-        step_loss, norm = all_reduce_sum([loss_sum.item(), float(grad_norm)], rt.device)
-        step_loss /= rt.world_size
-        norm /= rt.world_size
-        if not (math.isfinite(step_loss) and math.isfinite(norm)):
+        stats = all_reduce_mean(torch.stack([loss_sum.float(), grad_norm.float()]))
+        guard.step(step, stats, optimizer)  # on the device: no host wait
+        optimizer.step()  # skipped by the fused kernel once the guard has seen a non-finite step
+        optimizer.zero_grad(set_to_none=True)
+
+        done = step + 1
+        window_loss += stats[0]
+        log_now = done % max(1, cfg.log_every) == 0 or done == cfg.max_steps
+        eval_now = cfg.eval_every > 0 and (done % cfg.eval_every == 0 or done == cfg.max_steps)
+        save_now = ckpt is not None and (done % cfg.ckpt_every == 0 or done == cfg.max_steps)
+        # The host reads the guard one step late, and at once where it logs, evaluates or
+        # saves: nothing non-finite is logged or checkpointed, and no step waits for the last.
+        diverged = guard.check(everything=log_now or eval_now or save_now)
+        if diverged is not None:
+            bad_step, step_loss, norm = diverged
             raise TrainingError(
-                f"training diverged at step {step}: loss={step_loss}, grad norm={norm}. "
+                f"training diverged at step {bad_step}: loss={step_loss}, grad norm={norm}. "
                 f"The weights were not updated; last good checkpoint: {last_good}"
                 + (f" in {checkpoint_dir}" if ckpt else "")
                 + ". Lower lr, raise warmup_steps or grad_clip, or use precision=fp32."
             )
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if rt.device.type == "cuda":
-            torch.cuda.synchronize(rt.device)
+        if log_now and rt.device.type == "cuda":
+            torch.cuda.synchronize(rt.device)  # the window's time is the device's
         dt = time.perf_counter() - t0
-
-        done = step + 1
         result.step = done
         result.tokens_seen += tokens * rt.world_size
         result.train_seconds += dt
-        window_loss += step_loss
         window_steps += 1
         window_tokens += tokens * rt.world_size
         window_time += dt
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", refresh=False)
 
         row: dict[str, float] = {}
-        if done % max(1, cfg.log_every) == 0 or done == cfg.max_steps:
+        if log_now:
+            step_loss, norm = stats.tolist()
+            if bar is not None:
+                bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", refresh=False)
             tps = window_tokens / window_time if window_time > 0 else 0.0
             mfu = tps * flops_per_token / (peak_flops * rt.world_size) if peak_flops else 0.0
             result.train_loss, result.tokens_per_s, result.mfu = (
-                window_loss / window_steps,
+                window_loss.item() / window_steps,
                 tps,
                 mfu,
             )
             row.update(
                 train_loss=result.train_loss, lr=lr, grad_norm=norm, tokens_per_s=tps, mfu=mfu
             )
-            window_loss, window_steps, window_tokens, window_time = 0.0, 0, 0, 0.0
-        if cfg.eval_every > 0 and (done % cfg.eval_every == 0 or done == cfg.max_steps):
+            window_loss = torch.zeros((), device=rt.device)
+            window_steps, window_tokens, window_time = 0, 0, 0.0
+        if eval_now:
             model.eval()
             with torch.no_grad(), autocast(cfg, rt.device, rt):
                 row.update(task.evaluate(model))
@@ -251,7 +294,7 @@ def _fit(
             result.history.append({"step": float(done), **row})
             if on_log is not None and rt.is_main:
                 on_log(done, row)
-        if ckpt and (done % cfg.ckpt_every == 0 or done == cfg.max_steps):
+        if save_now:
             state = {
                 "history": result.history,
                 "tokens_seen": result.tokens_seen,
