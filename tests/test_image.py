@@ -140,3 +140,16 @@ def test_one_image_name_everywhere():
     image = re.search(r"^IMAGE\s*\?=\s*(\S+)", makefile, re.M).group(1)
     assert image == LaunchConfig.image == KubeflowConfig.image
     assert "docker build -f docker/Dockerfile" in makefile
+
+
+def test_the_runtime_image_has_what_compile_and_multi_node_nccl_need_at_run_time():
+    """Triton compiles its launcher with a C compiler when pretrain.compile runs on a GPU; NCCL
+    reaches InfiniBand/RoCE only through rdma-core's verbs (else TCP sockets)."""
+    runtime = stages()[-1]
+    installed = " ".join(rest for op, rest in runtime if op == "RUN" and "apt-get install" in rest)
+    for package in ("gcc", "libc6-dev", "rdma-core", "libibverbs1", "ibverbs-providers"):
+        assert re.search(rf"(^|\s){re.escape(package)}(\s|$)", installed), package
+    assert "rm -rf /var/lib/apt/lists" in installed
+    user_at = next(i for i, (op, _) in enumerate(runtime) if op == "USER")
+    apt_at = next(i for i, (op, rest) in enumerate(runtime) if "apt-get install" in rest)
+    assert apt_at < user_at  # installed as root, run as the image's user
