@@ -15,13 +15,13 @@ import itertools
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 import typer
 import yaml
@@ -290,10 +290,16 @@ def test_every_lmforge_command_parses_and_every_make_target_exists(ran):
     cli = typer.main.get_command(app)
     lines = [c["args"] for c in ran if c["tool"] == "lmforge"]
     assert len(lines) >= 3
+    for block in re.findall(r"```bash\n(.*?)```", section(), re.S):  # the section's other blocks
+        lines += [
+            shlex.split(ln, comments=True)[1:]
+            for ln in block.splitlines()
+            if ln.startswith("lmforge ")
+        ]
     for args in lines:
         group, rest = cli, list(args)
-        while isinstance(group, click.Group):
-            group = group.get_command(click.Context(cli), rest.pop(0))
+        while hasattr(group, "commands"):  # a group (typer ships its own click): its command
+            group = group.commands.get(rest.pop(0))
             assert group is not None, args
         group.make_context("lmforge", rest)  # unknown options, bad values: a UsageError
     makefile = (REPO / "Makefile").read_text()
