@@ -110,7 +110,8 @@ def test_params_hash_changes_with_any_value():
         ("pretrain.lr=-1", "pretrain.lr: -1.0", "> 0 and <= 1"),
         ("pretrain.micro_batch_size=0", "pretrain.micro_batch_size: 0", ">= 1"),
         ("pretrain.keep_last=0", "pretrain.keep_last: 0", ">= 1"),
-        ("finetune.max_steps=0", "finetune.max_steps: 0", ">= 1"),
+        ("finetune.max_steps=-1", "finetune.max_steps: -1", ">= 0"),  # 0: no cap on max_epochs
+        ("finetune.max_epochs=-1", "finetune.max_epochs: -1.0", ">= 0 and <= 1000"),
         ("augment.share=1.5", "augment.share: 1.5", ">= 0 and <= 1"),
         ("data.test_share=0", "data.test_share: 0.0", "> 0 and < 1"),
         ("launch.master_port=70000", "launch.master_port: 70000", ">= 1 and <= 65535"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -20,6 +21,11 @@ def test_outputs_follow_the_contract(trained_stages):
     metrics = json.loads((out / "metrics.json").read_text())
     cfg = tiny_config()
     assert metrics["steps"] == cfg.finetune.max_steps
+    # The epochs budget (3 by default), capped by max_steps; too short to stop early.
+    epochs_steps = math.ceil(cfg.finetune.max_epochs * metrics["train_examples"] / 8)
+    assert metrics["budget_steps"] == min(epochs_steps, cfg.finetune.max_steps)
+    assert metrics["stop_reason"] == f"budget reached: {metrics['steps']} steps"
+    assert metrics["monitor"] == "val_macro_f1" and metrics["best_step"] in (10, 20, 30)
     for variant in ("model", "baseline"):
         model = AutoModelForSequenceClassification.from_pretrained(out / variant)
         assert model.config.id2label == {0: "ham", 1: "spam"}

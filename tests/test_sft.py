@@ -4,6 +4,7 @@ generation from the registry (a real embedded MLflow store)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 from pathlib import Path
@@ -233,6 +234,11 @@ def test_sft_trains_evaluates_registers_promotes_and_generates(
     ft, ev = tmp_path / "ft", tmp_path / "ev"
     trained = finetune(cfg, tiny_stages["pretrain"], tiny_stages["augmented"], ft)
     assert trained.task == "sft" and trained.steps == 40
+    # What is written and reported is the evaluation with the lowest validation loss.
+    rows = csv.DictReader((ft / "plots" / "loss.csv").open())
+    evals = {int(r["step"]): float(r["val_loss"]) for r in rows if r["val_loss"]}
+    assert trained.monitor == "val_loss" and trained.best_step == min(evals, key=evals.get)
+    assert trained.val_loss == pytest.approx(min(evals.values()), abs=1e-5)
     assert trained.val_loss < trained.baseline_val_loss  # tuning lowered the response loss
     assert 0.5 < trained.padding_efficiency <= 1.0
     for folder in ("model", "baseline", "pairs", "plots"):

@@ -97,13 +97,39 @@ class FinetuneConfig(TrainConfig):
     parallel: Literal["single", "ddp", "fsdp"] = setting(
         "single", "Data parallelism across ranks: single process, DDP or FSDP2 (sharded)."
     )
+    max_epochs: float = setting(
+        3.0,
+        "The budget in passes over the training split: ceil(max_epochs x training records / "
+        "global batch) optimizer steps, capped by max_steps; 0: max_steps alone. Early stopping "
+        "usually ends the run before (docs/finetune.md).",
+        ge=0,
+        le=1000,
+    )
     max_steps: int = setting(
-        60, "Optimizer steps; a short budget is where pretraining beats the baseline.", ge=1
+        0,
+        "A cap on the optimizer steps of max_epochs (the budget itself with max_epochs 0); "
+        "0: none.",
+        ge=0,
+    )
+    early_stopping_patience: int = setting(
+        3,
+        "Stop after this many evaluations (every eval_every steps) without improvement of "
+        "monitor; the model and baseline written are each run's best evaluation, not its last. "
+        "0: train the whole budget (the best is still what is written).",
+        ge=0,
+    )
+    monitor: Literal["auto", "val_macro_f1", "val_accuracy", "val_loss"] = setting(
+        "auto",
+        "What early stopping and the best checkpoint go by; auto: val_macro_f1 (higher is better) "
+        "for classification, val_loss (lower is better) for sft.",
     )
     lr: float = setting(1e-3, "Peak learning rate (AdamW).", gt=0, le=1)
     warmup_steps: int = setting(6, "Linear warmup from 0 to lr over this many steps.", ge=0)
     eval_every: int = setting(
-        30, "Validate every this many steps (and at the end); 0: at the end.", ge=0
+        30,
+        "Validate every this many steps (and at the end); 0: at the end only, which leaves "
+        "early stopping nothing to compare.",
+        ge=0,
     )
     task: Literal["classification", "sft"] = setting(
         "classification",
@@ -132,3 +158,7 @@ class FinetuneConfig(TrainConfig):
             self.fail("response_field", "must differ from finetune.prompt_field")
         if self.base_model is not None and not self.base_model.strip():
             self.fail("base_model", "empty path; set a model folder or null")
+        if self.max_epochs == 0 and self.max_steps == 0:
+            self.fail("max_epochs", "0 with max_steps 0 leaves no budget; set either above 0")
+        if self.task == "sft" and self.monitor in ("val_macro_f1", "val_accuracy"):
+            self.fail("monitor", "sft reports val_loss and val_perplexity; use val_loss or auto")

@@ -6,14 +6,19 @@ non-pad token, i.e. last-token pooling) and trains it with the one training loop
 (``lmforge.train.loop.fit`` with ``lmforge.train.classify.ClassifyTask``) — full fine-tuning or
 LoRA (``lmforge.train.lora``) as ``finetune.method`` says. A baseline of the same architecture
 from random weights gets the same budget (same steps, batch, schedule and data order), so the
-gain of pretraining is measured, not assumed. Output folder (rank 0 writes it):
+gain of pretraining is measured, not assumed. The budget is ``finetune.max_epochs`` passes over the
+training split (capped by ``max_steps``); each model stops early once ``early_stopping_patience``
+evaluations passed without improving ``finetune.monitor``, and what is written (and so evaluated
+and registered) is each model's best evaluation (``lmforge.train.best``; docs/finetune.md).
+Output folder (rank 0 writes it):
 
 - ``model/``: the fine-tuned classifier (HF dir, LoRA merged in) with the tokenizer;
 - ``baseline/``: the from-scratch classifier, same layout;
 - ``checkpoints/{model,baseline}/step-*/``: DCP checkpoints (a rerun resumes from the latest
   when ``lmforge.train.step.fingerprint`` matches: ``evaluate.*`` or cadence knobs may change);
-- ``metrics.json``: validation accuracy / macro-F1 / loss of both, steps, parameters trained,
-  and ``tracking`` (what MLflow did not get, if anything);
+- ``metrics.json``: validation accuracy / macro-F1 / loss of both at their best steps, steps
+  trained, the budget, the best step and why training ended (``stop_reason``), parameters
+  trained, and ``tracking`` (what MLflow did not get, if anything);
 - ``plots/loss.csv``: step, train_loss, val_loss, baseline_train_loss, baseline_val_loss.
 
 It runs as one process or as one rank of many (``finetune.parallel``), like pretraining, with the
@@ -38,6 +43,7 @@ from lmforge.metrics import macro_f1
 from lmforge.outputs import atomic_output_dir
 from lmforge.tracking import is_number
 from lmforge.train import step
+from lmforge.train.best import BestKeeper, budgeted, kept_eval, monitored, steps_to_epochs
 from lmforge.train.classify import ClassifyTask, collate, encode, read_labelled, with_eos_appended
 from lmforge.train.distributed import barrier
 from lmforge.train.loop import FitResult, fit
@@ -66,6 +72,14 @@ class FinetuneResult:
     resumed_from: int | None = None  # the fine-tuned model's checkpoint step, when resumed
     precision: str = ""  # what training computed in (fp32 | bf16), ``auto`` resolved
     precision_reason: str = ""  # why (lmforge.train.precision)
+    budget_steps: int = 0  # max_epochs (capped by max_steps) in optimizer steps
+    epochs: float = 0.0  # passes over the training split done
+    monitor: str = ""  # what the best step and early stopping went by
+    best_step: int | None = None  # the step whose weights model/ holds (its val_* above)
+    stop_reason: str = ""  # budget reached / early stop at step N
+    baseline_steps: int | None = None
+    baseline_best_step: int | None = None
+    baseline_stop_reason: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,6 +158,7 @@ def finetune(
     data = {"labels": labels, "train": step.file_identity(labelled / "train.jsonl")}
 
     with step.process_group(tcfg) as rt:
+        tcfg = budgeted(tcfg, len(train.ids), rt.world_size)  # max_steps: the run's steps
         tracking = step.tracked(cfg, "finetune", ("finetune",), out_dir, rt)
         with tracking as tracker:
             runs: dict[str, FitResult] = {}
@@ -159,6 +174,8 @@ def finetune(
                     trainable, total = count_params(model)
                 task = ClassifyTask(train, val, tcfg, rt, pad_id, len(labels))
                 start = {"variant": variant, "weights": weights if variant == "model" else None}
+                # Each model trains until it is learned, by the same rule: a fair comparison.
+                keeper = BestKeeper(monitored(cfg.finetune), tcfg.early_stopping_patience)
                 runs[variant] = fit(
                     model,
                     task,
@@ -170,11 +187,23 @@ def finetune(
                         tracker.step_logger("" if variant == "model" else "baseline_"),
                         on_log if variant == "model" else None,
                     ),
+                    stopping=keeper,
                 )
-                states[variant] = full_state_dict(runs[variant].model)
-            result = _result(tcfg, runs, trainable, total, len(train.ids), out_dir)
+                # The best evaluation's weights (every rank agrees on whether there is one).
+                states[variant] = (
+                    keeper.state
+                    if keeper.best_step is not None
+                    else full_state_dict(runs[variant].model)
+                )
+            result = _result(tcfg, runs, trainable, total, len(train.ids), out_dir, rt.world_size)
             tracker.log_params(
-                {"precision": result.precision, "precision_reason": result.precision_reason}
+                {
+                    "precision": result.precision,
+                    "precision_reason": result.precision_reason,
+                    "monitor": result.monitor,
+                    "stop_reason": result.stop_reason,
+                    "baseline_stop_reason": result.baseline_stop_reason or "",
+                }
             )
             if rt.is_main:
                 _write_outputs(cfg, labels, model_dir, tokenizer, states, runs, result, out_dir)
@@ -188,15 +217,11 @@ def finetune(
         return result
 
 
-def _last_eval(fit_result: FitResult) -> dict[str, float]:
-    evals = [r for r in fit_result.history if "val_loss" in r]
-    return evals[-1] if evals else {}
-
-
-def _result(tcfg, runs, trainable, total, n_train, out_dir) -> FinetuneResult:
+def _result(tcfg, runs, trainable, total, n_train, out_dir, world_size) -> FinetuneResult:
+    baseline = runs.get("baseline")
     main, base = (
-        _last_eval(runs["model"]),
-        _last_eval(runs["baseline"]) if "baseline" in runs else {},
+        kept_eval(runs["model"].history, runs["model"].stopping),
+        kept_eval(baseline.history, baseline.stopping) if baseline else {},
     )
     return FinetuneResult(
         method=tcfg.method,
@@ -214,6 +239,14 @@ def _result(tcfg, runs, trainable, total, n_train, out_dir) -> FinetuneResult:
         resumed_from=runs["model"].resumed_from,
         precision=runs["model"].precision.name,
         precision_reason=runs["model"].precision.reason,
+        budget_steps=tcfg.max_steps,
+        epochs=round(steps_to_epochs(runs["model"].step, tcfg, n_train, world_size), 3),
+        monitor=runs["model"].stopping.monitor,
+        best_step=runs["model"].stopping.best_step,
+        stop_reason=runs["model"].stopping.reason(runs["model"].step),
+        baseline_steps=baseline.step if baseline else None,
+        baseline_best_step=baseline.stopping.best_step if baseline else None,
+        baseline_stop_reason=baseline.stopping.reason(baseline.step) if baseline else None,
     )
 
 

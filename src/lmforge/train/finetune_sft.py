@@ -34,6 +34,7 @@ from lmforge.data.sft_pairs import load_pairs, write_pairs
 from lmforge.outputs import atomic_output_dir
 from lmforge.tracking import is_number
 from lmforge.train import step
+from lmforge.train.best import BestKeeper, budgeted, kept_eval, monitored, steps_to_epochs
 from lmforge.train.distributed import barrier
 from lmforge.train.loop import autocast, fit
 from lmforge.train.parallel import full_state_dict
@@ -65,6 +66,11 @@ class SftFinetuneResult:
     resumed_from: int | None = None
     precision: str = ""
     precision_reason: str = ""
+    budget_steps: int = 0  # max_epochs (capped by max_steps) in optimizer steps
+    epochs: float = 0.0  # passes over the training pairs done
+    monitor: str = ""  # what the best step and early stopping went by
+    best_step: int | None = None  # the step whose weights model/ holds (its val_* above)
+    stop_reason: str = ""  # budget reached / early stop at step N
 
 
 def causal_lm(model_dir: Path, seed: int):
@@ -121,6 +127,7 @@ def finetune_sft(
     digest = hashlib.sha256(repr((train.ids, train.labels)).encode()).hexdigest()[:16]
 
     with step.process_group(tcfg) as rt:
+        tcfg = budgeted(tcfg, len(train.ids), rt.world_size)  # max_steps: the run's steps
         tracking = step.tracked(cfg, "finetune", ("finetune",), out_dir, rt)
         with tracking as tracker:
             model = causal_lm(model_dir, tcfg.seed)
@@ -130,6 +137,7 @@ def finetune_sft(
                 model = apply_causal_lora(model, tcfg)
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             total = sum(p.numel() for p in model.parameters())
+            keeper = BestKeeper(monitored(cfg.finetune), tcfg.early_stopping_patience)
             run = fit(
                 model,
                 task,
@@ -138,9 +146,11 @@ def finetune_sft(
                 checkpoint_dir=step.checkpoint_dir(out_dir, "model"),
                 fingerprint=step.fingerprint(tcfg, {"task": "sft", "weights": weights}, digest),
                 on_log=step.both(tracker.step_logger(""), on_log),
+                stopping=keeper,
             )
-            state = full_state_dict(run.model)
-            last = ([r for r in run.history if "val_loss" in r] or [{}])[-1]
+            # The best evaluation's weights (every rank agrees on whether there is one).
+            state = keeper.state if keeper.best_step is not None else full_state_dict(run.model)
+            last = kept_eval(run.history, keeper)
             result = SftFinetuneResult(
                 task="sft",
                 method=tcfg.method,
@@ -162,8 +172,20 @@ def finetune_sft(
                 resumed_from=run.resumed_from,
                 precision=run.precision.name,
                 precision_reason=run.precision.reason,
+                budget_steps=tcfg.max_steps,
+                epochs=round(steps_to_epochs(run.step, tcfg, len(train.ids), rt.world_size), 3),
+                monitor=keeper.monitor,
+                best_step=keeper.best_step,
+                stop_reason=keeper.reason(run.step),
             )
-            tracker.log_params({"task": "sft", "precision": result.precision})
+            tracker.log_params(
+                {
+                    "task": "sft",
+                    "precision": result.precision,
+                    "monitor": result.monitor,
+                    "stop_reason": result.stop_reason,
+                }
+            )
             if rt.is_main:
                 _write_outputs(cfg, model_dir, tokenizer, state, run, pairs, result, out_dir)
                 tracker.log_metrics(

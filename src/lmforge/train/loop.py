@@ -16,11 +16,14 @@ API::
 Each optimizer step: set the learning rate (warmup + cosine), accumulate ``grad_accum_steps``
 micro batches under autocast (DDP/FSDP gradient sync only on the last), clip gradients, stop on a
 non-finite loss or gradient norm (the divergence guard; weights and the last checkpoint stay
-untouched), step AdamW; then log, validate and checkpoint on their own cadences. A checkpoint
-found under ``checkpoint_dir`` with the same ``fingerprint`` is resumed from automatically, even
-with another ``max_steps`` (the learning rate is a function of the step and ``max_steps``, so the
-schedule is recomputed for the new length), world size or micro-batch split (DCP reshards); one
-line on stderr says where the run starts and what changed (``_start_line``).
+untouched), step AdamW; then log, validate and checkpoint on their own cadences. With
+``stopping`` (a ``lmforge.train.best.BestKeeper``: fine-tuning) each evaluation is weighed by its
+monitored metric, the best one's weights are kept, and the run ends early once ``patience``
+evaluations passed without improvement (checkpointed at that step, so a rerun ends too).
+A checkpoint found under ``checkpoint_dir`` with the same ``fingerprint`` is resumed from
+automatically, even with another ``max_steps`` (the learning rate is a function of the step and
+``max_steps``, so the schedule is recomputed for the new length), world size or micro-batch split
+(DCP reshards); one line on stderr says where the run starts and what changed (``_start_line``).
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ class FitResult:
     resumed_from: int | None = None
     train_seconds: float = 0.0
     precision: Precision | None = None  # what the loop computed in, and why
+    stopping: Any = None  # the BestKeeper given to fit: best step, its weights, why it ended
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -166,8 +170,10 @@ def _fit(
     peak_flops: float = 0.0,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
+    stopping: Any = None,
 ) -> FitResult:
-    """Train ``model`` on ``task`` for ``cfg.max_steps`` optimizer steps (resuming if possible)."""
+    """Train ``model`` on ``task`` for ``cfg.max_steps`` optimizer steps (resuming if possible),
+    or until ``stopping`` (a ``BestKeeper``) says the validation metric stopped improving."""
     torch.manual_seed(cfg.seed + rt.rank)  # dropout differs per rank; init was seeded before
     precision = resolve(cfg.precision, rt.device)
     if rt.is_main:
@@ -176,7 +182,7 @@ def _fit(
             mkl_shim.announce()
     model = parallelize(model, cfg, rt)  # compiles each block first when cfg.compile
     optimizer = build_optimizer(model, cfg)
-    result = FitResult(model=model, step=0, precision=precision)
+    result = FitResult(model=model, step=0, precision=precision, stopping=stopping)
 
     ckpt = None
     if checkpoint_dir is not None and cfg.ckpt_every > 0:
@@ -202,6 +208,8 @@ def _fit(
         if rt.is_main:
             print(_start_line(ckpt, found, _run_shape(cfg, rt)), file=sys.stderr, flush=True)
     last_good = f"step {result.step}" if ckpt and result.resumed_from else "none"
+    if stopping is not None and result.history:  # its best and its count, from the history
+        stopping.resume(result.history, ckpt.folder if ckpt else None, rt)
 
     bar = None
     if progress and rt.is_main:
@@ -214,6 +222,8 @@ def _fit(
     window_steps, window_tokens, window_time = 0, 0, 0.0
     guard = DivergenceGuard(rt.device)
     for step in range(result.step, cfg.max_steps):
+        if stopping is not None and stopping.exhausted:
+            break  # a rerun of a run that stopped early: nothing more to train
         t0 = time.perf_counter()
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
@@ -294,6 +304,11 @@ def _fit(
             result.history.append({"step": float(done), **row})
             if on_log is not None and rt.is_main:
                 on_log(done, row)
+        stop_now = False
+        if eval_now and stopping is not None:
+            stopping.observe(done, row, model)
+            stop_now = stopping.exhausted
+            save_now = save_now or (ckpt is not None and stop_now)
         if save_now:
             state = {
                 "history": result.history,
@@ -302,8 +317,14 @@ def _fit(
                 "data_position": {"next_step": done, "micro_steps": done * cfg.grad_accum_steps},
                 "run_shape": _run_shape(cfg, rt),
             }
+            if stopping is not None:
+                stopping.persist(ckpt.folder, rt)  # before the checkpoint that refers to it
             ckpt.save(done, model, optimizer, state)
+            if stopping is not None:
+                stopping.forget_older(ckpt.folder, rt)
             last_good = f"step {done}"
+        if stop_now:
+            break
     if bar is not None:
         bar.close()
     result.peak_memory_bytes = peak_memory_bytes(rt.device)

@@ -55,6 +55,11 @@ RESUMABLE = frozenset(
         "compile",
         "device",
         "baseline",
+        # Fine-tuning's budget and stopping rule: how long the same run goes on, and which of
+        # its evaluations is kept (lmforge.train.best; the history holds every evaluation).
+        "max_epochs",
+        "early_stopping_patience",
+        "monitor",
     }
 )
 
