@@ -143,8 +143,16 @@ def test_content_hash_ids_are_stable_and_catch_repeated_documents(tmp_path):
     assert first == second
     copy = (root / "corpus" / "doc03.txt").read_text()
     (root / "corpus" / "zz-copy.txt").write_text(copy)
+    # The copy is removed by curation (the first kept), and said so ...
+    report = json.loads((run(root, tmp_path / "c", *overrides) / "report.json").read_text())
+    assert report["curation"]["removed"]["exact_duplicate"] == 1
+    (example,) = report["curation"]["examples"]["exact_duplicate"]
+    assert example["where"].endswith("zz-copy.txt: line 1")
+    assert example["kept_where"].endswith("doc03.txt: line 1")
+    # ... and without curation the unique-id check catches it.
+    off = ["data.curate_exact_dedup=false", "data.curate_near_dedup=false"]
     with pytest.raises(DataError, match=r"expect_column_values_to_be_unique\(id\) failed for 2"):
-        run(root, tmp_path / "c", *overrides)
+        run(root, tmp_path / "d", *overrides, *off)
 
 
 def labelled_table(root: Path, writer: str) -> None:

@@ -103,6 +103,48 @@ class DataConfig(Section):
         "(<|email|>, <|phone|>, ...), drop removes the record, keep leaves it (and the report "
         "says so).",
     )
+    curate_normalise: bool = setting(
+        True,
+        "Curation (corpus): before the checks, remove escape sequences, resolve backspace "
+        "overstrikes (as col -b), make form feeds line ends, remove the other control "
+        "characters (tab and line end kept), Unicode NFC, strip trailing whitespace; a text "
+        "left empty is removed. Counted in report.json.",
+    )
+    curate_split_long: bool = setting(
+        True,
+        "Curation (corpus): a document longer than data.max_chars is split at blank lines (then "
+        "line ends, then spaces) into pieces under it, each its own record, instead of refused.",
+    )
+    curate_exact_dedup: bool = setting(
+        True,
+        "Curation (corpus): of documents with the same text as written (masked), keep the first "
+        "in input order.",
+    )
+    curate_near_dedup: bool = setting(
+        True,
+        "Curation (corpus): of near duplicates (MinHash LSH over word n-grams, datasketch), keep "
+        "the first in input order.",
+    )
+    near_dedup_threshold: float = setting(
+        0.85,
+        "Estimated Jaccard similarity of two documents' word n-grams from which the later is a "
+        "near duplicate (conservative; FineWeb uses ~0.75).",
+        ge=0.5,
+        le=1,
+    )
+    near_dedup_ngram: int = setting(
+        5, "Words per n-gram of near-duplicate detection (FineWeb: 5).", ge=1, le=32
+    )
+    near_dedup_permutations: int = setting(
+        128,
+        "MinHash permutations: precision of the similarity estimate; memory 4 bytes each a kept "
+        "document.",
+        ge=16,
+        le=1024,
+    )
+    curate_examples: int = setting(
+        5, "Examples (with file and line) of each curation rule in report.json.", ge=0, le=100
+    )
     pii_allow: list[str] = setting(
         [],
         "Matches never masked (known public addresses): exact values, case-insensitive, or "

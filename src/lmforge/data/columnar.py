@@ -41,10 +41,14 @@ from lmforge.data.split import SPLITS, split_codes
 @dataclass
 class TextBatch:
     """Plain-text documents (trimmed, none blank) and the file stem each came from: one for
-    the whole batch (a file split on blank lines) or one a document (a file a document)."""
+    the whole batch (a file split on blank lines) or one a document (a file a document); where
+    each came from (the file's path, one or one a document, and the line each starts at: a
+    validation message names them)."""
 
     text: pa.Array
     source: str | list[str]
+    file: str | list[str] = ""
+    line: np.ndarray | None = None
 
 
 # Byte classes by comparisons (SIMD; a 256-entry table lookup is ten times slower). uint8
@@ -227,6 +231,8 @@ class Done:
     counts: dict[str, int]  # documents a split
     tally: Tally | None = None
     parts: dict[str, Path] = field(default_factory=dict)
+    rows: np.ndarray | None = None  # the batch's documents kept (None: all; data.pii drop)
+    curation: Any = None  # what curation counted and still has to decide (lmforge.data.curate)
 
 
 def apply(done: Done, prof: Profile, writers: JsonlWriters) -> dict[str, int]:
@@ -254,6 +260,8 @@ def process(
     allow-list under which the profile counts the personal data left (None: not counted)."""
     n = len(batch.text)
     sources = [batch.source] * n if isinstance(batch.source, str) else batch.source
+    files = [batch.file] * n if isinstance(batch.file, str) else batch.file
+    at = np.ones(n, np.int64) if batch.line is None else np.asarray(batch.line, np.int64)
     # Masked first: the ids (and the profile's hashes) are of the text as written.
     text, matches = _masked(batch.text, pii)
     ids, keys, hashes = _content_ids(text)
@@ -269,9 +277,11 @@ def process(
         text, ids, found = text.take(pa.array(keep)), ids.take(pa.array(keep)), found[keep]
         hashes, splits = hashes[keep], splits[keep]
         sources = [sources[i] for i in keep.tolist()]
+        files, at = [files[i] for i in keep.tolist()], at[keep]
     cols = _profile_columns(text, ids, hashes, sources, found, checked)
+    cols |= {"file": pa.array(files, pa.string()), "line": at}
     lines, counts = _lines(text, ids, sources, splits, np.asarray(cols["control_chars"]))
-    return Done([cols], lines, counts)
+    return Done([cols], lines, counts, rows=keep if dropped else None)
 
 
 ID_WIDTH = 2 + 2 * DIGEST_SIZE  # "h-" and the hex digits of the digest (records.content_id)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,10 @@ PREVIEW_CHARS = 60
 CHUNK_ROWS = 200_000
 # The expectations that judge each row on its own; the others need every record at once.
 ROW_WISE = {"ExpectColumnValuesToNotBeNull", "ExpectColumnValuesToBeBetween"}
-TABLE_COLUMNS = ("id", "text_hash", "label")  # kept for every record (``Profile``)
+TABLE_COLUMNS = ("id", "text_hash", "label", "file", "line")  # kept for every record (``Profile``)
+# Each quoted record is named by its id and where it came from (its file, and the line or row).
+LOCATORS = ["id", "file", "line"]
+TABLE_FORMATS = (".csv", ".tsv", ".parquet", ".pq", ".json")  # a record there is a row
 _CONTEXT = None
 _CHECKPOINTS: dict[str, Any] = {}
 SHARE_PREFIX = "is_"  # the indicator column of a class: its mean is the class's share
@@ -54,6 +58,8 @@ def _arrow_types() -> dict:
         "source": text,
         "label": text,
         "pii_left": ints,
+        "file": text,
+        "line": ints,
     }
 
 
@@ -116,14 +122,20 @@ class Profile:
         names = ["id", "text", "n_chars", "letter_share", "control_chars", "text_hash"]
         names += ["label"] if self.kind == "labelled" else ["source"]
         names += ["pii_left"] if self.pii is not None else []
+        names += ["file", "line"]
         self.cols = {n: [] for n in names}
         self.table = {n: [] for n in TABLE_COLUMNS if n in self.cols}
 
-    def add(self, rec: dict[str, Any], pii_left: int | None = None) -> None:
-        """One row; ``pii_left`` may be given when the caller has just scanned this very text."""
+    def add(
+        self, rec: dict[str, Any], pii_left: int | None = None, where: tuple[str, int] = ("", 0)
+    ) -> None:
+        """One row; ``pii_left`` may be given when the caller has just scanned this very text;
+        ``where``: its file and line (or row)."""
         text = rec["text"]
         c = self.cols
         c["id"].append(rec["id"])
+        c["file"].append(where[0] or None)
+        c["line"].append(where[1] or None)
         if self.kind == "labelled":
             c["label"].append(rec["label"])
         else:
@@ -231,7 +243,9 @@ class Profile:
         self.checked = items if self.checked is None else _merge(self.checked, items, self.bounds)
         chunk = self._chunk_table()  # the lists too, as one more batch
         for name in self.table:
-            self.table[name].append(chunk.column(name).combine_chunks())
+            column = chunk.column(name).combine_chunks()
+            # a file's path once, not once a record: a few bytes a row for every record
+            self.table[name].append(pc_dictionary(column) if name == "file" else column)
         self.batches.clear()
 
     def table_frame(self):
@@ -353,7 +367,7 @@ def _new_checkpoint(spec: list[tuple[str, dict[str, Any]]], failed_examples: int
             validation_definitions=[definition],
             result_format={
                 "result_format": "SUMMARY",
-                "unexpected_index_column_names": ["id"],
+                "unexpected_index_column_names": LOCATORS,
                 "partial_unexpected_count": max(1, failed_examples),
                 "return_unexpected_index_query": False,
             },
@@ -394,6 +408,28 @@ def run_suites(cfg: DataConfig, profiles: dict[str, Profile], stage: str) -> dic
     return report
 
 
+def pc_dictionary(column):
+    import pyarrow.compute as pc
+
+    return pc.dictionary_encode(column)
+
+
+def located(file: Any, line: Any) -> str | None:
+    """Where a record came from: ``data/corpus/a.jsonl: line 12``, ``row 12`` in a table
+    format, ``document 3`` of a plain-text file split on blank lines (its line is < 0)."""
+    if not isinstance(file, str) or not file:
+        return None
+    try:
+        n = int(line)
+    except (TypeError, ValueError):
+        return file
+    if n < 0:  # a document of a plain-text file split on blank lines, by number
+        return f"{file}: document {-n}"
+    path = Path(file)
+    unit = "row" if path.suffix.lower() in TABLE_FORMATS or path.is_dir() else "line"
+    return f"{file}: {unit} {n}"
+
+
 def _plain(value: Any) -> Any:
     """numpy scalars to Python ones (for JSON and readable messages)."""
     return value.item() if hasattr(value, "item") else value
@@ -426,6 +462,7 @@ def _condense(
                     "id": rid,
                     "value": _plain(row.get(col)),
                     "text": previews.get(rid) if rid else None,
+                    "where": located(row.get("file"), row.get("line")),
                 }
             )
         items.append(item)
@@ -492,6 +529,21 @@ def _class_share_failure(name: str, ds: dict[str, Any], item: dict[str, Any]) ->
     )
 
 
+def _example(e: dict[str, Any], item: dict[str, Any], data_dir: str) -> str:
+    """``tales/0003 at corpus/tales.jsonl: line 4 (n_chars=0)``: a record by its id and where
+    it is (under the data folder the message names first), its value and its first words."""
+    column = item["kwargs"].get("column")
+    where = e.get("where") or ""
+    where = where.removeprefix(data_dir.rstrip("/") + "/")
+    details = [f"{column}={e['value']!r}"] if column != "id" else []
+    details += [f"text {e['text'][:30]!r}"] if e.get("text") else []
+    return (
+        f"{e['id']}"
+        + (f" at {where}" if where else "")
+        + (f" ({', '.join(details)})" if details else "")
+    )
+
+
 def failure_message(report: dict[str, Any], where: str) -> str:
     """One paragraph: every failed expectation with its observed value and a few offenders."""
     parts = []
@@ -511,13 +563,7 @@ def failure_message(report: dict[str, Any], where: str) -> str:
             elif item["observed"] is not None:
                 text += f" (observed {item['observed']})"
             if item["examples"]:
-                shown = [
-                    f"{e['id']} ({item['kwargs'].get('column')}={e['value']!r}"
-                    + (f", text {e['text'][:30]!r}" if e.get("text") else "")
-                    + ")"
-                    for e in item["examples"]
-                ]
-                text += ", e.g. " + "; ".join(shown)
+                text += ", e.g. " + "; ".join(_example(e, item, where) for e in item["examples"])
             parts.append(text)
     return (
         f"{where}: {len(parts)} expectation(s) failed, nothing was written downstream. "

@@ -41,6 +41,8 @@ def render(report: dict[str, Any], title: str) -> str:
             f"{ds['failed']}</td></tr>"
         )
     out.append("</table>")
+    if "curation" in report:
+        out += _curation_section(report["curation"])
     if "pii" in report:
         out += _pii_section(report["pii"])
     for name, ds in report["datasets"].items():
@@ -94,5 +96,31 @@ def _pii_section(pii: dict[str, Any]) -> list[str]:
                 + "".join(f"<td>{row[t]}</td>" for t in types)
                 + f"<td>{row['records']}</td><td>{row['dropped']}</td></tr>"
             )
+    out.append("</table>")
+    return out
+
+
+def _curation_section(cur: dict[str, Any]) -> list[str]:
+    """What curation changed and removed (``lmforge.data.curate``), with examples."""
+    out = [
+        "<h2>Curation (corpus)</h2>",
+        f"<p id='curation'>{cur['documents_in']} documents ({cur['chars_in']} characters) read, "
+        f"{cur['records_out']} records ({cur['chars_out']} characters) written; "
+        f"{cur['split']['documents']} long documents split into {cur['split']['pieces']} "
+        f"pieces, {cur['removed_total']} documents removed.</p>",
+        "<table><tr><th>rule</th><th>documents</th><th>examples</th></tr>",
+    ]
+    counts = {**cur["normalised"], **cur["removed"]}
+    for rule, n in counts.items():
+        shown = "<br>".join(
+            _fmt(e.get("where"))
+            + (
+                f" <span class='muted'>(first: {_fmt(e.get('kept_where'))})</span>"
+                if "kept_where" in e
+                else ""
+            )
+            for e in cur["examples"].get(rule, [])
+        )
+        out.append(f"<tr><td>{html.escape(rule)}</td><td>{n}</td><td>{shown}</td></tr>")
     out.append("</table>")
     return out

@@ -11,12 +11,16 @@ personal-data masking and augmentation see the same records whatever the input w
 
 from __future__ import annotations
 
+import os
+import re
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.compute as pc
 
 from lmforge.config import DataConfig
@@ -50,6 +54,15 @@ class TextFiles:
 
     paths: tuple[Path, ...]
     per_file: bool
+
+
+@dataclass(frozen=True)
+class Located:
+    """A record and where it came from: its file and line (JSON lines) or row (tables)."""
+
+    rec: dict[str, Any]
+    file: str
+    line: int
 
 
 def text_batches(task: TextFiles) -> Iterator[TextBatch]:
@@ -113,9 +126,9 @@ def check_input(path: Path, kind: Kind, cfg: DataConfig) -> str:
     return fmt
 
 
-def read(paths: list[Path], kind: Kind, cfg: DataConfig) -> Iterator[dict[str, Any] | TextFiles]:
-    """The records of ``paths`` (checked by ``check_input``), in order: a dict a record, except
-    plain text, which comes as files to read (``TextFiles``: ``text_batches`` gives their
+def read(paths: list[Path], kind: Kind, cfg: DataConfig) -> Iterator[Located | TextFiles]:
+    """The records of ``paths`` (checked by ``check_input``), in order: a ``Located`` record,
+    except plain text, which comes as files to read (``TextFiles``: ``text_batches`` gives their
     documents), for the validate stage's columnar path (``lmforge.data.columnar``)."""
     fields = fields_of(cfg, kind)
     per_file_text: list[Path] = []  # plain-text documents: one datasets call for a run of files
@@ -131,14 +144,15 @@ def read(paths: list[Path], kind: Kind, cfg: DataConfig) -> Iterator[dict[str, A
             yield TextFiles(tuple(per_file_text), per_file=True)
         per_file_text = []
         if fmt == "jsonl":
-            yield from read_records(path, kind, cfg.max_line_mb, fields=fields)
+            for n, rec in enumerate(read_records(path, kind, cfg.max_line_mb, fields=fields), 1):
+                yield Located(rec, str(path), n)
         elif fmt == "text":
             yield TextFiles((path,), per_file=False)
         else:
             rows = _checked_columns(_rows(path, fmt, cfg, kind), path, kind, fields, fmt)
             stem = path.name if fmt == "arrow" else path.stem
             for n, row in enumerate(rows, 1):
-                yield to_record(row, kind, f"{path}: row {n}", fields, stem)
+                yield Located(to_record(row, kind, f"{path}: row {n}", fields, stem), str(path), n)
     if per_file_text:
         yield TextFiles(tuple(per_file_text), per_file=True)
 
@@ -151,9 +165,11 @@ def _paragraphs(path: Path) -> Iterator[TextBatch]:
         for table in _load("text", [path], kwargs, arrow=True):
             # more than one blank line between two documents leaves a blank one
             text = paragraphs(table.column("text").combine_chunks())
-            n += len(text)
             if len(text):
-                yield TextBatch(text, path.stem)
+                # where: the document's number in the file (``datasets`` drops the empty pieces
+                # of a run of blank lines, so their line is not known): "document N"
+                yield TextBatch(text, path.stem, str(path), -np.arange(n + 1, n + len(text) + 1))
+            n += len(text)
     if n == 0:
         raise DataError(f"{path}: no records; expected plain text, documents split by blank lines.")
 
@@ -169,7 +185,8 @@ def _text_files(paths: list[Path]) -> Iterator[TextBatch]:
         for table in _load("text", paths, kwargs, arrow=True):
             # a file's last line end is not part of its document
             text = pc.utf8_rtrim(table.column("text").combine_chunks(), "\n")
-            yield TextBatch(text, [p.stem for p in paths[done : done + len(text)]])
+            batch = paths[done : done + len(text)]
+            yield TextBatch(text, [p.stem for p in batch], [str(p) for p in batch])
             done += len(text)
     except UnicodeDecodeError as exc:  # in this batch: the first of its files that fails
         bad = next((p for p in paths[done:] if not _is_utf8(p)), paths[done])
@@ -201,12 +218,41 @@ def _load(
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
-    ds = datasets.load_dataset(
-        builder, data_files=[str(p) for p in paths], split="train", streaming=True, **kwargs
-    )
-    if arrow:
-        return ds.with_format("arrow").iter(batch_size=ARROW_BATCH)
-    return ds.iter(batch_size=BATCH)
+    with _plain_names(paths) as names:
+        ds = datasets.load_dataset(
+            builder, data_files=names, split="train", streaming=True, **kwargs
+        )
+        if arrow:
+            yield from ds.with_format("arrow").iter(batch_size=ARROW_BATCH)
+        else:
+            yield from ds.iter(batch_size=BATCH)
+
+
+# ``datasets`` reads ``data_files`` as patterns and URLs: ``::`` chains URLs, ``*``, ``?`` and
+# ``[...]`` glob (``a[1].txt`` matches nothing; ``a*.txt`` other files too), ``#`` and ``%``
+# are URL syntax. Paths with anything but these characters are passed as they are.
+_PLAIN_PATH = re.compile(r"[\w ./+,=@~-]*")
+
+
+@contextmanager
+def _plain_names(paths: list[Path]) -> Iterator[list[str]]:
+    """``paths`` as names ``datasets`` reads as plain local files: a path with a character it
+    reads as syntax is given through a symbolic link of a plain name (in a temporary folder, gone
+    after the read), so any name a filesystem allows is read as the file it names."""
+    if all(_PLAIN_PATH.fullmatch(str(p)) for p in paths):
+        yield [str(p) for p in paths]
+        return
+    with tempfile.TemporaryDirectory(prefix="lmforge-names-") as tmp:
+        names = []
+        for n, path in enumerate(paths):
+            if _PLAIN_PATH.fullmatch(str(path)):
+                names.append(str(path))
+                continue
+            suffix = path.suffix if _PLAIN_PATH.fullmatch(path.suffix) else ""
+            link = os.path.join(tmp, f"{n:06d}{suffix}")
+            os.symlink(path.resolve(), link)
+            names.append(link)
+        yield names
 
 
 @contextmanager
@@ -250,10 +296,11 @@ def _saved(path: Path) -> Iterator[dict[str, list]]:
     import datasets
 
     datasets.disable_progress_bars()
-    saved = datasets.load_from_disk(str(path))
-    parts = [saved[name] for name in sorted(saved)] if isinstance(saved, dict) else [saved]
-    for part in parts:
-        yield from part.iter(batch_size=BATCH)
+    with _plain_names([path]) as (name,):
+        saved = datasets.load_from_disk(name)
+        parts = [saved[name] for name in sorted(saved)] if isinstance(saved, dict) else [saved]
+        for part in parts:
+            yield from part.iter(batch_size=BATCH)
 
 
 def _checked_columns(

@@ -21,6 +21,15 @@ from typing import Any
 from lmforge.config import Config, DataConfig
 from lmforge.data import sources
 from lmforge.data.columnar import Done, apply
+from lmforge.data.curate import (
+    Deduper,
+    Rules,
+    Stats,
+    piece_id,
+    prepare_text,
+    signature,
+    text_hash,
+)
 from lmforge.data.expectations import Profile, failure_message, run_suites
 from lmforge.data.labels import LABELS_FILE, resolve
 from lmforge.data.pii import Allow, Tally
@@ -65,10 +74,15 @@ def raw_files(cfg: DataConfig, data_dir: Path) -> dict[str, list[Path]]:
 
 
 def split_and_profile(
-    cfg: DataConfig, kind: Kind, paths: list[Path], out: Path, pii: Tally
+    cfg: DataConfig,
+    kind: Kind,
+    paths: list[Path],
+    out: Path,
+    pii: Tally,
+    stats: Stats | None = None,
 ) -> tuple[Profile, dict[str, int]]:
-    """Stream ``paths`` into ``out/{split}.jsonl`` (personal data handled by ``pii``); return
-    the profile and records per split."""
+    """Stream ``paths`` into ``out/{split}.jsonl`` (curated, ``lmforge.data.curate``, into
+    ``stats``; personal data handled by ``pii``); return the profile and records per split."""
     checked = pii.allow if pii.mode != "keep" else None
     labels = list(cfg.labels) if kind == "labelled" else []
     prof = Profile(kind, labels=labels, pii=checked, bounds=cfg)  # checked a chunk at a time
@@ -77,40 +91,80 @@ def split_and_profile(
     text = [p for p in paths if sources.detect(p, kind, cfg) == "text"]
     text_bytes = sum(p.stat().st_size for p in text)
     workers = worker_count(cfg.num_proc)
-    pool = BatchPool(workers, kind, shares, pii, checked, out / ".parts", text_bytes)
+    rules = Rules.of(cfg, kind)
+    stats = Stats(cfg.curate_examples) if stats is None else stats
+    dedup = Deduper(rules, shares, stats) if rules else None
+    pool = BatchPool(workers, kind, shares, pii, checked, out / ".parts", text_bytes, rules)
     with JsonlWriters(out, SPLITS) as writers, pool:
-        for rec in sources.read(paths, kind, cfg):
-            if isinstance(rec, TextFiles):  # plain text, by columns: the same as the loop below
-                _applied(pool.validate(rec), prof, writers, counts)
+        for item in sources.read(paths, kind, cfg):
+            if isinstance(item, TextFiles):  # plain text, by columns: the same as the loop below
+                _applied(pool.validate(item), prof, writers, counts, dedup)
                 continue
             # the batches read before this record are written before it
-            _applied(pool.drain(), prof, writers, counts)
-            # Masked first: a derived id is the hash of the masked text (as_written).
-            matches = pii.scan(rec["text"])
-            rec = as_written(rec, pii.masked(rec["text"], matches))
-            split = split_of(rec["id"], cfg.split_salt, cfg.validation_share, cfg.test_share)
-            if pii.count(kind, split, matches):
-                continue  # dropped
-            # What is written is scanned again when it was masked; a text without a match
-            # is written as it was just scanned.
-            left = None if matches else 0
-            writers.write(split, rec)
-            counts[split] += 1
-            prof.add(rec, pii_left=left)  # ignored under keep: no pii column
-        _applied(pool.drain(), prof, writers, counts)
+            _applied(pool.drain(), prof, writers, counts, dedup)
+            for rec, line in _curated(item, rules, stats):
+                # Masked first: a derived id is the hash of the masked text (as_written).
+                matches = pii.scan(rec["text"])
+                text = rec["text"] if isinstance(rec["text"], str) else None  # null: refused
+                sig = signature(text, rules) if text and rules and rules.near else None
+                rec = as_written(rec, pii.masked(rec["text"], matches))
+                split = split_of(rec["id"], cfg.split_salt, cfg.validation_share, cfg.test_share)
+                if pii.count(kind, split, matches):
+                    continue  # dropped
+                where = (item.file, line)
+                if (
+                    text
+                    and dedup
+                    and not dedup.keep(_hash(rec), sig, rec["id"], rec["source"], *where)
+                ):
+                    continue
+                # What is written is scanned again when it was masked; a text without a match
+                # is written as it was just scanned.
+                left = None if matches else 0
+                writers.write(split, rec)
+                counts[split] += 1
+                prof.add(rec, pii_left=left, where=where)  # ignored under keep: no pii column
+        _applied(pool.drain(), prof, writers, counts, dedup)
     return prof, counts
 
 
+def _curated(
+    item: sources.Located, rules: Rules | None, stats: Stats
+) -> Iterator[tuple[dict[str, Any], int]]:
+    """A record normalised and split (``curate.prepare_text``): its pieces, each with its line."""
+    rec = item.rec
+    if rules is None or not isinstance(rec["text"], str):  # a null text: the checks say so
+        yield rec, item.line
+        return
+    source = rec.get("source") or ""
+    parts = prepare_text(rec["text"], rules, stats, source, item.file, item.line)
+    for k, (line, text) in enumerate(parts, 1):
+        yield {**rec, "id": piece_id(rec["id"], k, len(parts)), "text": text}, line
+
+
+def _hash(rec: dict[str, Any]) -> int:
+    return text_hash(rec["text"])
+
+
 def _applied(
-    batches: Iterator[Done], prof: Profile, writers: JsonlWriters, counts: dict[str, int]
+    batches: Iterator[Done],
+    prof: Profile,
+    writers: JsonlWriters,
+    counts: dict[str, int],
+    dedup: Deduper | None,
 ) -> None:
     for done in batches:
+        if dedup is not None:
+            done = dedup.apply(done)
         for split, n in apply(done, prof, writers).items():
             counts[split] += n
 
 
 def metrics_of(report: dict[str, Any], counts: dict[str, dict[str, int]]) -> dict[str, Any]:
     out: dict[str, Any] = {"success": report["success"], "pii": report["pii"]}
+    if "curation" in report:  # the counts; the examples are in report.json
+        skip = ("examples", "by_source")  # by file stem: in report.json, not as metrics
+        out["curation"] = {k: v for k, v in report["curation"].items() if k not in skip}
     for name, ds in report["datasets"].items():
         out[name] = {
             "records": ds["records"],
@@ -129,9 +183,10 @@ def validate(cfg: Config, data_dir: Path, out_dir: Path) -> ValidationResult:
         with atomic_output_dir(out_dir) as tmp:
             profiles, counts = {}, {}
             pii = Tally(cfg.data.pii, Allow(cfg.data.pii_allow))
+            stats = Stats(cfg.data.curate_examples)
             for kind, paths in files.items():
                 profiles[kind], counts[kind] = split_and_profile(
-                    cfg.data, kind, paths, tmp / kind, pii
+                    cfg.data, kind, paths, tmp / kind, pii, stats
                 )
             # The classes (listed or the training split's) before the suites check their shares.
             task = resolve(cfg.data, profiles["labelled"])
@@ -141,6 +196,8 @@ def validate(cfg: Config, data_dir: Path, out_dir: Path) -> ValidationResult:
             report["pii"] = pii.summary(files, SPLITS)
             report["files"] = {k: [str(p) for p in v] for k, v in files.items()}
             report["splits"] = counts
+            corpus = report["datasets"]["corpus"]
+            report["curation"] = stats.summary(corpus["records"], corpus["chars"])
             if not report["success"]:
                 raise DataError(failure_message(report, str(data_dir)))
             write_json(tmp / "report.json", report)

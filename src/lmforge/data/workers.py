@@ -37,7 +37,8 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from lmforge.cores import usable_cores
-from lmforge.data.columnar import Done, process
+from lmforge.data.columnar import Done
+from lmforge.data.curate import Rules, process_batch
 from lmforge.data.pii import Allow, Tally
 from lmforge.data.records import Kind
 from lmforge.data.sources import TextFiles, text_batches
@@ -69,26 +70,33 @@ def _validate_files(
     mode: str,
     allow: Allow,
     checked: Allow | None,
+    rules: Rules | None,
 ) -> Done:
-    """In a worker: read and validate ``task``, its JSON lines into ``part/{split}.jsonl``,
-    with a tally of its own (merged into the stage's)."""
+    """In a worker: read, curate and validate ``task``, its JSON lines into
+    ``part/{split}.jsonl``, with a tally and curation counts of its own (merged into the
+    stage's in input order, where the duplicates among them are decided)."""
     tally = Tally(mode, allow)
     cols: list = []
+    pending = None
     counts = dict.fromkeys(SPLITS, 0)
     part.mkdir(parents=True)
     parts = {split: part / f"{split}.jsonl" for split in SPLITS}
     files = {split: path.open("wb") for split, path in parts.items()}
     try:
         for batch in text_batches(task):
-            done = process(batch, kind, salt, tally, checked)
+            done = process_batch(batch, rules, kind, salt, tally, checked)
             cols += done.cols
+            if pending is None:
+                pending = done.curation
+            elif done.curation is not None:
+                pending.merge(done.curation)
             for split, lines in done.lines.items():
                 files[split].write(lines)
                 counts[split] += done.counts[split]
     finally:
         for fh in files.values():
             fh.close()
-    return Done(cols, {}, counts, tally, parts)
+    return Done(cols, {}, counts, tally, parts, curation=pending)
 
 
 class BatchPool:
@@ -105,8 +113,9 @@ class BatchPool:
         checked: Allow | None,
         scratch: Path,
         text_bytes: int,
+        rules: Rules | None = None,
     ):
-        self.workers, self.kind, self.salt = workers, kind, salt
+        self.workers, self.kind, self.salt, self.rules = workers, kind, salt, rules
         self.pii, self.checked, self.scratch = pii, checked, scratch
         self.parallel = workers > 1 and text_bytes >= POOL_MIN_BYTES
         self.pool: ProcessPoolExecutor | None = None
@@ -116,7 +125,7 @@ class BatchPool:
     def validate(self, task: TextFiles) -> Iterator[Done]:
         if not self.parallel:  # in this process, a batch at a time
             for batch in text_batches(task):
-                yield process(batch, self.kind, self.salt, self.pii, self.checked)
+                yield process_batch(batch, self.rules, self.kind, self.salt, self.pii, self.checked)
             return
         if self.pool is None:
             spawn = multiprocessing.get_context("spawn")
@@ -125,7 +134,7 @@ class BatchPool:
             )
         self.seen += 1
         part = self.scratch / f"{self.seen:06d}"
-        args = (self.kind, self.salt, self.pii.mode, self.pii.allow, self.checked)
+        args = (self.kind, self.salt, self.pii.mode, self.pii.allow, self.checked, self.rules)
         self.pending.append(self.pool.submit(_validate_files, task, part, *args))
         while len(self.pending) > self.workers * IN_FLIGHT:
             yield self._next()
