@@ -284,6 +284,15 @@ def test_every_kustomization_and_file_the_commands_apply_exists_and_builds(ran):
     assert any("-k" in c["args"] for c in applied)
 
 
+def test_every_path_under_k8s_the_section_names_exists_and_every_folder_is_named():
+    named = set(re.findall(r"\b(k8s/[\w./*-]*[\w*])", section()))
+    assert named
+    for path in sorted(named):
+        assert list(REPO.glob(path)), f"README names {path}, which is not in the repository"
+    folders = {p.name for p in (REPO / "k8s").iterdir() if p.is_dir()}
+    assert folders <= {path.split("/")[1] for path in named}, "a k8s/ folder the README omits"
+
+
 def test_every_lmforge_command_parses_and_every_make_target_exists(ran):
     from lmforge.cli import app
 
