@@ -36,8 +36,8 @@ from typing import Any
 from lmforge.config import Config
 from lmforge.errors import ConfigError, TrainingError
 from lmforge.outputs import write_json
-from lmforge.sweep import report, space, workers
-from lmforge.sweep.runs import SweepRuns
+from lmforge.sweep import report, space, stopping, workers
+from lmforge.sweep.runs import INTERRUPTED, SweepRuns
 
 log = logging.getLogger(__name__)
 RUN_KEY_ATTR = "lmforge.run_key"  # the study's MLflow run key, kept in the study itself
@@ -95,20 +95,31 @@ def sweep(cfg: Config, out_dir: Path, inputs: StepInputs | None = None) -> Sweep
                 raise ConfigError(f"sweep.space.{key}: {value!r} is not allowed: {exc}") from None
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    study = open_study(sw, out_dir)
-    if study.direction.name.lower() != sw.goal:  # made by an older lmforge, or another objective
-        raise ConfigError(
-            f"sweep.study_name: study {sw.study_name!r} in {out_dir / 'optuna.db'} was made to "
-            f"{study.direction.name.lower()}, but {sw.objective} must be {sw.goal}d; use another "
-            "sweep.study_name or another --out"
-        )
-    run_key = study.user_attrs.get(RUN_KEY_ATTR)
-    if run_key is None:
-        run_key = f"sweep-{sw.study_name}-{uuid.uuid4().hex[:8]}"
-        study.set_user_attr(RUN_KEY_ATTR, run_key)
-    runs = SweepRuns(cfg, run_key)
-    requeue_interrupted(study)
+    with stopping.on_signals():  # Ctrl-C, SIGTERM: ``stopped``
+        study = open_study(sw, out_dir)
+        if study.direction.name.lower() != sw.goal:  # an older lmforge's, or another objective
+            raise ConfigError(
+                f"sweep.study_name: study {sw.study_name!r} in {out_dir / 'optuna.db'} was made "
+                f"to {study.direction.name.lower()}, but {sw.objective} must be {sw.goal}d; use "
+                "another sweep.study_name or another --out"
+            )
+        run_key = study.user_attrs.get(RUN_KEY_ATTR)
+        if run_key is None:
+            run_key = f"sweep-{sw.study_name}-{uuid.uuid4().hex[:8]}"
+            study.set_user_attr(RUN_KEY_ATTR, run_key)
+        runs = SweepRuns(cfg, run_key)
+        requeue_interrupted(study, runs)
+        before = interrupted(study)
+        try:
+            ran = run_trials(cfg, study, runs, out_dir, inputs)
+        except KeyboardInterrupt as exc:
+            raise stopped(study, sw, runs, out_dir, before, exc) from None
+        return finish(study, sw, runs, out_dir, ran)
 
+
+def run_trials(cfg: Config, study, runs: SweepRuns, out_dir: Path, inputs) -> int:
+    """The trials still missing from ``sweep.n_trials``; how many ran."""
+    sw = cfg.sweep
     dists = space.distributions(sw)
     todo = sw.n_trials - counted(study)
     if sw.sampler == "grid":  # each point once: those already tried are not queued again
@@ -117,13 +128,41 @@ def sweep(cfg: Config, out_dir: Path, inputs: StepInputs | None = None) -> Sweep
         todo = min(todo, waiting(study))
     ran = 0
     if sw.parallelism > 1 and todo > 1:
-        ran = run_parallel(cfg, study, out_dir, inputs, run_key, todo)
+        ran = run_parallel(cfg, study, out_dir, inputs, runs.run_key, todo)
     for _ in range(max(0, todo - ran)):
         trial = study.ask(dists)
         run_trial(cfg, study, trial, runs, out_dir, inputs)
         ran += 1
         write_reports(study, sw, out_dir)  # after each trial: a killed sweep leaves them current
-    return finish(study, sw, runs, out_dir, ran)
+    return ran
+
+
+def stopped(study, sw, runs, out_dir: Path, before: set[int], exc: BaseException) -> Exception:
+    """After Ctrl-C or SIGTERM (the workers are gone by now): every unfinished trial FAIL and
+    queued again, its MLflow run KILLED (``interrupt``), its folder removed (a redone trial
+    gets a new number: nothing would resume from it); the parent run KILLED. The error to
+    exit with."""
+    requeue_interrupted(study, runs)  # those whose worker had to be killed
+    now = sorted(interrupted(study) - before)
+    for number in now:
+        shutil.rmtree(out_dir / "trials" / f"trial-{number:04d}", ignore_errors=True)
+    write_reports(study, sw, out_dir, plot=False)  # a stop must be quick; the next run plots
+    runs.kill()
+    return stopping.SweepStopped(
+        f"sweep {sw.study_name!r} stopped by {stopping.signal_name(exc)}: trial(s) "
+        f"{', '.join(map(str, now)) or 'none'} stopped, marked FAIL (interrupted) and queued "
+        f"again, queued ones not started; rerun the same command to resume the study in "
+        f"{out_dir}",
+        stopping.signum_of(exc),
+    )
+
+
+def interrupted(study) -> set[int]:
+    """The numbers of the trials that were stopped rather than finished."""
+    from optuna.trial import TrialState
+
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    return {t.number for t in failed if t.user_attrs.get("interrupted")}
 
 
 def open_study(sw, out_dir: Path, seed_offset: int = 0):
@@ -162,13 +201,18 @@ def run_parallel(cfg: Config, study, out_dir: Path, inputs, run_key: str, todo: 
 
 
 def worker_trial(cfg: Config, out_dir: Path, inputs, run_key: str, extra, seed_offset: int):
-    """One trial in a worker process: the study and the MLflow parent are found on disk."""
+    """One trial in a worker process: the study and the MLflow parent are found on disk. A
+    stopped trial (SIGTERM from the main process) ends the worker."""
     import os
 
-    study = open_study(cfg.sweep, out_dir, seed_offset)
-    trial = study.ask(space.distributions(cfg.sweep))
-    trial.set_user_attr("worker_pid", os.getpid())
-    run_trial(cfg, study, trial, SweepRuns(cfg, run_key), out_dir, inputs, extra)
+    try:
+        with stopping.interruptible():
+            study = open_study(cfg.sweep, out_dir, seed_offset)
+            trial = study.ask(space.distributions(cfg.sweep))
+            trial.set_user_attr("worker_pid", os.getpid())
+            run_trial(cfg, study, trial, SweepRuns(cfg, run_key), out_dir, inputs, extra)
+    except KeyboardInterrupt as exc:  # stopped (the trial says so): this worker is done
+        stopping.exit_worker(stopping.signum_of(exc))
     return trial.number
 
 
@@ -188,18 +232,27 @@ def waiting(study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
-def requeue_interrupted(study) -> None:
-    """A RUNNING trial here is one a killed sweep left behind: FAIL it, queue its point again."""
+def requeue_interrupted(study, runs: SweepRuns) -> None:
+    """A RUNNING trial here is one a killed sweep (or worker) left behind: ``interrupt`` it."""
     from optuna.trial import TrialState
 
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage = study._storage  # the trial's own storage: Study has no public "fail" for it
-        storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-        storage.set_trial_user_attr(t._trial_id, "error", "interrupted (the sweep was stopped)")
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        if t.params:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-        log.warning("sweep: trial %d was interrupted; it runs again", t.number)
+        interrupt(study, t, runs)
+
+
+def interrupt(study, trial, runs: SweepRuns) -> None:
+    """A trial that was stopped, not finished: FAIL (``interrupted``, not counted towards
+    ``n_trials``) with its point queued again, and its MLflow run KILLED."""
+    from optuna.trial import TrialState
+
+    storage = study._storage  # the trial's own storage: Study has no public "fail" for it
+    storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+    storage.set_trial_user_attr(trial._trial_id, "error", INTERRUPTED)
+    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    if trial.params:
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    runs.stop(trial.number)
+    log.warning("sweep: trial %d was interrupted; it runs again", trial.number)
 
 
 def run_trial(
@@ -231,14 +284,18 @@ def run_trial(
         error = f"{type(exc).__name__}: {exc}"
         log.warning("sweep: trial %d failed: %s", trial.number, error)
         log.debug("%s", traceback.format_exc())
-    if error:
-        trial.set_user_attr("error", error[:2000])
-    run_id = runs.record(trial.number, trial.params, state.name, value, error)
-    trial.set_user_attr("mlflow_run_id", run_id)
-    if state == TrialState.COMPLETE:
-        study.tell(trial, float(value))
-    else:
-        study.tell(trial, state=state)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the trial did not finish; it runs again
+        interrupt(study, trial, runs)
+        raise
+    with stopping.deferred():  # the trial's result, whole: a signal waits for it
+        if error:
+            trial.set_user_attr("error", error[:2000])
+        run_id = runs.record(trial.number, trial.params, state.name, value, error)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        if state == TrialState.COMPLETE:
+            study.tell(trial, float(value))
+        else:
+            study.tell(trial, state=state)
 
 
 def pruning_hook(trial, sw):
@@ -281,11 +338,13 @@ def run_step(cfg: Config, trial_dir: Path, inputs: StepInputs, on_log) -> dict[s
     return json.loads((trial_dir / "metrics.json").read_text())
 
 
-def write_reports(study, sw, out_dir: Path) -> None:
+def write_reports(study, sw, out_dir: Path, plot: bool = True) -> None:
+    """``trials.csv`` and (with ``plot``) ``plots/objective.png``."""
     keys = list(sw.space)
     rows = report.trial_rows(study, keys)
     report.write_trials_csv(out_dir / "trials.csv", rows, keys)
-    report.plot(out_dir / "plots", sw, rows)
+    if plot:
+        report.plot(out_dir / "plots", sw, rows)
 
 
 def finish(study, sw, runs: SweepRuns, out_dir: Path, ran: int) -> SweepResult:

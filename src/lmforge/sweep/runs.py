@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import time
@@ -25,9 +26,12 @@ from typing import Any
 from lmforge import tracking
 from lmforge.config import Config
 
+log = logging.getLogger(__name__)
 TRIAL_TAG = "lmforge.sweep.trial"
 STUDY_TAG = "lmforge.sweep.study"
 STATE_TAG = "lmforge.sweep.state"
+ERROR_TAG = "lmforge.sweep.error"
+INTERRUPTED = "interrupted (the sweep was stopped)"
 
 
 @contextlib.contextmanager
@@ -107,8 +111,28 @@ class SweepRuns:
         self.client.set_tag(run_id, MLFLOW_RUN_NAME, f"trial-{number:04d}")
         self.client.set_tag(run_id, STATE_TAG, state)
         if error:
-            self.client.set_tag(run_id, "lmforge.sweep.error", error[:4000])
+            self.client.set_tag(run_id, ERROR_TAG, error[:4000])
         return run_id
+
+    def stop(self, number: int) -> None:
+        """Trial ``number`` was stopped (Ctrl-C, SIGTERM): its run, if it has one, KILLED and
+        tagged so. Never raises: the sweep is on its way out and must not hang on the store."""
+        try:
+            run_id = self.find(number)
+            if run_id is None:
+                return
+            self.client.set_tag(run_id, STATE_TAG, "FAIL")
+            self.client.set_tag(run_id, ERROR_TAG, INTERRUPTED)
+            self.client.set_terminated(run_id, "KILLED")
+        except Exception as exc:  # the store's own problem; the run stays as the step left it
+            log.warning("sweep: could not mark trial %d's MLflow run KILLED: %s", number, exc)
+
+    def kill(self) -> None:
+        """The parent run of a stopped sweep: KILLED (not FINISHED, not left RUNNING)."""
+        try:
+            self.client.set_terminated(self.parent_id, "KILLED")
+        except Exception as exc:
+            log.warning("sweep: could not mark the parent MLflow run KILLED: %s", exc)
 
     def finish(self, best: dict[str, Any] | None) -> None:
         """The parent's summary (each trial's step marks the parent with its own status)."""

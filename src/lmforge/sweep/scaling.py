@@ -40,7 +40,7 @@ from lmforge.config import Config, load_config_text, load_presets
 from lmforge.config.sweep import SHAPE_KEYS
 from lmforge.errors import ConfigError, DataError, TrainingError
 from lmforge.outputs import write_json
-from lmforge.sweep import workers
+from lmforge.sweep import stopping, workers
 from lmforge.sweep.runs import SweepRuns
 from lmforge.sweep.space import overrides
 
@@ -60,6 +60,11 @@ class Rung:
     n_non_embedding: int
     n_total: int
     tokens_per_step: int
+    # What else makes a finished rung's point this plan's (a rerun reuses it only if all match):
+    lr: float
+    seed: int
+    precision: str
+    data_digest: str  # of the tokenized folder (lmforge.inputs.digest): re-tokenized, rerun
 
     @property
     def tokens(self) -> int:  # what it will train on (whole steps)
@@ -135,10 +140,12 @@ def rung_config(cfg: Config, shape: dict[str, Any], steps: int, warmup: int, ext
 
 def plan(cfg: Config, tokenized: Path) -> list[Rung]:
     """Every rung of ``cfg.sweep``'s ladder, each config built and checked before any runs."""
+    from lmforge.inputs import digest
     from lmforge.model import build_config, model_size
 
     sw, tcfg = cfg.sweep, cfg.pretrain
     meta = read_blocks_meta(tokenized)
+    data_digest = digest(Path(tokenized), "--tokenized")["digest"]
     seq_len = min(cfg.model.max_seq_len, int(meta["block_size"]))
     per_step = tcfg.micro_batch_size * tcfg.grad_accum_steps * seq_len  # one process
     warmup_share = tcfg.warmup_steps / tcfg.max_steps
@@ -167,6 +174,10 @@ def plan(cfg: Config, tokenized: Path) -> list[Rung]:
                     n_non_embedding=size.n_params - size.n_embedding - head,
                     n_total=size.n_params,
                     tokens_per_step=per_step,
+                    lr=rcfg.pretrain.lr,
+                    seed=rcfg.pretrain.seed,
+                    precision=rcfg.pretrain.precision,
+                    data_digest=data_digest,
                 )
             )
     return rungs
@@ -184,29 +195,67 @@ def scaling_study(
         raise ConfigError(f"--flops: {flops!r}; give a FLOPs budget > 0, e.g. 1e18")
     rungs = plan(cfg, tokenized)
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_key = study_run_key(out_dir, sw.study_name)
-    runs = SweepRuns(cfg, run_key, name=f"scaling-{sw.study_name}")
-    results: dict[int, RungResult] = {}
-    todo = []
-    for rung in rungs:
-        done = finished(out_dir, rung)
-        if done is not None:
-            results[rung.index] = done
-        else:
-            todo.append(rung)
-    extra = workers.with_threads(cfg, "pretrain", workers.trial_threads(sw.parallelism))
+    with stopping.on_signals():  # Ctrl-C, SIGTERM: ``stopped``
+        run_key = study_run_key(out_dir, sw.study_name)
+        runs = SweepRuns(cfg, run_key, name=f"scaling-{sw.study_name}")
+        results: dict[int, RungResult] = {}
+        todo = []
+        for rung in rungs:
+            done = finished(out_dir, rung)
+            if done is not None:
+                results[rung.index] = done
+            else:
+                todo.append(rung)
+        try:
+            results |= run_rungs(cfg, todo, out_dir, tokenized, runs)
+        except KeyboardInterrupt as exc:
+            raise stopped(cfg, todo, out_dir, runs, exc) from None
+        ordered = [results[r.index] for r in rungs]
+        return scaling_report.conclude(cfg, ordered, flops, out_dir, runs, ran_now=len(todo))
+
+
+def run_rungs(cfg: Config, todo: list[Rung], out_dir: Path, tokenized: Path, runs) -> dict:
+    """Run ``todo``, ``sweep.parallelism`` at a time; their results by rung index."""
+    from concurrent.futures import wait
+
+    sw = cfg.sweep
     if sw.parallelism > 1 and len(todo) > 1:
+        extra = workers.with_threads(cfg, "pretrain", workers.trial_threads(sw.parallelism))
         with workers.pool(min(sw.parallelism, len(todo))) as pool:
             futures = [
-                pool.submit(run_rung, cfg, r, out_dir, tokenized, run_key, extra) for r in todo
+                pool.submit(rung_in_worker, cfg, r, out_dir, tokenized, runs.run_key, extra)
+                for r in todo
             ]
-        for result in workers.results(futures):
-            results[result.rung.index] = result
-    else:
-        for rung in todo:
-            results[rung.index] = run_rung(cfg, rung, out_dir, tokenized, run_key, (), runs)
-    ordered = [results[r.index] for r in rungs]
-    return scaling_report.conclude(cfg, ordered, flops, out_dir, runs, ran_now=len(todo))
+            wait(futures)  # in the pool's block: a signal meanwhile stops the workers
+        return {result.rung.index: result for result in workers.results(futures)}
+    return {r.index: run_rung(cfg, r, out_dir, tokenized, runs.run_key, (), runs) for r in todo}
+
+
+def rung_in_worker(cfg: Config, rung: Rung, out_dir: Path, tokenized: Path, run_key, extra):
+    """``run_rung`` in a worker process; a stopped rung (SIGTERM from the main process, which
+    then cleans up after it) ends the worker."""
+    try:
+        with stopping.interruptible():
+            return run_rung(cfg, rung, out_dir, tokenized, run_key, extra)
+    except KeyboardInterrupt as exc:
+        stopping.exit_worker(stopping.signum_of(exc))
+
+
+def stopped(cfg: Config, todo: list[Rung], out_dir: Path, runs, exc: BaseException) -> Exception:
+    """After Ctrl-C or SIGTERM (the workers are gone by now): each rung of ``todo`` with no
+    ``rung.json`` loses its folder (a rerun runs it again) and its MLflow run is KILLED; the
+    rungs that finished are kept; the parent run KILLED. The error to exit with."""
+    left = [r for r in todo if not recorded(out_dir, r)]
+    for rung in left:
+        runs.stop(rung.index)
+        shutil.rmtree(rung_dir(out_dir, rung), ignore_errors=True)
+    runs.kill()
+    return stopping.SweepStopped(
+        f"scaling study {cfg.sweep.study_name!r} stopped by {stopping.signal_name(exc)}: "
+        f"rung(s) {', '.join(str(r.index) for r in left) or 'none'} not finished (their folders "
+        f"removed), finished rungs kept; rerun the same command to run the rest in {out_dir}",
+        stopping.signum_of(exc),
+    )
 
 
 def study_run_key(out_dir: Path, study_name: str) -> str:
@@ -223,14 +272,25 @@ def rung_dir(out_dir: Path, rung: Rung) -> Path:
     return out_dir / "rungs" / f"rung-{rung.index:02d}"
 
 
-def finished(out_dir: Path, rung: Rung) -> RungResult | None:
-    """The result of an earlier call's run of this very rung (same plan, metrics written)."""
+def _saved(out_dir: Path, rung: Rung) -> dict[str, Any] | None:
+    """This very rung's ``rung.json`` (same plan: shape, budget, lr, seed, precision, data)."""
     path = rung_dir(out_dir, rung) / "rung.json"
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if saved.get("rung") != dataclasses.asdict(rung) or saved.get("state") != "COMPLETE":
+    return saved if saved.get("rung") == dataclasses.asdict(rung) else None
+
+
+def recorded(out_dir: Path, rung: Rung) -> bool:
+    """Whether this rung ran to its end (COMPLETE or FAIL) into ``out_dir``."""
+    return _saved(out_dir, rung) is not None
+
+
+def finished(out_dir: Path, rung: Rung) -> RungResult | None:
+    """The result of an earlier call's run of this very rung (same plan, metrics written)."""
+    saved = _saved(out_dir, rung)
+    if saved is None or saved.get("state") != "COMPLETE":
         return None
     return dataclasses.replace(rung_result(saved), rung=rung, reused=True)
 
@@ -303,8 +363,9 @@ def run_rung(
         "scaling.n_non_embedding": rung.n_non_embedding,
         "scaling.n_total": rung.n_total,
     }
-    result.mlflow_run_id = runs.record(
-        rung.index, params, result.state, result.val_loss, result.error
-    )
-    write_json(where / "rung.json", rung_row(result))
+    with stopping.deferred():  # the rung's record, whole: a signal waits for it
+        result.mlflow_run_id = runs.record(
+            rung.index, params, result.state, result.val_loss, result.error
+        )
+        write_json(where / "rung.json", rung_row(result))
     return result

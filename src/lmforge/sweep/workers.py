@@ -6,16 +6,23 @@ each instead of two threads each fighting for the same cores. Workers are spawne
 a forked torch or MLflow client is not safe), and each pays the imports once, then runs the
 tasks it is handed. What they share is on disk: the Optuna study (SQLite in the output folder,
 which Optuna lets several processes use) and the MLflow store.
+
+Stopping (Ctrl-C, SIGTERM: ``lmforge.sweep.stopping``): each worker leads its own process group
+and dies with the main process; leaving ``pool``'s block by an exception cancels the queued
+tasks and stops the workers' groups at once, instead of waiting for every queued trial.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 from lmforge.config import Config
 from lmforge.cores import threads_per_process, usable_cores
+from lmforge.sweep import stopping
 
 
 def trial_threads(parallelism: int, cores: int | None = None) -> int:
@@ -30,10 +37,32 @@ def with_threads(cfg: Config, step: str, threads: int) -> list[str]:
     return [f"{step}.num_threads={threads if own == 0 else min(own, threads)}"]
 
 
-def pool(parallelism: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(
-        max_workers=parallelism, mp_context=multiprocessing.get_context("spawn")
+def init_worker() -> None:
+    """Each worker, first: its own process group, and SIGINT/SIGTERM stop its trial."""
+    stopping.lead_own_group()
+    stopping.quiet_progress_lock()
+    stopping.install(worker=True)
+
+
+@contextlib.contextmanager
+def pool(parallelism: int) -> Iterator[ProcessPoolExecutor]:
+    """The workers for the block, which waits for its tasks itself; an exception out of it
+    (``stopping.Interrupted``) cancels the queued tasks and stops the running ones and the
+    workers (``stopping.stop_workers``) before it goes on."""
+    before = set(multiprocessing.active_children())
+    executor = ProcessPoolExecutor(
+        max_workers=parallelism,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=init_worker,
     )
+    try:
+        yield executor
+    except BaseException:
+        executor.shutdown(wait=False, cancel_futures=True)
+        stopping.stop_workers([p for p in multiprocessing.active_children() if p not in before])
+        raise
+    finally:
+        executor.shutdown(wait=True)  # quick: every task is done, cancelled or its worker gone
 
 
 def results(futures: list[Future]) -> list[Any]:
