@@ -115,6 +115,15 @@ def test_failures_name_the_file_and_line_of_each_record(tmp_path):
     with pytest.raises(DataError) as err:
         validate(load_config(None, [*MICRO, *sets]), root, tmp_path / "v2")
     assert "at blank_line.txt: document 3 (letter_share=" in str(err.value)
+    # JSON lines: the line of the file, blank lines counted
+    jl = root / "jl" / "a.jsonl"
+    jl.parent.mkdir()
+    recs = [{"id": f"r{i}", "source": "a", "text": prose(rng, 20)} for i in range(4)]
+    recs[3]["text"] = "0000 1111 2222 " * 10
+    jl.write_text("\n\n".join(json.dumps(r) for r in recs) + "\n")
+    with pytest.raises(DataError) as err:
+        validate(load_config(None, [*MICRO, "data.corpus_glob=jl/*.jsonl"]), root, tmp_path / "v3")
+    assert "e.g. r3 at jl/a.jsonl: line 7 (letter_share=" in str(err.value)
 
 
 # -- 3. the rules, one at a time ----------------------------------------------------------------

@@ -17,12 +17,13 @@ refusing the corpus for them, the validate stage (``data.curate_*``):
 
 Normalising and splitting are done per document, in the worker processes too
 (``lmforge.data.workers``), and so is the costly part of near-duplicate detection, the MinHash
-signature of each document (of its text before masking: the signature never leaves the
-process). The decisions are taken in this process, in input order (``Deduper``), so the output
+signature of each document (of its text before masking: signatures stay in memory, never
+written). The decisions are taken in this process, in input order (``Deduper``), so the output
 is the same for any number of workers. Its memory grows with the documents kept: an 8-byte
-text hash and, for near duplicates, the signature (4 bytes a permutation: 512 bytes at 128) and
-datasketch's band tables, ~1.9 KB a kept document in all at 128 permutations
-(docs/data.md). The labelled set is the task's ground truth and is left as it is.
+text hash, id and place and, for near duplicates, the signature (4 bytes a permutation: 512
+bytes at 128) and datasketch's band tables: 3.7 KB a kept document measured at 128
+permutations (docs/data.md#curation). The labelled set is the task's ground truth and is left
+as it is.
 """
 
 from __future__ import annotations
@@ -400,6 +401,27 @@ def process_batch(
     return done
 
 
+def _band_key(band: bytes) -> int:
+    return int.from_bytes(text_digest(band)[:8])
+
+
+class _Rows:
+    """A growing table of uint32 rows in blocks of 4096 (no Python object a row)."""
+
+    def __init__(self, width: int):
+        self.width, self.blocks, self.n = width, [], 0
+
+    def append(self, row: np.ndarray | None) -> None:
+        if self.n % 4096 == 0:
+            self.blocks.append(np.zeros((4096, self.width), np.uint32))
+        if row is not None:
+            self.blocks[-1][self.n % 4096] = row
+        self.n += 1
+
+    def row(self, k: int) -> np.ndarray:
+        return self.blocks[k // 4096][k % 4096]
+
+
 class Deduper:
     """Exact and near-duplicate decisions, in input order, in the stage's process."""
 
@@ -407,12 +429,16 @@ class Deduper:
         self.rules, self.salt, self.stats = rules, salt, stats
         self.seen: dict[int, int] = {}  # text hash -> the kept document's number
         self.kept: list[tuple[str | None, int, str]] = []  # (file, line, id) of each kept
-        self.sigs: list[np.ndarray] = []
+        self.sigs = _Rows(rules.num_perm)  # the kept documents' signatures, by number
         self.lsh = None
         if rules.near:
             from datasketch import MinHashLSH
 
-            self.lsh = MinHashLSH(threshold=rules.threshold, num_perm=rules.num_perm)
+            # a band's bucket by an 8-byte hash of it (an int) instead of its 64 bytes: a
+            # kilobyte less a kept document at 128 permutations
+            self.lsh = MinHashLSH(
+                threshold=rules.threshold, num_perm=rules.num_perm, hashfunc=_band_key
+            )
 
     def keep(
         self, text_hash: int, sig: np.ndarray | None, rid: str, source: str, file: str, line: int
@@ -429,18 +455,17 @@ class Deduper:
             tpl = _template(rules.num_perm)
             mh = MinHash(hashvalues=sig, permutations=tpl.permutations, scheme=tpl.scheme)
             for other in sorted(self.lsh.query(mh)):  # the first kept in input order
-                if float(np.mean(self.sigs[other] == sig)) >= rules.threshold:
+                if float(np.mean(self.sigs.row(other) == sig)) >= rules.threshold:
                     self._removed("near_duplicate", other, rid, source, file, line)
                     return False
         number = len(self.kept)
         self.kept.append((file, line, rid))
         if rules.exact:
             self.seen[text_hash] = number
-        if mh is not None:
-            self.lsh.insert(number, mh, check_duplication=False)
-            self.sigs.append(sig)
-        else:
-            self.sigs.append(np.zeros(0, np.uint32))  # keeps the numbering
+        if self.lsh is not None:
+            if mh is not None:
+                self.lsh.insert(number, mh, check_duplication=False)
+            self.sigs.append(sig)  # (a text too short to sign: zeros, never a candidate)
         return True
 
     def _removed(self, rule: str, kept: int, rid: str, source: str, file: str, line: int) -> None:

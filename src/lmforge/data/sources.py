@@ -144,8 +144,9 @@ def read(paths: list[Path], kind: Kind, cfg: DataConfig) -> Iterator[Located | T
             yield TextFiles(tuple(per_file_text), per_file=True)
         per_file_text = []
         if fmt == "jsonl":
-            for n, rec in enumerate(read_records(path, kind, cfg.max_line_mb, fields=fields), 1):
-                yield Located(rec, str(path), n)
+            records = read_records(path, kind, cfg.max_line_mb, fields=fields)
+            for rec, line in zip(records, _record_lines(path), strict=False):
+                yield Located(rec, str(path), line)
         elif fmt == "text":
             yield TextFiles((path,), per_file=False)
         else:
@@ -155,6 +156,15 @@ def read(paths: list[Path], kind: Kind, cfg: DataConfig) -> Iterator[Located | T
                 yield Located(to_record(row, kind, f"{path}: row {n}", fields, stem), str(path), n)
     if per_file_text:
         yield TextFiles(tuple(per_file_text), per_file=True)
+
+
+def _record_lines(path: Path) -> Iterator[int]:
+    """The line number of each record of a JSON-lines file: its lines that are not blank, as
+    ``records.read_records`` reads them (read alongside it, a line at a time)."""
+    with path.open("rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            if raw.decode("utf-8", "replace").strip():
+                yield n
 
 
 def _paragraphs(path: Path) -> Iterator[TextBatch]:
