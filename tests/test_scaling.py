@@ -15,7 +15,16 @@ import pytest
 from lmforge.cli import main
 from lmforge.config import load_config
 from lmforge.errors import ConfigError, TrainingError
-from lmforge.sweep.scaling import RungResult, plan, rung_result, rung_row, scaling_study
+from lmforge.outputs import write_json
+from lmforge.sweep.scaling import (
+    RungResult,
+    finished,
+    plan,
+    rung_dir,
+    rung_result,
+    rung_row,
+    scaling_study,
+)
 from lmforge.sweep.scaling_law import CHINCHILLA, ScalingLaw, fit_scaling_law
 from lmforge.train.synthetic import write_synthetic_tokenized
 
@@ -189,3 +198,28 @@ def test_a_rung_row_survives_kfp_numbers(tmp_path):
         back = rung_result(sent)
         assert back.rung == rung and isinstance(back.rung.shape["d_model"], int)
         assert (back.tokens_seen, back.val_loss, back.state) == (1280, 4.5, "COMPLETE")
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["pretrain.lr=0.02", "pretrain.seed=7", "pretrain.precision=bf16", "re-tokenized"],
+)
+def test_a_finished_rung_is_reused_only_for_the_same_data_and_training(tmp_path, change):
+    """Issue 27, finding 8: the plan had no data digest, lr, seed or precision, so a rerun after
+    re-tokenizing (or with another lr) reused the old rungs and the fit mixed old and new points."""
+    data = write_synthetic_tokenized(tmp_path / "tok", n_blocks={"train": 8, "validation": 4})
+    cfg = load_config(None, MICRO)
+    out = tmp_path / "out"
+    rung = plan(cfg, data)[0]
+    rung_dir(out, rung).mkdir(parents=True)
+    done = RungResult(rung=rung, state="COMPLETE", val_loss=3.25, tokens_seen=rung.tokens)
+    write_json(rung_dir(out, rung) / "rung.json", rung_row(done))
+    assert finished(out, plan(cfg, data)[0]).val_loss == 3.25  # the same plan: reused
+
+    if change == "re-tokenized":  # same shapes and sizes, other tokens
+        data = write_synthetic_tokenized(data, n_blocks={"train": 8, "validation": 4}, seed=1)
+    else:
+        cfg = load_config(None, [*MICRO, change])
+    again = plan(cfg, data)[0]
+    assert (again.size, again.steps, again.n_total) == (rung.size, rung.steps, rung.n_total)
+    assert finished(out, again) is None  # run again, not reused

@@ -93,7 +93,10 @@ def test_parameters_objective_and_algorithm_come_from_the_sweep_section():
     assert (spec["maxTrialCount"], spec["parallelTrialCount"]) == (12, 1)
     assert spec["objective"]["type"] == "minimize"
     assert spec["objective"]["objectiveMetricName"] == "val_loss"
-    assert spec["metricsCollectorSpec"] == {"collector": {"kind": "StdOut"}}
+    assert spec["metricsCollectorSpec"] == {
+        "collector": {"kind": "StdOut"},
+        "source": {"filter": {"metricsFormat": [katib.METRICS_FILTER]}},
+    }
     # every trial mounts the ConfigMap rendered beside the Experiment
     job = spec["trialTemplate"]["trialSpec"]
     master = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
@@ -203,13 +206,38 @@ def test_cli_render_prints_the_configmap_and_the_experiment(capsys):
     assert docs[1]["spec"]["maxTrialCount"] == 3
 
 
-def _katib_reads(log: str, metric: str) -> list[float]:
+def _katib_reads(log: str, metric: str, pattern=KATIB_FILTER) -> list[float]:
     """What Katib's text-format parser keeps: lines naming the metric, pairs by the filter."""
+    return [float(v) for v in _katib_values(log, metric, pattern)]
+
+
+def _katib_values(log: str, metric: str, pattern) -> list[str]:
+    """The values as Katib stores them (text): its parser's ``kevList[2]`` of each match."""
     found = []
     for line in log.splitlines():
         if metric in line:
-            found += [float(v) for k, v, *_ in KATIB_FILTER.findall(line) if k == metric]
+            found += [m.group(2) for m in pattern.finditer(line) if m.group(1) == metric]
     return found
+
+
+def test_a_nan_final_evaluation_is_the_trials_result_not_an_earlier_value(
+    embedded_store, tmp_path, monkeypatch, capfd
+):
+    """The tracker prints a NaN final ``val_loss`` as Katib's ``unavailable``, and the filter of
+    the rendered Experiment reads it: the latest value (metricStrategies: latest) is then
+    ``unavailable`` and the trial ends MetricsUnavailable instead of reporting 3.5."""
+    from lmforge.train.tracker import TrainingTracker
+
+    monkeypatch.setenv(katib.METRICS_ENV, "1")
+    tracker = TrainingTracker(embedded_store, "pretrain", ("pretrain",), tmp_path / "out")
+    tracker.log_metrics({"val_loss": 3.5, "val_perplexity": 33.1}, step=2)
+    tracker.log_metrics({"val_loss": float("nan"), "val_perplexity": float("inf")}, step=4)
+    tracker.close("FINISHED")
+    out = capfd.readouterr().out
+    _, _, exp = experiment()
+    (filter_,) = exp["spec"]["metricsCollectorSpec"]["source"]["filter"]["metricsFormat"]
+    assert _katib_values(out, "val_loss", re.compile(filter_)) == ["3.5", "unavailable"]
+    assert _katib_values(out, "val_perplexity", re.compile(filter_))[-1] == "unavailable"
 
 
 @pytest.mark.slow

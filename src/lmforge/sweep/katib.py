@@ -10,6 +10,8 @@ The objective comes from the trainer's output through Katib's StdOut collector: 
 ``LMFORGE_METRICS_STDOUT=1`` (set in the template) the tracker prints each logged row as
 ``name=value`` (``lmforge.train.tracker``), which the collector's default regex parses;
 ``metricStrategies`` takes the latest value, the final evaluation (what ``metrics.json`` says).
+A NaN final evaluation prints as ``unavailable``, which the Experiment's filter reads too: the
+trial then ends MetricsUnavailable instead of reporting its last finite value.
 
 The CRD has no schema, so ``check`` runs the Experiment through the typed models of
 ``kubeflow-katib`` (a misspelt field is dropped by them, so the round trip differs) and the
@@ -30,6 +32,7 @@ from lmforge.config import Config
 from lmforge.errors import ConfigError, LaunchError
 from lmforge.launch import pytorchjob, trainjob
 from lmforge.train.tracker import METRICS_STDOUT_ENV as METRICS_ENV
+from lmforge.train.tracker import UNAVAILABLE
 
 API_VERSION = "kubeflow.org/v1beta1"
 TRIAL_NAME = "trialName"  # the trial parameter that names a trial's output folder
@@ -39,6 +42,11 @@ _NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # A categorical value goes into `sh -c` (Katib's StdOut wrapper) and back through YAML.
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _PARAM_REF = re.compile(r"\$\{trialParameters\..+?\}")
+# How the collector reads ``name=value`` (RE2; two groups, the name and the value): the
+# tracker's ``unavailable`` for a NaN evaluation (first: the number may match nothing), else a
+# number as Katib's default filter reads it. With the default alone a NaN final evaluation reads
+# as no value, and a diverged trial reports its last finite one as its result.
+METRICS_FILTER = rf"([\w|-]+)\s*=\s*({UNAVAILABLE}|[+-]?\d*(?:\.\d+)?(?:[Ee][+-]?\d+)?)"
 
 
 def param_ref(name: str) -> str:
@@ -182,7 +190,10 @@ def render(
         },
         "algorithm": {"algorithmName": sw.sampler},
         "parameters": [parameter(k, s, sw.sampler) for k, s in sw.space.items()],
-        "metricsCollectorSpec": {"collector": {"kind": "StdOut"}},
+        "metricsCollectorSpec": {
+            "collector": {"kind": "StdOut"},
+            "source": {"filter": {"metricsFormat": [METRICS_FILTER]}},
+        },
         "trialTemplate": {
             "primaryContainerName": container,
             "primaryPodLabels": labels,

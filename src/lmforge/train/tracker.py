@@ -252,11 +252,21 @@ def _summary(uri, sender, sent, unsent, rejected, buffer, out_dir) -> dict[str, 
 METRICS_STDOUT_ENV = "LMFORGE_METRICS_STDOUT"
 
 
+# Katib's marker of a metric with no value (consts.UnavailableMetricValue): a trial whose latest
+# objective reads so ends MetricsUnavailable, not Succeeded.
+UNAVAILABLE = "unavailable"
+
+
 def metrics_line(values: dict[str, float], step: int) -> str:
-    """``step=N a=1.5 b=2e-05``: Katib's default filter ``([\\w|-]+)\\s*=\\s*(number)`` reads
-    each pair. A ``/`` in a name (``baseline/val_loss``) becomes ``-``, so no name is read as the
-    tail of another; a non-finite value (which the filter cannot read) is left out."""
-    pairs = [f"{k.replace('/', '-')}={v!r}" for k, v in values.items() if math.isfinite(v)]
+    """``step=N a=1.5 b=2e-05``: Katib's StdOut filter (``lmforge.sweep.katib.METRICS_FILTER``)
+    reads each pair. A ``/`` in a name (``baseline/val_loss``) becomes ``-``, so no name is read
+    as the tail of another. A non-finite value (a diverged final evaluation) is printed as
+    ``unavailable``, never left out: left out, the latest value Katib kept would be an earlier,
+    finite one, and the trial would report it as its result."""
+    shown = {
+        k.replace("/", "-"): repr(v) if math.isfinite(v) else UNAVAILABLE for k, v in values.items()
+    }
+    pairs = [f"{k}={v}" for k, v in shown.items()]
     return " ".join([f"step={int(step)}", *pairs])
 
 
