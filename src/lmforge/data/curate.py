@@ -316,54 +316,68 @@ def _mix64(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint64(33))
 
 
-def shingles(text: str, n: int) -> np.ndarray | None:
-    """A 32-bit hash of each word n-gram of ``text`` (lower-cased, split at ASCII whitespace),
-    or None for a text of fewer than ``n`` words (left to exact deduplication)."""
-    raw = np.frombuffer(text.lower().encode("utf-8", "surrogatepass"), np.uint8)
+def _grams(text: pa.Array, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 32-bit hash of each word n-gram of each text (lower-cased, split at ASCII whitespace),
+    for a whole batch at once, and the text each is of (ascending)."""
+    from lmforge.data.columnar import _bytes_of
+
+    raw, offsets = _bytes_of(pc.utf8_lower(text))
+    raw, offsets = raw[offsets[0] : offsets[-1]], offsets - offsets[0]
     space = (raw == 0x20) | ((raw - np.uint8(9)) < 5)  # space, \t \n \v \f \r
     first = ~space
     first[1:] &= space[:-1]
+    begins = offsets[:-1][offsets[:-1] < offsets[1:]]  # a text's first byte starts a word
+    first[begins] = ~space[begins]
     starts = np.flatnonzero(first)
     m = len(starts) - n + 1
     if m < 1:
-        return None
+        return np.zeros(0, np.uint32), np.zeros(0, np.int64)
     word = np.cumsum(first) - 1  # the word each byte is in (or follows)
     place = np.arange(len(raw)) - starts[np.maximum(word, 0)]
     values = (raw.astype(np.uint64) + np.uint64(1)) * _WEIGHTS[place & 63]
     values[space] = 0
     h = _mix64(np.add.reduceat(values, starts))
+    doc = np.searchsorted(offsets, starts, side="right") - 1
     acc = np.zeros(m, np.uint64)
     for k in range(n):  # an order-dependent combination of the n word hashes
         acc = acc * np.uint64(0x100000001B3) + h[k : k + m]
-    return (acc ^ (acc >> np.uint64(32))).astype(np.uint32)
+    within = doc[:m] == doc[n - 1 :]  # n-grams of one text only
+    return (acc ^ (acc >> np.uint64(32))).astype(np.uint32)[within], doc[:m][within]
+
+
+def shingles(text: str, n: int) -> np.ndarray | None:
+    """The n-gram hashes of one text (``_grams``), or None for one of fewer than ``n`` words."""
+    grams, _ = _grams(pa.array([text], pa.string()), n)
+    return grams if len(grams) else None
 
 
 def signature(text: str, rules: Rules) -> np.ndarray | None:
-    """The MinHash signature (``rules.num_perm`` uint32) of ``text``'s word n-grams: what
-    ``datasketch.MinHash.update_batch`` computes (its affine32 scheme: its pre-mix and its
-    permutations), for all the n-grams at once instead of a Python call each (which cost five
-    times the rest of the stage; ``tests/test_curate.py`` checks the two agree)."""
-    from datasketch.minhash import _fmix
-
-    grams = shingles(text, rules.ngram)
-    if grams is None:
-        return None
-    a, b = _template(rules.num_perm).permutations
-    mixed = _fmix(grams, 32)
-    sig = np.full(rules.num_perm, np.iinfo(np.uint32).max, np.uint32)
-    step = 8192  # 4 MB of permuted values at a time (at 128), each permutation a row
-    buf = np.empty((rules.num_perm, min(step, len(mixed))), np.uint32)
-    for at in range(0, len(mixed), step):
-        chunk = mixed[at : at + step]
-        out = buf[:, : len(chunk)]
-        np.multiply(a[:, None], chunk[None, :], out=out)  # a * h + b, wrapping: affine32
-        out += b[:, None]
-        np.minimum(sig, out.min(axis=1), out=sig)
-    return sig
+    """The MinHash signature of one text (``signatures``)."""
+    return signatures(pa.array([text], pa.string()), rules)[0]
 
 
 def signatures(text: pa.Array, rules: Rules) -> list[np.ndarray | None]:
-    return [signature(t, rules) for t in text.to_pylist()]
+    """The MinHash signature (``rules.num_perm`` uint32) of each text's word n-grams (None for a
+    text of fewer than ``rules.ngram`` words): what ``datasketch.MinHash.update_batch`` computes
+    (its affine32 scheme: its pre-mix and its permutations) for the n-grams of the whole batch at
+    once, instead of a Python call an n-gram (which cost five times the rest of the stage;
+    ``tests/test_curate.py`` checks the two agree)."""
+    from datasketch.minhash import _fmix
+
+    grams, doc = _grams(text, rules.ngram)
+    a, b = _template(rules.num_perm).permutations
+    mixed = _fmix(grams, 32)
+    sig = np.full((len(text), rules.num_perm), np.iinfo(np.uint32).max, np.uint32)
+    step = 8192  # 4 MB of permuted values at a time (at 128)
+    for at in range(0, len(mixed), step):
+        values = a[:, None] * mixed[None, at : at + step]  # a permutation a row (8x faster)
+        values += b[:, None]  # wrapping: mod 2^32
+        of = doc[at : at + step]
+        first = np.flatnonzero(np.r_[True, of[1:] != of[:-1]])  # each text's run
+        texts = of[first]
+        sig[texts] = np.minimum(sig[texts], np.minimum.reduceat(values, first, axis=1).T)
+    signed = np.bincount(doc, minlength=len(text)) > 0
+    return [sig[i] if signed[i] else None for i in range(len(text))]
 
 
 @dataclass
@@ -401,10 +415,6 @@ def process_batch(
     return done
 
 
-def _band_key(band: bytes) -> int:
-    return int.from_bytes(text_digest(band)[:8])
-
-
 class _Rows:
     """A growing table of uint32 rows in blocks of 4096 (no Python object a row)."""
 
@@ -434,11 +444,11 @@ class Deduper:
         if rules.near:
             from datasketch import MinHashLSH
 
-            # a band's bucket by an 8-byte hash of it (an int) instead of its 64 bytes: a
-            # kilobyte less a kept document at 128 permutations
-            self.lsh = MinHashLSH(
-                threshold=rules.threshold, num_perm=rules.num_perm, hashfunc=_band_key
-            )
+            # A band's bucket by Python's hash of it (an int) instead of its 64 bytes: a
+            # kilobyte less a kept document at 128 permutations. The hash differs between runs
+            # (PYTHONHASHSEED) but only says which documents to compare, and every candidate is
+            # confirmed on the signatures: the decisions are the same (a 64-bit collision aside).
+            self.lsh = MinHashLSH(threshold=rules.threshold, num_perm=rules.num_perm, hashfunc=hash)
 
     def keep(
         self, text_hash: int, sig: np.ndarray | None, rid: str, source: str, file: str, line: int
