@@ -214,3 +214,11 @@ def test_the_step_writes_and_reports_each_models_best_evaluation(
         assert scores["val_macro_f1"] == pytest.approx(metrics[f"{prefix}val_macro_f1"])
         assert scores["val_loss"] == pytest.approx(metrics[f"{prefix}val_loss"], rel=1e-4)
     assert metrics["steps"] < metrics["budget_steps"]  # this task stops improving
+
+
+def test_a_monitor_the_task_does_not_report_is_named():
+    from lmforge.errors import TrainingError
+
+    keeper = BestKeeper("val_macro_f1", 3)
+    with pytest.raises(TrainingError, match=r"monitor: val_macro_f1 is not among .*val_loss"):
+        fit(model(), Overfits(), cfg(max_steps=4), Runtime(), progress=False, stopping=keeper)
