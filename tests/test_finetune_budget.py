@@ -214,6 +214,13 @@ def test_the_step_writes_and_reports_each_models_best_evaluation(
         assert scores["val_macro_f1"] == pytest.approx(metrics[f"{prefix}val_macro_f1"])
         assert scores["val_loss"] == pytest.approx(metrics[f"{prefix}val_loss"], rel=1e-4)
     assert metrics["steps"] < metrics["budget_steps"]  # this task stops improving
+    # MLflow says it too: the best step as a metric, why training ended as a parameter.
+    import mlflow
+
+    run = mlflow.MlflowClient().get_run(metrics["tracking"]["run_id"])
+    assert run.data.params["stop_reason"] == metrics["stop_reason"]
+    assert run.data.metrics["best_step"] == metrics["best_step"]
+    assert run.data.metrics["baseline_best_step"] == metrics["baseline_best_step"]
 
 
 def test_a_monitor_the_task_does_not_report_is_named():
