@@ -442,7 +442,11 @@ class Deduper:
         self.sigs = _Rows(rules.num_perm)  # the kept documents' signatures, by number
         self.lsh = None
         if rules.near:
-            from datasketch import MinHashLSH
+            from datasketch import MinHash, MinHashLSH
+
+            # One MinHash carries each signature to the index (a new one a document cost more
+            # than the index's work).
+            self.carrier = MinHash(num_perm=rules.num_perm, seed=1)
 
             # A band's bucket by Python's hash of it (an int) instead of its 64 bytes: a
             # kilobyte less a kept document at 128 permutations. The hash differs between runs
@@ -460,10 +464,8 @@ class Deduper:
             return False
         mh = None
         if self.lsh is not None and sig is not None:
-            from datasketch import MinHash
-
-            tpl = _template(rules.num_perm)
-            mh = MinHash(hashvalues=sig, permutations=tpl.permutations, scheme=tpl.scheme)
+            mh = self.carrier
+            mh.hashvalues = sig  # the index reads the values at each call, keeps none of mh
             for other in sorted(self.lsh.query(mh)):  # the first kept in input order
                 if float(np.mean(self.sigs.row(other) == sig)) >= rules.threshold:
                     self._removed("near_duplicate", other, rid, source, file, line)
