@@ -439,6 +439,23 @@ def test_the_fingerprint_leaves_out_what_a_run_may_change():
     assert base.legacy == hashlib.sha256(old.encode()).hexdigest()[:16]
 
 
+def test_the_fine_tuning_budget_and_stopping_rule_may_change_on_resume():
+    """``max_epochs``, ``early_stopping_patience`` and ``monitor`` (fine-tuning only) set how
+    long the same run goes on and which evaluation is kept, not the weights' trajectory."""
+    from lmforge.config import FinetuneConfig
+
+    model, data = {"n_layers": 2}, {"digest": "abc"}
+    base = fingerprint(FinetuneConfig(), model, data)
+    for change in (
+        {"max_epochs": 10.0},
+        {"max_steps": 500},
+        {"early_stopping_patience": 0},
+        {"monitor": "val_loss"},
+    ):
+        assert fingerprint(FinetuneConfig(**change), model, data) == base, change
+    assert fingerprint(FinetuneConfig(lr=0.01), model, data) != base
+
+
 def _cadence_free(cfg: TrainConfig) -> dict:
     cadence = {"eval_every", "eval_batches", "log_every", "ckpt_every", "keep_last"}
     cadence |= {"num_threads", "compile", "device", "baseline"}
