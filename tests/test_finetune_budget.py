@@ -229,3 +229,14 @@ def test_a_monitor_the_task_does_not_report_is_named():
     keeper = BestKeeper("val_macro_f1", 3)
     with pytest.raises(TrainingError, match=r"monitor: val_macro_f1 is not among .*val_loss"):
         fit(model(), Overfits(), cfg(max_steps=4), Runtime(), progress=False, stopping=keeper)
+
+
+def test_a_rerun_with_another_patience_goes_on_or_ends_by_the_new_one(tmp_path):
+    ck = tmp_path / "ck"
+    first, kept, _ = train(ck, patience=3, ckpt_every=2)
+    longer, keeper, _ = train(ck, patience=4, ckpt_every=2)  # one evaluation more
+    assert longer.resumed_from == first.step and longer.step == first.step + 2
+    assert keeper.best_step == kept.best_step and keeper.stopped_at == longer.step
+    shorter, keeper, _ = train(ck, patience=2, ckpt_every=2)  # past it already: ends at once
+    assert shorter.resumed_from == shorter.step == longer.step
+    assert keeper.stopped_at == longer.step and keeper.best_step == kept.best_step

@@ -104,13 +104,12 @@ class BestKeeper:
             self.best_step, self.best_value, self.since_best = step, self._value(row), 0
             return True
         self.since_best += 1
-        if self.patience > 0 and self.since_best >= self.patience and self.stopped_at is None:
-            self.stopped_at = step
         return False
 
     @property
     def exhausted(self) -> bool:
-        return self.stopped_at is not None
+        """``patience`` evaluations in a row did not improve on the best."""
+        return self.patience > 0 and self.since_best >= self.patience
 
     def observe(self, step: int, row: dict[str, float], model: nn.Module) -> None:
         """Every rank, after each evaluation (``row``: the reduced metrics, the same on every
@@ -119,6 +118,8 @@ class BestKeeper:
             state = full_state_dict(model)
             # Clones: on CPU the state dict shares storage with the training weights.
             self.state = {k: v.detach().clone().contiguous() for k, v in state.items()}
+        if self.exhausted:
+            self.stopped_at = step
 
     def reason(self, steps: int) -> str:
         """Why the run ended, in words (metrics.json, MLflow)."""
@@ -154,9 +155,10 @@ class BestKeeper:
     def resume(self, history: list[dict[str, float]], folder: Path | None, rt: Runtime) -> None:
         """Every rank, after loading a checkpoint: the best and the count since, from the
         history the checkpoint holds; the best's weights from beside it (rank 0)."""
-        for row in history:
+        for row in history:  # with this run's patience, which may differ from the last's
             if self.monitor in row:
                 self._count(int(row["step"]), row)
+                self.stopped_at = int(row["step"]) if self.exhausted else None
         if self.best_step is None:
             return
         path = None if folder is None else folder / f"{BEST_PREFIX}{self.best_step:08d}.safetensors"
