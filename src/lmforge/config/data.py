@@ -55,11 +55,10 @@ class DataConfig(Section):
         ge=0,
     )
     text_field: str = setting("text", "The field (column) that holds a record's text.")
-    labelled_text_field: str = setting("", "The labelled set's text field; empty: data.text_field.")
     id_field: str = setting(
         "id",
-        "The field that holds a record's unique id; empty: a hash of the text (the same text "
-        "gives the same id, so a repeated document fails the unique-id expectation).",
+        "The field that holds a record's unique id; empty: a hash of the text as written, after "
+        "masking (so an id reveals nothing the masking removed; a repeated text gets one id).",
     )
     source_field: str = setting(
         "source", "The corpus field that names a record's source; empty: the file's stem."
