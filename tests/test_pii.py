@@ -461,3 +461,14 @@ def test_a_wrong_typed_field_is_shown_masked_in_the_error():
     with pytest.raises(DataError) as err:
         to_record({"id": "a", "source": "s", "text": ["mail bob.jones@example.org"]}, "corpus", "f")
     assert "<|email|>" in str(err.value) and "bob.jones" not in str(err.value)
+
+
+def test_a_value_found_once_is_masked_wherever_it_recurs_in_the_text():
+    """The shipped spam 00031 gives its number after "Tel:" and again after "call our sales team
+    on": the second had no phone word next to it and reached pretraining unmasked."""
+    text = "Tel: 01295 271666 Fax.\nPlease call our sales team on 01295 271666 for other models."
+    masked, counts = pii.mask(text)
+    assert "271666" not in masked and counts["phone"] == 2
+    assert pii.mask("ref 01295 271666 only")[0] == "ref 01295 271666 only"  # no context: kept
+    kept = "Tel: 01295 271666; order 01295 2716661"  # a longer number is another value
+    assert pii.mask(kept)[0] == "Tel: <|phone|>; order 01295 2716661"

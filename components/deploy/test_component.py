@@ -1,5 +1,6 @@
 """The deploy component through KFP's local runner: promote, then create the InferenceServices on
-the project's fake Kubernetes API (recorded KServe responses), reached through a kubeconfig."""
+the project's fake Kubernetes API (recorded KServe responses), reached through a kubeconfig:
+both applied by server-side apply."""
 
 import json
 import sys
@@ -37,7 +38,9 @@ def test_deploy_promotes_the_challengers_and_applies_the_champions(
     created = Reply(201, (RESPONSES / "isvc_created.json").read_bytes())
     server, _ = start(
         {
-            ("POST", ISVCS): [created],
+            # Server-side apply: a dry run, then the apply itself, each a PATCH of the object.
+            ("PATCH", f"{ISVCS}/lmforge-lm"): [created],
+            ("PATCH", f"{ISVCS}/lmforge-classifier"): [created],
             ("GET", f"{ISVCS}/lmforge-lm"): [recorded("isvc_ready.json")],
             ("GET", f"{ISVCS}/lmforge-classifier"): [recorded("isvc_ready.json")],
         }
@@ -72,7 +75,7 @@ def test_deploy_promotes_the_challengers_and_applies_the_champions(
     client = mlflow.MlflowClient(cfg.tracking.tracking_uri)
     for name in ("lmforge-lm", "lmforge-classifier"):
         assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
-    bodies = [call[3] for call in server.called("POST", ISVCS)]
+    bodies = [call[3] for call in server.called("PATCH") if "dryRun" not in call[2]]
     assert [b["metadata"]["annotations"]["lmforge.io/model-version"] for b in bodies] == ["1", "1"]
     assert all(b["spec"]["predictor"]["model"]["storageUri"].startswith("pvc://") for b in bodies)
     assert Path(task / "deployed" / "inferenceservices.yaml").is_file()

@@ -319,7 +319,30 @@ def find(text: str, allow: Allow = _NO_ALLOW) -> list[Match]:
             numbers.append(found)
             pos = found.end
     out = sorted(emails + numbers, key=lambda x: x.start) if numbers else emails
+    out = _every_occurrence(text, out)
     return [x for x in out if not allow(x)] if allow else out
+
+
+def _every_occurrence(text: str, found: list[Match]) -> list[Match]:
+    """``found`` plus every other occurrence of a value already found in ``text``: a number is
+    recognised by its context ("Tel: 01295 271666"), and the same number further on ("call our
+    sales team on 01295 271666") is the same personal data, whatever its own context."""
+    if not found:
+        return found
+    taken = [(m.start, m.end) for m in found]
+    more = []
+    for value, kind in {m.text: m.kind for m in found}.items():
+        at = text.find(value)
+        while at != -1:
+            end = at + len(value)
+            bounded = (at == 0 or not text[at - 1].isalnum()) and (
+                end == len(text) or not text[end].isalnum()
+            )
+            if bounded and not any(s < end and at < e for s, e in taken):
+                more.append(Match(kind, at, end, value))
+                taken.append((at, end))
+            at = text.find(value, end)
+    return sorted(found + more, key=lambda m: m.start) if more else found
 
 
 def _check(kind: str, start: int, text: str) -> Match | None:
