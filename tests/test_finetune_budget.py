@@ -240,3 +240,15 @@ def test_a_rerun_with_another_patience_goes_on_or_ends_by_the_new_one(tmp_path):
     shorter, keeper, _ = train(ck, patience=2, ckpt_every=2)  # past it already: ends at once
     assert shorter.resumed_from == shorter.step == longer.step
     assert keeper.stopped_at == longer.step and keeper.best_step == kept.best_step
+
+
+def test_a_tie_on_the_monitor_goes_to_the_lower_validation_loss():
+    """Macro-F1 moves in steps of a few records on a small validation split: two evaluations
+    often tie, and the one with the lower loss is the better model to keep."""
+    keeper = BestKeeper("val_macro_f1", 3)
+    model = torch.nn.Linear(2, 1)
+    keeper.observe(2, {"val_macro_f1": 0.5, "val_loss": 0.9}, model)
+    keeper.observe(4, {"val_macro_f1": 0.5, "val_loss": 0.7}, model)
+    assert keeper.best_step == 4 and keeper.since_best == 0
+    keeper.observe(6, {"val_macro_f1": 0.5, "val_loss": 0.8}, model)
+    assert keeper.best_step == 4 and keeper.since_best == 1

@@ -74,6 +74,7 @@ class BestKeeper:
     patience: int  # evaluations without improvement before stopping; 0: never stop early
     best_step: int | None = None
     best_value: float | None = None
+    best_loss: float | None = None  # the best evaluation's val_loss: breaks a tie on the monitor
     since_best: int = 0  # evaluations since the best one
     state: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # rank 0 only
     stopped_at: int | None = None  # the step early stopping ended the run at
@@ -82,11 +83,15 @@ class BestKeeper:
     def maximise(self) -> bool:
         return greater_is_better(self.monitor)
 
-    def _better(self, value: float) -> bool:
+    def _better(self, value: float, loss: float | None) -> bool:
+        """Better on the monitor; on a tie (macro-F1 moves in steps of a few records on a small
+        validation split), a lower validation loss is the better model."""
         if not math.isfinite(value):
             return False
         if self.best_value is None:
             return True
+        if value == self.best_value and loss is not None and self.best_loss is not None:
+            return loss < self.best_loss
         return value > self.best_value if self.maximise else value < self.best_value
 
     def _value(self, row: dict[str, float]) -> float:
@@ -100,8 +105,10 @@ class BestKeeper:
 
     def _count(self, step: int, row: dict[str, float]) -> bool:
         """Take one evaluation into account; True when it is the new best."""
-        if self._better(self._value(row)):
+        loss = row.get("val_loss") if self.monitor != "val_loss" else None
+        if self._better(self._value(row), loss):
             self.best_step, self.best_value, self.since_best = step, self._value(row), 0
+            self.best_loss = loss
             return True
         self.since_best += 1
         return False
