@@ -45,8 +45,13 @@ class ImageDataConfig(Section):
         "image", "The field (column) naming a row's image file, or holding it (arrow)."
     )
     caption_field: str = setting("caption", "The field (column) holding a row's caption.")
+    flip_field: str = setting(
+        "flip_ok",
+        "Optional field: a row whose value is false is never flipped by the augmentation (the "
+        "shipped stamps carry Tux Paint's own 'nomirror' flag); absent: the caption decides.",
+    )
     min_side: int = setting(
-        8, "Smallest width or height accepted, in pixels (smaller is refused).", ge=1
+        4, "Smallest width or height accepted, in pixels (smaller is refused).", ge=1
     )
     max_side: int = setting(
         8192, "Largest width or height accepted, in pixels (larger is refused).", ge=1
@@ -77,6 +82,9 @@ class ImageDataConfig(Section):
         "mask",
         "Personal data in captions (as data.pii): mask replaces each match by a typed "
         "placeholder, drop removes the pair, keep leaves it (the report says so).",
+    )
+    pii_allow: list[str] = setting(
+        [], "Matches never masked in captions (as data.pii_allow: exact values or @domain)."
     )
     resize_to: int = setting(
         32,
