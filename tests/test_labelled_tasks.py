@@ -26,8 +26,7 @@ GENRES = ["drama", "fiction", "nonfiction", "poetry", "scripture"]  # sorted: th
 TASK = [
     *MICRO,
     "data.labelled_file=labelled/genres.jsonl",
-    "data.labels=[]",  # taken from the training split
-    "data.min_class_share=0.1",  # five classes: at most 0.2 can hold for all
+    "data.labels=[]",  # taken from the training split; data.min_class_share's default fits
 ]
 # Genres need more than the toy ham/spam: the tiny model's whole context, more steps (~4 s each
 # model); the gate's threshold at chance for five classes.
@@ -240,6 +239,23 @@ def test_derived_labels_check_min_class_share_at_validate_time(tmp_path):
     assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match=r"0\.25 for 5 labels cannot all hold"):
         tiny_config(*TASK, "data.min_class_share=0.25", f"data.labels={GENRES}")
+
+
+@pytest.mark.usefixtures("data_store")
+def test_the_default_class_share_scales_with_the_number_of_classes(tmp_path):
+    """``min_class_share: null`` is 60% of an even split: 0.3 for two classes, as the old fixed
+    default, and 0.12 for five, so a balanced five-class task needs no tuning while a class
+    holding a twentieth of the records is still refused by name."""
+    assert tiny_config(*MICRO).data.class_share_floor(2) == 0.3
+    assert tiny_config(*TASK).data.class_share_floor(5) == pytest.approx(0.12)
+    raw = genre_data(tmp_path / "data")
+    validate(tiny_config(*TASK), raw, tmp_path / "balanced")
+    few = [r for r in genre_records(per_class=PER_CLASS) if r["label"] != "poetry"]
+    few += [r for r in genre_records(per_class=PER_CLASS) if r["label"] == "poetry"][:10]
+    write_jsonl(raw / "labelled" / "genres.jsonl", few)
+    with pytest.raises(DataError, match=r"class 'poetry' has a share of 0\.0\d+ .* 0\.12"):
+        validate(tiny_config(*TASK), raw, tmp_path / "skewed")
+    assert not (tmp_path / "skewed").exists()
 
 
 @pytest.mark.usefixtures("data_store")

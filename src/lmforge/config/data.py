@@ -8,6 +8,9 @@ from typing import Literal
 
 from lmforge.config.schema import Section, setting
 
+# min_class_share's default, as a share of an even split: 0.6 / 2 == 0.3 exactly, the old default.
+EVEN_SPLIT_SHARE = 0.6
+
 # Input formats (lmforge.data.sources): auto detects one from the path.
 Format = Literal["auto", "jsonl", "json", "text", "parquet", "csv", "arrow"]
 
@@ -78,8 +81,13 @@ class DataConfig(Section):
     max_duplicate_share: float = setting(
         0.05, "Most share of records whose text repeats another's.", ge=0, le=1
     )
-    min_class_share: float = setting(
-        0.3, "Least share of the labelled set each label must have.", ge=0, le=1
+    min_class_share: float | None = setting(
+        None,
+        "Least share of the labelled set each label must have; null: 60% of an even split "
+        "(0.6 / the number of labels: 0.3 for two classes, 0.1 for six), so a task with more "
+        "classes needs no tuning here.",
+        ge=0,
+        le=1,
     )
     max_file_mb: float = setting(100.0, "Larger raw files are refused before reading.", gt=0)
     max_line_mb: float = setting(
@@ -162,12 +170,19 @@ class DataConfig(Section):
         # Empty labels are taken from the training split: validate checks these rules then.
         if self.labels and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)):
             self.fail("labels", f"{self.labels!r}: list at least two distinct labels (or none)")
-        if self.labels and self.min_class_share * len(self.labels) > 1:
+        if self.labels and self.class_share_floor(len(self.labels)) * len(self.labels) > 1:
             self.fail(
                 "min_class_share",
-                f"{self.min_class_share} for {len(self.labels)} labels cannot all hold "
+                f"{self.class_share_floor(len(self.labels))} for {len(self.labels)} labels cannot "
+                "all hold "
                 f"(at most {1 / len(self.labels):.3g})",
             )
+
+    def class_share_floor(self, n_labels: int) -> float:
+        """The least share each of ``n_labels`` classes must have (``min_class_share``)."""
+        if self.min_class_share is not None:
+            return self.min_class_share
+        return EVEN_SPLIT_SHARE / n_labels
 
 
 @dataclass

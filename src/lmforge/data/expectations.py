@@ -311,7 +311,7 @@ def suite_spec(
                 "ExpectColumnMeanToBeBetween",
                 {
                     "column": SHARE_PREFIX + label,
-                    "min_value": cfg.min_class_share,
+                    "min_value": cfg.class_share_floor(len(labels)),
                     "max_value": 1.0,
                 },
             )

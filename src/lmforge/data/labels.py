@@ -69,7 +69,7 @@ def _check_derived(cfg: DataConfig, labels: list[str], counts, first_id) -> None
                 f"split's {labels}. Add training records of that label, drop or relabel those "
                 "records, or list data.labels in params.yaml."
             )
-    if cfg.min_class_share * len(labels) > 1:
+    if cfg.class_share_floor(len(labels)) * len(labels) > 1:
         raise ConfigError(
             f"data.min_class_share: {cfg.min_class_share} for the {len(labels)} labels of the "
             f"training split ({', '.join(labels)}) cannot all hold (at most "
