@@ -12,10 +12,10 @@ Output (sources and licences in docs/data.md):
     data/corpus/shakespeare.jsonl  Gutenberg plays/poems, one per scene or ~8k-char chunk
     data/corpus/kjv.jsonl          King James Bible, one record per chapter
     data/labelled/spam.jsonl       SpamAssassin, balanced ham/spam sample  {id, text, label}
-    data/images/<category>/*.png   Tux Paint stamps (Debian tuxpaint-stamps-default), longest
-                                   side IMAGE_SIDE px, RGBA
-    data/images/captions.jsonl     {image, caption, flip_ok, source}: each stamp's English
-                                   description; flip_ok false where Tux Paint says "nomirror"
+    data/images/stamps/            Tux Paint stamps (Debian tuxpaint-stamps-default) as a
+                                   save_to_disk dataset {image (Image, PNG, longest side
+                                   IMAGE_SIDE px, RGBA), caption (the English description),
+                                   flip_ok (false where Tux Paint says "nomirror"), source}
     data/manifest.json             package versions, archive sha256, record counts
 
     python scripts/build_data.py --only images   # rebuild data/images alone (apt-get download)
@@ -29,6 +29,7 @@ import argparse
 import email
 import hashlib
 import html
+import io
 import json
 import random
 import re
@@ -315,10 +316,10 @@ def fetch_deb(pkg_dir: Path, key: str) -> tuple[Path, Path]:
     return dest, archive
 
 
-def stamps(root: Path, out_dir: Path, side: int = IMAGE_SIDE) -> list[dict]:
-    """Each PNG stamp that has a description: resized (longest side ``side``) into
-    ``out_dir``, captioned with the first (English) line of its ``.txt``. SVG-only stamps are
-    left out (Pillow does not render SVG)."""
+def stamps(root: Path, side: int = IMAGE_SIDE) -> list[dict]:
+    """Each PNG stamp that has a description, as a row: the picture resized (longest side
+    ``side``) as PNG bytes, captioned with the first (English) line of its ``.txt``. SVG-only
+    stamps are left out (Pillow does not render SVG)."""
     from PIL import Image
 
     base = root / STAMPS
@@ -334,12 +335,11 @@ def stamps(root: Path, out_dir: Path, side: int = IMAGE_SIDE) -> list[dict]:
             img = img.convert("RGBA")
             img.info.clear()  # no ICC profile or text chunk carried into the copy
             img.thumbnail((side, side), Image.Resampling.LANCZOS)
-        dest = out_dir / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        img.save(dest, format="PNG")  # pixels only: no metadata of the original
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
         records.append(
             {
-                "image": rel,
+                "image": {"bytes": buf.getvalue(), "path": rel},
                 "caption": caption,
                 # Tux Paint's own flag for pictures a mirror would falsify (lettering, coins)
                 "flip_ok": not any(o.startswith("nomirror") for o in options),
@@ -350,19 +350,34 @@ def stamps(root: Path, out_dir: Path, side: int = IMAGE_SIDE) -> list[dict]:
 
 
 def build_images(pkg_dir: Path, out: Path) -> dict:
-    """``data/images/`` from the stamps package; the manifest's ``images`` entry."""
+    """``data/images/stamps`` (a save_to_disk folder: three files for DVC to pull, where a
+    folder of pictures would be ~800) from the stamps package; the manifest's entry."""
+    import datasets
+
     root, archive = fetch_deb(pkg_dir, "tuxpaint")
+    records = stamps(root)
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "caption": datasets.Value("string"),
+            "flip_ok": datasets.Value("bool"),
+            "source": datasets.Value("string"),
+        }
+    )
+    ds = datasets.Dataset.from_list(records, features=features)
+    digest = hashlib.sha256(json.dumps([r["source"] for r in records]).encode()).hexdigest()
+    ds._fingerprint = digest[:16]  # a rebuild writes the same state.json (not a random one)
     shutil.rmtree(out / "images", ignore_errors=True)
-    records = stamps(root, out / "images")
-    write_jsonl(out / "images" / "captions.jsonl", records)
+    ds.save_to_disk(str(out / "images" / "stamps"))
     name, version = DEB["tuxpaint"]
-    print(f"images/captions.jsonl: {len(records)} captioned images, {IMAGE_SIDE} px")
+    print(f"images/stamps: {len(records)} captioned images, {IMAGE_SIDE} px")
+    arrow = sorted((out / "images" / "stamps").glob("*.arrow"))
     return {
         "package": {"name": name, "version": version, "sha256": sha256(archive)},
         "side": IMAGE_SIDE,
-        "captions": "images/captions.jsonl",
+        "dataset": "images/stamps",
         "records": len(records),
-        "sha256": sha256(out / "images" / "captions.jsonl"),
+        "sha256": {p.name: sha256(p) for p in arrow},
     }
 
 

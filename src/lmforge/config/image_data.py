@@ -26,10 +26,10 @@ class ImageDataConfig(Section):
     name = "multimodal.data"
 
     captions_file: str = setting(
-        "images/captions.jsonl",
+        "images/stamps",
         "Under data/: the captions file naming each image (JSON lines, CSV or Parquet: one row "
         "per image), or a folder written by Dataset.save_to_disk whose image column is an "
-        "Image feature.",
+        "Image feature (the shipped Tux Paint stamps are one).",
     )
     captions_format: CaptionsFormat = setting(
         "auto",
