@@ -161,3 +161,39 @@ def test_a_missing_field_is_one_line_naming_the_setting(tmp_path):
 
 def _records(split_dir):
     return [json.loads(line) for line in (split_dir / "pairs.jsonl").read_text().splitlines()]
+
+
+def test_augmentation_is_seeded_keeps_provenance_and_flips_only_true_captions(validated, tmp_path):
+    from lmforge.data.images.augment import augment_images, flip_blocked
+
+    _, out, result = validated
+    cfg = ImageDataConfig(**CFG, augment_copies=2, flip_p=1.0, augment_captions=True)
+    first = augment_images(cfg, out, tmp_path / "a")
+    again = augment_images(cfg, out, tmp_path / "b")
+    assert (tmp_path / "a/train/pairs.jsonl").read_bytes() == (
+        tmp_path / "b/train/pairs.jsonl"
+    ).read_bytes()
+    assert first.augmented == again.augmented == 2 * result.pairs["train"]
+    records = _records(tmp_path / "a" / "train")
+    originals = {r["id"]: r for r in records if "augmentation" not in r}
+    copies = [r for r in records if "augmentation" in r]
+    assert len(originals) == result.pairs["train"] and len(copies) == first.augmented
+    for copy in copies:
+        prov = copy["augmentation"]
+        source = originals[prov["of"]]
+        assert prov["flip"] == (prov["flip_blocked"] is None)  # flip_p 1: every true caption
+        if "left" in source["caption"]:
+            assert not prov["flip"] and prov["flip_blocked"] == "caption says 'left'"
+        assert load_image(tmp_path / "a" / "train" / copy["image"]).size == (32, 32)
+    assert any(c["augmentation"]["flip"] for c in copies) or all(
+        "left" in r["caption"] for r in originals.values()
+    )
+    for split in ("val", "test"):  # evaluation splits pass through untouched
+        assert (tmp_path / "a" / split / "pairs.jsonl").read_bytes() == (
+            out / split / "pairs.jsonl"
+        ).read_bytes()
+    assert flip_blocked("A dog.", False, []) == "row says flip_ok false"
+    assert flip_blocked('A sign saying "STOP".', True, []) is not None
+    other = augment_images(ImageDataConfig(**CFG, augment_seed=7), out, tmp_path / "c")
+    assert other.augmented == result.pairs["train"]
+    assert {r["id"] for r in _records(tmp_path / "c" / "train")} != {r["id"] for r in records}
