@@ -298,7 +298,7 @@ def test_pipelines_mount_the_work_volume_where_a_base_model_is_read(tmp_path):
     from test_kfp_compile import parse, repo_config
 
     from lmforge.errors import PipelineError
-    from lmforge.kfp.compile import compile_pipeline
+    from lmforge_pipelines.compile import compile_pipeline
 
     mount = repo_config().launch.mount_path
     cfg = repo_config(

@@ -368,7 +368,7 @@ def test_full_pipeline_deploys_after_register_only_when_asked(tmp_path, on):
     from kfp.pipeline_spec import pipeline_spec_pb2
 
     from lmforge.config import load_config
-    from lmforge.kfp.compile import compile_all
+    from lmforge_pipelines.compile import compile_all
 
     compile_all(load_config(REPO / "params.yaml", [f"kubeflow.deploy={str(on).lower()}"]), tmp_path)
     doc = next(yaml.safe_load_all((tmp_path / "full" / "pipeline.yaml").read_text()))

@@ -12,7 +12,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from lmforge.config import load_config, load_config_text
-from lmforge.kfp.compile import PIPELINES, compile_all
+from lmforge_pipelines.compile import PIPELINES, compile_all
 
 REPO = Path(__file__).resolve().parents[1]
 STEP_TASKS = {
@@ -164,7 +164,7 @@ def test_cli_compile_writes_into_the_given_folder(tmp_path):
 def test_components_and_pipelines_import_without_torch_or_mlflow():
     code = (
         "import sys; from lmforge.config import load_config; "
-        "from lmforge.kfp.compile import build_pipeline; "
+        "from lmforge_pipelines.compile import build_pipeline; "
         "[build_pipeline(load_config(None), n) "
         "for n in ('pretrain', 'finetune', 'full', 'sweep')]; "
         "print([m for m in ('torch', 'mlflow', 'transformers', 'great_expectations') "
@@ -180,7 +180,7 @@ def test_pipelines_build_from_the_installed_packages_without_sys_path_edits(tmp_
     """Compiling imports lmforge_pipelines/lmforge_components by name, from any directory."""
     code = (
         "import sys; before = list(sys.path); from lmforge.config import load_config; "
-        "from lmforge.kfp.compile import build_pipeline; "
+        "from lmforge_pipelines.compile import build_pipeline; "
         "[build_pipeline(load_config(None), n) "
         "for n in ('pretrain', 'finetune', 'full', 'sweep')]; "
         "assert sys.path == before, set(sys.path) ^ set(before); "

@@ -20,7 +20,7 @@ import yaml
 
 from lmforge.config import load_config, load_config_text
 from lmforge.errors import PipelineError
-from lmforge.kfp.submit import submit, version_name
+from lmforge_pipelines.submit import submit, version_name
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDINGS = REPO / "tests" / "recordings" / "kfp"
@@ -215,7 +215,7 @@ def test_missing_host_and_unknown_pipeline_are_clear_errors(checkout, cfg, monke
     monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
     with pytest.raises(PipelineError, match="--host"):
         submit(cfg, "full", repo=checkout)
-    with pytest.raises(PipelineError, match="unknown; choose one of pretrain, finetune, full"):
+    with pytest.raises(PipelineError, match="unknown; choose one of finetune, full, pretrain"):
         submit(cfg, "nope", host="http://127.0.0.1:9", repo=checkout)
 
 

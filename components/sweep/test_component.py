@@ -13,8 +13,8 @@ import mlflow
 import pytest
 import yaml
 
-from lmforge.kfp.local import run_local
 from lmforge_components.testing import micro_config
+from lmforge_pipelines.run_local import run_local
 
 GRID = {"model.init_std": {"type": "choice", "values": [0.02, 0.05]}}
 

@@ -464,7 +464,8 @@ def pipeline_compile(
     set_: SetOpt = None,
 ) -> None:
     """Compile every pipeline to KFP v2 YAML (defaults taken from params.yaml)."""
-    _step("lmforge.kfp.compile:compile_all", _config(params, set_, "pipeline compile"), out_dir)
+    cfg = _config(params, set_, "pipeline compile")
+    _step("lmforge_pipelines.compile:compile_all", cfg, out_dir)
 
 
 @_command("kubeflow", app_=pipeline_app, name="submit")
@@ -477,7 +478,7 @@ def pipeline_submit(
 ) -> None:
     """Upload the pipeline as a version named from the git commit and start a run."""
     cfg = _config(params, set_, "pipeline submit")
-    _step("lmforge.kfp.submit:submit", cfg, name, host=host, force=force)
+    _step("lmforge_pipelines.submit:submit", cfg, name, host=host, force=force)
 
 
 @_command("kubeflow", app_=pipeline_app, name="run-local")
@@ -489,7 +490,7 @@ def pipeline_run_local(
 ) -> None:
     """Run a pipeline through KFP's local SubprocessRunner on this machine."""
     cfg = _config(params, set_, "pipeline run-local")
-    _step("lmforge.kfp.local:run_local", cfg, name, workdir)
+    _step("lmforge_pipelines.run_local:run_local", cfg, name, workdir)
 
 
 def _step_name(argv: list[str]) -> str:

@@ -94,6 +94,21 @@ class Section:
         raise ConfigError(f"{self.name}.{key}: {message}")
 
 
+def section_class(name: str) -> type[Section] | None:
+    """The section class keyed ``name`` in params.yaml, or None. Found among the subclasses of
+    ``Section`` rather than in the root ``Config``, which imports every section (a section that
+    checks keys of other sections, like ``sweep``, would otherwise import its own importer).
+    Importing any module of ``lmforge.config`` imports the package, and so every section, first.
+    """
+    todo = list(Section.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        if cls.name == name:
+            return cls
+        todo += cls.__subclasses__()
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class FieldDoc:
     key: str  # section.key

@@ -9,7 +9,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lmforge.config.schema import Section, setting
+from lmforge.config.schema import Section, section_class, setting
 
 # What each kind of dimension needs: the keys it must have and the keys it may not have.
 KINDS: dict[str, tuple[set[str], set[str]]] = {
@@ -236,10 +236,8 @@ class SweepConfig(Section):
 
 def _field_type(key: str) -> Any:
     """The annotation of ``section.key`` in the whole config, or None when there is no such key."""
-    from lmforge.config.root import SECTIONS  # root imports this module
-
     section, _, name = key.partition(".")
-    cls = SECTIONS.get(section)
+    cls = section_class(section)
     if cls is None or name not in {f.name for f in dataclasses.fields(cls)}:
         return None
     tp = typing.get_type_hints(cls)[name]

@@ -3,22 +3,20 @@
 ``schedule`` applies the cluster settings of ``params.yaml``'s ``kubeflow`` section to a task
 (MLflow secret as env, caching of heavy steps, GPU node selector/toleration/limit, the shared
 volume); ``prepare_data``, ``data_to_pretrained`` and ``finetune_evaluate_register`` are the DAG
-segments the pipelines share. They take the components as an ``Ops`` (``lmforge_pipelines.ops``):
-the library never imports the component or pipeline packages, which import it.
+segments the pipelines share. They take the components as ``ops`` (an ``lmforge_pipelines.ops.Ops``,
+typed ``Any`` here): the library never imports the component or pipeline packages, which import
+it.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kfp import dsl, kubernetes
 from kfp.dsl import Dataset
 
 from lmforge.config import Config
-
-if TYPE_CHECKING:
-    from lmforge_pipelines.ops import Ops
 
 HEAVY_STEPS = ("pretrain", "finetune", "evaluate")
 
@@ -116,7 +114,7 @@ def import_artifact(uri: Any, artifact_class: type, name: str) -> dsl.PipelineTa
     return task
 
 
-def prepare_data(ops: Ops, cfg: Config, data_uri: Any, args: dict[str, Any]) -> dsl.PipelineTask:
+def prepare_data(ops: Any, cfg: Config, data_uri: Any, args: dict[str, Any]) -> dsl.PipelineTask:
     """Raw data -> validate -> augment; returns the augment task."""
     raw = import_artifact(data_uri, Dataset, "raw-data")
     validated = schedule(ops.validate(raw_data=raw.output, **args), cfg, "validate")
@@ -124,7 +122,7 @@ def prepare_data(ops: Ops, cfg: Config, data_uri: Any, args: dict[str, Any]) -> 
 
 
 def data_to_pretrained(
-    ops: Ops,
+    ops: Any,
     cfg: Config,
     data_uri: Any,
     backend: Any,
@@ -147,7 +145,7 @@ def data_to_pretrained(
 
 
 def finetune_evaluate_register(
-    ops: Ops,
+    ops: Any,
     cfg: Config,
     pretrained: Any,
     tokenized: Any,

@@ -11,13 +11,11 @@ import json
 import math
 import threading
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from lmforge.launch.retry import is_transient
-
-if TYPE_CHECKING:
-    from lmforge.launch.kube import KubeJob
 
 LOG_READ_TIMEOUT_S = 600.0  # a stream silent this long is treated as broken and re-opened
 SINCE_MARGIN_S = 60  # ask from further back than needed: the two clocks may disagree
@@ -55,6 +53,18 @@ def trainer_summary(lines: list[str]) -> dict[str, Any] | None:
     return found
 
 
+class PodSource(Protocol):
+    """What the follower reads of the job whose pod it follows (``kube.KubeJob``, which imports
+    this module: a protocol keeps the dependency one way)."""
+
+    name: str
+    namespace: str
+    container: str
+    timeouts: tuple[float, float]
+    core: Any  # kubernetes.client.CoreV1Api
+    echo: Callable[[str], None]
+
+
 class LogFollower(threading.Thread):
     """Streams one pod's logs (``follow=True``) with a ``[pod]`` prefix while the job runs.
 
@@ -63,7 +73,7 @@ class LogFollower(threading.Thread):
     container restarts, the follower follows the new one.
     """
 
-    def __init__(self, job: KubeJob, pod: str, poll_s: float):
+    def __init__(self, job: PodSource, pod: str, poll_s: float):
         super().__init__(daemon=True)
         self.job, self.pod, self.poll_s = job, pod, poll_s
         self.prefix = f"[{pod.removeprefix(job.name + '-')}]"

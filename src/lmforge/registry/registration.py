@@ -12,32 +12,18 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from lmforge.config import Config
 from lmforge.errors import RegistryError
 from lmforge.outputs import atomic_output_dir
-from lmforge.registry.aliases import METRIC_TAG
-from lmforge.registry.compat import transformers5_checkpoint_compat
 from lmforge.registry.connection import bounded_http, describe, ensure_reachable
+from lmforge.registry.versions import RegisteredVersion, log_and_register, saved_model_dir
 from lmforge.tracking import is_number
 
-# Installed distributions the logged models need; pinned explicitly because MLflow's inference
-# would otherwise demand torchvision for a transformers model.
-MODEL_REQUIREMENTS = ("mlflow", "transformers", "torch", "tokenizers", "safetensors", "numpy")
 # The classifier's input example when the report has none of the task's own texts.
 FALLBACK = "A text to classify."
-
-
-@dataclass
-class RegisteredVersion:
-    name: str
-    version: str
-    model_uri: str  # models:/NAME/VERSION
-    run_id: str
-    alias: str
 
 
 @dataclass
@@ -47,24 +33,6 @@ class RegisterResult:
     lm: RegisteredVersion | None  # None: no LM pretrained in this run (``lm_skipped`` says why)
     classifier: RegisteredVersion
     lm_skipped: str | None = None
-
-
-def _requirements() -> list[str]:
-    pins = []
-    for dist in MODEL_REQUIREMENTS:
-        version = metadata.version(dist).split("+")[0]  # torch 2.13.0+cpu -> the public version
-        pins.append(f"{dist}=={version}")
-    return pins
-
-
-def _model_dir(stage_dir: Path, what: str) -> Path:
-    model_dir = stage_dir / "model"
-    if not (model_dir / "config.json").is_file() or not (model_dir / "tokenizer.json").is_file():
-        raise RegistryError(
-            f"{model_dir}: no {what} model directory (config.json and tokenizer.json expected); "
-            f"run the stage that writes {stage_dir} first"
-        )
-    return model_dir
 
 
 def _evaluation(evaluation_dir: Path) -> dict[str, Any]:
@@ -82,45 +50,6 @@ def _evaluation(evaluation_dir: Path) -> dict[str, Any]:
         raise RegistryError(
             f"{path}: unreadable evaluation report ({exc}); run `lmforge evaluate` first"
         ) from None
-
-
-def _log_and_register(
-    cfg: Config,
-    model_dir: Path,
-    *,
-    name: str,
-    artifact: str,
-    task: str,
-    example: list[str],
-    output_example: Any,
-    params: dict[str, Any] | None,
-    metrics: dict[str, float],
-    tags: dict[str, str],
-) -> RegisteredVersion:
-    import mlflow
-    from mlflow.models import infer_signature
-
-    signature = infer_signature(example, output_example, params=params)
-    with transformers5_checkpoint_compat():
-        info = mlflow.transformers.log_model(
-            str(model_dir),  # a path: MLflow copies the files instead of loading the model
-            name=artifact,
-            task=task,
-            signature=signature,
-            input_example=example,
-            pip_requirements=_requirements(),
-        )
-    version_tags = {**tags, **{METRIC_TAG + k: repr(float(v)) for k, v in metrics.items()}}
-    mv = mlflow.register_model(info.model_uri, name, tags=version_tags)
-    client = mlflow.MlflowClient()
-    client.set_registered_model_alias(name, cfg.register.challenger_alias, mv.version)
-    return RegisteredVersion(
-        name=name,
-        version=str(mv.version),
-        model_uri=f"models:/{name}/{mv.version}",
-        run_id=mlflow.active_run().info.run_id,
-        alias=cfg.register.challenger_alias,
-    )
 
 
 def register(
@@ -142,8 +71,8 @@ def register(
 
     pretrained_dir, finetuned_dir = Path(pretrained_dir), Path(finetuned_dir)
     skipped = lm_skipped(cfg, pretrained_dir)  # finetune.base_model: the classifier only
-    lm_dir = None if skipped else _model_dir(pretrained_dir, "pretrained")
-    clf_dir = _model_dir(finetuned_dir, "fine-tuned")
+    lm_dir = None if skipped else saved_model_dir(pretrained_dir, "pretrained")
+    clf_dir = saved_model_dir(finetuned_dir, "fine-tuned")
     report = _evaluation(Path(evaluation_dir))
     uri = tracking.tracking_uri(cfg)
     ensure_reachable(cfg, uri)
@@ -181,7 +110,7 @@ def _register(
         mlflow.log_metrics({f"lm.{k}": float(v) for k, v in report["lm"].items()})
         mlflow.log_metrics({f"classifier.{k}": float(v) for k, v in report["classifier"].items()})
         lm = None if lm_dir is None else _register_lm(cfg, lm_dir, report["lm"], tags)
-        classifier = _log_and_register(
+        classifier = log_and_register(
             cfg,
             clf_dir,
             name=cfg.register.classifier_model_name,
@@ -202,7 +131,7 @@ def _register(
 
 
 def _register_lm(cfg: Config, lm_dir: Path, metrics: dict[str, float], tags: dict[str, str]):
-    return _log_and_register(
+    return log_and_register(
         cfg,
         lm_dir,
         name=cfg.register.lm_model_name,

@@ -21,7 +21,7 @@ from lmforge.config import Config
 from lmforge.errors import RegistryError
 from lmforge.outputs import atomic_output_dir
 from lmforge.registry.connection import bounded_http, describe, ensure_reachable
-from lmforge.registry.registration import RegisteredVersion, _log_and_register, _model_dir
+from lmforge.registry.versions import RegisteredVersion, log_and_register, saved_model_dir
 from lmforge.tracking import is_number
 
 
@@ -62,7 +62,7 @@ def register_sft(
 
     from lmforge import tracking
 
-    model_dir = _model_dir(Path(finetuned_dir), "instruction-tuned")
+    model_dir = saved_model_dir(Path(finetuned_dir), "instruction-tuned")
     if not (model_dir.parent / "pairs").is_dir():
         raise RegistryError(
             f"{finetuned_dir}: not an SFT finetune output (no pairs/), but {evaluation_dir} "
@@ -98,7 +98,7 @@ def _register_sft(cfg: Config, model_dir: Path, report: dict) -> SftRegisterResu
         }
         mlflow.log_metrics({f"sft.{k}": v for k, v in metrics.items()})
         sample = report["samples"][0] if report.get("samples") else {}
-        sft = _log_and_register(
+        sft = log_and_register(
             cfg,
             model_dir,
             name=cfg.register.sft_model_name,

@@ -30,7 +30,7 @@ import shutil
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from lmforge.errors import ConfigError, DataError, TrainingError
 from lmforge.outputs import write_json
 from lmforge.sweep import stopping, workers
 from lmforge.sweep.runs import SweepRuns
+from lmforge.sweep.scaling_report import ScalingResult, conclude
 from lmforge.sweep.space import overrides
 
 log = logging.getLogger(__name__)
@@ -86,19 +87,6 @@ class RungResult:
 
     def n(self, count: str) -> int:
         return self.rung.n_non_embedding if count == "non_embedding" else self.rung.n_total
-
-
-@dataclass
-class ScalingResult:
-    rungs: list[dict[str, Any]]
-    law: dict[str, float]
-    compute_optimal: dict[str, float]
-    n_count: str
-    mlflow_parent_run_id: str
-    out_dir: str
-    ran_now: int
-    failed: int
-    report: dict[str, Any] = field(default_factory=dict)
 
 
 def size_shape(entry: str | dict[str, int | None], base: dict[str, Any]) -> dict[str, Any]:
@@ -187,8 +175,6 @@ def scaling_study(
     cfg: Config, out_dir: Path, tokenized: Path, flops: float | None = None
 ) -> ScalingResult:
     """Run the ladder into ``out_dir``, fit the law, write the report (module doc)."""
-    from lmforge.sweep import scaling_report
-
     sw, out_dir, tokenized = cfg.sweep, Path(out_dir), Path(tokenized)
     flops = sw.scaling_flops if flops is None else flops
     if not (isinstance(flops, int | float) and math.isfinite(flops) and flops > 0):
@@ -211,7 +197,7 @@ def scaling_study(
         except KeyboardInterrupt as exc:
             raise stopped(cfg, todo, out_dir, runs, exc) from None
         ordered = [results[r.index] for r in rungs]
-        return scaling_report.conclude(cfg, ordered, flops, out_dir, runs, ran_now=len(todo))
+        return conclude(cfg, ordered, flops, out_dir, runs, ran_now=len(todo))
 
 
 def run_rungs(cfg: Config, todo: list[Rung], out_dir: Path, tokenized: Path, runs) -> dict:

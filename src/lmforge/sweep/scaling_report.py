@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import io
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,21 @@ COLUMNS = [
 ]  # fmt: skip
 # Chinchilla's ladder, for the trust section: over 400 runs, 70 M to 16 B parameters.
 CHINCHILLA_RUNS, CHINCHILLA_N = 400, (70e6, 16e9)
+
+
+@dataclass
+class ScalingResult:
+    """What a scaling study returns (``lmforge sweep --scaling`` prints it)."""
+
+    rungs: list[dict[str, Any]]
+    law: dict[str, float]
+    compute_optimal: dict[str, float]
+    n_count: str
+    mlflow_parent_run_id: str
+    out_dir: str
+    ran_now: int
+    failed: int
+    report: dict[str, Any] = field(default_factory=dict)
 
 
 def rows(results, count: str) -> list[dict[str, Any]]:
@@ -67,8 +83,6 @@ def write_csv(path: Path, table: list[dict[str, Any]]) -> None:
 
 def conclude(cfg: Config, results, flops: float, out_dir: Path, runs, ran_now: int):
     """Fit, report and plot the finished rungs; log the fit to the MLflow parent run."""
-    from lmforge.sweep.scaling import ScalingResult
-
     sw = cfg.sweep
     count = sw.scaling_n_count
     table = rows(results, count)

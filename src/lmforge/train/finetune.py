@@ -27,7 +27,6 @@ same step skeleton (``lmforge.train.step``: process group, tolerant MLflow run, 
 
 from __future__ import annotations
 
-import csv
 import math
 import shutil
 from collections.abc import Callable
@@ -48,6 +47,7 @@ from lmforge.train.classify import ClassifyTask, collate, encode, read_labelled,
 from lmforge.train.distributed import barrier
 from lmforge.train.loop import FitResult, fit
 from lmforge.train.lora import apply_lora, merged
+from lmforge.train.loss_csv import write_loss_csv
 from lmforge.train.parallel import full_state_dict
 from lmforge.train.start import starting_model
 
@@ -266,25 +266,5 @@ def _write_outputs(cfg, labels, model_dir, tokenizer, states, runs, result, out_
     if "baseline" not in states:  # a baseline of an earlier run would be mistaken for this one's
         shutil.rmtree(out_dir / "baseline", ignore_errors=True)
     with atomic_output_dir(out_dir / "plots") as plots:
-        _write_loss_csv(plots / "loss.csv", runs)
+        write_loss_csv(plots / "loss.csv", runs)
     step.write_metrics(out_dir, result, {})
-
-
-def _write_loss_csv(path: Path, runs: dict[str, FitResult]) -> None:
-    columns = ["train_loss", "val_loss"]
-    rows: dict[int, dict[str, float]] = {}
-    for variant, fit_result in runs.items():
-        prefix = "" if variant == "model" else "baseline_"
-        for row in fit_result.history:
-            for key in columns:
-                if key in row:
-                    rows.setdefault(int(row["step"]), {})[prefix + key] = row[key]
-    header = ["step", *columns, *(f"baseline_{c}" for c in columns if "baseline" in runs)]
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        for step in sorted(rows):
-            values = rows[step]
-            writer.writerow(
-                [step, *("" if values.get(k) is None else f"{values[k]:.5f}" for k in header[1:])]
-            )

@@ -209,7 +209,7 @@ def _untuned_scores(model: nn.Module, task: SftTask, tcfg: FinetuneConfig, rt) -
 
 def _write_outputs(cfg, model_dir, tokenizer, state, run, pairs, result, out_dir: Path) -> None:
     """model/, baseline/, pairs/, plots/ each appear whole (temp name, then rename)."""
-    from lmforge.train.finetune import _write_loss_csv
+    from lmforge.train.loss_csv import write_loss_csv
 
     tcfg = cfg.finetune
     with atomic_output_dir(out_dir / "model") as tmp:
@@ -233,7 +233,7 @@ def _write_outputs(cfg, model_dir, tokenizer, state, run, pairs, result, out_dir
         for split, split_pairs in pairs.items():
             write_pairs(tmp / f"{split}.jsonl", split_pairs)
     with atomic_output_dir(out_dir / "plots") as plots:
-        _write_loss_csv(plots / "loss.csv", {"model": run})
+        write_loss_csv(plots / "loss.csv", {"model": run})
     step.write_metrics(out_dir, result, {})
 
 

@@ -1,11 +1,12 @@
-"""``lmforge pipeline compile``: every pipeline of ``lmforge_pipelines`` to KFP v2 YAML.
+"""``lmforge pipeline compile``: every pipeline of this package to KFP v2 YAML.
 
 Each pipeline is compiled with its parameter defaults taken from the config (``params.yaml``),
 into ``<out_dir>/<name>/pipeline.yaml``; ``out_dir`` defaults to ``pipelines`` in the working
 directory, which in a checkout is where the committed files sit (``tests/test_kfp_compile.py``
 fails when one differs from what this writes, so the YAML in the repository is never stale).
 The pipelines are imported by package name (``pipelines/`` is installed as
-``lmforge_pipelines``), so this works the same from a wheel as from the checkout.
+``lmforge_pipelines``), so this works the same from a wheel as from the checkout. It lives here,
+above the pipelines it compiles, so the library (``lmforge.kfp``) never imports them.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import tempfile
 from pathlib import Path
 
 from lmforge.config import Config
+from lmforge_pipelines import NAMES as PIPELINES
 
-PIPELINES = ("pretrain", "finetune", "full", "sweep", "sft")
 PIPELINES_DIR = Path("pipelines")  # relative: the working directory's (the checkout's) folder
 
 

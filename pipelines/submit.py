@@ -24,7 +24,7 @@ from typing import Any
 from lmforge import vcs
 from lmforge.config import Config
 from lmforge.errors import PipelineError
-from lmforge.kfp.compile import PIPELINES, compile_pipeline
+from lmforge_pipelines.compile import PIPELINES, compile_pipeline
 
 
 def git_state(repo: Path | None = None) -> tuple[str, list[str]]:
