@@ -110,6 +110,34 @@ def augment(
     _step("lmforge.data.augment:augment", _config(params, set_, "augment"), in_dir, out)
 
 
+@_command(name="image-validate")
+def image_validate(
+    data_dir: Annotated[Path, _dir("Raw data (DVC-tracked).")] = Path("data"),
+    out: Annotated[Path, _dir("Validated image-text splits.")] = Path("outputs/images/validated"),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Check captioned images (multimodal.data), strip their metadata, mask captions, resize,
+    and split them by a hash of the image."""
+    cfg = _config(params, set_, "image-validate")
+    _step("lmforge.data.images.steps:image_validate", cfg, data_dir, out)
+
+
+@_command(name="image-augment")
+def image_augment(
+    in_dir: Annotated[Path, _dir("Output of image-validate.", "--in")] = Path(
+        "outputs/images/validated"
+    ),
+    out: Annotated[Path, _dir("Augmented image-text splits.")] = Path("outputs/images/augmented"),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Seeded crops, caption-safe flips and colour jitter of the training images (provenance
+    kept); validation and test pass through."""
+    cfg = _config(params, set_, "image-augment")
+    _step("lmforge.data.images.steps:image_augment", cfg, in_dir, out)
+
+
 @_command("tokenizer")
 def tokenize(
     in_dir: Annotated[Path, _dir("Output of augment.", "--in")] = Path("outputs/augmented"),
