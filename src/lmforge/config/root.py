@@ -13,6 +13,7 @@ from lmforge.config.data import AugmentConfig, DataConfig, TokenizerConfig
 from lmforge.config.evaluate import EvaluateConfig
 from lmforge.config.launch import KubeflowConfig, LaunchConfig
 from lmforge.config.model import ModelConfig
+from lmforge.config.multimodal import MultimodalConfig
 from lmforge.config.registry import RegisterConfig, TrackingConfig
 from lmforge.config.serve import ServeConfig
 from lmforge.config.sweep import SweepConfig
@@ -34,6 +35,7 @@ class Config:
     kubeflow: KubeflowConfig = field(default_factory=KubeflowConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    multimodal: MultimodalConfig = field(default_factory=MultimodalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         from lmforge.config.record import paused

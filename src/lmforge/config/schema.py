@@ -135,13 +135,18 @@ def type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
-def field_docs(cls: type) -> Iterator[FieldDoc]:
-    """Every field of a section with its type, default, documentation and range."""
+def field_docs(cls: type, prefix: str = "") -> Iterator[FieldDoc]:
+    """Every field of a section with its type, default, documentation and range; a field that
+    is itself a section (``multimodal.align``) is listed key by key under its own prefix."""
     hints = typing.get_type_hints(cls)
     defaults = cls()
+    prefix = prefix or cls.name
     for f in dataclasses.fields(cls):
+        if isinstance(hints[f.name], type) and issubclass(hints[f.name], Section):
+            yield from field_docs(hints[f.name], f"{prefix}.{f.name}")
+            continue
         yield FieldDoc(
-            key=f"{cls.name}.{f.name}",
+            key=f"{prefix}.{f.name}",
             type=type_name(hints[f.name]),
             default=getattr(defaults, f.name),
             doc=f.metadata.get(_DOC, ""),

@@ -1,0 +1,139 @@
+"""The image-text model: built from transformers' classes around a decoder, trained in two stages
+through the one loop, saved as a standard folder, evaluated against the text-only baseline.
+
+Everything is tiny and made here (a random Llama decoder, 32 px shapes): nothing downloaded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hf_fixtures import make_hf_model
+from multimodal_fixtures import write_image_set
+
+from lmforge.config import load_config
+from lmforge.errors import ConfigError, TrainingError
+
+FAST = [  # a few fp32 steps on one thread: the shared 2-core machine
+    f"multimodal.{stage}.{key}"
+    for stage in ("align", "instruct")
+    for key in ("precision=fp32", "num_threads=1", "device=cpu", "micro_batch_size=4",
+                "warmup_steps=0", "eval_every=3", "eval_batches=1", "log_every=1")
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def mm(tmp_path_factory, blank_store_db):
+    root = tmp_path_factory.mktemp("mm")
+    shutil.copyfile(blank_store_db, root / "mlflow.db")  # a real store, embedded
+    decoder = make_hf_model(root / "decoder", "llama")
+    data = write_image_set(root / "images")
+    overrides = [
+        *FAST,
+        f"multimodal.decoder={decoder}",
+        "multimodal.align.max_steps=3",
+        "multimodal.instruct.max_steps=3",
+        "multimodal.instruct.method=lora",
+        "multimodal.instruct.questions_per_image=2",
+        "multimodal.eval.retrieval_pool=5",
+        "multimodal.eval.max_new_tokens=4",
+        f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}",
+        f"tracking.artifact_location={root / 'mlartifacts'}",
+    ]
+    cfg = load_config(None, overrides)
+    from lmforge.multimodal.train import align, instruct
+
+    aligned = align(cfg, None, data, root / "align")
+    instructed = instruct(cfg, root / "align", data, root / "instruct")
+    return {"root": root, "cfg": cfg, "decoder": decoder, "data": data, "align": aligned,
+            "instruct": instructed}  # fmt: skip
+
+
+def _load(folder: Path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    local = {"local_files_only": True, "trust_remote_code": False}
+    return (
+        AutoModelForImageTextToText.from_pretrained(folder, **local),
+        AutoProcessor.from_pretrained(folder, **local),
+    )
+
+
+def test_align_trains_vision_and_projector_only_and_saves_a_standard_model(mm):
+    from transformers import AutoModelForCausalLM, LlavaForConditionalGeneration
+
+    result, folder = mm["align"], mm["root"] / "align" / "model"
+    assert result.trainable_params == result.vision_params + result.projector_params
+    model, processor = _load(folder)
+    assert isinstance(model, LlavaForConditionalGeneration)
+    decoder = AutoModelForCausalLM.from_pretrained(mm["decoder"])
+    # The decoder is frozen: its weights are the pretrained ones, bit for bit.
+    for name, value in decoder.model.state_dict().items():
+        if "embed_tokens" not in name:  # that one grew a row for the image token
+            assert torch.equal(model.model.language_model.state_dict()[name], value), name
+    metrics = json.loads((mm["root"] / "align" / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["val_loss"] > 0
+    # 32 px with 8 px patches: 16 image tokens in front of the prompt.
+    from lmforge.data.images.pairs import load_image, read_pairs
+
+    pair = read_pairs(mm["data"] / "test")[0]
+    inputs = processor(
+        images=[load_image(pair.image_path)], text=["<image>hi"], return_tensors="pt"
+    )
+    assert int((inputs["input_ids"] == model.config.image_token_index).sum()) == 16
+    assert (mm["root"] / "align" / "checkpoints" / "model").is_dir()
+
+
+def test_instruct_lora_is_merged_and_trained_on_pairs_made_from_captions(mm):
+    result, out = mm["instruct"], mm["root"] / "instruct"
+    assert result.method == "lora" and result.trainable_params < result.decoder_params
+    rows = [json.loads(line) for line in (out / "pairs" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 27 and {r["answer"] for r in rows[1::2]} == {"yes"}
+    files = {p.name for p in (out / "model").iterdir()}
+    assert "adapter_config.json" not in files and "model.safetensors" in files  # merged
+    _load(out / "model")
+
+
+def test_evaluate_writes_the_report_against_text_only_and_chance(mm, tmp_path):
+    from lmforge.multimodal.evaluate import evaluate_multimodal
+
+    report = evaluate_multimodal(
+        mm["cfg"], mm["root"] / "instruct" / "model", mm["data"] / "test", tmp_path / "eval"
+    )
+    assert set(report) >= {"model", "text_only", "chance", "gate"}
+    assert report["chance"]["recall_at_1"] == pytest.approx(1 / 5)
+    # Without the image every test image gets the same caption.
+    captions = [
+        json.loads(x) for x in (tmp_path / "eval" / "captions.jsonl").read_text().split("\n") if x
+    ]
+    assert len({c["text_only"] for c in captions}) == 1 and len(captions) == 9
+    assert "data:image/png;base64," in (tmp_path / "eval" / "report.html").read_text()
+
+
+def test_caption_metrics_against_hand_computed_values():
+    from lmforge.multimodal.caption_metrics import cider_d, recall_at, rouge_l
+
+    # LCS("a red square", "the red square here") = 2: P 2/3, R 2/4, F 4/7.
+    assert rouge_l("a red square", ["the red square here"]) == pytest.approx(4 / 7)
+    assert rouge_l("A Red, square!", ["a red square"]) == 1.0
+    # Two images: identical candidate and reference score 10 x (share of n-gram orders that
+    # exist); unigram "b" is in both references (idf 0), so the second scores on what is left.
+    refs = [["a b"], ["c b"]]
+    assert cider_d(["a b", "x y"], refs) == pytest.approx([10 * 2 / 4, 0.0])
+    assert recall_at([0, 3, 1], 1) == pytest.approx(1 / 3)
+    assert recall_at([0, 3, 1], 5) == 1.0
+
+
+def test_bad_model_folders_and_presets_are_one_clear_error(tmp_path):
+    from lmforge.multimodal.model import load_vlm
+
+    decoder = make_hf_model(tmp_path / "decoder", "llama")
+    with pytest.raises(
+        TrainingError, match=r"not an image-text-to-text model.*multimodal\.decoder"
+    ):
+        load_vlm(decoder)
+    with pytest.raises(ConfigError, match=r"multimodal\.vision_preset: unknown preset 'huge'"):
+        load_config(None, ["multimodal.vision_preset=huge"])
