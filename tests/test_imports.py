@@ -39,11 +39,11 @@ def module_files() -> dict[str, Path]:
     return modules
 
 
-def imported_names(module: str, path: Path) -> set[str]:
-    """Every dotted name ``module`` imports (``from a import b``: ``a.b``, a module or a name)."""
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+def imported_names(tree: ast.AST, package: str) -> set[str]:
+    """Every dotted name ``tree`` imports (``from a import b``: ``a.b``, a module or a name);
+    ``package`` anchors relative imports."""
     names = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -67,14 +67,33 @@ def import_graph() -> dict[str, set[str]]:
     modules = module_files()
     graph: dict[str, set[str]] = {}
     for module, path in modules.items():
-        targets = set()
-        for name in imported_names(module, path):
-            while name and name not in modules:  # a function or class: the module defining it
-                name = name.rpartition(".")[0]
-            if name and name != module:
-                targets.add(name)
-        graph[module] = targets
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        tree = ast.parse(path.read_text(), str(path))
+        graph[module] = resolve(imported_names(tree, package), modules) - {module}
     return graph
+
+
+def resolve(names: set[str], modules: dict[str, Path]) -> set[str]:
+    """The modules ``names`` live in (a function or class: the module defining it)."""
+    found = set()
+    for name in names:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        if name:
+            found.add(name)
+    return found
+
+
+def reachable(graph: dict[str, set[str]], roots: set[str]) -> set[str]:
+    """``roots`` and every module they import, directly or not."""
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += graph.get(module, ())
+    return seen
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
