@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 IMAGE  ?= ghcr.io/lmforge/lmforge:0.1.0
 PYTEST_ARGS ?=
 
-.PHONY: install run data browser postgres test lint image k8s-jobs compile ui clean
+.PHONY: install run multimodal data browser postgres test lint image k8s-jobs compile ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ run: data
 	@echo "Evaluation report: outputs/evaluate/report.md"
 	@echo "MLflow runs:       sqlite:///$(CURDIR)/mlflow.db (artifacts in mlartifacts/)"
 	@echo "Open the UI:       $(BIN)/lmforge ui   # then http://127.0.0.1:5000"
+
+# The image chain (multimodal/dvc.yaml: image-validate, image-augment, then the model stages);
+# not part of `make run`.
+multimodal: data
+	LMFORGE_PIPELINE_RUN_ID=$${LMFORGE_PIPELINE_RUN_ID:-local-$$(date -u +%Y%m%dT%H%M%S)} \
+	  PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro multimodal/dvc.yaml
 
 # Headless Chromium for the browser test of the MLflow UI (Debian package; needs root for apt).
 browser:

@@ -48,3 +48,20 @@ def test_cli_refusal_is_one_paragraph_and_writes_nothing(tmp_path):
     assert "set multimodal.data.captions_format" in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_the_image_chain_is_its_own_dvc_file_outside_the_default_repro():
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    root = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    chain = yaml.safe_load((repo / "multimodal" / "dvc.yaml").read_text())["stages"]
+    assert not any("image" in name or "image" in s["cmd"] for name, s in root.items())
+    validate, augment = chain["image_validate"], chain["image_augment"]
+    assert validate["wdir"] == augment["wdir"] == ".."
+    assert validate["cmd"].startswith("lmforge image-validate --data-dir data ")
+    assert {f"outputs/images/validated/{s}" for s in ("train", "val", "test")} <= set(
+        validate["outs"]
+    )
+    assert set(augment["deps"]) >= {f"outputs/images/validated/{s}" for s in ("train", "val")}
+    assert "multimodal.data" in validate["params"] and "augment" in augment["params"]
