@@ -53,3 +53,35 @@ def write_image_set(root: Path, side: int = 32) -> Path:
     write_split(root / "val", [(c, s, 1) for c, s in kinds], side)
     write_split(root / "test", [(c, s, 3) for c, s in kinds], side)
     return root
+
+
+def make_paligemma(root: Path, tokenizer_dir: Path) -> Path:
+    """A tiny random PaliGemma (SigLIP vision, Gemma decoder) with its processor, saved in
+    ``root``: a vision-language architecture other than LLaVA, built here from configs."""
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipVisionConfig,
+    )
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tok.bos_token = tok.eos_token  # PaliGemma's processor puts BOS after the image tokens
+    ids = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
+           "bos_token_id": tok.eos_token_id}  # fmt: skip
+    text = dict(model_type="gemma", vocab_size=(len(tok) + 7) // 8 * 8, hidden_size=32,
+                intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=16, max_position_embeddings=128, **ids)  # fmt: skip
+    vision = SiglipVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                                num_hidden_layers=1, num_attention_heads=2)  # fmt: skip
+    config = PaliGemmaConfig(vision_config=vision, text_config=text, projection_dim=32,
+                             image_token_index=tok.convert_tokens_to_ids("<image>"))  # fmt: skip
+    torch.manual_seed(0)
+    PaliGemmaForConditionalGeneration(config).save_pretrained(root)
+    images = SiglipImageProcessorPil(size={"height": 32, "width": 32}, image_seq_length=16)
+    PaliGemmaProcessor(image_processor=images, tokenizer=tok).save_pretrained(root)
+    return root

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from hf_fixtures import make_hf_model
-from multimodal_fixtures import write_image_set
+from multimodal_fixtures import make_paligemma, write_image_set
 
 from lmforge.config import load_config
 from lmforge.errors import ConfigError, TrainingError
@@ -49,7 +49,7 @@ def mm(tmp_path_factory, blank_store_db):
     aligned = align(cfg, None, data, root / "align")
     instructed = instruct(cfg, root / "align", data, root / "instruct")
     return {"root": root, "cfg": cfg, "decoder": decoder, "data": data, "align": aligned,
-            "instruct": instructed}  # fmt: skip
+            "instruct": instructed, "overrides": overrides}  # fmt: skip
 
 
 def _load(folder: Path):
@@ -111,6 +111,27 @@ def test_evaluate_writes_the_report_against_text_only_and_chance(mm, tmp_path):
     ]
     assert len({c["text_only"] for c in captions}) == 1 and len(captions) == 9
     assert "data:image/png;base64," in (tmp_path / "eval" / "report.html").read_text()
+
+
+def test_any_local_vision_language_folder_is_a_base(mm):
+    """PaliGemma (SigLIP + Gemma, prefix attention over the prompt) through the same stages."""
+    from lmforge.multimodal.evaluate import Scorer
+    from lmforge.multimodal.model import load_vlm
+    from lmforge.multimodal.train import align
+
+    base = make_paligemma(mm["root"] / "paligemma", mm["decoder"])
+    steps = ["multimodal.align.max_steps=2", "multimodal.align.eval_every=2"]
+    cfg = load_config(None, [*mm["overrides"], f"multimodal.base_model={base}", *steps])
+    result = align(cfg, None, mm["data"], mm["root"] / "pali-align")
+    assert result.architecture == "PaliGemmaForConditionalGeneration"
+    assert result.trainable_params == result.vision_params + result.projector_params
+    model, processor = load_vlm(mm["root"] / "pali-align" / "model")
+    scorer = Scorer(model.eval(), processor, "Describe the picture.", 8)
+    test = sorted((mm["data"] / "test" / "images").iterdir())[:2]
+    assert len(scorer.generate(test, 3)) == 2
+    with_image = scorer.caption_nll(test, ["a red square"] * 2)
+    without = scorer.caption_nll(test, ["a red square"] * 2, with_image=False)
+    assert with_image[0] != with_image[1] and without[0] == pytest.approx(without[1])
 
 
 def test_caption_metrics_against_hand_computed_values():
