@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,6 +134,29 @@ def test_any_local_vision_language_folder_is_a_base(mm):
     with_image = scorer.caption_nll(test, ["a red square"] * 2)
     without = scorer.caption_nll(test, ["a red square"] * 2, with_image=False)
     assert with_image[0] != with_image[1] and without[0] == pytest.approx(without[1])
+
+
+def test_generate_answers_about_an_image_from_the_command_line(mm, tmp_path, capsys):
+    from lmforge.cli import main
+
+    model = str(mm["root"] / "instruct" / "model")
+    picture = sorted((mm["data"] / "test" / "images").iterdir())[0]
+    ask = ["generate", "--model", model, "--temperature", "0", "--max-new-tokens", "3"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmforge.cli", *ask, "--image", str(picture), "What is this?"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.strip("\n").splitlines()) == 1  # one answer for the one prompt
+    broken = tmp_path / "broken.png"
+    broken.write_text("not a picture")
+    with pytest.raises(SystemExit) as exit_:
+        main([*ask, "--image", str(broken), "What is this?"])
+    err = capsys.readouterr().err
+    assert exit_.value.code != 0 and "Traceback" not in err
+    assert f"--image {broken}: not a picture Pillow can decode" in " ".join(err.split())
 
 
 def test_caption_metrics_against_hand_computed_values():

@@ -276,6 +276,63 @@ def promote(
     _step("lmforge.registry:promote", cfg, name, version=version, rollback=rollback, force=force)
 
 
+@_command("multimodal", name="image-align")
+def image_align(
+    data_dir: Annotated[Path, _dir("Image-text splits (train, val).", "--data")] = Path(
+        "outputs/images/augmented"
+    ),
+    pretrained: Annotated[Path, _dir("Output of pretrain (the decoder).")] = Path(
+        "outputs/pretrain"
+    ),
+    out: Annotated[Path, _dir("The aligned model.")] = Path("outputs/images/align"),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Stage 1 of the image-text model: the vision encoder and projector learn to caption in
+    front of the frozen decoder (multimodal.decoder, else the pretrain output)."""
+    cfg = _config(params, set_, "image-align")
+    _step("lmforge.multimodal.train:align", cfg, pretrained, data_dir, out)
+
+
+@_command("multimodal", name="image-instruct")
+def image_instruct(
+    data_dir: Annotated[Path, _dir("Image-text splits (train, val).", "--data")] = Path(
+        "outputs/images/augmented"
+    ),
+    aligned: Annotated[Path, _dir("Output of image-align.")] = Path("outputs/images/align"),
+    out: Annotated[Path, _dir("The instruction-tuned model.")] = Path("outputs/images/instruct"),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Stage 2: instruction tuning on question/answer pairs made from the captions (full or
+    LoRA, multimodal.instruct)."""
+    cfg = _config(params, set_, "image-instruct")
+    _step("lmforge.multimodal.train:instruct", cfg, aligned, data_dir, out)
+
+
+@_command("multimodal", name="image-evaluate")
+def image_evaluate(
+    model_dir: Annotated[Path, _dir("The model folder to score.", "--model")] = Path(
+        "outputs/images/instruct/model"
+    ),
+    test_dir: Annotated[Path, _dir("The test split.", "--test")] = Path(
+        "outputs/images/validated/test"
+    ),
+    out: Annotated[Path, _dir("report.json, report.html, captions.jsonl.")] = Path(
+        "outputs/images/evaluate"
+    ),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Caption perplexity, ROUGE-L, CIDEr-D and retrieval recall@1/5 on the test split, against
+    the same model without the image (text-only) and chance; exits 1 when the gate fails."""
+    cfg = _config(params, set_, "image-evaluate")
+    report = _step("lmforge.multimodal.evaluate:evaluate_multimodal", cfg, model_dir, test_dir, out)
+    if not report["gate"]["passed"]:
+        typer.echo(f"gate failed: {report['gate']}", err=True)
+        raise typer.Exit(1)
+
+
 @_command("evaluate", "register", "tracking")
 def generate(
     prompts: Annotated[
@@ -308,6 +365,13 @@ def generate(
             "model (finetune.task sft, e.g. models:/lmforge-sft@champion)."
         ),
     ] = False,
+    image: Annotated[
+        Path | None,
+        typer.Option(
+            help="A picture the prompts ask about; --model is then an image-text model "
+            "folder (outputs/images/instruct/model)."
+        ),
+    ] = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
@@ -325,6 +389,18 @@ def generate(
         repetition_penalty=repetition_penalty,
         seed=seed,
     )
+    if image is not None:
+        from lmforge.errors import ConfigError
+        from lmforge.multimodal.generate import answer
+
+        if model is None or model.startswith("models:/"):
+            raise ConfigError(
+                "--image: pass --model FOLDER, an image-text model folder "
+                "(outputs/images/instruct/model); registry URIs are text-only"
+            )
+        for reply in answer(Path(model), image, texts, sampling):
+            typer.echo(reply.text)
+        return
     source = model or f"models:/{cfg.register.lm_model_name}@{cfg.register.champion_alias}"
     result = generate(cfg, source, texts, sampling, stream=sys.stdout, chat=chat)
     tokens = sum(c.new_tokens for c in result.completions)
