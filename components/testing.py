@@ -30,6 +30,7 @@ MICRO = [
     "model.n_heads=2",
     "model.max_seq_len=32",
     "pretrain.max_steps=4",
+    "pretrain.lr=0.001",  # the rate these micro runs were tuned at
     "pretrain.micro_batch_size=4",
     "pretrain.warmup_steps=1",
     "pretrain.eval_every=2",

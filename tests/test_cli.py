@@ -130,7 +130,7 @@ def test_every_parameter_is_documented_in_help_and_docs():
     docs = [doc for cls in SECTIONS.values() for doc in field_docs(cls)]
     assert len(docs) > 140 and all(doc.doc for doc in docs)
     help_text = run("pretrain", "--help").stdout
-    assert "pretrain.lr (float, default 0.001; > 0 and <= 1)" in help_text
+    assert "pretrain.lr (float, default 0.002; > 0 and <= 1)" in help_text
     assert "launch.backoff_limit" in help_text
     assert (REPO / "docs" / "params.md").read_text() == markdown() + "\n", (
         "docs/params.md is stale: lmforge params --markdown > docs/params.md"

@@ -103,3 +103,62 @@ def test_every_dvc_stage_declares_the_code_it_runs():
     assert not missing, "dvc.yaml: stages run code their deps leave out (add it):\n" + "\n".join(
         f"  {stage}: {', '.join(paths)}" for stage, paths in missing.items()
     )
+
+
+# Keys whose params.yaml value deliberately differs from the default a run gets without it, and
+# why. None today: a key left out of params.yaml means what params.yaml says.
+DELIBERATE: dict[str, str] = {}
+
+
+def differences(ours: dict, theirs: dict, prefix: str = "") -> dict[str, tuple]:
+    out = {}
+    for key in ours.keys() | theirs.keys():
+        a, b = ours.get(key), theirs.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out |= differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out[f"{prefix}{key}"] = (a, b)
+    return out
+
+
+def test_every_default_is_the_params_yaml_value():
+    """The code, docs/params.md, --help and the compiled pipelines show the typed defaults (with
+    the default model preset); params.yaml must not say otherwise unless the reason is above."""
+    from lmforge.config import load_config
+
+    found = differences(load_config(None).to_dict(), load_config(REPO / "params.yaml").to_dict())
+    drift = {k: v for k, v in found.items() if k not in DELIBERATE}
+    assert not drift, "defaults that params.yaml contradicts (code default, params.yaml):\n" + (
+        "\n".join(f"  {k}: {a!r} vs {b!r}" for k, (a, b) in sorted(drift.items()))
+    )
+
+
+def test_packaged_data_exists():
+    """Every package-data pattern of pyproject.toml matches a file (a wheel ships what it says)."""
+    import tomllib
+
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    dirs = {**{"lmforge": "src/lmforge"}, **data.get("package-dir", {})}
+    empty = [
+        f"{package}: {pattern}"
+        for package, patterns in data.get("package-data", {}).items()
+        for pattern in patterns
+        if not list((REPO / dirs.get(package, package)).glob(pattern))
+    ]
+    assert not empty, f"pyproject.toml packages files that do not exist: {empty}"
+
+
+def test_the_cli_lists_every_pipeline_and_shows_the_preset_defaults():
+    """The pipeline names come from the pipelines folder; --help defaults are what a run gets."""
+    from typer.testing import CliRunner
+
+    from lmforge.cli import app
+    from lmforge.config import load_config
+
+    folders = sorted(p.parent.name for p in (REPO / "pipelines").glob("*/pipeline.py"))
+    runner = CliRunner()
+    submit = runner.invoke(app, ["pipeline", "submit", "--help"], terminal_width=200).output
+    assert f"Pipeline: {', '.join(folders)}." in submit
+    pretrain = runner.invoke(app, ["pretrain", "--help"], terminal_width=200).output
+    d_model = load_config(None).model.d_model  # the default preset's width
+    assert f"model.d_model (int, default {d_model};" in " ".join(pretrain.split())

@@ -25,6 +25,7 @@ from lmforge.config import Config, load_config
 from lmforge.config.docs import section_help
 from lmforge.errors import failure_paragraph
 from lmforge.mkl_shim import exec_with_shim
+from lmforge_pipelines import NAMES as PIPELINES
 
 app = typer.Typer(
     help="Train transformer language models: validate, augment, tokenize, pretrain, finetune, "
@@ -574,7 +575,7 @@ def pipeline_compile(
 
 @_command("kubeflow", app_=pipeline_app, name="submit")
 def pipeline_submit(
-    name: Annotated[str, typer.Argument(help="Pipeline: pretrain, finetune or full.")] = "full",
+    name: Annotated[str, typer.Argument(help=f"Pipeline: {', '.join(PIPELINES)}.")] = "full",
     host: Annotated[str | None, typer.Option(help="Kubeflow Pipelines API URL.")] = None,
     force: Annotated[bool, typer.Option(help="Submit from a dirty git tree.")] = False,
     params: ParamsOpt = Path("params.yaml"),
@@ -587,7 +588,7 @@ def pipeline_submit(
 
 @_command("kubeflow", app_=pipeline_app, name="run-local")
 def pipeline_run_local(
-    name: Annotated[str, typer.Argument(help="Pipeline: pretrain, finetune or full.")] = "full",
+    name: Annotated[str, typer.Argument(help=f"Pipeline: {', '.join(PIPELINES)}.")] = "full",
     workdir: Annotated[Path, _dir("KFP local pipeline root.")] = Path("outputs/kfp-local"),
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,

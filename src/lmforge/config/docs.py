@@ -6,8 +6,15 @@ import json
 import textwrap
 from typing import Any
 
+from lmforge.config.loader import load_config
 from lmforge.config.root import SECTIONS
 from lmforge.config.schema import FieldDoc, field_docs
+
+
+def _docs(name: str):
+    """A section's fields with the defaults a run gets when params.yaml sets nothing: through
+    the default model preset, as the loader applies it (not the class's bare field values)."""
+    return field_docs(SECTIONS[name], defaults=getattr(load_config(None), name))
 
 
 def _default(value: Any) -> str:
@@ -19,7 +26,7 @@ def section_help(sections: tuple[str, ...]) -> str:
     lines = ["Parameters (params.yaml; override with --set KEY=VALUE):", ""]
     for name in sections:
         lines += ["\b", f"{name}: {SECTIONS[name].__doc__.strip()}"]
-        for doc in field_docs(SECTIONS[name]):
+        for doc in _docs(name):
             head = f"  {doc.key} ({doc.type}, default {_default(doc.default)}"
             head += f"; {doc.range})" if doc.range else ")"
             lines.append(head)
@@ -47,6 +54,6 @@ def markdown() -> str:
     for name, cls in SECTIONS.items():
         out += [f"## `{name}`", "", cls.__doc__.strip(), ""]
         out += ["| key | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"]
-        out += [_row(doc) for doc in field_docs(cls)]
+        out += [_row(doc) for doc in _docs(name)]
         out.append("")
     return "\n".join(out)

@@ -135,15 +135,17 @@ def type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
-def field_docs(cls: type, prefix: str = "") -> Iterator[FieldDoc]:
+def field_docs(cls: type, prefix: str = "", defaults: Any = None) -> Iterator[FieldDoc]:
     """Every field of a section with its type, default, documentation and range; a field that
-    is itself a section (``multimodal.align``) is listed key by key under its own prefix."""
+    is itself a section (``multimodal.align``) is listed key by key under its own prefix.
+    ``defaults``: the section as a run gets it with nothing set (the model preset applied);
+    the class's own field defaults when omitted."""
     hints = typing.get_type_hints(cls)
-    defaults = cls()
+    defaults = cls() if defaults is None else defaults
     prefix = prefix or cls.name
     for f in dataclasses.fields(cls):
         if isinstance(hints[f.name], type) and issubclass(hints[f.name], Section):
-            yield from field_docs(hints[f.name], f"{prefix}.{f.name}")
+            yield from field_docs(hints[f.name], f"{prefix}.{f.name}", getattr(defaults, f.name))
             continue
         yield FieldDoc(
             key=f"{prefix}.{f.name}",

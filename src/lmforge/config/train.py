@@ -56,6 +56,17 @@ class PretrainConfig(TrainConfig):
 
     name = "pretrain"
 
+    # The shipped run's budget and rate (params.yaml, docs/benchmarks/default_run.md): one
+    # default everywhere, whether a key is written in params.yaml or left out.
+    max_steps: int = setting(560, "Optimizer steps.", ge=1)
+    lr: float = setting(2e-3, "Peak learning rate (AdamW).", gt=0, le=1)
+    warmup_steps: int = setting(56, "Linear warmup from 0 to lr over this many steps.", ge=0)
+    eval_every: int = setting(
+        280, "Validate every this many steps (and at the end); 0: at the end.", ge=0
+    )
+    ckpt_every: int = setting(
+        280, "Checkpoint every this many steps (and at the end); 0: never.", ge=0
+    )
     init_from: str | None = setting(
         None,
         "A local Hugging Face causal-LM folder (config.json, weights, tokenizer) to continue "
@@ -123,7 +134,7 @@ class FinetuneConfig(TrainConfig):
         "What early stopping and the best checkpoint go by; auto: val_macro_f1 (higher is better) "
         "for classification, val_loss (lower is better) for sft.",
     )
-    lr: float = setting(1e-3, "Peak learning rate (AdamW).", gt=0, le=1)
+    lr: float = setting(2e-3, "Peak learning rate (AdamW).", gt=0, le=1)
     warmup_steps: int = setting(6, "Linear warmup from 0 to lr over this many steps.", ge=0)
     eval_every: int = setting(
         30,
