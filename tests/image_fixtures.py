@@ -41,6 +41,20 @@ def pattern(size=(40, 30), seed=0):
     return img
 
 
+def png_claiming(path: Path, width: int, height: int) -> Path:
+    """A small PNG whose header claims ``width`` x ``height`` (a decompression bomb's shape):
+    the IHDR chunk rewritten with its CRC, so only decoding the pixels would fail."""
+    import struct
+    import zlib
+
+    data = bytearray(png(path, size=(4, 4)).read_bytes())
+    ihdr = bytes(data[12:16]) + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(ihdr))
+    path.write_bytes(bytes(data))
+    return path
+
+
 def write_captions(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

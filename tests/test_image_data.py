@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from image_fixtures import good_folder, png, write_captions
+from image_fixtures import good_folder, png, png_claiming, write_captions
 
 from lmforge.config.image_data import ImageDataConfig
 from lmforge.data.images.pairs import SPLITS, load_image, read_pairs
@@ -84,6 +84,7 @@ def test_hostile_rows_are_refused_naming_file_and_row_and_nothing_is_written(val
     png(imgs / "sixteen.png", mode="I;16", color=300)
     png(imgs / "huge.png", size=(600, 500))
     png(imgs / "tiny.png", size=(2, 2))
+    png_claiming(imgs / "bomb.png", 60_000, 60_000)  # refused from its header, never decoded
     bad = [
         {"image": "broken.png", "caption": "broken"},
         {"image": "cmyk.jpg", "caption": "cmyk"},
@@ -92,6 +93,7 @@ def test_hostile_rows_are_refused_naming_file_and_row_and_nothing_is_written(val
         {"image": "tiny.png", "caption": "tiny"},
         {"image": "pic 0.png", "caption": "   "},
         {"image": "missing.png", "caption": "gone"},
+        {"image": "bomb.png", "caption": "bomb"},
     ]
     rows = [json.loads(line) for line in (imgs / "captions.jsonl").read_text().splitlines()]
     write_captions(imgs / "hostile.jsonl", rows[:2] + bad)
@@ -99,7 +101,7 @@ def test_hostile_rows_are_refused_naming_file_and_row_and_nothing_is_written(val
     with pytest.raises(DataError) as err:
         validate_images(cfg, root, out)
     msg = str(err.value)
-    assert "7 of 9 image-caption rows refused, nothing was written" in msg
+    assert "8 of 10 image-caption rows refused, nothing was written" in msg
     for name, line, why in [
         ("broken.png", 3, "does not decode"),
         ("cmyk.jpg", 4, "mode CMYK is not in multimodal.data.allowed_modes"),
@@ -108,6 +110,7 @@ def test_hostile_rows_are_refused_naming_file_and_row_and_nothing_is_written(val
         ("tiny.png", 7, "size 2x2"),
         ("pic 0.png", 8, "empty caption"),
         ("missing.png", 9, "image file missing"),
+        ("bomb.png", 10, "refused as a decompression bomb"),
     ]:
         assert f"'{name}' at imgs/hostile.jsonl: line {line}" in msg and why in msg
     assert "\n" not in msg and "Traceback" not in msg
