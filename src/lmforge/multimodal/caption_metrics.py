@@ -6,7 +6,7 @@ absl; ``pycocoevalcap`` needs Java for its tokenizer):
 
 - ``rouge_l``: the F-measure of the longest common subsequence of tokens, as ``rouge-score``'s
   ``rougeL`` without stemming (lower-cased, non-alphanumerics as spaces); with several
-  references, the best one counts.
+  references, the best one counts (an empty candidate scores 0, as there).
 - ``cider_d``: CIDEr-D of Vedantam et al. (2015) as ``pycocoevalcap.cider`` computes it: TF-IDF
   vectors of 1..4-grams with document frequencies from the references of the scored set, a
   Gaussian length penalty (sigma 6), clipping of the candidate's counts by the reference's,
@@ -27,27 +27,13 @@ def tokens(text: str) -> list[str]:
     return [t for t in _WORD.sub(" ", text.lower()).split() if t]
 
 
-def _lcs(a: list[str], b: list[str]) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        row = [0]
-        for j, y in enumerate(b):
-            row.append(prev[j] + 1 if x == y else max(prev[j + 1], row[j]))
-        prev = row
-    return prev[-1]
-
-
 def rouge_l(candidate: str, references: Sequence[str]) -> float:
-    """The best ROUGE-L F1 of ``candidate`` over ``references``."""
-    cand = tokens(candidate)
-    best = 0.0
-    for ref in references:
-        ref_t = tokens(ref)
-        lcs = _lcs(cand, ref_t)
-        if lcs:
-            p, r = lcs / len(cand), lcs / len(ref_t)
-            best = max(best, 2 * p * r / (p + r))
-    return best
+    """The best ROUGE-L F1 of ``candidate`` over ``references``, on ``tokens`` (so "frog." and
+    "Frog" agree, as in rouge-score); the LCS itself is ``lmforge.metrics.rouge_l``'s."""
+    from lmforge.metrics import rouge_l as whitespace_rouge_l
+
+    cand = " ".join(tokens(candidate))
+    return max((whitespace_rouge_l(cand, " ".join(tokens(r))) for r in references), default=0.0)
 
 
 def _ngrams(words: list[str], n_max: int = 4) -> Counter:
