@@ -27,7 +27,7 @@ from typing import Any
 from lmforge.config.data import AugmentConfig
 from lmforge.config.image_data import ImageDataConfig
 from lmforge.data.images.pairs import PAIRS_FILE, SPLITS, image_name, load_image, write_split
-from lmforge.data.images.store import _png
+from lmforge.data.images.store import png_bytes
 from lmforge.errors import DataError
 from lmforge.outputs import atomic_output_dir, write_json
 
@@ -103,7 +103,7 @@ def augmented_copy(
         **factors,
         "caption_ops": ops,
     }
-    return _png(out.convert("RGB")), caption, provenance
+    return png_bytes(out.convert("RGB")), caption, provenance
 
 
 def _records(split_dir: Path) -> list[dict[str, Any]]:

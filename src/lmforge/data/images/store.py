@@ -98,7 +98,7 @@ def stored_copy(data: bytes, cfg: ImageDataConfig) -> Stored:
         raise Refused("decompression bomb", f"refused as a decompression bomb ({exc})") from None
     rgb = _rgb(shown)
     pixel_hash = hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
-    png = _png(_resized(rgb, cfg))
+    png = png_bytes(_resized(rgb, cfg))
     return Stored(
         png=png,
         id=hashlib.sha256(png).hexdigest()[:16],
@@ -147,7 +147,7 @@ def _resized(img, cfg: ImageDataConfig):
     return ImageOps.pad(img, (side, side), Image.Resampling.LANCZOS, color=_WHITE)
 
 
-def _png(img) -> bytes:
+def png_bytes(img) -> bytes:
     """PNG of the pixels alone (Pillow writes no metadata chunk unless given one)."""
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=False)

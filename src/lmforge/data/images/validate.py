@@ -40,8 +40,8 @@ class ImageValidationResult:
 class _Run:
     """What one pass over the rows found: kept records, refusals, duplicates, counts."""
 
-    def __init__(self, cfg: ImageDataConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: ImageDataConfig, tmp: Path):
+        self.cfg, self.tmp = cfg, tmp  # tmp: the output being filled (gone on any refusal)
         self.allow = Allow(cfg.pii_allow)
         self.kept: list[dict[str, Any]] = []
         self.refused: dict[str, list[str]] = {}  # reason -> "image at where: detail"
@@ -73,10 +73,13 @@ class _Run:
             caption = replace(caption, matches)
         u = hash_unit(stored.id, self.cfg.split_salt)
         split = SPLITS[split_code(u, self.cfg.validation_share, self.cfg.test_share)]
+        if not self.refused:  # written at once (memory stays small); discarded on a refusal
+            path = self.tmp / split / image_name(stored.id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(stored.png)
         self.kept.append(
             {
                 "split": split,
-                "stored": stored,
                 "record": {
                     "id": stored.id,
                     "image": image_name(stored.id),
@@ -165,20 +168,19 @@ def validate_images(cfg: ImageDataConfig, data_dir: Path, out_dir: Path) -> Imag
     from lmforge.data.images.checks import run_caption_suite
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    run, rows = _Run(cfg), 0
-    for raw in sources.read(cfg, data_dir):
-        rows += 1
-        run.row(raw)
-    if run.refused:
-        raise _refusal(run, data_dir, rows)
-    expectations = run_caption_suite(cfg, [k["profile"] for k in run.kept], str(data_dir))
+    sources.captions_path(cfg, data_dir)  # a wrong path or format before the output is touched
     counts = {split: 0 for split in SPLITS}
     with atomic_output_dir(out_dir) as tmp:
+        run, rows = _Run(cfg, tmp), 0
+        for raw in sources.read(cfg, data_dir):
+            rows += 1
+            run.row(raw)
+        if run.refused:
+            raise _refusal(run, data_dir, rows)
+        expectations = run_caption_suite(cfg, [k["profile"] for k in run.kept], str(data_dir))
         for split in SPLITS:
-            mine = [k for k in run.kept if k["split"] == split]
-            counts[split] = write_split(tmp / split, [k["record"] for k in mine])
-            for k in mine:
-                (tmp / split / k["record"]["image"]).write_bytes(k["stored"].png)
+            mine = [k["record"] for k in run.kept if k["split"] == split]
+            counts[split] = write_split(tmp / split, mine)
         report = _report(cfg, run, rows, counts, expectations, data_dir)
         write_json(tmp / "report.json", report)
         write_json(tmp / "metrics.json", metrics_of(report))
