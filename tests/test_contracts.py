@@ -106,8 +106,11 @@ def test_every_dvc_stage_declares_the_code_it_runs():
 
 
 # Keys whose params.yaml value deliberately differs from the default a run gets without it, and
-# why. None today: a key left out of params.yaml means what params.yaml says.
-DELIBERATE: dict[str, str] = {}
+# why.
+DELIBERATE: dict[str, str] = {
+    "data.languages": "the shipped corpus is English: params.yaml keeps [en]; the code keeps "
+    "every language (no identification), so a corpus in any language validates as it is",
+}
 
 
 def differences(ours: dict, theirs: dict, prefix: str = "") -> dict[str, tuple]:

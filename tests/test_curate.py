@@ -17,7 +17,7 @@ from data_fixtures import MICRO, WORDS, labelled_records, write_jsonl
 
 from lmforge.config import load_config
 from lmforge.data import curate
-from lmforge.data.split import SPLITS
+from lmforge.data.split import SPLITS, split_of
 from lmforge.data.validate import validate
 from lmforge.errors import DataError
 
@@ -33,6 +33,11 @@ def prose(rng: random.Random, words: int) -> str:
         word = rng.choice(WORDS)
         out.append(word.capitalize() if i % 12 == 0 else word + ("." if i % 12 == 11 else ""))
     return " ".join(out)
+
+
+def numbers(rng: random.Random, n: int) -> str:
+    """``n`` four-digit numbers: text the letter-share check refuses, the quality rules keep."""
+    return " ".join(str(rng.randint(1000, 9999)) for _ in range(n))
 
 
 def with_labelled(root: Path) -> Path:
@@ -103,10 +108,11 @@ def test_failures_name_the_file_and_line_of_each_record(tmp_path):
     (root / "corpus").mkdir()
     for i in range(5):
         (root / "corpus" / f"doc{i}.txt").write_text(prose(rng, 30) + "\n")
-    (root / "corpus" / "digits::x.txt").write_text("1234 5678 90 -- " * 20 + "\n")
+    # numbers, none repeated (a repeated phrase is a quality rule's: removed, not refused)
+    (root / "corpus" / "digits::x.txt").write_text(numbers(rng, 80) + "\n")
     blank = root / "blank_line.txt"
     docs = [prose(rng, 20) for _ in range(4)]
-    docs[2] = "0000 1111 2222 " * 10
+    docs[2] = numbers(rng, 30)
     blank.write_text("\n\n".join(docs) + "\n")
     with pytest.raises(DataError) as err:
         validate(load_config(None, [*MICRO, TXT]), root, tmp_path / "v1")
@@ -119,7 +125,7 @@ def test_failures_name_the_file_and_line_of_each_record(tmp_path):
     jl = root / "jl" / "a.jsonl"
     jl.parent.mkdir()
     recs = [{"id": f"r{i}", "source": "a", "text": prose(rng, 20)} for i in range(4)]
-    recs[3]["text"] = "0000 1111 2222 " * 10
+    recs[3]["text"] = numbers(rng, 30)
     jl.write_text("\n\n".join(json.dumps(r) for r in recs) + "\n")
     with pytest.raises(DataError) as err:
         validate(load_config(None, [*MICRO, "data.corpus_glob=jl/*.jsonl"]), root, tmp_path / "v3")
@@ -189,7 +195,33 @@ def real_shaped_corpus(root: Path) -> dict[str, str]:
     (corpus / "zz-2mb.txt").write_text(long_doc + "\n")
     manpage = "N\bNA\bAM\bME\bE\n    \x1b[1mls\x1b[0m - list directory contents  \n\x0c\n"
     (corpus / "ls.1.txt").write_text(manpage + prose(rng, 80) + "\n")
+    # another language each (data.languages=[en] removes them)
+    (corpus / "de-brücke.txt").write_text(GERMAN + "\n")
+    (corpus / "fr-pont.txt").write_text(FRENCH + "\n")
+    # what the quality rules remove: a line repeated, a list of tags
+    junk = [prose(rng, 12)] + ["Click here to subscribe to our newsletter!"] * 12
+    (corpus / "zz-junk-lines.txt").write_text("\n".join(junk) + "\n")
+    (corpus / "zz-tags.txt").write_text(" ".join(f"#{w}{i}" for i, w in enumerate(WORDS)) + "\n")
+    # a labelled test text inside a corpus document (decontamination removes it)
+    leaked = next(r for r in labelled_records(30) if split_of(r["id"], *MICRO_SHARES) == "test")
+    (corpus / "zz-leak.txt").write_text(prose(rng, 60) + "\n\n" + leaked["text"] + "\n")
     return {"long": long_doc}
+
+
+MICRO_SHARES = ("lmforge-v1", 0.2, 0.2)  # data.split_salt and MICRO's validation/test shares
+GERMAN = (
+    "Die Verwaltung der Stadt hat am Montag bekannt gegeben, dass die neue Brücke über den "
+    "Fluss im nächsten Frühjahr eröffnet wird. Nach Angaben der Behörden wurden die Bauarbeiten "
+    "trotz des langen Winters rechtzeitig abgeschlossen. Viele Bürger freuen sich darauf, weil "
+    "der Weg zur Arbeit dadurch deutlich kürzer wird. Der Bürgermeister dankte allen für ihre "
+    "Geduld."
+)
+FRENCH = (
+    "Le conseil municipal a annoncé lundi que le nouveau pont sur la rivière ouvrira au "
+    "printemps prochain. Selon les autorités, les travaux ont été terminés à temps malgré un "
+    "hiver long et difficile. Beaucoup d'habitants s'en réjouissent, car le trajet vers leur "
+    "travail sera bien plus court. Le maire a remercié tout le monde pour sa patience."
+)
 
 
 def test_a_real_shaped_corpus_is_curated_and_the_report_says_what_and_where(tmp_path):
@@ -200,23 +232,36 @@ def test_a_real_shaped_corpus_is_curated_and_the_report_says_what_and_where(tmp_
     # curation off: refused, as before (a user who wants the old behaviour gets it)
     off = ["data.curate_normalise=false", "data.curate_split_long=false"]
     off += ["data.curate_exact_dedup=false", "data.curate_near_dedup=false"]
+    off += ["data.curate_quality=false", "data.curate_decontaminate=false"]
     with pytest.raises(DataError) as err:
         validate(load_config(None, [*MICRO, TXT, *off]), root, out)
     for refused in ("be_unique(id)", "n_chars", "control_chars"):
         assert refused in str(err.value)
     assert "at corpus/copyright-libbar.txt: line 1" in str(err.value)  # the copy, with its file
     base = [LMFORGE, "validate", "--data-dir", str(root), "--out", str(out)]
-    sets = [f"--set={s}" for s in (*MICRO, TXT)]
-    # curation on (the default): validated, every removal counted with where it was
+    sets = [f"--set={s}" for s in (*MICRO, TXT, "data.languages=[en]")]
+    # curation on (the default, English kept): validated, every removal counted with where it
+    # was and why
     proc = subprocess.run([*base, *sets], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     cur = report["curation"]
-    assert cur["removed"] == {
-        "empty_after_normalising": 0,
+    assert {rule: n for rule, n in cur["removed"].items() if n} == {
+        "symbol_ratio": 1,
+        "duplicate_lines": 1,
+        "language": 2,
+        "contaminated": 1,
         "exact_duplicate": 2,
         "near_duplicate": 1,
     }
+    assert sorted(
+        (e["where"].rsplit("/", 1)[1], e["language"]) for e in cur["examples"]["language"]
+    ) == [("de-brücke.txt: line 1", "de"), ("fr-pont.txt: line 1", "fr")]
+    (leak,) = cur["examples"]["contaminated"]
+    assert leak["where"].endswith("zz-leak.txt: line 1") and leak["shared_ngrams"] > 10
+    assert cur["by_file"][f"{root}/corpus/zz-leak.txt"] == {"contaminated": 1}
+    (junk,) = cur["examples"]["duplicate_lines"]
+    assert junk["where"].endswith("zz-junk-lines.txt: line 1") and junk["measured"] > 0.8
     assert [e["where"] for e in cur["examples"]["exact_duplicate"]] == [
         f"{root}/corpus/copyright-libbaz.txt: line 1",
         f"{root}/corpus/copyright-libfoo.txt: line 1",
@@ -228,11 +273,11 @@ def test_a_real_shaped_corpus_is_curated_and_the_report_says_what_and_where(tmp_
         assert cur["normalised"][rule] == 1, rule
         assert cur["examples"][rule][0]["where"].endswith("ls.1.txt: line 1")
     assert cur["split"]["documents"] == 1 and cur["split"]["pieces"] >= 10
-    assert cur["documents_in"] == 18 and cur["by_source"]["copyright-libfoo"] == {
+    assert cur["documents_in"] == 23 and cur["by_source"]["copyright-libfoo"] == {
         "exact_duplicate": 1
     }
     recs = written(out)
-    assert len(recs) == cur["records_out"] == 18 - 3 - 1 + cur["split"]["pieces"]
+    assert len(recs) == cur["records_out"] == 23 - 8 - 1 + cur["split"]["pieces"]
     pieces = sorted((r for r in recs if r["source"] == "zz-2mb"), key=lambda r: r["text"][:50])
     assert all(len(r["text"]) <= 200_000 for r in pieces)
     assert sorted(w for r in pieces for w in r["text"].split()) == sorted(made["long"].split())
@@ -242,6 +287,7 @@ def test_a_real_shaped_corpus_is_curated_and_the_report_says_what_and_where(tmp_
     assert metrics["curation"]["removed"]["exact_duplicate"] == 2  # logged to MLflow too
     page = (out / "report.html").read_text()
     assert "copyright-libfoo.txt: line 1" in page and "near_duplicate" in page
+    assert "zz-leak.txt: line 1 <span class='muted'>(shared_ngrams " in page
 
 
 # -- determinism: input order, any number of workers, either path -------------------------------

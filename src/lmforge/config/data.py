@@ -152,6 +152,78 @@ class DataConfig(Section):
     curate_examples: int = setting(
         5, "Examples (with file and line) of each curation rule in report.json.", ge=0, le=100
     )
+    curate_quality: bool = setting(
+        True,
+        "Curation (corpus): remove documents past the data.quality_* thresholds (heuristics of "
+        "the Gopher, C4 and FineWeb recipes, lmforge.data.quality), each counted in report.json.",
+    )
+    quality_min_words: int = setting(
+        5, "Fewest words (runs of non-space) a document may have (Gopher: 50).", ge=0
+    )
+    quality_max_words: int = setting(
+        100_000, "Most words a document may have (Gopher: 100,000).", ge=1
+    )
+    quality_min_mean_word_length: float = setting(
+        3.0, "Least mean characters a word (Gopher: 3).", ge=0
+    )
+    quality_max_mean_word_length: float = setting(
+        10.0, "Most mean characters a word (Gopher: 10).", gt=0
+    )
+    quality_max_symbol_ratio: float = setting(
+        0.1, "Most '#' and ellipses ('...', '…') a word (Gopher: 0.1).", ge=0
+    )
+    quality_min_punctuated_lines: float = setting(
+        0.01,
+        "Least share of lines ending in terminal punctuation (. ! ? quotes …), documents of 5 "
+        "lines or more (FineWeb: 0.12; C4 drops each such line). 0.01 removes a document none "
+        "of whose lines ends a sentence.",
+        ge=0,
+        le=1,
+    )
+    quality_max_duplicate_lines: float = setting(
+        0.5,
+        "Most share of lines repeating an earlier line of the document (Gopher: 0.3, which "
+        "removes 39 scenes of the shipped Shakespeare: speaker names repeat).",
+        ge=0,
+        le=1,
+    )
+    quality_max_top_2gram: float = setting(
+        0.2,
+        "Most share of a document's characters in its most frequent repeated word 2-gram "
+        "(Gopher: 0.2).",
+        ge=0,
+        le=1,
+    )
+    quality_max_duplicate_5grams: float = setting(
+        0.7,
+        "Most share of a document's characters in words of word 5-grams occurring more than "
+        "once in it (Gopher: 0.15, counting repeats after the first; 0.3 here removes 19 "
+        "chapters of the shipped KJV: its lists and rituals repeat).",
+        ge=0,
+        le=1,
+    )
+    languages: list[str] = setting(
+        [],
+        "Curation (corpus): the languages kept (ISO 639-1 codes, py3langid's 97, e.g. [en]); a "
+        "document identified as another with at least data.language_min_probability is "
+        "removed. Empty: every language kept (no identification).",
+    )
+    language_min_probability: float = setting(
+        0.5,
+        "A document is removed for its language only when identified with at least this "
+        "probability (uncertain ones, often short or mixed, are kept).",
+        ge=0,
+        le=1,
+    )
+    curate_decontaminate: bool = setting(
+        True,
+        "Curation (corpus): remove documents sharing a word data.decontaminate_ngram-gram with "
+        "an evaluation text (labelled validation/test texts, finetune.sft_data's "
+        "validation/test pairs), so no evaluation measures memorised text.",
+    )
+    decontaminate_ngram: int = setting(
+        13, "Words per n-gram of decontamination (GPT-3: 13).", ge=5, le=64
+    )
     pii_allow: list[str] = setting(
         [],
         "Matches never masked (known public addresses): exact values, case-insensitive, or "
@@ -165,6 +237,20 @@ class DataConfig(Section):
                 f"validation_share {self.validation_share} + test_share {self.test_share} must "
                 "leave a training split (sum < 1)",
             )
+        if self.quality_min_words > self.quality_max_words:
+            self.fail(
+                "quality_min_words",
+                f"{self.quality_min_words} exceeds data.quality_max_words {self.quality_max_words}",
+            )
+        if self.quality_min_mean_word_length > self.quality_max_mean_word_length:
+            self.fail(
+                "quality_min_mean_word_length",
+                f"{self.quality_min_mean_word_length} exceeds "
+                f"data.quality_max_mean_word_length {self.quality_max_mean_word_length}",
+            )
+        for code in self.languages:
+            if not (isinstance(code, str) and code.isalpha() and code.islower() and len(code) <= 3):
+                self.fail("languages", f"{code!r}: list ISO 639-1 codes such as en, de, fr")
         if self.min_chars > self.max_chars:
             self.fail("min_chars", f"{self.min_chars} exceeds data.max_chars {self.max_chars}")
         # Empty labels are taken from the training split: validate checks these rules then.

@@ -12,10 +12,14 @@ refusing the corpus for them, the validate stage (``data.curate_*``):
 - splits a document longer than ``data.max_chars`` at blank lines (then at line ends, then at
   spaces, then anywhere) into pieces the checks accept, each with its own id: the hash of its
   masked text, or ``{id}#{k}`` for an id the input gives;
+- removes the documents (pieces) that a rule of ``lmforge.data.filters`` fails: the quality
+  heuristics of published recipes (``lmforge.data.quality``, ``data.quality_*``), a language
+  not kept (``lmforge.data.langid``, ``data.languages``), a word n-gram shared with an
+  evaluation text (decontamination);
 - removes exact duplicates (the same text as written, by its hash) and near duplicates
   (MinHash LSH over word n-grams: ``datasketch``), keeping the first document in input order.
 
-Normalising and splitting are done per document, in the worker processes too
+Normalising, splitting and the rules are done per document, in the worker processes too
 (``lmforge.data.workers``), and so is the costly part of near-duplicate detection, the MinHash
 signature of each document (of its text before masking: signatures stay in memory, never
 written). The decisions are taken in this process, in input order (``Deduper``), so the output
@@ -39,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lmforge.config import DataConfig
+from lmforge.data import filters, quality
 from lmforge.data.columnar import Done, TextBatch, process
 from lmforge.data.expectations import located
 from lmforge.data.records import Kind, text_digest
@@ -46,7 +51,7 @@ from lmforge.data.split import SPLITS, split_codes
 
 # The rules counted in the report, in the order they are applied.
 NORMALISING = ("escape_sequence", "overstrike", "form_feed", "control", "nfc", "trailing_space")
-REMOVING = ("empty_after_normalising", "exact_duplicate", "near_duplicate")
+REMOVING = ("empty_after_normalising", *filters.RULES, "exact_duplicate", "near_duplicate")
 
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[ -/]*[0-~])")
 _OVERSTRIKE = re.compile(r"[^\x08\n]\x08")
@@ -70,12 +75,36 @@ class Rules:
     ngram: int
     num_perm: int
     examples: int
+    screen: filters.Screen = filters.NO_SCREEN
 
     @classmethod
-    def of(cls, cfg: DataConfig, kind: Kind) -> Rules | None:
-        """The corpus's rules; None for the labelled set (left as given)."""
+    def of(
+        cls, cfg: DataConfig, kind: Kind, contaminants: np.ndarray | None = None
+    ) -> Rules | None:
+        """The corpus's rules (``contaminants``: the evaluation texts' n-grams,
+        ``filters.evaluation_ngrams``); None for the labelled set (left as given)."""
         if kind != "corpus":
             return None
+        thresholds = None
+        if cfg.curate_quality:
+            thresholds = quality.Thresholds(
+                cfg.quality_min_words,
+                cfg.quality_max_words,
+                cfg.quality_min_mean_word_length,
+                cfg.quality_max_mean_word_length,
+                cfg.quality_max_symbol_ratio,
+                cfg.quality_min_punctuated_lines,
+                cfg.quality_max_duplicate_lines,
+                cfg.quality_max_top_2gram,
+                cfg.quality_max_duplicate_5grams,
+            )
+        screen = filters.Screen(
+            thresholds,
+            tuple(cfg.languages),
+            cfg.language_min_probability,
+            cfg.decontaminate_ngram,
+            contaminants if cfg.curate_decontaminate else None,
+        )
         return cls(
             cfg.curate_normalise,
             cfg.curate_split_long,
@@ -86,6 +115,7 @@ class Rules:
             cfg.near_dedup_ngram,
             cfg.near_dedup_permutations,
             cfg.curate_examples,
+            screen,
         )
 
 
@@ -101,12 +131,16 @@ class Stats:
     split_pieces: int = 0
     rules: dict[str, int] = field(default_factory=lambda: dict.fromkeys(NORMALISING + REMOVING, 0))
     by_source: dict[str, dict[str, int]] = field(default_factory=dict)
+    by_file: dict[str, dict[str, int]] = field(default_factory=dict)  # removals only
     shown: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def count(self, rule: str, source: str, file: str, line: int, **detail: Any) -> None:
         self.rules[rule] += 1
-        per = self.by_source.setdefault(source, {})
-        per[rule] = per.get(rule, 0) + 1
+        for key, table in ((source, self.by_source), (file, self.by_file)):
+            if table is self.by_file and rule not in REMOVING:
+                continue
+            per = table.setdefault(key, {})
+            per[rule] = per.get(rule, 0) + 1
         shown = self.shown.setdefault(rule, [])
         if len(shown) < self.examples:
             shown.append({"where": located(file, line), **detail})
@@ -119,10 +153,11 @@ class Stats:
         self.split_pieces += other.split_pieces
         for rule, n in other.rules.items():
             self.rules[rule] += n
-        for source, per in other.by_source.items():
-            mine = self.by_source.setdefault(source, {})
-            for rule, n in per.items():
-                mine[rule] = mine.get(rule, 0) + n
+        for table, theirs in ((self.by_source, other.by_source), (self.by_file, other.by_file)):
+            for key, per in theirs.items():
+                mine = table.setdefault(key, {})
+                for rule, n in per.items():
+                    mine[rule] = mine.get(rule, 0) + n
         for rule, shown in other.shown.items():
             mine = self.shown.setdefault(rule, [])
             mine += shown[: self.examples - len(mine)]
@@ -139,6 +174,7 @@ class Stats:
             "removed": removed,
             "removed_total": sum(removed.values()),
             "by_source": {s: per for s, per in sorted(self.by_source.items())},
+            "by_file": {f: per for f, per in sorted(self.by_file.items())},
             "examples": self.shown,
         }
 
@@ -256,7 +292,7 @@ def prepare(batch: TextBatch, rules: Rules, stats: Stats) -> TextBatch:
         need |= lengths > rules.max_chars
     rows = np.flatnonzero(need)
     if not len(rows):
-        return TextBatch(batch.text, sources, files, lines)
+        return screened(TextBatch(batch.text, sources, files, lines), rules, stats)
     texts: list[Any] = batch.text.to_pylist() if len(rows) > n // 4 else None
     out_text, out_source, out_file, out_line = [], [], [], []
     last = 0
@@ -281,7 +317,74 @@ def prepare(batch: TextBatch, rules: Rules, stats: Stats) -> TextBatch:
         out_file += files[last:]
         out_line.append(lines[last:])
     text = pa.concat_arrays(out_text)
-    return TextBatch(text, out_source, out_file, np.concatenate(out_line))
+    return screened(TextBatch(text, out_source, out_file, np.concatenate(out_line)), rules, stats)
+
+
+def screened(batch: TextBatch, rules: Rules, stats: Stats) -> TextBatch:
+    """``batch`` (normalised and split: a source, file and line a document) less the documents
+    a rule of ``filters`` removes, each counted with what was measured."""
+    keep = kept_rows(batch, rules, stats)
+    if keep is None:
+        return batch
+    rows = np.flatnonzero(keep).tolist()
+    return TextBatch(
+        batch.text.filter(pa.array(keep)),
+        [batch.source[i] for i in rows],
+        [batch.file[i] for i in rows],
+        np.asarray(batch.line)[keep],
+    )
+
+
+def kept_rows(batch: TextBatch, rules: Rules, stats: Stats) -> np.ndarray | None:
+    """Which documents of ``batch`` the rules of ``filters`` keep (None: all); the others
+    counted."""
+    if not rules.screen or not len(batch.text):
+        return None
+    rule, detail = filters.screen(batch.text, rules.screen)
+    drop = np.flatnonzero(rule >= 0)
+    if not len(drop):
+        return None
+    for i in drop.tolist():
+        name = filters.RULES[rule[i]]
+        stats.count(name, batch.source[i], batch.file[i], int(batch.line[i]), **detail[i])
+    return rule < 0
+
+
+def prepare_records(
+    items: list[Any], rules: Rules, stats: Stats
+) -> list[tuple[dict[str, Any], str, int]]:
+    """Records (``sources.Located``) normalised, split and screened together (the rules run
+    for a batch at a time): each piece kept, with its file and line. A record whose text is not
+    a string is kept as it is (the checks refuse it)."""
+    pieces_of: list[list[tuple[int, str]]] = []
+    texts, src, files, lines = [], [], [], []
+    for item in items:
+        rec = item.rec
+        if not isinstance(rec["text"], str):
+            pieces_of.append([])
+            continue
+        source = rec.get("source") or ""
+        parts = prepare_text(rec["text"], rules, stats, source, item.file, item.line)
+        pieces_of.append(parts)
+        for line, text in parts:
+            texts.append(text)
+            src.append(source)
+            files.append(item.file)
+            lines.append(line)
+    batch = TextBatch(pa.array(texts, pa.string()), src, files, np.array(lines, np.int64))
+    keep = kept_rows(batch, rules, stats)
+    row, out = 0, []
+    for item, parts in zip(items, pieces_of, strict=True):
+        rec = item.rec
+        if not isinstance(rec["text"], str):
+            out.append((rec, item.file, item.line))
+            continue
+        for k, (line, text) in enumerate(parts, 1):
+            if keep is None or keep[row]:
+                piece = {**rec, "id": piece_id(rec["id"], k, len(parts)), "text": text}
+                out.append((piece, item.file, line))
+            row += 1
+    return out
 
 
 # Near duplicates -------------------------------------------------------------------------
@@ -302,47 +405,11 @@ def _identity(value: Any) -> Any:
     return value
 
 
-# Word hashes by numpy over a text's bytes: each byte weighted by a fixed random number for its
-# place in the word, summed a word (a Python call a word cost more than the rest of validate).
-_WEIGHTS = np.random.RandomState(20261207).randint(1, 2**63, 64, dtype=np.uint64) | np.uint64(1)
-
-
-def _mix64(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finalizer: every bit of a word's sum reaches every bit."""
-    h = h ^ (h >> np.uint64(33))
-    h = h * np.uint64(0xFF51AFD7ED558CCD)
-    h = h ^ (h >> np.uint64(33))
-    h = h * np.uint64(0xC4CEB9FE1A85EC53)
-    return h ^ (h >> np.uint64(33))
-
-
 def _grams(text: pa.Array, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """A 32-bit hash of each word n-gram of each text (lower-cased, split at ASCII whitespace),
-    for a whole batch at once, and the text each is of (ascending)."""
-    from lmforge.data.columnar import _bytes_of
-
-    raw, offsets = _bytes_of(pc.utf8_lower(text))
-    raw, offsets = raw[offsets[0] : offsets[-1]], offsets - offsets[0]
-    space = (raw == 0x20) | ((raw - np.uint8(9)) < 5)  # space, \t \n \v \f \r
-    first = ~space
-    first[1:] &= space[:-1]
-    begins = offsets[:-1][offsets[:-1] < offsets[1:]]  # a text's first byte starts a word
-    first[begins] = ~space[begins]
-    starts = np.flatnonzero(first)
-    m = len(starts) - n + 1
-    if m < 1:
-        return np.zeros(0, np.uint32), np.zeros(0, np.int64)
-    word = np.cumsum(first) - 1  # the word each byte is in (or follows)
-    place = np.arange(len(raw)) - starts[np.maximum(word, 0)]
-    values = (raw.astype(np.uint64) + np.uint64(1)) * _WEIGHTS[place & 63]
-    values[space] = 0
-    h = _mix64(np.add.reduceat(values, starts))
-    doc = np.searchsorted(offsets, starts, side="right") - 1
-    acc = np.zeros(m, np.uint64)
-    for k in range(n):  # an order-dependent combination of the n word hashes
-        acc = acc * np.uint64(0x100000001B3) + h[k : k + m]
-    within = doc[:m] == doc[n - 1 :]  # n-grams of one text only
-    return (acc ^ (acc >> np.uint64(32))).astype(np.uint32)[within], doc[:m][within]
+    """A 32-bit hash of each word n-gram of each text (lower-cased, split at ASCII whitespace:
+    ``quality.ngrams``), for a whole batch at once, and the text each is of (ascending)."""
+    grams, doc, _ = quality.ngrams(quality.words(pc.utf8_lower(text)), n)
+    return (grams ^ (grams >> np.uint64(32))).astype(np.uint32), doc
 
 
 def shingles(text: str, n: int) -> np.ndarray | None:

@@ -112,15 +112,27 @@ def _curation_section(cur: dict[str, Any]) -> list[str]:
     ]
     counts = {**cur["normalised"], **cur["removed"]}
     for rule, n in counts.items():
-        shown = "<br>".join(
-            _fmt(e.get("where"))
-            + (
-                f" <span class='muted'>(first: {_fmt(e.get('kept_where'))})</span>"
-                if "kept_where" in e
-                else ""
-            )
-            for e in cur["examples"].get(rule, [])
-        )
+        shown = "<br>".join(_fmt(e.get("where")) + _why(e) for e in cur["examples"].get(rule, []))
         out.append(f"<tr><td>{html.escape(rule)}</td><td>{n}</td><td>{shown}</td></tr>")
     out.append("</table>")
+    by_file = cur.get("by_file", {})
+    if by_file:
+        out += [
+            "<p>Documents removed, per input file:</p>",
+            "<table><tr><th>file</th><th>removed (per rule)</th></tr>",
+        ]
+        for path, per in by_file.items():
+            rules = ", ".join(f"{html.escape(r)}: {k}" for r, k in per.items())
+            out.append(f"<tr><td>{_fmt(path)}</td><td>{rules}</td></tr>")
+        out.append("</table>")
     return out
+
+
+def _why(example: dict[str, Any]) -> str:
+    """Why an example was removed: the kept copy, the value measured, the language found."""
+    if "kept_where" in example:
+        why = f"first: {_fmt(example['kept_where'])}"
+    else:
+        skip = ("where", "id")
+        why = ", ".join(f"{k} {_fmt(v)}" for k, v in example.items() if k not in skip)
+    return f" <span class='muted'>({why})</span>" if why else ""

@@ -13,20 +13,22 @@ and the split files together).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lmforge.config import Config, DataConfig
-from lmforge.data import sources
+from lmforge.data import filters, sources
 from lmforge.data.columnar import Done, apply
 from lmforge.data.curate import (
     Deduper,
     Rules,
     Stats,
-    piece_id,
-    prepare_text,
+    prepare_records,
     signature,
     text_hash,
 )
@@ -80,9 +82,11 @@ def split_and_profile(
     out: Path,
     pii: Tally,
     stats: Stats | None = None,
+    contaminants: np.ndarray | None = None,
 ) -> tuple[Profile, dict[str, int]]:
     """Stream ``paths`` into ``out/{split}.jsonl`` (curated, ``lmforge.data.curate``, into
-    ``stats``; personal data handled by ``pii``); return the profile and records per split."""
+    ``stats``, less what shares an n-gram with ``contaminants``; personal data handled by
+    ``pii``); return the profile and records per split."""
     checked = pii.allow if pii.mode != "keep" else None
     labels = list(cfg.labels) if kind == "labelled" else []
     prof = Profile(kind, labels=labels, pii=checked, bounds=cfg)  # checked a chunk at a time
@@ -91,18 +95,18 @@ def split_and_profile(
     text = [p for p in paths if sources.detect(p, kind, cfg) == "text"]
     text_bytes = sum(p.stat().st_size for p in text)
     workers = worker_count(cfg.num_proc)
-    rules = Rules.of(cfg, kind)
+    rules = Rules.of(cfg, kind, contaminants)
     stats = Stats(cfg.curate_examples) if stats is None else stats
     dedup = Deduper(rules, shares, stats) if rules else None
     pool = BatchPool(workers, kind, shares, pii, checked, out / ".parts", text_bytes, rules)
     with JsonlWriters(out, SPLITS) as writers, pool:
-        for item in sources.read(paths, kind, cfg):
+        for item in _grouped(sources.read(paths, kind, cfg), rules, stats):
             if isinstance(item, TextFiles):  # plain text, by columns: the same as the loop below
                 _applied(pool.validate(item), prof, writers, counts, dedup)
                 continue
-            # the batches read before this record are written before it
+            # the batches read before these records are written before them
             _applied(pool.drain(), prof, writers, counts, dedup)
-            for rec, line in _curated(item, rules, stats):
+            for rec, file, line in item:
                 # Masked first: a derived id is the hash of the masked text (as_written).
                 matches = pii.scan(rec["text"])
                 text = rec["text"] if isinstance(rec["text"], str) else None  # null: refused
@@ -111,7 +115,7 @@ def split_and_profile(
                 split = split_of(rec["id"], cfg.split_salt, cfg.validation_share, cfg.test_share)
                 if pii.count(kind, split, matches):
                     continue  # dropped
-                where = (item.file, line)
+                where = (file, line)
                 if (
                     text
                     and dedup
@@ -128,18 +132,35 @@ def split_and_profile(
     return prof, counts
 
 
-def _curated(
-    item: sources.Located, rules: Rules | None, stats: Stats
-) -> Iterator[tuple[dict[str, Any], int]]:
-    """A record normalised and split (``curate.prepare_text``): its pieces, each with its line."""
-    rec = item.rec
-    if rules is None or not isinstance(rec["text"], str):  # a null text: the checks say so
-        yield rec, item.line
-        return
-    source = rec.get("source") or ""
-    parts = prepare_text(rec["text"], rules, stats, source, item.file, item.line)
-    for k, (line, text) in enumerate(parts, 1):
-        yield {**rec, "id": piece_id(rec["id"], k, len(parts)), "text": text}, line
+RECORDS_AT_ONCE = 512  # records curated together (the rules run a batch at a time)
+
+
+def _grouped(
+    items: Iterator[sources.Located | TextFiles], rules: Rules | None, stats: Stats
+) -> Iterator[TextFiles | list[tuple[dict[str, Any], str, int]]]:
+    """The plain-text units as they come, and the records between them in lists of at most
+    ``RECORDS_AT_ONCE``, curated (``curate.prepare_records``): each piece kept with its file and
+    line, in input order."""
+    group: list[sources.Located] = []
+
+    def done() -> list[tuple[dict[str, Any], str, int]]:
+        if rules is None:
+            return [(i.rec, i.file, i.line) for i in group]
+        return prepare_records(group, rules, stats)
+
+    for item in items:
+        if isinstance(item, TextFiles):
+            if group:
+                yield done()
+                group = []
+            yield item
+            continue
+        group.append(item)
+        if len(group) == RECORDS_AT_ONCE:
+            yield done()
+            group = []
+    if group:
+        yield done()
 
 
 def _hash(rec: dict[str, Any]) -> int:
@@ -160,10 +181,46 @@ def _applied(
             counts[split] += n
 
 
+def evaluation_ngrams(cfg: Config, labelled: Path) -> np.ndarray | None:
+    """The n-grams of what the tasks are evaluated on (``filters``): the labelled validation
+    and test texts as written, and ``finetune.sft_data``'s validation and test pairs where it is
+    set (the default pairs are made of the labelled texts)."""
+    if not cfg.data.curate_decontaminate:
+        return None
+    texts = [
+        json.loads(line)["text"]
+        for split in ("validation", "test")
+        for line in (labelled / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    if cfg.finetune.sft_data:
+        from lmforge.data.sft_pairs import load_pairs
+
+        pairs = load_pairs(cfg, labelled.parent)
+        texts += [
+            t for s in ("validation", "test") for p in pairs[s] for t in (p.prompt, p.response)
+        ]
+    return filters.evaluation_ngrams(texts, cfg.data.decontaminate_ngram)
+
+
+def check_languages(cfg: DataConfig) -> None:
+    """``data.languages`` against the model's languages (``lmforge.data.langid``)."""
+    if not cfg.languages:
+        return
+    from lmforge.data import langid
+
+    unknown = sorted(set(cfg.languages) - set(langid.labels()))
+    if unknown:
+        raise DataError(
+            f"data.languages: {', '.join(unknown)} not among the languages the identification "
+            f"model knows ({', '.join(sorted(langid.labels()))}); fix data.languages in "
+            "params.yaml (or leave it empty to keep every language)."
+        )
+
+
 def metrics_of(report: dict[str, Any], counts: dict[str, dict[str, int]]) -> dict[str, Any]:
     out: dict[str, Any] = {"success": report["success"], "pii": report["pii"]}
     if "curation" in report:  # the counts; the examples are in report.json
-        skip = ("examples", "by_source")  # by file stem: in report.json, not as metrics
+        skip = ("examples", "by_source", "by_file")  # per file: in report.json, not as metrics
         out["curation"] = {k: v for k, v in report["curation"].items() if k not in skip}
     for name, ds in report["datasets"].items():
         out[name] = {
@@ -179,15 +236,20 @@ def metrics_of(report: dict[str, Any], counts: dict[str, dict[str, int]]) -> dic
 def validate(cfg: Config, data_dir: Path, out_dir: Path) -> ValidationResult:
     """Check ``data_dir`` with the GX suites; write the splits and reports to ``out_dir``."""
     files = raw_files(cfg.data, data_dir)  # missing, empty, binary: refused before anything starts
+    check_languages(cfg.data)
     with tracked(cfg, "validate", sections=("data",)):
         with atomic_output_dir(out_dir) as tmp:
             profiles, counts = {}, {}
             pii = Tally(cfg.data.pii, Allow(cfg.data.pii_allow))
             stats = Stats(cfg.data.curate_examples)
-            for kind, paths in files.items():
-                profiles[kind], counts[kind] = split_and_profile(
-                    cfg.data, kind, paths, tmp / kind, pii, stats
-                )
+            # The labelled set first: its evaluation texts are what the corpus is cleaned of.
+            profiles["labelled"], counts["labelled"] = split_and_profile(
+                cfg.data, "labelled", files["labelled"], tmp / "labelled", pii, stats
+            )
+            evaluation = evaluation_ngrams(cfg, tmp / "labelled")
+            profiles["corpus"], counts["corpus"] = split_and_profile(
+                cfg.data, "corpus", files["corpus"], tmp / "corpus", pii, stats, evaluation
+            )
             # The classes (listed or the training split's) before the suites check their shares.
             task = resolve(cfg.data, profiles["labelled"])
             profiles["labelled"].labels = task["labels"]
