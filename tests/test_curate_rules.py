@@ -119,3 +119,36 @@ def test_a_document_sharing_an_evaluation_ngram_is_removed():
 def test_curation_settings_are_range_checked(setting, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         load_config(None, [setting])
+
+
+def test_the_evaluation_texts_are_the_labelled_held_out_splits_and_the_sft_held_out_pairs(
+    tmp_path,
+):
+    from data_fixtures import write_jsonl
+
+    from lmforge.data.sft_pairs import Pair, split_pairs
+    from lmforge.data.validate import evaluation_ngrams
+
+    rng = random.Random(6)
+    labelled = tmp_path / "labelled"
+    texts = {split: paragraph(rng, 3) for split in ("train", "validation", "test")}
+    for split, text in texts.items():
+        write_jsonl(labelled / f"{split}.jsonl", [{"id": split, "text": text, "label": "ham"}])
+    pairs = [Pair(paragraph(rng, 2), paragraph(rng, 3)) for _ in range(40)]  # >= 15 words
+    write_jsonl(tmp_path / "pairs.jsonl", [vars(p) for p in pairs])
+    held = split_pairs(pairs, 0.5)
+
+    def inside(text: str, grams: np.ndarray) -> bool:
+        mine = filters.evaluation_ngrams([text], 13)
+        return len(mine) > 0 and bool(np.isin(mine, grams).all())
+
+    grams = evaluation_ngrams(load_config(None, []), labelled)
+    assert inside(texts["validation"], grams) and inside(texts["test"], grams)
+    assert not inside(texts["train"], grams)
+    sft = ["finetune.task=sft", f"finetune.sft_data={tmp_path / 'pairs.jsonl'}"]
+    grams = evaluation_ngrams(load_config(None, [*sft, "finetune.sft_holdout_share=0.5"]), labelled)
+    for split, expected in (("validation", True), ("test", True), ("train", False)):
+        for pair in held[split]:
+            assert inside(pair.response, grams) == expected, split
+    off = load_config(None, ["data.curate_decontaminate=false"])
+    assert evaluation_ngrams(off, labelled) is None
