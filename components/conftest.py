@@ -1,5 +1,5 @@
-"""Fixtures of the component tests: micro raw data, and each step's output made once by calling
-the step functions directly, so every component test starts from real upstream folders."""
+"""Fixtures of the component tests: micro raw data, and each step's output from the session's
+one local run of the full pipeline, so every component test starts from real upstream folders."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lmforge_components.testing import build_micro_data, micro_config
+from lmforge_components.testing import build_micro_data
 
 
 @pytest.fixture(scope="session")
@@ -16,26 +16,18 @@ def micro_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def upstream(tmp_path_factory, micro_data) -> dict[str, Path]:
-    """Step outputs: validated, augmented, tokenized, pretrain, finetune, evaluate."""
-    from lmforge.data.augment import augment
-    from lmforge.data.tokenize import tokenize
-    from lmforge.data.validate import validate
-    from lmforge.evaluate import evaluate
-    from lmforge.train.finetune import finetune
-    from lmforge.train.pretrain import pretrain
-
-    root = tmp_path_factory.mktemp("upstream")
-    cfg = micro_config("register.min_primary=0.0", store=root)
-    d = {k: root / k for k in ("validated", "augmented", "tokenized", "pretrain", "finetune")}
-    validate(cfg, micro_data, d["validated"])
-    augment(cfg, d["validated"], d["augmented"])
-    tokenize(cfg, d["augmented"], d["tokenized"])
-    pretrain(cfg, d["tokenized"], d["pretrain"])
-    finetune(cfg, d["pretrain"], d["augmented"], d["finetune"])
-    d["evaluate"] = root / "evaluate"
-    evaluate(cfg, d["pretrain"], d["finetune"], d["tokenized"], d["augmented"], d["evaluate"])
-    return d
+def upstream(full_pipeline_run) -> dict[str, Path]:
+    """Step outputs of the session's full pipeline run (the root conftest's, micro config, gate
+    at 0): validated, augmented, tokenized, pretrain, finetune, evaluate."""
+    outputs = {
+        "validated": ("validate", "validated"),
+        "augmented": ("augment", "augmented"),
+        "tokenized": ("tokenize", "tokenized"),
+        "pretrain": ("pretrain", "pretrained"),
+        "finetune": ("finetune", "finetuned"),
+        "evaluate": ("evaluate", "evaluation"),
+    }
+    return {key: full_pipeline_run.task(task) / out for key, (task, out) in outputs.items()}
 
 
 @pytest.fixture

@@ -5,6 +5,10 @@ upstream tasks, so each input is brought in by an importer)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +129,46 @@ def logged_metrics(task_dir: Path, output: str = "metrics") -> dict[str, float]:
 def returned(task_dir: Path) -> Any:
     """A component's return value (its ``Output`` parameter)."""
     return task_output(task_dir)
+
+
+def run_pipeline_cli(cwd: Path, *overrides: str, name: str = "full") -> subprocess.CompletedProcess:
+    """``lmforge pipeline run-local NAME`` in ``cwd`` (its ``data/``, ``kfp/`` and ``mlflow.db``)
+    with the micro config and ``overrides``, as a user runs it from the console script."""
+    lmforge = Path(sys.executable).parent / "lmforge"
+    sets = [a for o in [*MICRO, *overrides] for a in ("--set", o)]
+    # mlflow.set_tracking_uri (in-process steps of other tests) exports MLFLOW_TRACKING_URI;
+    # this run must use its own store, the config's mlflow.db in ``cwd``.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [str(lmforge), "pipeline", "run-local", name, "--workdir", "kfp"]
+    cmd += ["--params", str(REPO / "params.yaml"), *sets]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@dataclass
+class FullRun:
+    """One local run of the full pipeline (``run_full_pipeline``): its folder, the CLI's
+    process, and the gate at threshold 0 (``register.min_primary=0.0``: the micro model passes)."""
+
+    root: Path
+    proc: subprocess.CompletedProcess
+
+    def result(self) -> dict[str, Any]:
+        """The JSON the CLI printed last (the run folder, the gate, what was registered)."""
+        out, err = self.proc.stdout, self.proc.stderr
+        assert self.proc.returncode == 0, out[-3000:] + err[-3000:]
+        return json.loads(out[out.rindex("\n{") :])
+
+    def task(self, name: str) -> Path:
+        """A task's folder: its outputs are ``<folder>/<output name>``."""
+        return Path(self.result()["run_dir"]) / name
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+
+def run_full_pipeline(root: Path) -> FullRun:
+    """The full pipeline on the micro data in ``root`` through KFP's local runner: one run that
+    the pipeline test and every component's test assert on (a run a component costs minutes)."""
+    build_micro_data(root / "data")
+    return FullRun(root, run_pipeline_cli(root, "register.min_primary=0.0"))

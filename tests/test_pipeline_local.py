@@ -1,58 +1,25 @@
 """``lmforge pipeline run-local``: the full pipeline through KFP's local SubprocessRunner.
 
 One real run of the compiled DAG on micro data and a micro config, from the console script:
-every task a subprocess, pretraining on the launcher's local runner, MLflow in the run's folder.
+every task a subprocess, pretraining on the launcher's local runner, MLflow in the run's folder
+(the session's ``full_pipeline_run``, whose task outputs the component tests assert on too).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from lmforge_components import testing
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_local(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
-    lmforge = Path(sys.executable).parent / "lmforge"
-    sets = [a for o in [*testing.MICRO, *overrides] for a in ("--set", o)]
-    # mlflow.set_tracking_uri (in-process steps of other tests) exports MLFLOW_TRACKING_URI;
-    # this run must use its own store, the config's mlflow.db in ``cwd``.
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run(
-        [
-            str(lmforge),
-            "pipeline",
-            "run-local",
-            "full",
-            "--workdir",
-            "kfp",
-            "--params",
-            str(REPO / "params.yaml"),
-            *sets,
-        ],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+from lmforge_components.testing import run_pipeline_cli as run_local
 
 
 @pytest.mark.slow
-def test_full_pipeline_runs_locally_and_registers_a_challenger(tmp_path):
+def test_full_pipeline_runs_locally_and_registers_a_challenger(full_pipeline_run):
     import mlflow
 
-    testing.build_micro_data(tmp_path / "data")
-    proc = run_local(tmp_path, "register.min_primary=0.0")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(proc.stdout[proc.stdout.rindex("\n{") :])
+    result = full_pipeline_run.result()  # the CLI exited 0 and printed the run's summary
     run_dir = Path(result["run_dir"])
     for task in ("validate", "augment", "tokenize", "pretrain", "finetune", "evaluate", "register"):
         assert (run_dir / task / "executor_output.json").exists(), task
@@ -60,7 +27,7 @@ def test_full_pipeline_runs_locally_and_registers_a_challenger(tmp_path):
     registered = result["registered"]
     assert registered is not None
 
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient(full_pipeline_run.tracking_uri)
     challenger = client.get_model_version_by_alias("lmforge-classifier", "challenger")
     assert str(challenger.version) == str(registered["classifier"]["version"])
     # One parent run tagged with the KFP run id; each step's run nested under it, tagged with

@@ -1,19 +1,15 @@
-"""The augment component through KFP's local runner on a validated micro split."""
+"""The augment component in the session's full local pipeline run on the micro data."""
 
-from kfp.dsl import Dataset
-
-from lmforge_components.augment import build
-from lmforge_components.testing import logged_metrics, micro_config, run_one
+from lmforge_components.testing import logged_metrics
 
 
 def lines(path):
     return path.read_text().count("\n")
 
 
-def test_augment_adds_training_records_only(upstream, kfp_workdir):
-    cfg = micro_config(store=kfp_workdir)
-    validated = upstream["validated"]
-    task = run_one(build(), cfg, kfp_workdir, {"validated": (validated, Dataset)})
+def test_augment_adds_training_records_only(upstream, full_pipeline_run):
+    validated = upstream["validated"]  # the run's validate task's output, augment's input
+    task = full_pipeline_run.task("augment")
     augmented = task / "augmented"
     assert lines(augmented / "corpus" / "train.jsonl") > lines(validated / "corpus" / "train.jsonl")
     for split in ("validation", "test"):

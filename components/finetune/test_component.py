@@ -1,18 +1,10 @@
-"""The finetune component through KFP's local runner from a micro pretrained model."""
+"""The finetune component in the session's full local pipeline run from a micro pretrained model."""
 
-from kfp.dsl import Dataset, Model
-
-from lmforge_components.finetune import build
-from lmforge_components.testing import logged_metrics, micro_config, run_one
+from lmforge_components.testing import logged_metrics
 
 
-def test_finetune_writes_classifier_and_baseline(upstream, kfp_workdir):
-    cfg = micro_config(store=kfp_workdir)
-    inputs = {
-        "pretrained": (upstream["pretrain"], Model),
-        "augmented": (upstream["augmented"], Dataset),
-    }
-    task = run_one(build(), cfg, kfp_workdir, inputs)
+def test_finetune_writes_classifier_and_baseline(full_pipeline_run):
+    task = full_pipeline_run.task("finetune")
     finetuned = task / "finetuned"
     assert (finetuned / "model" / "config.json").exists()
     assert (finetuned / "baseline").is_dir()

@@ -1,18 +1,13 @@
-"""The pretrain component through KFP's local runner: the training job's spec on local processes."""
+"""The pretrain component in the full local pipeline run: the job's spec on local processes."""
 
 import json
 
-from kfp.dsl import Dataset
-
-from lmforge_components.pretrain import build
-from lmforge_components.testing import logged_metrics, micro_config, run_one
+from lmforge_components.testing import logged_metrics, micro_config
 
 
-def test_pretrain_on_the_local_backend_hands_on_a_model(upstream, kfp_workdir):
-    cfg = micro_config(store=kfp_workdir)
-    task = run_one(
-        build(), cfg, kfp_workdir, {"tokenized": (upstream["tokenized"], Dataset)}, backend="local"
-    )
+def test_pretrain_on_the_local_backend_hands_on_a_model(full_pipeline_run):
+    cfg = micro_config()
+    task = full_pipeline_run.task("pretrain")  # a local run's backend is "local"
     pretrained = task / "pretrained"
     config = json.loads((pretrained / "model" / "config.json").read_text())
     assert config["num_hidden_layers"] == cfg.model.n_layers

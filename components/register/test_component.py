@@ -1,25 +1,17 @@
-"""The register component through KFP's local runner: versions, alias and KFP tags in MLflow."""
+"""The register component in the full local pipeline run: versions, alias and KFP tags in MLflow."""
 
 import json
 
-from kfp.dsl import Dataset, Model
-
-from lmforge_components.register import build
-from lmforge_components.testing import micro_config, run_one
+from lmforge_components.testing import micro_config
 
 
-def test_register_creates_challenger_versions_tagged_with_the_kfp_task(upstream, kfp_workdir):
+def test_register_creates_challenger_versions_tagged_with_the_kfp_task(full_pipeline_run):
     import mlflow
 
-    cfg = micro_config("register.min_primary=0.0", store=kfp_workdir)
-    inputs = {
-        "pretrained": (upstream["pretrain"], Model),
-        "finetuned": (upstream["finetune"], Model),
-        "evaluation": (upstream["evaluate"], Dataset),
-    }
-    task = run_one(build(), cfg, kfp_workdir, inputs)
+    cfg = micro_config()
+    task = full_pipeline_run.task("register")
     registered = json.loads((task / "registered" / "registered.json").read_text())
-    client = mlflow.MlflowClient(cfg.tracking.tracking_uri)
+    client = mlflow.MlflowClient(full_pipeline_run.tracking_uri)
     challenger = client.get_model_version_by_alias(
         cfg.register.classifier_model_name, cfg.register.challenger_alias
     )

@@ -1,16 +1,13 @@
-"""The tokenize component through KFP's local runner on an augmented micro split."""
+"""The tokenize component in the session's full local pipeline run on the micro data."""
 
 import json
 
-from kfp.dsl import Dataset
-
-from lmforge_components.testing import logged_metrics, micro_config, run_one
-from lmforge_components.tokenize import build
+from lmforge_components.testing import logged_metrics, micro_config
 
 
-def test_tokenize_writes_tokenizer_and_packed_blocks(upstream, kfp_workdir):
-    cfg = micro_config(store=kfp_workdir)
-    task = run_one(build(), cfg, kfp_workdir, {"augmented": (upstream["augmented"], Dataset)})
+def test_tokenize_writes_tokenizer_and_packed_blocks(full_pipeline_run):
+    cfg = micro_config()
+    task = full_pipeline_run.task("tokenize")
     tokenized = task / "tokenized"
     meta = json.loads((tokenized / "blocks" / "meta.json").read_text())
     assert meta["block_size"] == cfg.tokenizer.block_size

@@ -6,9 +6,8 @@ from lmforge_components.testing import logged_metrics, micro_config, run_one
 from lmforge_components.validate import build
 
 
-def test_validate_splits_the_data_and_publishes_report_and_metrics(micro_data, kfp_workdir):
-    cfg = micro_config(store=kfp_workdir)
-    task = run_one(build(cfg.kubeflow.image), cfg, kfp_workdir, {"raw_data": (micro_data, Dataset)})
+def test_validate_splits_the_data_and_publishes_report_and_metrics(full_pipeline_run):
+    task = full_pipeline_run.task("validate")  # the micro data, run in the full pipeline
     validated = task / "validated"
     for split in ("train", "validation", "test"):
         assert (validated / "corpus" / f"{split}.jsonl").stat().st_size > 0
