@@ -159,6 +159,29 @@ def test_generate_answers_about_an_image_from_the_command_line(mm, tmp_path, cap
     assert f"--image {broken}: not a picture Pillow can decode" in " ".join(err.split())
 
 
+def test_registered_only_past_the_gate_and_loaded_back_without_code(mm, tmp_path):
+    from lmforge.errors import RegistryError
+    from lmforge.multimodal.evaluate import evaluate_multimodal
+    from lmforge.multimodal.register import load_registered, register_multimodal
+
+    model = mm["root"] / "instruct" / "model"
+    cfg = load_config(None, [*mm["overrides"], "multimodal.eval.min_recall_gain=-1"])
+    evaluate_multimodal(cfg, model, mm["data"] / "test", tmp_path / "passed")
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    report = json.loads((tmp_path / "passed" / "report.json").read_text())
+    report["gate"]["passed"] = False
+    (failed / "report.json").write_text(json.dumps(report))
+    with pytest.raises(RegistryError, match="the gate failed"):
+        register_multimodal(cfg, model, failed, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    result = register_multimodal(cfg, model, tmp_path / "passed", tmp_path / "registered")
+    assert result["task"] == "image-text-to-text" and result["alias"] == "challenger"
+    loaded, processor = load_registered(cfg, result["name"], result["version"])
+    assert type(loaded).__name__ == "LlavaForConditionalGeneration"
+    assert processor.image_token == "<image>"
+
+
 def test_caption_metrics_against_hand_computed_values():
     from lmforge.multimodal.caption_metrics import cider_d, recall_at, rouge_l
 
@@ -173,10 +196,10 @@ def test_caption_metrics_against_hand_computed_values():
     assert recall_at([0, 3, 1], 5) == 1.0
 
 
-def test_bad_model_folders_and_presets_are_one_clear_error(tmp_path):
+def test_bad_model_folders_and_presets_are_one_clear_error(mm):
     from lmforge.multimodal.model import load_vlm
 
-    decoder = make_hf_model(tmp_path / "decoder", "llama")
+    decoder = mm["decoder"]  # a causal LM, not a vision-language model
     with pytest.raises(
         TrainingError, match=r"not an image-text-to-text model.*multimodal\.decoder"
     ):

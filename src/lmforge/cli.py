@@ -334,6 +334,24 @@ def image_evaluate(
         raise typer.Exit(1)
 
 
+@_command("multimodal", "register", "tracking", name="image-register")
+def image_register(
+    model_dir: Annotated[Path, _dir("The model folder to register.", "--model")] = Path(
+        "outputs/images/instruct/model"
+    ),
+    evaluation: Annotated[Path, _dir("Output of image-evaluate (its gate).")] = Path(
+        "outputs/images/evaluate"
+    ),
+    out: Annotated[Path, _dir("What was registered.")] = Path("outputs/images/register"),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Register the image-text model (multimodal.model_name, alias challenger) when its
+    evaluation passed the gate."""
+    cfg = _config(params, set_, "image-register")
+    _step("lmforge.multimodal.register:register_multimodal", cfg, model_dir, evaluation, out)
+
+
 @_command("evaluate", "register", "tracking")
 def generate(
     prompts: Annotated[

@@ -139,6 +139,9 @@ class MultimodalConfig(Section):
         48, "Text tokens of an answer, truncated (the image tokens come on top).", ge=2
     )
     seed: int = setting(1337, "Seed of the vision encoder's and projector's initial weights.")
+    model_name: str = setting(
+        "lmforge-vlm", "Registered model name of the image-text model (image-text-to-text)."
+    )
     align: AlignConfig = field(default_factory=AlignConfig)
     instruct: InstructConfig = field(default_factory=InstructConfig)
     eval: MultimodalEvalConfig = field(default_factory=MultimodalEvalConfig)

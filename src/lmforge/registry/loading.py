@@ -34,7 +34,7 @@ MLMODEL = "MLmodel"
 MODEL_SUBDIR = "model"  # MLflow's transformers flavour: the weights and config
 TOKENIZER_SUBDIR = "components/tokenizer"
 PYFUNC_LOADER = "mlflow.transformers"  # the only python_function loader allowed
-TASKS = ("text-generation", "text-classification")  # what lmforge registers
+TASKS = ("text-generation", "text-classification", "image-text-to-text")  # what lmforge registers
 DTYPES = (None, "torch.float32", "torch.float16", "torch.bfloat16")
 
 # The keys lmforge's registrations have (mlflow.transformers.log_model); any other key is a way
