@@ -21,6 +21,7 @@ STEP_TASKS = {
     "full": {"validate", "augment", "tokenize", "pretrain", "finetune", "evaluate"},
     "sweep": {"sweep-plan", "for-loop-1", "sweep-best"},
     "sft": {"validate", "augment", "finetune", "evaluate"},
+    "multimodal": {"multimodal-align", "multimodal-instruct", "multimodal-evaluate"},
 }
 
 

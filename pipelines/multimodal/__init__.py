@@ -1,0 +1,1 @@
+"""The image-text pipeline: ``build(cfg)``; compiled to ``pipeline.yaml`` here."""
