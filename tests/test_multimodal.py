@@ -180,6 +180,14 @@ def test_registered_only_past_the_gate_and_loaded_back_without_code(mm, tmp_path
     loaded, processor = load_registered(cfg, result["name"], result["version"])
     assert type(loaded).__name__ == "LlavaForConditionalGeneration"
     assert processor.image_token == "<image>"
+    # generate --image reads the registry too: the alias pinned to its version, checked first.
+    from lmforge.multimodal.generate import answer
+    from lmforge.serve.generate import Sampling
+
+    picture = sorted((mm["data"] / "test" / "images").iterdir())[0]
+    uri = f"models:/{result['name']}@challenger"
+    (reply,) = answer(cfg, uri, picture, ["What is this?"], Sampling(2, temperature=0))
+    assert reply.new_tokens <= 2
 
 
 def test_caption_metrics_against_hand_computed_values():

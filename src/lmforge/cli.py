@@ -387,8 +387,9 @@ def generate(
     image: Annotated[
         Path | None,
         typer.Option(
-            help="A picture the prompts ask about; --model is then an image-text model "
-            "folder (outputs/images/instruct/model)."
+            help="A picture the prompts ask about; --model is then an image-text model: a "
+            "folder (outputs/images/instruct/model) or models:/NAME@ALIAS (default: "
+            "models:/<multimodal.model_name>@<register.champion_alias>)."
         ),
     ] = None,
     params: ParamsOpt = Path("params.yaml"),
@@ -409,15 +410,10 @@ def generate(
         seed=seed,
     )
     if image is not None:
-        from lmforge.errors import ConfigError
         from lmforge.multimodal.generate import answer
 
-        if model is None or model.startswith("models:/"):
-            raise ConfigError(
-                "--image: pass --model FOLDER, an image-text model folder "
-                "(outputs/images/instruct/model); registry URIs are text-only"
-            )
-        for reply in answer(Path(model), image, texts, sampling):
+        source = model or f"models:/{cfg.multimodal.model_name}@{cfg.register.champion_alias}"
+        for reply in answer(cfg, source, image, texts, sampling):
             typer.echo(reply.text)
         return
     source = model or f"models:/{cfg.register.lm_model_name}@{cfg.register.champion_alias}"

@@ -2,8 +2,10 @@
 
 The model is a local folder (an image-align / image-instruct output's ``model/``, or any
 vision-language folder ``lmforge.multimodal.model.load_vlm`` accepts: transformers' own
-classes, no code). The picture is any file Pillow decodes, converted to RGB; the processor
-resizes it as the model was trained. Sampling follows ``lmforge.serve.generate.Sampling``.
+classes, no code) or a registry URI (``models:/lmforge-vlm@challenger``), pinned to its version,
+downloaded and checked by ``lmforge.registry.loading`` before anything in it loads. The
+picture is any file Pillow decodes, converted to RGB; the processor resizes it as the model was
+trained. Sampling follows ``lmforge.serve.generate.Sampling``.
 """
 
 from __future__ import annotations
@@ -37,15 +39,31 @@ def open_image(path: Path):
         ) from None
 
 
-def answer(model_dir: Path, image: Path, prompts: list[str], sampling) -> list[ImageAnswer]:
+def load(cfg, source: str):
+    """``(model, processor)`` of a folder or a ``models:/`` URI (module doc)."""
+    from lmforge.multimodal.model import load_vlm
+
+    if not source.startswith("models:/"):
+        return load_vlm(Path(source), "--model")
+    from lmforge.errors import RegistryError
+    from lmforge.multimodal.register import load_registered
+    from lmforge.serve.generate import URI, resolve_version
+
+    match = URI.match(source)
+    if match is None:
+        raise RegistryError(f"{source}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    _, mv = resolve_version(cfg, match["name"], match["alias"], match["version"])
+    return load_registered(cfg, mv.name, str(mv.version))  # pinned: the alias may move
+
+
+def answer(cfg, source: str, image: Path, prompts: list[str], sampling) -> list[ImageAnswer]:
     """One answer per prompt about ``image`` (greedy at temperature 0)."""
     import torch
 
     from lmforge.multimodal.batches import prompt_text
-    from lmforge.multimodal.model import load_vlm
 
     picture = open_image(Path(image))
-    model, processor = load_vlm(model_dir, "--model")
+    model, processor = load(cfg, source)
     model.eval()
     tok = processor.tokenizer
     out = []
