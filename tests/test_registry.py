@@ -23,6 +23,7 @@ from lmforge.registry import (
     gate,
     promote,
     promotion_lock,
+    provenance,
     register,
 )
 
@@ -78,12 +79,19 @@ def _register(cfg, stages, out: Path):
     return register(cfg, stages["pretrain"], stages["finetune"], stages["evaluate"], out)
 
 
-def _add_version(cfg, name: str, metrics: dict[str, float], challenger: bool = True) -> str:
-    """A new version of ``name`` on the files of version 1 with other evaluation numbers."""
+def _add_version(
+    cfg, name: str, metrics: dict[str, float], challenger: bool = True, from_folder=False
+) -> str:
+    """A new version of ``name`` on the files of version 1 with other evaluation numbers (tags,
+    as lmforge registered them before lineage). ``from_folder``: from version 1's artifact
+    folder, not its LoggedModel (no model, so no model metrics either)."""
     client = tracking.client(cfg)
     first = client.get_model_version(name, "1")
+    source = first.source
+    if from_folder:
+        source = client.get_logged_model(provenance.version_model_id(first)).artifact_location
     tags = {METRIC_TAG + k: repr(v) for k, v in metrics.items()}
-    mv = client.create_model_version(name, first.source, run_id=first.run_id, tags=tags)
+    mv = client.create_model_version(name, source, run_id=first.run_id, tags=tags)
     if challenger:
         client.set_registered_model_alias(name, cfg.register.challenger_alias, mv.version)
     return str(mv.version)
@@ -120,7 +128,9 @@ def test_register_tags_versions_with_lineage_metrics_and_challenger(
         (result.classifier, cfg.register.classifier_model_name, "macro_f1"),
     ):
         assert _aliases(cfg, name) == {"challenger": entry.version}
-        tags = client.get_model_version(name, entry.version).tags
+        version = client.get_model_version(name, entry.version)
+        # Lineage in MLflow's fields (lmforge.registry.provenance), not copied into version tags.
+        lineage = provenance.version_lineage(client, version)
         for key in (
             "lmforge.git_commit",
             "lmforge.data_version",
@@ -128,11 +138,14 @@ def test_register_tags_versions_with_lineage_metrics_and_challenger(
             "lmforge.pipeline_run_id",
             "lmforge.parent_run_id",
         ):
-            assert tags[key], key
+            assert lineage[key], key
         section = "lm" if metric == "perplexity" else "classifier"
-        assert float(tags[METRIC_TAG + metric]) == pytest.approx(report[section][metric])
+        numbers = provenance.version_metrics(client, version)  # the LoggedModel's test_* metrics
+        assert numbers[metric] == pytest.approx(report[section][metric])
+        assert not any(k.startswith(METRIC_TAG) for k in version.tags)
+        assert version.description  # the model card
     run = client.get_run(result.run_id)
-    assert run.data.tags["mlflow.parentRunId"] == tags["lmforge.parent_run_id"]
+    assert run.data.tags["mlflow.parentRunId"] == lineage["lmforge.parent_run_id"]
     assert run.data.tags["lmforge.stage"] == "register"
     assert run.data.metrics["classifier.macro_f1"] == pytest.approx(
         report["classifier"]["macro_f1"]
@@ -159,7 +172,8 @@ def test_promotion_gate_idempotence_rollback_and_loading(embedded_store, trained
     cfg = embedded_store
     name = cfg.register.classifier_model_name
     _register(cfg, trained_stages, tmp_path / "register")
-    first = float(tracking.client(cfg).get_model_version(name, "1").tags[METRIC_TAG + "macro_f1"])
+    client = tracking.client(cfg)
+    first = provenance.version_metrics(client, client.get_model_version(name, "1"))["macro_f1"]
 
     # No champion yet: the threshold alone decides.
     assert promote(cfg, name).action == "promoted"
@@ -184,7 +198,7 @@ def test_promotion_gate_idempotence_rollback_and_loading(embedded_store, trained
     close = _add_version(cfg, name, {"macro_f1": first + 0.06})
     with pytest.raises(RegistryError, match=r"margin.*must exceed margin 0\.0500"):
         promote(_with(cfg, "register.promote_margin=0.05"), name)
-    bare = _add_version(cfg, name, {})
+    bare = _add_version(cfg, name, {}, from_folder=True)
     with pytest.raises(RegistryError, match="challenger has no 'macro_f1'"):
         promote(cfg, name, version=bare)
     assert _aliases(cfg, name)["champion"] == v2
@@ -267,7 +281,8 @@ def test_two_concurrent_promotions_leave_exactly_one_champion(
     name = cfg.register.classifier_model_name
     _register(cfg, trained_stages, tmp_path / "register")
     promote(cfg, name, version="1")
-    first = float(tracking.client(cfg).get_model_version(name, "1").tags[METRIC_TAG + "macro_f1"])
+    client = tracking.client(cfg)
+    first = provenance.version_metrics(client, client.get_model_version(name, "1"))["macro_f1"]
     good = _add_version(cfg, name, {"macro_f1": first + 0.1}, challenger=False)
     best = _add_version(cfg, name, {"macro_f1": first + 0.2}, challenger=False)
 
@@ -622,7 +637,8 @@ def test_the_deploy_step_after_a_rollback_deploys_the_restored_champion(registry
 
     cfg = _mapped(registry, poll_s=0.01)
     name = cfg.register.lm_model_name
-    first = float(_version_tags(cfg, name, "1")[METRIC_TAG + "perplexity"])
+    client = tracking.client(cfg)
+    first = provenance.version_metrics(client, client.get_model_version(name, "1"))["perplexity"]
     v2 = add_version(cfg, name, {"perplexity": first / 2})
     assert promote(cfg, name).champion == v2
     assert promote(cfg, name, rollback=True).champion == "1"

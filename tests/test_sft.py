@@ -15,9 +15,11 @@ import torch
 import yaml
 from mlflow_fixtures import COMMON, HAM, SPAM, tiny_config
 
+from lmforge import lineage
 from lmforge.data.sft_pairs import Pair, load_pairs, read_pairs, subject_line, subject_line_pairs
 from lmforge.errors import DataError
 from lmforge.metrics import exact_match, rouge_l
+from lmforge.registry import provenance
 from lmforge.train.sft import (
     IGNORE,
     PLAIN_TEMPLATE,
@@ -257,8 +259,13 @@ def test_sft_trains_evaluates_registers_promotes_and_generates(
     assert "## Samples (greedy)" in (ev / "report.md").read_text()
 
     registered = register(cfg, tiny_stages["pretrain"], ft, ev, tmp_path / "reg")
-    version = mlflow.MlflowClient().get_model_version("lmforge-sft", registered.sft.version)
-    assert float(version.tags["lmforge.metric.rouge_l"]) == pytest.approx(metrics["rouge_l"])
+    client = mlflow.MlflowClient()
+    version = client.get_model_version("lmforge-sft", registered.sft.version)
+    # The model finetune logged, with evaluate's numbers on it (lmforge.registry.provenance).
+    model_id = lineage.trained_models(ft)[lineage.SFT_MODEL]
+    assert version.source == f"models:/{model_id}"
+    numbers = provenance.version_metrics(client, version)
+    assert numbers["rouge_l"] == pytest.approx(metrics["rouge_l"])
     mlmodel_path = mlflow.artifacts.download_artifacts(f"{registered.sft.model_uri}/MLmodel")
     mlmodel = yaml.safe_load(Path(mlmodel_path).read_text())
     assert mlmodel["flavors"]["transformers"]["task"] == "text-generation"

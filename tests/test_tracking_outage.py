@@ -112,8 +112,14 @@ def assert_fully_logged(srv: Server, out: Path) -> None:
     ]
     assert sorted(set(steps)) == csv_steps  # every logged step reached MLflow
     assert "unigram_perplexity" in run.data.metrics and "n_params" in run.data.params
-    files = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "model")}
+    # The model: a LoggedModel of this run (created on replay when the outage held it back).
+    (model,) = client.search_logged_models(
+        [run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}' AND name = 'language_model'",
+    )
+    files = {Path(a.path).name for a in client.list_logged_model_artifacts(model.model_id, "model")}
     assert {"config.json", "model.safetensors"} <= files
+    assert "val_loss" in {m.key for m in model.metrics}
     parent = client.get_run(run.data.tags[tracking.PARENT_RUN_TAG])
     assert parent.data.tags[tracking.STAGE_TAG] == "pipeline"
 

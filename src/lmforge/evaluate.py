@@ -306,11 +306,59 @@ def evaluate(
         with atomic_output_dir(Path(out_dir)) as tmp:
             _write_report(tmp, report, metrics, y_true, y_pred, labels)
         mlflow.log_metrics(metrics)
+        _log_per_model(
+            cfg, report, Path(pretrained_dir), Path(finetuned_dir), tokenized_dir, labelled
+        )
         for name in ("report.md", "report.json", "samples.json", "plots/confusion.png"):
             mlflow.log_artifact(
                 str(Path(out_dir) / name), str(Path(name).parent) if "/" in name else None
             )
     return result
+
+
+def _log_per_model(cfg, report, pretrained_dir, finetuned_dir, tokenized_dir, labelled) -> None:
+    """Each model's test numbers on that model (``model_id``) and the split they were measured
+    on, under the same names (``test_accuracy``...): each model's page shows its own, and
+    ``search_logged_models`` ranks them. The run's ``test_*`` value is the fine-tuned model's
+    (logged last); ``accuracy``, ``baseline_accuracy``... stay the run's own metrics."""
+    import mlflow
+
+    from lmforge import lineage, tracking
+
+    client, run_id = tracking.client(cfg), mlflow.active_run().info.run_id
+    test = tracking.dataset(labelled / "test.jsonl", "labelled-test", "test")
+    blocks = Path(tokenized_dir) / "blocks" / "test.bin"
+    datasets = [
+        test,
+        *([tracking.dataset(blocks, "blocks-test", "test")] if blocks.is_file() else []),
+    ]
+    lineage.log_datasets(client, run_id, datasets)
+    trained = lineage.trained_models(finetuned_dir)
+
+    def test_numbers(scores):
+        return {lineage.TEST_PREFIX + k: v for k, v in (scores or {}).items() if k != "n_test"}
+
+    if report["champion"] is not None:
+        champ = client.get_model_version(
+            cfg.register.classifier_model_name, report["champion"]["version"]
+        )
+        lineage.log_model_metrics(
+            client, run_id, lineage.version_model_id(champ), test_numbers(report["champion"]), test
+        )
+    lineage.log_model_metrics(
+        client, run_id, trained.get(lineage.BASELINE_MODEL), test_numbers(report["baseline"]), test
+    )
+    lm_id = lineage.trained_models(pretrained_dir).get(lineage.LM_MODEL)
+    if not report["lm"].get("skipped") and len(datasets) > 1:
+        lm = {k: report["lm"][k] for k in ("perplexity", "loss")}
+        lineage.log_model_metrics(client, run_id, lm_id, test_numbers(lm), datasets[1])
+    lineage.log_model_metrics(
+        client,
+        run_id,
+        trained.get(lineage.CLASSIFIER_MODEL),
+        test_numbers(report["classifier"]),
+        test,
+    )
 
 
 def _dvc_metrics(result: EvaluationResult) -> dict[str, float]:

@@ -241,11 +241,34 @@ def evaluate_sft(cfg: Config, finetuned_dir: Path, out_dir: Path) -> SftEvaluati
         with atomic_output_dir(Path(out_dir)) as tmp:
             _write(tmp, report, metrics, hits)
         mlflow.log_metrics(metrics)
+        _log_on_models(cfg, report, Path(finetuned_dir))
         for name in ("report.md", "report.json", "samples.json", "plots/confusion.png"):
             mlflow.log_artifact(
                 str(Path(out_dir) / name), str(Path(name).parent) if "/" in name else None
             )
     return result
+
+
+def _log_on_models(cfg, report: dict, finetuned_dir: Path) -> None:
+    """The held-out pairs as the run's input; the tuned model's and the champion's numbers on
+    each one's LoggedModel (``test_rouge_l``...; the champion's first, the tuned model's last)."""
+    import mlflow
+
+    from lmforge import lineage, tracking
+
+    client, run_id = tracking.client(cfg), mlflow.active_run().info.run_id
+    test = tracking.dataset(finetuned_dir / "pairs" / "test.jsonl", "sft-pairs-test", "test")
+    lineage.log_datasets(client, run_id, [test])
+
+    def numbers(section):
+        return {f"{lineage.TEST_PREFIX}{k}": v for k, v in section.items() if k != "version"}
+
+    if report["champion"] is not None:
+        champ = client.get_model_version(cfg.register.sft_model_name, report["champion"]["version"])
+        model_id = lineage.version_model_id(champ)
+        lineage.log_model_metrics(client, run_id, model_id, numbers(report["champion"]), test)
+    model_id = lineage.trained_models(finetuned_dir).get(lineage.SFT_MODEL)
+    lineage.log_model_metrics(client, run_id, model_id, numbers(report["sft"]), test)
 
 
 def _write(tmp: Path, report: dict, metrics: dict, hits: dict[str, list[float]]) -> None:

@@ -17,6 +17,7 @@ Two modes against a server:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -243,6 +244,29 @@ def lineage_tags(cfg: Config) -> dict[str, str]:
         "lmforge.data_version": data_version(),
         "lmforge.params_hash": cfg.params_hash(),
         PIPELINE_RUN_TAG: pipeline_run_id(cfg),
+    }
+
+
+def dataset(path: Path, name: str, context: str) -> dict[str, Any]:
+    """A run's input as a JSON-ready record (a training step buffers it while the store is
+    away; ``lineage.dataset_input`` makes it MLflow's entity): its digest is the md5 DVC records
+    for the file or folder, its source the path as DVC names it (relative to the project) and
+    the git commit, its profile the files and bytes; ``context`` training, validation or test."""
+    from lmforge.lineage import dvc_md5
+
+    path = Path(path)
+    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+    resolved = path.resolve()
+    try:
+        named = resolved.relative_to(project_path(".")).as_posix()
+    except ValueError:  # outside the project (a test's folder, an external input)
+        named = str(resolved)
+    return {
+        "name": name,
+        "digest": dvc_md5(path),
+        "source": json.dumps({"dvc_path": named, "git_commit": git_commit()}),
+        "profile": json.dumps({"files": len(files), "bytes": sum(f.stat().st_size for f in files)}),
+        "context": context,
     }
 
 

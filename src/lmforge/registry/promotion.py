@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from lmforge.config import Config
 from lmforge.errors import RegistryError
 from lmforge.metrics import Check, gate
-from lmforge.registry import aliases, transition
+from lmforge.registry import aliases, provenance, transition
 from lmforge.registry.connection import bounded_http, describe, ensure_reachable
 from lmforge.registry.lock import Lease, promotion_lock, who
 
@@ -186,8 +186,8 @@ def _promote(
     metric, threshold = _gate_of(cfg, name)
     checks = gate(
         metric,
-        aliases.version_metrics(candidate),
-        None if champion is None else aliases.version_metrics(champion),
+        provenance.version_metrics(client, candidate),  # MLflow's model metrics, or old tags
+        None if champion is None else provenance.version_metrics(client, champion),
         threshold,
         reg.promote_margin,
     )

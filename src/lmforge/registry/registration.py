@@ -1,9 +1,10 @@
-"""Register both models: new versions with lineage, the evaluation's numbers and ``challenger``.
+"""Register both models: new versions of the models their training runs logged, ``challenger``.
 
 The pretrained language model (``text-generation``) and the fine-tuned classifier
-(``text-classification``) are logged with MLflow's transformers flavour straight from their
-saved directories (no second copy in memory). With ``finetune.base_model`` set no LM was
-pretrained in the run, and only the classifier is registered. Output: ``registered.json``
+(``text-classification``) were logged as LoggedModels by pretrain and finetune; each version is
+registered from ``models:/<model_id>`` (no weights copied), with a model card as its description
+(``lmforge.registry.trained``, ``lmforge.registry.card``). With ``finetune.base_model`` set no LM
+was pretrained in the run, and only the classifier is registered. Output: ``registered.json``
 (model names, versions, run ids; ``lm`` null and ``lm_skipped`` the reason then).
 """
 
@@ -15,15 +16,30 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lmforge import lineage
 from lmforge.config import Config
 from lmforge.errors import RegistryError
 from lmforge.outputs import atomic_output_dir
+from lmforge.registry.card import CardFacts
 from lmforge.registry.connection import bounded_http, describe, ensure_reachable
-from lmforge.registry.versions import RegisteredVersion, log_and_register, saved_model_dir
+from lmforge.registry.trained import register_trained
+from lmforge.registry.versions import RegisteredVersion, saved_model_dir
 from lmforge.tracking import is_number
 
 # The classifier's input example when the report has none of the task's own texts.
 FALLBACK = "A text to classify."
+# The model cards' "known limits": what the numbers cannot tell a reader.
+CLASSIFIER_LIMITS = [
+    "Scored on one held-out split of the same sources as training: no claim beyond them.",
+    "Texts are truncated to finetune.max_length tokens: the end of a long text is not read.",
+    "Labels come from the labelled set as validated; its mistakes are learned too.",
+]
+LM_LIMITS = [
+    "A small decoder trained from scratch on the project's corpus: fluent only in its style.",
+    "Not instruction-tuned and not aligned: it continues text, it does not follow requests.",
+    "Perplexity is on the tokenized test blocks of the same corpus, with its own tokenizer: "
+    "not comparable with other tokenizers.",
+]
 
 
 @dataclass
@@ -44,6 +60,12 @@ def _evaluation(evaluation_dir: Path) -> dict[str, Any]:
             section: {k: v for k, v in dict(report[section]).items() if is_number(v)}
             for section in ("lm", "classifier")
         }
+        # The model card's comparisons (None: not in this evaluation).
+        for section in ("baseline", "majority", "champion"):
+            found = report.get(section)
+            numbers[section] = {k: v for k, v in found.items() if is_number(v)} if found else None
+        numbers["majority_label"] = (report.get("majority") or {}).get("label")
+        numbers["champion_version"] = (report.get("champion") or {}).get("version")
         example = report.get("input_example")  # absent from reports written before it was
         return {**numbers, "input_example": example if isinstance(example, str) else FALLBACK}
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -100,28 +122,35 @@ def _register(
 
     labels = json.loads((clf_dir / "config.json").read_text()).get("id2label", {})
     first_label = next(iter(labels.values()), "label")  # the signature: a label and its score
-    stage = tracking.stage_run(cfg, "register", sections=("register",))
-    with stage as run:
-        tags = {
-            **tracking.lineage_tags(cfg),
-            tracking.PARENT_RUN_TAG: stage.parent_id,
-            "lmforge.run_id": run.info.run_id,
-        }
+    with tracking.stage_run(cfg, "register", sections=("register",)) as run:
+        lm = None if lm_dir is None else _register_lm(cfg, lm_dir, report)
+        classifier = register_trained(
+            cfg,
+            clf_dir.parent,
+            lineage.CLASSIFIER_MODEL,
+            cfg.register.classifier_model_name,
+            fallback={
+                "task": "text-classification",
+                "example": [report["input_example"]],
+                "output_example": [{"label": first_label, "score": 0.5}],
+            },
+            evaluation=report["classifier"],
+            facts=CardFacts(
+                title="Text classifier fine-tuned from lmforge's language model",
+                task="text-classification",
+                labels=[str(v) for v in labels.values()],
+                comparisons={
+                    "this model": report["classifier"],
+                    "baseline (same architecture, from scratch)": report["baseline"],
+                    f"majority class ({report['majority_label']})": report["majority"],
+                    f"champion v{report['champion_version']}": report["champion"],
+                },
+                limits=CLASSIFIER_LIMITS,
+            ),
+        )
+        # After the models: MLflow copies a run's step-0 metrics onto a model logged in it.
         mlflow.log_metrics({f"lm.{k}": float(v) for k, v in report["lm"].items()})
         mlflow.log_metrics({f"classifier.{k}": float(v) for k, v in report["classifier"].items()})
-        lm = None if lm_dir is None else _register_lm(cfg, lm_dir, report["lm"], tags)
-        classifier = log_and_register(
-            cfg,
-            clf_dir,
-            name=cfg.register.classifier_model_name,
-            artifact="classifier",
-            task="text-classification",
-            example=[report["input_example"]],
-            output_example=[{"label": first_label, "score": 0.5}],
-            params=None,
-            metrics=report["classifier"],
-            tags=tags,
-        )
         return RegisterResult(
             run_id=run.info.run_id,
             pipeline_run_id=tracking.pipeline_run_id(cfg),
@@ -130,16 +159,23 @@ def _register(
         )
 
 
-def _register_lm(cfg: Config, lm_dir: Path, metrics: dict[str, float], tags: dict[str, str]):
-    return log_and_register(
+def _register_lm(cfg: Config, lm_dir: Path, report: dict[str, Any]):
+    return register_trained(
         cfg,
-        lm_dir,
-        name=cfg.register.lm_model_name,
-        artifact="language_model",
-        task="text-generation",
-        example=list(cfg.evaluate.sample_prompts[:1]) or ["Once upon a time"],
-        output_example=["Once upon a time there was"],
-        params={"max_new_tokens": cfg.evaluate.sample_max_new_tokens, "do_sample": False},
-        metrics=metrics,
-        tags=tags,
+        lm_dir.parent,
+        lineage.LM_MODEL,
+        cfg.register.lm_model_name,
+        fallback={
+            "task": "text-generation",
+            "example": list(cfg.evaluate.sample_prompts[:1]) or ["Once upon a time"],
+            "output_example": ["Once upon a time there was"],
+            "params": {"max_new_tokens": cfg.evaluate.sample_max_new_tokens, "do_sample": False},
+        },
+        evaluation=report["lm"],
+        facts=CardFacts(
+            title="Decoder language model pretrained by lmforge",
+            task="text-generation",
+            comparisons={"this model": report["lm"]},
+            limits=LM_LIMITS,
+        ),
     )

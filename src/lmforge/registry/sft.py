@@ -1,11 +1,11 @@
 """Register an instruction-tuned model (``finetune.task: sft``) as a text-generation model.
 
 ``register_sft(cfg, finetuned_dir, evaluation_dir, out_dir)`` (what ``register`` calls when the
-evaluation report is an SFT one) logs ``finetuned_dir/model`` with MLflow's transformers flavour
-(task ``text-generation``, explicit pip requirements, a signature whose input example is a
-held-out prompt in the model's chat template), registers a version of
-``register.sft_model_name`` tagged with lineage and the evaluation's numbers
-(``lmforge.metric.rouge_l``, ...) and points ``challenger`` at it. ``lmforge promote --model
+evaluation report is an SFT one) registers the LoggedModel ``sft_model`` that finetune logged
+(``lmforge.registry.trained``: ``models:/<model_id>``, the evaluation's numbers ``test_rouge_l``,
+... on the model, a model card; a folder no run of this store logged is logged here, with task
+``text-generation`` and a held-out prompt in the model's chat template as its input example) as
+a version of ``register.sft_model_name`` and points ``challenger`` at it. ``lmforge promote --model
 <register.sft_model_name>`` then gates on ``register.sft_primary_metric``.
 Output: ``registered.json``.
 """
@@ -17,12 +17,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lmforge import lineage
 from lmforge.config import Config
 from lmforge.errors import RegistryError
 from lmforge.outputs import atomic_output_dir
+from lmforge.registry.card import CardFacts
 from lmforge.registry.connection import bounded_http, describe, ensure_reachable
-from lmforge.registry.versions import RegisteredVersion, log_and_register, saved_model_dir
+from lmforge.registry.trained import register_trained
+from lmforge.registry.versions import RegisteredVersion, saved_model_dir
 from lmforge.tracking import is_number
+
+SFT_LIMITS = [
+    "Tuned on the project's prompt/response pairs: it answers in their style and scope.",
+    "Exact match and ROUGE-L compare with one reference answer; a good answer worded "
+    "otherwise scores low.",
+    "Not safety-tuned: it can repeat what its training text holds.",
+]
 
 
 @dataclass
@@ -88,28 +98,40 @@ def _register_sft(cfg: Config, model_dir: Path, report: dict) -> SftRegisterResu
     from lmforge import tracking
 
     metrics = {k: float(v) for k, v in report["sft"].items() if is_number(v)}
-    stage = tracking.stage_run(cfg, "register", sections=("register",))
-    with stage as run:
-        tags = {
-            **tracking.lineage_tags(cfg),
-            tracking.PARENT_RUN_TAG: stage.parent_id,
-            "lmforge.run_id": run.info.run_id,
-            "lmforge.task": "sft",
-        }
-        mlflow.log_metrics({f"sft.{k}": v for k, v in metrics.items()})
+    with tracking.stage_run(cfg, "register", sections=("register",)) as run:
         sample = report["samples"][0] if report.get("samples") else {}
-        sft = log_and_register(
+        sft = register_trained(
             cfg,
-            model_dir,
-            name=cfg.register.sft_model_name,
-            artifact="sft_model",
-            task="text-generation",
-            example=[example_prompt(model_dir, report)],
-            output_example=[sample.get("reference", "Hello.")],
-            params=dict(report["generation"]),
-            metrics=metrics,
-            tags=tags,
+            model_dir.parent,
+            lineage.SFT_MODEL,
+            cfg.register.sft_model_name,
+            fallback={
+                "task": "text-generation",
+                "example": [example_prompt(model_dir, report)],
+                "output_example": [sample.get("reference", "Hello.")],
+                "params": dict(report["generation"]),
+                "tags": {"lmforge.task": "sft"},
+            },
+            evaluation=metrics,
+            facts=CardFacts(
+                title="Instruction-tuned language model (prompt -> response)",
+                task="text-generation",
+                comparisons={
+                    "this model": metrics,
+                    "untuned start": _numbers(report.get("base")),
+                    f"champion v{(report.get('champion') or {}).get('version')}": _numbers(
+                        report.get("champion")
+                    ),
+                },
+                limits=SFT_LIMITS,
+            ),
         )
+        # After the model: MLflow copies a run's step-0 metrics onto a model logged in it.
+        mlflow.log_metrics({f"sft.{k}": v for k, v in metrics.items()})
         return SftRegisterResult(
             run_id=run.info.run_id, pipeline_run_id=tracking.pipeline_run_id(cfg), sft=sft
         )
+
+
+def _numbers(section: dict | None) -> dict | None:
+    return {k: v for k, v in section.items() if is_number(v)} if section else None

@@ -29,7 +29,8 @@ from lmforge.errors import RegistryError
 API_VERSION = "serving.kserve.io/v1beta1"
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 ANNOTATION = "lmforge.io/"
-# Version tags that say where a model came from (register writes them); promoted_at is left out:
+# Where a version came from (``lmforge.lineage.version_lineage``: the training run's tags, the
+# LoggedModel; a version registered before that: its own tags); promoted_at is left out:
 # it changes on every promotion and would make two renders of the same version differ.
 LINEAGE_TAGS = (
     "lmforge.git_commit",
@@ -38,6 +39,7 @@ LINEAGE_TAGS = (
     "lmforge.pipeline_run_id",
     "lmforge.parent_run_id",
     "lmforge.run_id",
+    "lmforge.model_id",
 )
 METRIC_PREFIX = "lmforge.metric."
 # MLflow's transformers task -> the Hugging Face server's --task.
@@ -115,6 +117,7 @@ def resolve(cfg: Config, client, name: str, alias: str) -> Served:
     """The version under ``alias`` with its artifact location, task and tags."""
     from lmforge.registry.aliases import check_model, find_alias
     from lmforge.registry.loading import check_version
+    from lmforge.registry.provenance import version_lineage
 
     check_model(client, name)
     found = find_alias(client, name, alias)
@@ -134,7 +137,7 @@ def resolve(cfg: Config, client, name: str, alias: str) -> Served:
         artifact_location=location,
         storage_uri=storage_uri(cfg, location, what),
         task=_task(client, location, what),
-        tags=dict(found.tags or {}),
+        tags=version_lineage(client, found),  # MLflow's fields; old versions: their tags
     )
 
 

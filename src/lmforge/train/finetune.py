@@ -36,10 +36,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lmforge import lineage
 from lmforge.config import Config
 from lmforge.data.labels import task_labels
 from lmforge.metrics import macro_f1
 from lmforge.outputs import atomic_output_dir
+from lmforge.tracking import dataset as input_dataset
 from lmforge.tracking import is_number
 from lmforge.train import step
 from lmforge.train.best import BestKeeper, budgeted, kept_eval, monitored, steps_to_epochs
@@ -211,10 +213,49 @@ def finetune(
                     {k: float(v) for k, v in asdict(result).items() if is_number(v)}
                 )
                 tracker.log_artifact(out_dir / "plots", "plots")
+                _log_models(tracker, labelled, labels, runs, out_dir)
         if rt.is_main:  # again, now with what the tracker could not send
             step.write_metrics(out_dir, result, tracking.summary)
         barrier()
         return result
+
+
+def _log_models(tracker, labelled: Path, labels, runs: dict[str, FitResult], out_dir: Path) -> None:
+    """The labelled splits as the run's inputs; ``model/`` and ``baseline/`` as its LoggedModels,
+    each with its own best validation numbers and checkpoints (``lmforge.model_logging``)."""
+    from lmforge.model_logging import checkpoints
+
+    splits = [
+        input_dataset(labelled / f"{split}.jsonl", f"labelled-{split}", context)
+        for split, context in (("train", "training"), ("validation", "validation"))
+    ]
+    tracker.log_inputs(splits)
+    example = read_labelled(labelled / "validation.jsonl", labels)[:1]
+    text = example[0]["text"][:300] if example else "A text to classify."
+    for variant, name in (
+        ("model", lineage.CLASSIFIER_MODEL),
+        ("baseline", lineage.BASELINE_MODEL),
+    ):
+        if variant not in runs:
+            continue
+        run = runs[variant]
+        best = kept_eval(run.history, run.stopping)
+        tracker.log_model(
+            {
+                "name": name,
+                "path": variant,
+                "task": "text-classification",
+                "step": run.stopping.best_step or run.step,
+                "metrics": {k: float(v) for k, v in best.items() if k.startswith("val_")},
+                "dataset": {"name": splits[1]["name"], "digest": splits[1]["digest"]},
+                "example": [text],
+                "output_example": [{"label": labels[0], "score": 0.5}],
+                "tags": {"lmforge.stage": "finetune", "lmforge.variant": variant},
+                "checkpoints": checkpoints(
+                    step.checkpoint_dir(out_dir, variant), run.history, out_dir
+                ),
+            }
+        )
 
 
 def _result(tcfg, runs, trainable, total, n_train, out_dir, world_size) -> FinetuneResult:

@@ -29,9 +29,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lmforge import lineage
 from lmforge.config import Config, FinetuneConfig
 from lmforge.data.sft_pairs import load_pairs, write_pairs
 from lmforge.outputs import atomic_output_dir
+from lmforge.tracking import dataset as input_dataset
 from lmforge.tracking import is_number
 from lmforge.train import step
 from lmforge.train.best import BestKeeper, budgeted, kept_eval, monitored, steps_to_epochs
@@ -192,10 +194,41 @@ def finetune_sft(
                     {k: float(v) for k, v in asdict(result).items() if is_number(v)}
                 )
                 tracker.log_artifact(out_dir / "plots", "plots")
+                _log_model(cfg, tracker, tokenizer, template, pairs, run, keeper, out_dir)
         if rt.is_main:  # again, now with what the tracker could not send
             step.write_metrics(out_dir, result, tracking.summary)
         barrier()
         return result
+
+
+def _log_model(cfg, tracker, tokenizer, template, pairs, run, keeper, out_dir: Path) -> None:
+    """The pairs trained and validated on (as written to ``pairs/``) as the run's inputs;
+    ``model/`` as its LoggedModel with its best validation numbers and checkpoints."""
+    from lmforge.model_logging import checkpoints
+    from lmforge.train.sft import prompt_text
+
+    splits = [
+        input_dataset(out_dir / "pairs" / f"{split}.jsonl", f"sft-pairs-{split}", context)
+        for split, context in (("train", "training"), ("validation", "validation"))
+    ]
+    tracker.log_inputs(splits)
+    held_out = pairs["validation"][0]
+    best = kept_eval(run.history, keeper)
+    tracker.log_model(
+        {
+            "name": lineage.SFT_MODEL,
+            "path": "model",
+            "task": "text-generation",
+            "step": keeper.best_step or run.step,
+            "metrics": {k: float(v) for k, v in best.items() if k.startswith("val_")},
+            "dataset": {"name": splits[1]["name"], "digest": splits[1]["digest"]},
+            "example": [prompt_text(tokenizer, template, held_out.prompt)],
+            "output_example": [held_out.response],
+            "params": {"max_new_tokens": cfg.evaluate.sft_max_new_tokens, "do_sample": False},
+            "tags": {"lmforge.stage": "finetune", "lmforge.task": "sft"},
+            "checkpoints": checkpoints(step.checkpoint_dir(out_dir, "model"), run.history, out_dir),
+        }
+    )
 
 
 def _untuned_scores(model: nn.Module, task: SftTask, tcfg: FinetuneConfig, rt) -> dict:

@@ -15,9 +15,11 @@ a PyTorchJob replica): ranks come from the environment. Output folder (rank 0 wr
 - ``plots/loss.png``: the same curves with the unigram baseline (also an MLflow artifact).
 
 MLflow (rank 0, ``lmforge.train.step.tracked``): a nested ``pretrain`` run with the config,
-per-step metrics, the loss plot and the model directory as artifacts. A tracking outage does not
-stop training: what could not be sent waits in ``tracking-buffer.jsonl`` and ``metrics.json``'s
-``tracking`` section says so (``lmforge.tracking.replay`` sends it later).
+per-step metrics, the loss plot, the train/validation blocks as inputs (DVC md5 digests) and
+``model/`` as the run's LoggedModel ``language_model`` (with its numbers and its checkpoints:
+``lmforge.model_logging``; ``metrics.json``'s ``tracking.models`` names its id). A tracking
+outage does not stop training: what could not be sent waits in ``tracking-buffer.jsonl`` and
+``metrics.json``'s ``tracking`` section says so (``lmforge.tracking.replay`` sends it later).
 """
 
 from __future__ import annotations
@@ -34,12 +36,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmforge import mkl_shim
+from lmforge import lineage, mkl_shim
 from lmforge.config import Config
 from lmforge.errors import DataError
 from lmforge.metrics import perplexity_of, token_nll
 from lmforge.model import build_config, build_model, measured_size, model_size
 from lmforge.outputs import atomic_output_dir
+from lmforge.tracking import dataset as input_dataset
 from lmforge.tracking import is_number
 from lmforge.train import step
 from lmforge.train.data import BlockDataset, GlobalBatchSampler, check_tokenizer
@@ -157,6 +160,8 @@ def pretrain(
                 len(val_ds), tcfg.eval_batches, tcfg.micro_batch_size, rt.world_size
             )
             task = LMTask(train_ds, val_ds, sampler, rt, seq_len, eval_ids, tcfg.micro_batch_size)
+            inputs = _inputs(blocks_dir) if rt.is_main else []
+            tracker.log_inputs(inputs)
             precision = resolve(tcfg.precision, rt.device)  # the loop resolves the same way
             peak = peak_flops(rt.device, precision.dtype, seconds=0.3)
             shim = mkl_shim.state() if rt.device.type == "cpu" else ""
@@ -212,6 +217,7 @@ def pretrain(
             if rt.is_main:
                 _write_outputs(out_dir, hf_config, state, tok_dir, result.history, outcome)
                 _log_final(tracker, out_dir, outcome)
+                tracker.log_model(_model_spec(cfg, out_dir, outcome, result.history, inputs))
         if rt.is_main:  # again, now with what the tracker could not send
             outcome.tracking = tracking.summary or None
             step.write_metrics(out_dir, outcome, tracking.summary)
@@ -273,7 +279,41 @@ def _log_final(tracker, out_dir: Path, outcome: PretrainResult) -> None:
     tracker.log_artifact(out_dir / "plots" / "loss.png", "plots")
     tracker.log_artifact(out_dir / "plots" / "loss.csv", "plots")
     tracker.log_artifact(out_dir / "metrics.json")
-    tracker.log_artifact(out_dir / "model", "model")
+
+
+def _inputs(blocks_dir: Path) -> list[dict]:
+    """The packed blocks the run trains and validates on, digested as DVC does."""
+
+    return [
+        input_dataset(blocks_dir / f"{split}.bin", f"blocks-{split}", context)
+        for split, context in (("train", "training"), ("validation", "validation"))
+        if (blocks_dir / f"{split}.bin").is_file()
+    ]
+
+
+def _model_spec(cfg, out_dir: Path, outcome: PretrainResult, history, inputs) -> dict:
+    """``model/`` as the run's LoggedModel (its numbers measured on the validation blocks), its
+    checkpoints ranked by validation loss."""
+    from lmforge.model_logging import checkpoints
+
+    val = next((d for d in inputs if d["context"] == "validation"), None)
+    return {
+        "name": lineage.LM_MODEL,
+        "path": "model",
+        "task": "text-generation",
+        "step": outcome.steps,
+        "metrics": {
+            "val_loss": outcome.val_loss,
+            "val_perplexity": outcome.val_perplexity,
+            "unigram_perplexity": outcome.unigram_perplexity,
+        },
+        "dataset": val and {"name": val["name"], "digest": val["digest"]},
+        "example": list(cfg.evaluate.sample_prompts[:1]) or ["Once upon a time"],
+        "output_example": ["Once upon a time there was"],
+        "params": {"max_new_tokens": cfg.evaluate.sample_max_new_tokens, "do_sample": False},
+        "tags": {"lmforge.stage": "pretrain"},
+        "checkpoints": checkpoints(step.checkpoint_dir(out_dir), history, out_dir),
+    }
 
 
 def _plot_loss(plots: Path, outcome: PretrainResult) -> None:

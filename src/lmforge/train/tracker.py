@@ -4,6 +4,8 @@ API (rank 0; other ranks get ``NullTracker`` with the same methods)::
 
     tracker = TrainingTracker(cfg, "pretrain", ("model", "pretrain"), out_dir)
     tracker.log_params({...}); tracker.log_metrics(row, step); tracker.log_artifact(path, "plots")
+    tracker.log_inputs([tracking.dataset(path, name, "training"), ...])  # DVC-digested inputs
+    tracker.log_model({"name": ..., "path": "model", ...})  # lmforge.model_logging's spec
     summary = tracker.close("FINISHED")   # what was sent, what is still unsent
     replay_buffer(cfg, out_dir)            # later: send what was buffered (``tracking.replay``)
 
@@ -33,10 +35,11 @@ import os
 import queue
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
-from lmforge import tracking
+from lmforge import lineage, tracking
 from lmforge.config import Config
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,7 @@ class _Sender:
         self.cfg, self.uri, self.out_dir = cfg, uri, out_dir
         self.run_id: str | None = None
         self.parent_id: str | None = None
+        self.models: dict[str, str] = {}  # LoggedModels sent: name -> model_id
         self._client = None
 
     @property
@@ -106,6 +110,10 @@ class _Sender:
             self.client.log_batch(run_id, metrics=metrics, synchronous=True)
         elif op == "artifact":
             self._artifact(run_id, rec)
+        elif op == "datasets":
+            lineage.log_datasets(self.client, run_id, rec["datasets"])
+        elif op == "model":
+            self._model(run_id, rec["spec"])
         elif op == "end":
             self.client.set_terminated(run_id, rec["status"], end_time=rec["timestamp"])
             parent = rec.get("parent_id") or self.parent_id
@@ -139,6 +147,16 @@ class _Sender:
                 self.client.log_artifacts(run_id, str(path), rec.get("artifact_path"))
             else:
                 self.client.log_artifact(run_id, str(path), rec.get("artifact_path"))
+
+    def _model(self, run_id: str, spec: dict[str, Any]) -> None:
+        from lmforge.model_logging import log_model_folder
+
+        exp_id = tracking.experiment_id(self.cfg, self.client)
+        timeout = self.cfg.tracking.request_timeout_s * ARTIFACT_TIMEOUT_FACTOR
+        with http_limits(self.cfg, timeout_s=timeout):
+            self.models[spec["name"]] = log_model_folder(
+                self.client, exp_id, run_id, spec, self.out_dir
+            )
 
 
 def _is_rejection(exc: BaseException) -> bool:
@@ -240,6 +258,7 @@ def _summary(uri, sender, sent, unsent, rejected, buffer, out_dir) -> dict[str, 
         "unsent": len(unsent),
         "unsent_by_kind": counts,
         "rejected": rejected,
+        "models": dict(sender.models),  # evaluate and register find the trained models here
     }
     if unsent:
         out["buffer"] = str(buffer.path)
@@ -320,6 +339,14 @@ class TrainingTracker:
         """A file or folder inside ``out_dir`` (the buffer refers to it by its relative path)."""
         rel = Path(path).resolve().relative_to(self.out_dir.resolve())
         self._put("artifact", path=str(rel), artifact_path=artifact_path)
+
+    def log_inputs(self, datasets: list[dict[str, Any]]) -> None:
+        """Datasets (``tracking.dataset`` records) the run reads: MLflow run inputs."""
+        self._put("datasets", datasets=datasets)
+
+    def log_model(self, spec: dict[str, Any]) -> None:
+        """A model folder inside ``out_dir`` as a LoggedModel of this run (``model_logging``)."""
+        self._put("model", spec={**spec, "record_id": spec.get("record_id") or uuid.uuid4().hex})
 
     def close(self, status: str = "FINISHED") -> dict[str, Any]:
         """End the run; wait for the thread (bounded: each request is). Returns the summary."""
@@ -411,6 +438,12 @@ class NullTracker:
         return None
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_inputs(self, datasets: list[dict[str, Any]]) -> None:
+        pass
+
+    def log_model(self, spec: dict[str, Any]) -> None:
         pass
 
     def close(self, status: str = "FINISHED") -> dict[str, Any]:
