@@ -27,10 +27,9 @@ def _offline() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
 
 
-def base_dir(path: str | Path, field: str) -> Path:
-    """``path`` checked to be a causal-LM folder of transformers' own classes, with a tokenizer."""
-    folder = Path(path).expanduser()
-    fix = f"set {field} to a folder written by save_pretrained (config.json, weights, tokenizer)"
+def read_config(folder: Path, field: str, fix: str) -> dict:
+    """``folder/config.json`` as a mapping, refused when missing, unreadable or naming custom
+    code (``auto_map``); every error names ``field`` and ends with ``fix``."""
     if not folder.is_dir():
         raise TrainingError(f"{field}: {folder} is not a folder; {fix}")
     try:
@@ -44,6 +43,14 @@ def base_dir(path: str | Path, field: str) -> Path:
             f"{field}: {folder}/config.json names custom code (auto_map), which lmforge never "
             "runs; use a model whose architecture transformers ships"
         )
+    return config
+
+
+def base_dir(path: str | Path, field: str) -> Path:
+    """``path`` checked to be a causal-LM folder of transformers' own classes, with a tokenizer."""
+    folder = Path(path).expanduser()
+    fix = f"set {field} to a folder written by save_pretrained (config.json, weights, tokenizer)"
+    config = read_config(folder, field, fix)
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     model_type, archs = config.get("model_type"), config.get("architectures") or []

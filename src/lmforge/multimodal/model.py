@@ -17,7 +17,6 @@ standard model (``AutoModelForImageTextToText`` + ``AutoProcessor`` from its fol
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from torch import nn
 
 from lmforge.config.multimodal import MultimodalConfig, load_vision_presets
 from lmforge.errors import TrainingError
-from lmforge.model.base import _offline, load_base
+from lmforge.model.base import _offline, load_base, read_config
 
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 # An architecture's processor already ends the prompt with a newline (PaliGemma's does).
@@ -113,17 +112,7 @@ def vlm_dir(path: str | Path, field: str) -> Path:
 
     folder = Path(path).expanduser()
     fix = f"set {field} to a folder written by save_pretrained of a model and its processor"
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except FileNotFoundError:
-        raise TrainingError(f"{field}: {folder} has no config.json; {fix}") from None
-    except (OSError, ValueError) as exc:
-        raise TrainingError(f"{field}: {folder}/config.json is unreadable ({exc}); {fix}") from None
-    if config.get("auto_map"):
-        raise TrainingError(
-            f"{field}: {folder}/config.json names custom code (auto_map), which lmforge never "
-            "runs; use a model whose architecture transformers ships"
-        )
+    config = read_config(folder, field, fix)
     if config.get("model_type") not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
         raise TrainingError(
             f"{field}: {folder} is a {config.get('model_type')!r} model, not an image-text-to-"
