@@ -1,4 +1,4 @@
-"""glibc's heap kept (``lmforge.train.allocator``) against its defaults, on the default run's step.
+"""glibc's heap kept (``lmforge.allocator``) against its defaults, on the default run's step.
 
 One training step of the ``cpu-tiny`` preset (8 x 256 tokens, vocabulary 4096, AdamW, clipping)
 on one thread, as each of the default run's two replicas runs it. Each measurement is a fresh
@@ -33,10 +33,10 @@ def measure(precision: str, steps: int) -> dict:
     """In this (fresh) process: median step time and minor faults per step."""
     import torch
 
+    from lmforge.allocator import keep_freed_blocks
     from lmforge.config import ModelConfig
     from lmforge.config.model import load_presets
     from lmforge.model import build_config, build_model
-    from lmforge.train.allocator import keep_freed_blocks
 
     heap = keep_freed_blocks()
     torch.set_num_threads(1)

@@ -35,8 +35,9 @@ from torch.profiler import ProfilerActivity, profile, schedule
 from train_throughput import BATCH, SEQ, SHAPE, lmforge_setup
 
 from lmforge import mkl_shim
+from lmforge.allocator import keep_freed_blocks
+from lmforge.machine import enter as enter_machine
 from lmforge.model import build_config, model_size
-from lmforge.train.allocator import keep_freed_blocks
 from lmforge.train.data import BlockDataset
 from lmforge.train.flops import measure_matmul_peak, precision_dtype
 from lmforge.train.loop import fit
@@ -80,7 +81,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     args = parser.parse_args()
-    mkl_shim.exec_with_shim()  # the process the lmforge CLI would run (MKL's fast path on AMD)
+    enter_machine()  # the process the lmforge CLI would run (MKL's fast path on AMD)
     heap = keep_freed_blocks()  # as lmforge's training processes run (benchmarks/allocator.py)
     size = model_size(build_config(SHAPE), SEQ)
     layers, width = SHAPE.n_layers, SHAPE.d_model

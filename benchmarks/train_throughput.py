@@ -40,9 +40,10 @@ import numpy as np
 import torch
 
 from lmforge import mkl_shim
+from lmforge.allocator import keep_freed_blocks
 from lmforge.config import ModelConfig, TrainConfig
+from lmforge.machine import enter as enter_machine
 from lmforge.model import build_config, build_model, model_size
-from lmforge.train.allocator import keep_freed_blocks
 from lmforge.train.data import BlockDataset, GlobalBatchSampler
 from lmforge.train.distributed import Runtime
 from lmforge.train.flops import measure_matmul_peak, precision_dtype
@@ -201,7 +202,7 @@ def clean_env(cli: bool) -> dict[str, str]:
 def child(args: argparse.Namespace) -> None:
     """One contender (or the matmul peak) in this process; prints one JSON line."""
     if args.cli:
-        mkl_shim.exec_with_shim()  # what `lmforge` does first: the process the CLI would run
+        enter_machine()  # what `lmforge` does first: the process the CLI would run
     # Every contender runs with the heap lmforge's training processes keep: with glibc's default
     # thresholds, whichever contender ran first paid the page faults of its large buffers, and
     # the order, not the loop, decided the ratio (benchmarks/allocator.py).

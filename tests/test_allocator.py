@@ -1,4 +1,4 @@
-"""glibc's heap kept for training (``lmforge.train.allocator``): freed large tensors are reused,
+"""glibc's heap kept for training (``lmforge.allocator``): freed large tensors are reused,
 not unmapped and faulted in again, and a user's own allocator settings are left alone."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 # glibc's heap has settled.
 PROBE = """
 import json, resource, torch
-from lmforge.train.allocator import keep_freed_blocks
+from lmforge.allocator import keep_freed_blocks
 heap = keep_freed_blocks()
 faults = []
 for _ in range(10):

@@ -25,6 +25,8 @@ NOT_OUTPUT_CODE = (
     "lmforge.vcs",  # the git commit, a lineage tag
     "lmforge.cores",  # how many threads: how fast, not what
     "lmforge.mkl_shim",  # which MKL kernels: how fast, not what
+    "lmforge.machine",  # threads, allocator, kernels for every face: how fast, not what
+    "lmforge.allocator",  # glibc's heap thresholds: how fast, not what
     # Where MLflow runs go and what they are tagged with (dvc.yaml's `tracking` params are left
     # out for the same reason; register, whose output names registry versions, lists it all):
     "lmforge.tracking",

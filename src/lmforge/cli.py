@@ -22,9 +22,9 @@ from typing import Annotated, Any
 import typer
 
 from lmforge.config import Config, load_config
-from lmforge.config.docs import section_help
+from lmforge.config.docs import plain, section_help
 from lmforge.errors import failure_paragraph
-from lmforge.mkl_shim import exec_with_shim
+from lmforge.machine import enter as enter_machine
 from lmforge_pipelines import NAMES as PIPELINES
 
 app = typer.Typer(
@@ -61,20 +61,88 @@ def _config(params: Path, overrides: list[str] | None, step: str) -> Config:
     return cfg
 
 
+# How results print: JSON (for machines: the default when the output is not a terminal, so
+# DVC's logs, the launchers and scripts reading a command's output get JSON) or a short summary
+# (the default at a terminal). ``lmforge --json ...`` / ``--summary`` choose.
+_OUTPUT = {"json": None}
+SUMMARY_LINES = 20
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"lmforge {version('lmforge')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    as_json: Annotated[
+        bool | None,
+        typer.Option(
+            "--json/--summary",
+            help="Print results as JSON, or as a short summary. Default: a summary at a "
+            "terminal, JSON when the output goes to a file, a pipe or another program.",
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    _OUTPUT["json"] = as_json
+
+
+def summary(result: Any) -> str:
+    """A result as a few lines a person reads: ``key: value``, nested keys dotted, long lists
+    counted; cut at SUMMARY_LINES lines, with the way to get everything."""
+    lines: list[str] = []
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, list) and len(value) > 3:
+            lines.append(f"{key}: {len(value)} items")
+        elif isinstance(value, float):
+            lines.append(f"{key}: {value:.6g}")
+        else:
+            lines.append(f"{key}: {value}" if key else str(value))
+
+    walk(result, "")
+    if len(lines) > SUMMARY_LINES:
+        more = len(lines) - SUMMARY_LINES
+        lines = [*lines[:SUMMARY_LINES], f"... {more} more (lmforge --json ... prints everything)"]
+    return "\n".join(lines)
+
+
 def _step(target: str, *args: Any, **kwargs: Any) -> Any:
-    """Call ``module:function`` (imported only now) and print its small result as JSON."""
+    """Call ``module:function`` (imported only now) and print its small result (``_OUTPUT``)."""
     module, _, name = target.partition(":")
     result = getattr(importlib.import_module(module), name)(*args, **kwargs)
     if dataclasses.is_dataclass(result):
         result = dataclasses.asdict(result)
     if result is not None:
-        typer.echo(json.dumps(result, indent=2, default=str))
+        as_json = _OUTPUT["json"]
+        if as_json is None:
+            as_json = not sys.stdout.isatty()
+        typer.echo(json.dumps(result, indent=2, default=str) if as_json else summary(result))
     return result
 
 
 def _command(*sections: str, app_: typer.Typer = app, name: str | None = None):
-    """Register a command whose ``--help`` documents the parameters of ``sections``."""
-    return app_.command(name=name, epilog=section_help(sections) if sections else None)
+    """Register a command whose ``--help`` documents the parameters of ``sections``; its help
+    text is the function's docstring in plain words."""
+
+    def register(func):
+        return app_.command(
+            name=name,
+            help=plain(func.__doc__ or ""),
+            epilog=section_help(sections) if sections else None,
+        )(func)
+
+    return register
 
 
 @_command()
@@ -621,9 +689,10 @@ def _step_name(argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the command; any exception becomes one paragraph and an exit."""
-    # A process of its own (not a test calling main) that will compute: MKL's fast path on AMD.
+    # A process of its own (not a test calling main) that will compute: the machine tweaks
+    # every face applies (lmforge.machine: MKL's fast path on AMD).
     if argv is None and sys.argv[1:] and not {"--help", "-h"} & set(sys.argv[1:]):
-        exec_with_shim()
+        enter_machine()
     argv = sys.argv[1:] if argv is None else argv
     try:
         app(args=argv, prog_name="lmforge", standalone_mode=True)

@@ -8,7 +8,8 @@ function, ``mkl_serv_intel_cpu_true``, whether the CPU is Intel's. A one-line li
 yes, preloaded before torch loads, lets MKL choose its kernels by the CPU's features instead: the
 workaround PyTorch's own maintainers give (pytorch/builder#1245).
 
-The CLI applies it to itself (``exec_with_shim``, first thing in ``lmforge.cli.main``): on
+Every face applies it to itself through ``lmforge.machine.enter`` (``exec_with_shim``: first
+thing in ``lmforge.cli.main``, and in a KFP component's ``step_config``): on
 x86-64 Linux with an AMD CPU it compiles the library once with the system C compiler (``$CC``,
 else ``cc``) into the user cache, then re-executes the same command with it in ``LD_PRELOAD``;
 every process it starts (torchrun workers, local replicas, DVC's next stage through the CLI)
@@ -23,7 +24,8 @@ what lmforge built: the file, the sha256 recorded beside it at build time and th
 be this user's and writable by no one else, and the file must match the recorded sha256. A
 cached file that fails is rebuilt (``state()`` says why); a folder that fails is refused.
 
-Library use (``import lmforge``, the KFP components) is not changed: only the CLI re-executes.
+Library use (``import lmforge`` and a call of a step function) is not changed: only the entry
+points re-execute.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import textwrap
 from typing import Any
 
@@ -11,14 +13,24 @@ from lmforge.config.root import SECTIONS
 from lmforge.config.schema import FieldDoc, field_docs
 
 
+@functools.cache
+def _run_defaults():
+    return load_config(None)  # once a process: every command's help is built at import
+
+
 def _docs(name: str):
     """A section's fields with the defaults a run gets when params.yaml sets nothing: through
     the default model preset, as the loader applies it (not the class's bare field values)."""
-    return field_docs(SECTIONS[name], defaults=getattr(load_config(None), name))
+    return field_docs(SECTIONS[name], defaults=getattr(_run_defaults(), name))
 
 
 def _default(value: Any) -> str:
     return json.dumps(value) if not isinstance(value, str) else repr(value)
+
+
+def plain(text: str) -> str:
+    """Docstring markup out of text a person reads in a terminal: ``name`` becomes name."""
+    return re.sub(r"``([^`]*)``", r"\1", text)
 
 
 def section_help(sections: tuple[str, ...]) -> str:
@@ -32,7 +44,7 @@ def section_help(sections: tuple[str, ...]) -> str:
             lines.append(head)
             lines += textwrap.wrap(doc.doc, 92, initial_indent="      ", subsequent_indent="      ")
         lines.append("")
-    return "\n".join(lines)
+    return plain("\n".join(lines))
 
 
 def _row(doc: FieldDoc) -> str:

@@ -27,8 +27,12 @@ def step_config(params: str, overrides: list[str], run_id: str, task_name: str) 
 
     ``lmforge.tracking`` finds the parent MLflow run by ``LMFORGE_PIPELINE_RUN_ID`` (so every
     step of one KFP run nests under one parent), tags that parent with ``KFP_RUN_ID`` and each
-    step's run with ``KFP_TASK_NAME``.
+    step's run with ``KFP_TASK_NAME``. First, the machine tweaks every face applies
+    (``lmforge.machine.enter``): a component computes with the kernels the CLI would.
     """
+    from lmforge import machine
+
+    machine.enter()
     if run_id:
         os.environ["LMFORGE_PIPELINE_RUN_ID"] = run_id
         os.environ["KFP_RUN_ID"] = run_id

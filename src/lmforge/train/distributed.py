@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from lmforge import machine
 from lmforge.cores import threads_per_process, usable_cores
 from lmforge.errors import TrainingError
-from lmforge.train.allocator import keep_freed_blocks
 
 
 @dataclass(frozen=True)
@@ -71,16 +71,10 @@ def runtime_from_env(device: str = "auto") -> Runtime:
 
 
 def init_distributed(device: str = "auto", num_threads: int = 0) -> Runtime:
-    """Join the process group the environment describes (if any) and set CPU threads."""
+    """Join the process group the environment describes (if any); threads and allocator as
+    ``lmforge.machine`` sets them for every face (CLI, KFP component, replica)."""
     rt = runtime_from_env(device)
-    if rt.device.type == "cpu":
-        keep_freed_blocks()  # a CPU step's large buffers would otherwise be unmapped each step
-    if num_threads > 0:
-        torch.set_num_threads(num_threads)
-    elif "OMP_NUM_THREADS" not in os.environ:
-        # Ranks on one machine share its cores; oversubscription slows every rank down.
-        # The cgroup quota counts too: a 2-CPU pod on a 64-core node has 2 cores, not 64.
-        torch.set_num_threads(threads_per_process(usable_cores(), rt.local_world_size))
+    machine.configure(rt.device.type, rt.local_world_size, num_threads)
     if rt.device.type == "cuda":
         torch.cuda.set_device(rt.device)
     if rt.distributed and not dist.is_initialized():

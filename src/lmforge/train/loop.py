@@ -41,7 +41,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from lmforge import mkl_shim
+from lmforge import machine
 from lmforge.config import TrainConfig
 from lmforge.errors import TrainingError
 from lmforge.train.checkpoint import Checkpointer, writer_lock
@@ -179,7 +179,7 @@ def _fit(
     if rt.is_main:
         announce(precision)
         if rt.device.type == "cpu":
-            mkl_shim.announce()
+            machine.announce()
     model = parallelize(model, cfg, rt)  # compiles each block first when cfg.compile
     optimizer = build_optimizer(model, cfg)
     result = FitResult(model=model, step=0, precision=precision, stopping=stopping)
