@@ -115,3 +115,30 @@ def test_steps_never_import_kfp_or_the_component_packages():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_pipeline_run_on_kubeflow_tags_every_run_with_its_id(
+    embedded_store, monkeypatch, tmp_path
+):
+    """As KFP tasks, the training steps (tolerant tracker) and the strict ones (stage_run) all
+    carry the pipeline run's id, and nest under the one parent it keys."""
+    from lmforge.train.tracker import TrainingTracker
+
+    monkeypatch.delenv("LMFORGE_PIPELINE_RUN_ID")
+    monkeypatch.setenv("KFP_RUN_ID", "kfp-run-456")
+    cfg = embedded_store
+    for stage in ("pretrain", "finetune"):
+        monkeypatch.setenv("KFP_TASK_NAME", f"{stage}-task")
+        tracker = TrainingTracker(cfg, stage, (), tmp_path / stage)
+        assert tracker.close()["unsent"] == 0
+    for stage in ("evaluate", "register"):
+        monkeypatch.setenv("KFP_TASK_NAME", f"{stage}-task")
+        with tracking.stage_run(cfg, stage):
+            pass
+    runs = {r.data.tags[tracking.STAGE_TAG]: r for r in _runs(cfg)}
+    assert sorted(runs) == ["evaluate", "finetune", "pipeline", "pretrain", "register"]
+    parent = runs.pop("pipeline").info.run_id
+    for stage, run in runs.items():
+        assert run.data.tags[tracking.PIPELINE_RUN_TAG] == "kfp-run-456", stage
+        assert run.data.tags["kfp.task_name"] == f"{stage}-task"
+        assert run.data.tags["mlflow.parentRunId"] == parent
