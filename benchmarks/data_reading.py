@@ -13,7 +13,11 @@ times, in fresh child processes one after the other, with the imports done befor
   profile, the chunked GX suites and the split files written), default ``data.pii: mask``
   and ``data.num_proc: 0`` (a worker process a core: ``lmforge.data.workers``);
 - validate (1 process): the same with ``data.num_proc: 1``;
-- validate (pii keep): the same without personal-data detection.
+- validate (pii keep): the same without personal-data detection;
+- validate (curation off): the same with every curation rule off (``CURATION_OFF``): what
+  curation costs is the difference. The other validate contenders curate as params.yaml says,
+  but for ``data.languages``, set to every language the model knows: the identification runs
+  on every document and keeps this synthetic text, which is no language.
 
 The rounds interleave the contenders so that load from other work on a shared machine falls on
 each alike; the ratio is taken within a round. Peak RSS is each child's own (``ru_maxrss``),
@@ -41,14 +45,33 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "work" / "data_reading"
 FILE_MB = 50
-CONTENDERS = ("raw", "raw_arrow", "validate", "validate_1_process", "validate_pii_keep")
-KINDS = {  # validate_<data.pii>_<data.num_proc>
+CONTENDERS = (
+    "raw",
+    "raw_arrow",
+    "validate",
+    "validate_1_process",
+    "validate_pii_keep",
+    "validate_curation_off",
+)
+KINDS = {  # validate_<data.pii>_<data.num_proc>[_off: curation off]
     "raw": "raw",
     "raw_arrow": "raw_arrow",
     "validate": "validate_mask_0",
     "validate_1_process": "validate_mask_1",
     "validate_pii_keep": "validate_keep_0",
+    "validate_curation_off": "validate_mask_0_off",
 }
+CURATION_OFF = [
+    f"data.{key}=false"
+    for key in (
+        "curate_normalise",
+        "curate_split_long",
+        "curate_exact_dedup",
+        "curate_near_dedup",
+        "curate_quality",
+        "curate_decontaminate",
+    )
+] + ["data.languages=[]"]
 ANALYSIS = "## What the figures say"
 SETS = [
     "data.corpus_glob=corpus/*.txt",
@@ -152,7 +175,7 @@ class WorkerRss(threading.Thread):
         return self.peak
 
 
-def child_validate(data: Path, pii: str, num_proc: str) -> dict:
+def child_validate(data: Path, pii: str, num_proc: str, off: str = "") -> dict:
     import datasets  # noqa: F401  (imports before the clock, as for raw)
     import great_expectations  # noqa: F401
     import mlflow
@@ -164,7 +187,12 @@ def child_validate(data: Path, pii: str, num_proc: str) -> dict:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{WORK / 'mlflow.db'}"
     mlflow.MlflowClient().search_experiments()
     after_import = rss_mb(peak=False)
-    cfg = load_config(ROOT / "params.yaml", [*SETS, f"data.pii={pii}", f"data.num_proc={num_proc}"])
+    from lmforge.data import langid
+
+    every = f"data.languages=[{', '.join(repr(c) for c in langid.labels())}]"  # all kept
+    sets = [*SETS, f"data.pii={pii}", f"data.num_proc={num_proc}"]
+    sets += CURATION_OFF if off else [every]
+    cfg = load_config(ROOT / "params.yaml", sets)
     out = WORK / f"validated-{pii}"
     shutil.rmtree(out, ignore_errors=True)
     sampler = WorkerRss()
@@ -283,7 +311,10 @@ def write(mb: float, names: list[str], rounds: list[dict]) -> None:
         "same `datasets` call, record mapping, split, personal-data masking, profile, chunked "
         "GX suites, split files written), with `data.num_proc: 0` (a worker process a core); "
         "*validate 1 process*: the same in one process (`data.num_proc: 1`); *validate pii "
-        "keep*: without personal-data detection. Medians over interleaved rounds; the ratio is "
+        "keep*: without personal-data detection; *validate curation off*: every curation rule "
+        "off (the other validate rows curate as params.yaml says, every language kept: "
+        "normalising, splitting, exact and near-duplicate removal, the quality rules, language "
+        "identification, decontamination). Medians over interleaved rounds; the ratio is "
         "raw seconds / contender seconds within a round (target >= 0.5). Peak RSS is each "
         "child's own, *worker peak RSS* the largest of its worker processes; *after imports* "
         "is its RSS before reading started (the libraries).\n\n"

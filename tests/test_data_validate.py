@@ -133,7 +133,12 @@ MUTATIONS = {
 # What curation would mend (lmforge.data.curate) is refused with its rule off.
 CURATION_OFF = {
     "control characters": ["data.curate_normalise=false"],
-    "duplicate texts": ["data.curate_exact_dedup=false", "data.curate_near_dedup=false"],
+    "duplicate texts": [
+        "data.curate_exact_dedup=false",
+        "data.curate_near_dedup=false",
+        "data.curate_quality=false",  # a phrase repeated: the repetition rules remove it
+    ],
+    "too few letters": ["data.curate_quality=false"],  # a repeated phrase of numbers too
 }
 
 

@@ -188,9 +188,9 @@ class DataConfig(Section):
         le=1,
     )
     quality_max_top_2gram: float = setting(
-        0.2,
-        "Most share of a document's characters in its most frequent repeated word 2-gram "
-        "(Gopher: 0.2).",
+        0.25,
+        "Most share of a document's characters in its most frequent repeated word 2-gram, "
+        "case ignored (Gopher: 0.2, which removes KJV's Ezra 2: 'the children of ...').",
         ge=0,
         le=1,
     )

@@ -8,8 +8,8 @@ position, all documents together), the features counted into a sparse matrix and
 product with the model's table (scipy, which datasketch already needs). The result is the
 model's own (``tests/test_langid.py`` checks it against ``classify``).
 
-Only the first ``CHARS`` characters of a document are read: the language shows long before
-that, and the cost stays bounded per document. An all-capitals text is lower-cased first, as
+Only the first ``CHARS`` (500) characters of a document are read: a few sentences show the
+language, and the cost stays bounded per document. An all-capitals text is lower-cased first, as
 py3langid does. The probability is py3langid's ``norm_probs`` (a softmax of the scores scaled
 by the square root of the bytes read).
 """
@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-CHARS = 1000  # characters of a document read
-_CHUNK = 1024  # documents walked together (their bytes and features: ~5 MB at 1,000 bytes)
+CHARS = 500  # characters of a document read (a few sentences: enough for prose)
+_CHUNK = 1024  # documents walked together (their bytes and features: ~2.5 MB at 500 bytes)
 _MODEL: list = []
 
 
@@ -34,9 +34,9 @@ class _Model:
         ident = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
         self.identifier = ident  # py3langid's own (its classify: the tests' reference)
         self.labels: list[str] = ident.labels
-        self.nextmove = np.asarray(ident.tk_nextmove, np.int64)
-        self.rowbase = np.asarray(ident._rowbase, np.int64)
-        self.output = np.asarray(ident.tk_output, np.int64)
+        self.nextmove = np.asarray(ident.tk_nextmove, np.int32)
+        self.rowbase = np.asarray(ident._rowbase, np.int32)
+        self.output = np.asarray(ident.tk_output, np.int32)
         self.ptc = np.asarray(ident.nb_ptc, np.float32)
         self.pc = np.asarray(ident.nb_pc, np.float32)
         # Labels that appear twice in the model's classes (scripts of one language): each
@@ -83,8 +83,8 @@ def _score(model: _Model, raw: np.ndarray, offsets: np.ndarray) -> tuple[np.ndar
     valid = place[None, :] < lengths[:, None]
     index = np.where(valid, offsets[:-1, None] + place[None, :], 0)
     data = raw[index] if len(raw) else np.zeros((n, width), np.uint8)
-    state = np.zeros(n, np.int64)
-    feats = np.full((n, width), -1, np.int64)
+    state = np.zeros(n, np.int32)
+    feats = np.full((n, width), -1, np.int32)
     for p in range(width):  # a document's bytes end where valid does: later states unused
         state = model.nextmove[model.rowbase[state] + data[:, p]]
         feats[:, p] = model.output[state]

@@ -258,8 +258,8 @@ def judge(text: pa.Array, t: Thresholds, w: Tokens | None = None) -> tuple[np.nd
     (``w``: the texts' ``words``, when already split)."""
     m = measure(text, w)
     has_words = m.words > 0
-    tests = [
-        (m.words < t.min_words, m.words),
+    tests = [  # a text of no word at all is left to the checks (an empty text is refused)
+        (has_words & (m.words < t.min_words), m.words),
         (m.words > t.max_words, m.words),
         (
             has_words
