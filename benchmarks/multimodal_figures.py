@@ -79,8 +79,9 @@ def main() -> None:
                 *args.overrides,
             ],
         )
-        align(cfg, None, args.data, run / "align")
-        instruct(cfg, run / "align", args.data, run / "instruct")
+        if not (run / "instruct" / "model").is_dir():  # a rerun scores what was trained
+            align(cfg, None, args.data, run / "align")
+            instruct(cfg, run / "align", args.data, run / "instruct")
         reports.append(
             evaluate_multimodal(cfg, run / "instruct" / "model", args.test, run / "eval")
         )

@@ -69,8 +69,13 @@ def encode(processor, model_type: str, examples: list[Example], max_length: int)
     tok = processor.tokenizer
     data = EncodedImageText([], [], [])
     answer_type = ANSWER_TOKEN_TYPE.get(model_type, 0)
+    seen: dict[tuple[Path, str], dict[str, torch.Tensor]] = {}  # retrieval: one image, many
     for ex in examples:
-        out = process(processor, model_type, load_image(ex.image), ex.prompt)
+        if (ex.image, ex.prompt) not in seen:
+            seen[ex.image, ex.prompt] = process(
+                processor, model_type, load_image(ex.image), ex.prompt
+            )
+        out = dict(seen[ex.image, ex.prompt])
         prompt = out.pop("input_ids")[0].tolist()
         answer = tok(ex.answer, add_special_tokens=False)["input_ids"][: max_length - 1]
         data.truncated += len(answer) == max_length - 1
