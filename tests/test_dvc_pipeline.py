@@ -91,6 +91,9 @@ def first_repro(project) -> str:
 def test_repro_runs_every_stage_and_registers_both_models(project, first_repro):
     for stage in STAGES:
         assert f"Running stage '{stage}'" in first_repro, stage
+    assert set(STAGES[1:]) <= set(yaml.safe_load((project / "dvc.lock").read_text())["stages"])
+    meta = json.loads((project / "outputs/tokenized/blocks/meta.json").read_text())
+    assert meta["block_size"] == 32 and meta["splits"]["train"]["n_blocks"] > 0  # the micro's
     registered = json.loads((project / "outputs/register/registered.json").read_text())
     assert registered["pipeline_run_id"] == RUN_ID
     pretrain = json.loads((project / "outputs/pretrain/metrics.json").read_text())
@@ -163,3 +166,4 @@ def test_second_repro_has_nothing_to_do(project, first_repro):
     second = run(str(BIN / "dvc"), "repro", cwd=project)
     # inputs runs every time (always_changed); its file is the same, so nothing after it runs
     assert re.findall(r"Running stage '(\w+)'", second) == ["inputs"]
+    assert "didn't change" in second or "up to date" in second
