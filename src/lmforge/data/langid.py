@@ -40,8 +40,11 @@ class _Model:
         self.ptc = np.asarray(ident.nb_ptc, np.float32)
         self.pc = np.asarray(ident.nb_pc, np.float32)
         # Labels that appear twice in the model's classes (scripts of one language): each
-        # class column scored, then folded into its label's.
-        self.column_label = np.array([self.labels.index(c) for c in ident.nb_classes])
+        # class column scored, then folded into its label's (a 0/1 matrix product).
+        self.fold = np.zeros((len(ident.nb_classes), len(self.labels)), np.float32)
+        self.fold[
+            np.arange(len(ident.nb_classes)), [self.labels.index(c) for c in ident.nb_classes]
+        ] = 1
 
 
 def _model() -> _Model:
@@ -76,32 +79,31 @@ def identify(text: pa.Array) -> tuple[list[str], np.ndarray]:
 def _score(model: _Model, raw: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from scipy.sparse import csr_matrix
 
-    n = len(offsets) - 1
+    n, n_feats = len(offsets) - 1, len(model.ptc)
     lengths = offsets[1:] - offsets[:-1]
     width = int(lengths.max()) if n else 0
     place = np.arange(width)
-    valid = place[None, :] < lengths[:, None]
-    index = np.where(valid, offsets[:-1, None] + place[None, :], 0)
-    data = raw[index] if len(raw) else np.zeros((n, width), np.uint8)
+    valid = place[:, None] < lengths[None, :]  # a row a byte position: contiguous steps
+    index = np.where(valid, offsets[None, :-1] + place[:, None], 0)
+    data = raw[index] if len(raw) else np.zeros((width, n), np.uint8)
     state = np.zeros(n, np.int32)
-    feats = np.full((n, width), -1, np.int32)
+    feats = np.empty((width, n), np.int32)
     for p in range(width):  # a document's bytes end where valid does: later states unused
-        state = model.nextmove[model.rowbase[state] + data[:, p]]
-        feats[:, p] = model.output[state]
+        state = model.nextmove[model.rowbase[state] + data[p]]
+        feats[p] = model.output[state]
     feats[~valid] = -1
-    doc, pos = np.nonzero(feats >= 0)
+    pos, doc = np.nonzero(feats >= 0)
+    # each (document, feature) counted once: one sort of their keys, then the sparse rows
+    key, count = np.unique(doc * n_feats + feats[pos, doc], return_counts=True)
+    indptr = np.searchsorted(key // n_feats, np.arange(n + 1))
     counts = csr_matrix(
-        (np.ones(len(doc), np.float32), (doc, feats[doc, pos])), shape=(n, len(model.ptc))
+        (np.log1p(count.astype(np.float32)), key % n_feats, indptr), shape=(n, n_feats)
     )
-    counts.sum_duplicates()
-    counts.data = np.log1p(counts.data)
     scores = np.asarray(counts @ model.ptc) + model.pc
     scores *= (1.0 / np.sqrt(np.maximum(lengths, 1)))[:, None]
     scores = np.exp(scores - scores.max(axis=1, keepdims=True))
     scores /= scores.sum(axis=1, keepdims=True)
-    folded = np.zeros((n, len(model.labels)))
-    np.add.at(folded.T, model.column_label, scores.T)
-    featureless = np.bincount(doc, minlength=n) == 0
-    folded[featureless] = 1.0 / len(model.labels)
+    folded = scores @ model.fold
+    folded[np.diff(indptr) == 0] = 1.0 / len(model.labels)  # no feature: uniform
     best = folded.argmax(axis=1)
     return best, folded[np.arange(n), best]
