@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,8 @@ def test_the_finetune_cli_and_component_give_the_same_scores(full_pipeline_run, 
         *sets,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # cwd's own store
+    # ... a copy of the run's: a store already made (a new one costs its schema migrations)
+    shutil.copy(full_pipeline_run.root / "mlflow.db", tmp_path / "mlflow.db")
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cli = json.loads((tmp_path / "finetune" / "metrics.json").read_text())
