@@ -36,7 +36,8 @@ WORK = ROOT / "benchmarks" / "work" / "data_throughput"
 # Replicated records repeat their texts: the duplicate-share bound would (rightly) refuse them.
 # The corpus replicates the shipped texts, so the duplicate rules must let copies through:
 # curation's exact and near-duplicate removal would keep one copy of each and measure a
-# different corpus. The figures in docs/benchmarks/data_throughput.md are of validation alone.
+# different corpus. Curation's cost is measured by --reading (data_reading.py: its unique
+# synthetic paragraphs, curation on against off; docs/benchmarks/data_throughput.md).
 OVERRIDES = [
     "data.max_duplicate_share=1.0",
     "data.curate_exact_dedup=false",
