@@ -24,13 +24,13 @@ TINY = [
     "model.d_model=32",
     "model.n_heads=2",
     "model.max_seq_len=32",
-    "pretrain.max_steps=240",
+    "pretrain.max_steps=60",  # 50 steps after the first checkpoint: time enough to kill a worker
     "pretrain.micro_batch_size=4",
     "pretrain.warmup_steps=5",
-    "pretrain.eval_every=120",
+    "pretrain.eval_every=60",
     "pretrain.eval_batches=2",
     "pretrain.log_every=20",
-    "pretrain.ckpt_every=20",
+    "pretrain.ckpt_every=10",
     "pretrain.keep_last=2",
     "pretrain.precision=fp32",
     "pretrain.device=cpu",
@@ -69,7 +69,7 @@ def test_dvc_default_pretrains_two_replicas_and_survives_a_killed_worker(
     assert result.restarts >= 1 and result.backend == "local"
     assert any(line.startswith("[worker-0] exited with code 137; restarting") for line in lines)
     metrics = json.loads((tmp_path / "outputs" / "pretrain" / "metrics.json").read_text())
-    assert metrics["world_size"] == 2 and metrics["steps"] == 240
+    assert metrics["world_size"] == 2 and metrics["steps"] == 60
     assert metrics["resumed_from"] >= int(killed[0].removeprefix("step-"))
     assert (tmp_path / "outputs" / "pretrain" / "model" / "config.json").exists()
     assert result.val_loss == metrics["val_loss"]
