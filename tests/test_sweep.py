@@ -122,6 +122,13 @@ def test_each_trial_is_a_nested_mlflow_run_with_params_and_objective(first_sweep
         assert run.data.params["pretrain.warmup_steps"] == row["pretrain.warmup_steps"]
         assert run.data.metrics["objective"] == pytest.approx(float(row["objective"]))
         assert "val_loss" in run.data.metrics  # the step's own per-step metrics are there too
+        # Its model: recorded as a LoggedModel of the trial's run, ranked, weights not uploaded.
+        (model,) = mlflow.MlflowClient().search_logged_models(
+            [run.info.experiment_id],
+            filter_string=f"source_run_id = '{run.info.run_id}' AND name = 'language_model'",
+        )
+        assert model.tags["lmforge.model_dir"] == "model"
+        assert "val_loss" in {m.key for m in model.metrics}
     parent = mlflow.MlflowClient().get_run(result.mlflow_parent_run_id)
     assert parent.info.run_name == "sweep-lmforge-sweep"
     assert parent.data.metrics["best_objective"] == pytest.approx(result.best_value)

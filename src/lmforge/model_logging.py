@@ -8,6 +8,9 @@ record; register's fallback for a folder no run of this store logged):
   output at its step, and logs the folder with MLflow's transformers flavour (from the path: the
   files are copied, the model is not loaded) with explicit pip requirements and a signature;
 - logs the model's own metrics on it (``model_id``, and the dataset they were measured on);
+- with ``spec["weights"]`` false (a sweep trial, a scaling rung: many models, most thrown away)
+  records the model the same way without uploading its weights (the tag ``lmforge.model_dir``
+  names the folder), so trials are still ranked by ``search_logged_models``;
 - records each periodic checkpoint still on disk as a LoggedModel of the same run, at its step,
   with the validation numbers of that step and no artifacts (the DCP shards stay in the step's
   output; their path is the tag ``lmforge.checkpoint``): ``search_logged_models`` ranks them.
@@ -27,6 +30,7 @@ from lmforge.lineage import log_model_metrics
 MODEL_REQUIREMENTS = ("mlflow", "transformers", "torch", "tokenizers", "safetensors", "numpy")
 RECORD_TAG = "lmforge.record_id"
 CHECKPOINT_TAG = "lmforge.checkpoint"
+FOLDER_TAG = "lmforge.model_dir"  # a model recorded without its weights: where they are
 
 
 def requirements() -> list[str]:
@@ -82,10 +86,18 @@ def log_model_folder(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # MLflow would ask the hub for a model card
     tags = dict(spec.get("tags") or {})
     step, record = int(spec.get("step", 0)), spec["record_id"]
+    weights = spec.get("weights", True)
+    if not weights:  # recorded, not uploaded: the folder stays in the step's output
+        tags[FOLDER_TAG] = spec["path"]
     model = _create(
-        client, experiment_id, run_id, spec["name"], record, step, tags, spec["task"], True
+        client, experiment_id, run_id, spec["name"], record, step, tags, spec["task"], weights
     )
-    if model.status != LoggedModelStatus.READY:
+    if model.status != LoggedModelStatus.READY and not weights:
+        log_model_metrics(
+            client, run_id, model.model_id, spec["metrics"], spec.get("dataset"), step
+        )
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    elif model.status != LoggedModelStatus.READY:
         signature = infer_signature(spec["example"], spec["output_example"], spec.get("params"))
         with transformers5_checkpoint_compat():
             mlflow.transformers.log_model(

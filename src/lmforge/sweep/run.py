@@ -330,11 +330,14 @@ def run_step(cfg: Config, trial_dir: Path, inputs: StepInputs, on_log) -> dict[s
     if cfg.sweep.step == "pretrain":
         from lmforge.train.pretrain import pretrain
 
-        pretrain(cfg, inputs.tokenized, trial_dir, on_log=on_log)
+        # A trial's model is recorded (ranked in MLflow) but its weights are not uploaded.
+        pretrain(cfg, inputs.tokenized, trial_dir, on_log=on_log, log_weights=False)
     else:
         from lmforge.train.finetune import finetune
 
-        finetune(cfg, inputs.pretrained, inputs.augmented, trial_dir, on_log=on_log)
+        finetune(
+            cfg, inputs.pretrained, inputs.augmented, trial_dir, on_log=on_log, log_weights=False
+        )
     return json.loads((trial_dir / "metrics.json").read_text())
 
 

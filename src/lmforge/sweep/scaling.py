@@ -334,7 +334,7 @@ def run_rung(
     try:
         with runs.trial(rung.index):
             rcfg = rung_config(cfg, rung.shape, rung.steps, rung.warmup_steps, extra)
-            outcome = pretrain(rcfg, tokenized, where)
+            outcome = pretrain(rcfg, tokenized, where, log_weights=False)  # recorded, not uploaded
         result.val_loss, result.tokens_seen = float(outcome.val_loss), int(outcome.tokens_seen)
         if not math.isfinite(result.val_loss):
             raise TrainingError(f"rung {rung.index}: val_loss = {result.val_loss!r}")

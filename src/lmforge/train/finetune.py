@@ -133,17 +133,22 @@ def finetune(
     out_dir: Path,
     *,
     on_log: Callable | None = None,
+    log_weights: bool = True,
 ) -> FinetuneResult:
     """Fine-tune the classifier and its from-scratch baseline; write ``out_dir`` (module doc).
 
     ``on_log(step, row)``: also called with each row the loop logs for the fine-tuned model
     (not the baseline): a sweep's pruner. With ``finetune.base_model`` set, training starts
     from that folder and ``pretrained_dir`` is not read (it may be None).
-    ``finetune.task: sft`` is instruction tuning instead (``lmforge.train.finetune_sft``)."""
+    ``finetune.task: sft`` is instruction tuning instead (``lmforge.train.finetune_sft``).
+    ``log_weights=False`` (a sweep trial): the LoggedModels are recorded with their numbers but
+    their weights are not uploaded (``lmforge.model_logging``)."""
     if cfg.finetune.task == "sft":
         from lmforge.train.finetune_sft import finetune_sft
 
-        return finetune_sft(cfg, pretrained_dir, augmented_dir, out_dir, on_log=on_log)
+        return finetune_sft(
+            cfg, pretrained_dir, augmented_dir, out_dir, on_log=on_log, log_weights=log_weights
+        )
     tcfg, out_dir = cfg.finetune, Path(out_dir)
     model_dir, tokenizer = starting_model(tcfg.base_model, pretrained_dir)
     tokenizer = with_eos_appended(tokenizer)
@@ -213,14 +218,14 @@ def finetune(
                     {k: float(v) for k, v in asdict(result).items() if is_number(v)}
                 )
                 tracker.log_artifact(out_dir / "plots", "plots")
-                _log_models(tracker, labelled, labels, runs, out_dir)
+                _log_models(tracker, labelled, labels, runs, out_dir, log_weights)
         if rt.is_main:  # again, now with what the tracker could not send
             step.write_metrics(out_dir, result, tracking.summary)
         barrier()
         return result
 
 
-def _log_models(tracker, labelled: Path, labels, runs: dict[str, FitResult], out_dir: Path) -> None:
+def _log_models(tracker, labelled: Path, labels, runs, out_dir: Path, weights: bool) -> None:
     """The labelled splits as the run's inputs; ``model/`` and ``baseline/`` as its LoggedModels,
     each with its own best validation numbers and checkpoints (``lmforge.model_logging``)."""
     from lmforge.model_logging import checkpoints
@@ -251,6 +256,7 @@ def _log_models(tracker, labelled: Path, labels, runs: dict[str, FitResult], out
                 "example": [text],
                 "output_example": [{"label": labels[0], "score": 0.5}],
                 "tags": {"lmforge.stage": "finetune", "lmforge.variant": variant},
+                "weights": weights,
                 "checkpoints": checkpoints(
                     step.checkpoint_dir(out_dir, variant), run.history, out_dir
                 ),

@@ -108,6 +108,7 @@ def finetune_sft(
     out_dir: Path,
     *,
     on_log: Callable | None = None,
+    log_weights: bool = True,
 ) -> SftFinetuneResult:
     """Instruction-tune the causal LM on the pairs; write ``out_dir`` (module doc)."""
     tcfg, out_dir = cfg.finetune, Path(out_dir)
@@ -194,14 +195,16 @@ def finetune_sft(
                     {k: float(v) for k, v in asdict(result).items() if is_number(v)}
                 )
                 tracker.log_artifact(out_dir / "plots", "plots")
-                _log_model(cfg, tracker, tokenizer, template, pairs, run, keeper, out_dir)
+                _log_model(
+                    cfg, tracker, tokenizer, template, pairs, run, keeper, out_dir, log_weights
+                )
         if rt.is_main:  # again, now with what the tracker could not send
             step.write_metrics(out_dir, result, tracking.summary)
         barrier()
         return result
 
 
-def _log_model(cfg, tracker, tokenizer, template, pairs, run, keeper, out_dir: Path) -> None:
+def _log_model(cfg, tracker, tokenizer, template, pairs, run, keeper, out_dir, weights) -> None:
     """The pairs trained and validated on (as written to ``pairs/``) as the run's inputs;
     ``model/`` as its LoggedModel with its best validation numbers and checkpoints."""
     from lmforge.model_logging import checkpoints
@@ -226,6 +229,7 @@ def _log_model(cfg, tracker, tokenizer, template, pairs, run, keeper, out_dir: P
             "output_example": [held_out.response],
             "params": {"max_new_tokens": cfg.evaluate.sft_max_new_tokens, "do_sample": False},
             "tags": {"lmforge.stage": "finetune", "lmforge.task": "sft"},
+            "weights": weights,
             "checkpoints": checkpoints(step.checkpoint_dir(out_dir, "model"), run.history, out_dir),
         }
     )

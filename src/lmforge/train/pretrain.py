@@ -121,11 +121,18 @@ def unigram_perplexity(
 
 
 def pretrain(
-    cfg: Config, tokenized_dir: Path, out_dir: Path, *, on_log: Callable | None = None
+    cfg: Config,
+    tokenized_dir: Path,
+    out_dir: Path,
+    *,
+    on_log: Callable | None = None,
+    log_weights: bool = True,
 ) -> PretrainResult:
     """Train the decoder on ``tokenized_dir/blocks`` and write ``out_dir`` (see module doc).
 
-    ``on_log(step, row)``: also called with each row the loop logs (a sweep's pruner)."""
+    ``on_log(step, row)``: also called with each row the loop logs (a sweep's pruner).
+    ``log_weights=False`` (sweep trials, scaling rungs): the LoggedModel is recorded with its
+    numbers but its weights are not uploaded (``lmforge.model_logging``)."""
     tokenized_dir, out_dir = Path(tokenized_dir), Path(out_dir)
     tcfg = cfg.pretrain
     blocks_dir, tok_dir = tokenized_dir / "blocks", tokenized_dir / "tokenizer"
@@ -217,7 +224,8 @@ def pretrain(
             if rt.is_main:
                 _write_outputs(out_dir, hf_config, state, tok_dir, result.history, outcome)
                 _log_final(tracker, out_dir, outcome)
-                tracker.log_model(_model_spec(cfg, out_dir, outcome, result.history, inputs))
+                spec = _model_spec(cfg, out_dir, outcome, result.history, inputs)
+                tracker.log_model({**spec, "weights": log_weights})
         if rt.is_main:  # again, now with what the tracker could not send
             outcome.tracking = tracking.summary or None
             step.write_metrics(out_dir, outcome, tracking.summary)
