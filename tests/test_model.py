@@ -84,3 +84,53 @@ def test_every_preset_builds_a_config_of_the_advertised_size(preset):
     if expected:
         assert 0.7 * expected < size.n_params < 1.4 * expected, size.n_params
     assert size.flops_per_token > 6 * size.n_non_embedding
+
+
+def _tiny(**kw):
+    return build_config(
+        ModelConfig(n_layers=2, d_model=64, n_heads=4, max_seq_len=32, vocab_size=256, **kw)
+    )
+
+
+def _loss_and_grads(model, ids, bf16: bool):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = model(input_ids=ids, labels=ids)
+    out.loss.backward()
+    return out.loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
+
+
+def test_block_norms_hand_bf16_to_their_projections_once():
+    # Under bf16 autocast the blocks' norm outputs are cast once (not once per projection); the
+    # forward is bit-identical to the stock model's, gradients agree to bf16 precision.
+    model, stock = build_model(_tiny(), seed=0), build_model(_tiny(), seed=0, cast_once=False)
+    seen = []
+    hook = model.model.layers[0].input_layernorm.register_forward_hook(
+        lambda m, a, out: seen.append(out.dtype)
+    )
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+    loss, grads = _loss_and_grads(model, ids, bf16=True)
+    stock_loss, stock_grads = _loss_and_grads(stock, ids, bf16=True)
+    hook.remove()
+    assert seen == [torch.bfloat16]
+    assert torch.equal(loss, stock_loss)
+    for name, grad in grads.items():
+        error = (grad - stock_grads[name]).norm() / stock_grads[name].norm()
+        assert error < 0.02, name
+    # Without autocast nothing changes: the fp32 model is the stock one, as saved.
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, stock(input_ids=ids).logits)
+    assert model.state_dict().keys() == stock.state_dict().keys()
+
+
+def test_bf16_step_matches_fp32_within_tolerance():
+    # The bf16 path (autocast over lmforge's model) against fp32 on the same weights and batch.
+    model = build_model(_tiny(), seed=0)
+    ids = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(1))
+    loss16, grads16 = _loss_and_grads(model, ids, bf16=True)
+    loss32, grads32 = _loss_and_grads(model, ids, bf16=False)
+    assert loss16.dtype == loss32.dtype == torch.float32
+    assert abs(loss16.item() - loss32.item()) < 0.01 * loss32.item()
+    for name, grad in grads32.items():
+        cos = torch.nn.functional.cosine_similarity(grad.flatten(), grads16[name].flatten(), dim=0)
+        assert cos > 0.99, name

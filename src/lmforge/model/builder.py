@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
@@ -62,15 +63,42 @@ def build_config(
     return LlamaConfig(**common)
 
 
-def build_model(config: PretrainedConfig, seed: int | None = None) -> PreTrainedModel:
-    """A freshly initialised causal LM with SDPA attention (same seed, same weights)."""
-    import torch
-
+def build_model(
+    config: PretrainedConfig, seed: int | None = None, cast_once: bool = True
+) -> PreTrainedModel:
+    """A freshly initialised causal LM with SDPA attention (same seed, same weights); with
+    ``cast_once`` its block norms cast once under autocast (``cast_block_norms_once``)."""
     if seed is not None:
         torch.manual_seed(seed)
     cls = MistralForCausalLM if isinstance(config, MistralConfig) else LlamaForCausalLM
     config._attn_implementation = "sdpa"
-    return cls(config)
+    model = cls(config)
+    return cast_block_norms_once(model) if cast_once else model
+
+
+def _to_autocast_dtype(module, args, output):
+    """Forward hook: the output in the autocast dtype while autocast is on, else unchanged."""
+    kind = output.device.type
+    if torch.is_autocast_enabled(kind):
+        return output.to(torch.get_autocast_dtype(kind))
+    return None
+
+
+def cast_block_norms_once(model: PreTrainedModel) -> PreTrainedModel:
+    """Under bf16 autocast, hand each block's RMSNorm output to its projections in bf16.
+
+    Autocast casts the (fp32) normed activations once per projection that reads them: three
+    times before q/k/v, twice before gate/up, and backward casts each of their gradients back;
+    at width 384 these casts were the largest group of copies in a bf16 step. Casting once at the
+    norm gives the projections the very same bf16 input (the forward is bit-identical); backward
+    sums the projections' bf16 input gradients before the one cast back. A forward hook, so the
+    modules, parameters and saved format stay Hugging Face's; without autocast it does nothing.
+    The final norm is left alone: its output is also the model's ``last_hidden_state``.
+    """
+    for layer in model.model.layers:
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+            norm.register_forward_hook(_to_autocast_dtype)
+    return model
 
 
 @dataclass(frozen=True)
