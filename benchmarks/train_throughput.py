@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import machine  # benchmarks/machine.py (this script's folder): what the figures ran on
@@ -97,13 +98,23 @@ def run_lmforge(ds: BlockDataset, precision: str, steps: int, warmup: int, compi
     return statistics.fmean(r["tokens_per_s"] for r in rows)
 
 
-def run_minimal(ds: BlockDataset, precision: str, steps: int, warmup: int, compile: bool) -> float:
+def run_minimal(
+    ds: BlockDataset,
+    precision: str,
+    steps: int,
+    warmup: int,
+    compile: bool,
+    on_step: Callable[[], None] | None = None,
+) -> float:
     """nanoGPT's training step over the same model and batches (its optimizer set-up: decay on
-    2-D weights, fused AdamW where nanoGPT asks for it, i.e. on CUDA only)."""
+    2-D weights, fused AdamW where nanoGPT asks for it, i.e. on CUDA only). The model is the
+    stock Hugging Face one, as a user would build it (lmforge's own build casts each block's
+    norm output once under autocast: ``lmforge.model.builder.cast_block_norms_once``).
+    ``on_step`` is called after each step (the parity benchmark's clock)."""
     import inspect
     import math
 
-    model = build_model(build_config(SHAPE), seed=0)
+    model = build_model(build_config(SHAPE), seed=0, cast_once=False)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
@@ -138,6 +149,8 @@ def run_minimal(ds: BlockDataset, precision: str, steps: int, warmup: int, compi
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if on_step is not None:
+            on_step()
     return steps * BATCH * SEQ / (time.perf_counter() - start)
 
 
