@@ -78,6 +78,15 @@ class DataConfig(Section):
     min_alpha_share: float = setting(
         0.5, "Least share of letters among a record's non-space characters.", ge=0, le=1
     )
+    labelled_alpha_mostly: float = setting(
+        0.99,
+        "Share of the labelled records that must reach min_alpha_share (Great Expectations' "
+        "`mostly`); a real task's short texts are sometimes mostly numbers ('Cross assembler "
+        "for 6800/6801/6803/6805/6809/Z80') and are kept as written; 1: every record. The "
+        "corpus is held to min_alpha_share in full.",
+        ge=0,
+        le=1,
+    )
     max_duplicate_share: float = setting(
         0.05, "Most share of records whose text repeats another's.", ge=0, le=1
     )

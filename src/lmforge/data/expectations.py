@@ -294,7 +294,8 @@ def suite_spec(
         ("ExpectColumnValuesToBeBetween", {"column": "control_chars", "max_value": 0}),
         (
             "ExpectColumnValuesToBeBetween",
-            {"column": "letter_share", "min_value": cfg.min_alpha_share, "max_value": 1.0},
+            {"column": "letter_share", "min_value": cfg.min_alpha_share, "max_value": 1.0}
+            | ({"mostly": cfg.labelled_alpha_mostly} if kind == "labelled" else {}),
         ),
         (
             "ExpectColumnProportionOfUniqueValuesToBeBetween",
