@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow_fixtures import free_port, stop_server, wait_healthy
 
-from lmforge import tracking
+from lmforge import lineage, tracking
 from lmforge.registry import promote, register
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -56,6 +56,8 @@ def test_ui_shows_the_registered_model_with_its_champion(embedded_store, trained
     register(cfg, stages["pretrain"], stages["finetune"], stages["evaluate"], tmp_path / "reg")
     name = cfg.register.classifier_model_name
     promote(cfg, name)
+    client = tracking.client(cfg)
+    model = client.get_logged_model(lineage.version_model_id(client.get_model_version(name, "1")))
 
     port = free_port()
     # What `lmforge ui` runs, over the same store the pipeline wrote.
@@ -74,10 +76,16 @@ def test_ui_shows_the_registered_model_with_its_champion(embedded_store, trained
         shot = ARTIFACTS / "mlflow_ui_champion.png"
         shot.unlink(missing_ok=True)
         chromium(page, tmp_path / "profile-shot", f"--screenshot={shot}")
+        # The classifier's own page: its metrics, not the language model's (issue 31).
+        model_page = f"{url}/#/experiments/{model.experiment_id}/models/{model.model_id}"
+        model_dom = chromium(model_page, tmp_path / "profile-model", "--dump-dom")
+        (ARTIFACTS / "mlflow_ui_model.html").write_text(model_dom)  # for a person to read
     finally:
         stop_server(proc)
     assert name in dom
     assert re.search(ALIAS_CHIP.format(alias="champion"), dom), "no @champion alias on the page"
     assert re.search(ALIAS_CHIP.format(alias="challenger"), dom)
     assert "Version 1" in dom
+    assert "test_macro_f1" in model_dom and "test_accuracy" in model_dom
+    assert "perplexity" not in model_dom  # the LM's numbers stay on the LM's page
     assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000

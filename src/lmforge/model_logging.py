@@ -18,6 +18,7 @@ record; register's fallback for a folder no run of this store logged):
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 from importlib import metadata
 from pathlib import Path
@@ -48,10 +49,7 @@ def _find(client, experiment_id: str, record_id: str):
     return found[0] if found else None
 
 
-def _create(
-    client, experiment_id, run_id, name, record_id, step, tags, model_type=None, with_log=False
-):
-    import mlflow
+def _create(client, experiment_id, run_id, name, record_id, step, tags, model_type=None):
     from mlflow.entities import LoggedModelOutput
 
     model = _find(client, experiment_id, record_id) or client.create_logged_model(
@@ -63,12 +61,7 @@ def _create(
     )
     run = client.get_run(run_id)
     declared = {o.model_id for o in (run.outputs.model_outputs if run.outputs else [])}
-    # Once: a retried record finds it declared (the store refuses a second identical row), and
-    # MLflow's log_model declares it itself inside the fluent run that logs it (register's).
-    active = mlflow.active_run()
-    if model.model_id not in declared and not (
-        with_log and active and active.info.run_id == run_id
-    ):
+    if model.model_id not in declared:  # once: the store refuses a second identical row
         client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=int(step))])
     return model
 
@@ -89,9 +82,7 @@ def log_model_folder(
     weights = spec.get("weights", True)
     if not weights:  # recorded, not uploaded: the folder stays in the step's output
         tags[FOLDER_TAG] = spec["path"]
-    model = _create(
-        client, experiment_id, run_id, spec["name"], record, step, tags, spec["task"], weights
-    )
+    model = _create(client, experiment_id, run_id, spec["name"], record, step, tags, spec["task"])
     if model.status != LoggedModelStatus.READY and not weights:
         log_model_metrics(
             client, run_id, model.model_id, spec["metrics"], spec.get("dataset"), step
@@ -99,16 +90,24 @@ def log_model_folder(
         client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
     elif model.status != LoggedModelStatus.READY:
         signature = infer_signature(spec["example"], spec["output_example"], spec.get("params"))
-        with transformers5_checkpoint_compat():
-            mlflow.transformers.log_model(
-                str(Path(root) / spec["path"]),  # a path: copied, not loaded
-                name=spec["name"],
-                task=spec["task"],
-                signature=signature,
-                input_example=spec["example"],
-                pip_requirements=requirements(),
-                model_id=model.model_id,
-            )
+
+        def log() -> None:
+            with transformers5_checkpoint_compat():
+                mlflow.transformers.log_model(
+                    str(Path(root) / spec["path"]),  # a path: copied, not loaded
+                    name=spec["name"],
+                    task=spec["task"],
+                    signature=signature,
+                    input_example=spec["example"],
+                    pip_requirements=requirements(),
+                    model_id=model.model_id,
+                )
+
+        # From a thread of its own: inside a fluent run (register's) MLflow would copy the run's
+        # metrics of that step onto this model, other models' included (the history it reads
+        # them from drops their model_id). The fluent run is per thread; this one has none.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(log).result()
         values, data = spec["metrics"], spec.get("dataset")
         log_model_metrics(client, run_id, model.model_id, values, data, step)
     for point in spec.get("checkpoints", []):

@@ -148,7 +148,6 @@ def _register(
                 limits=CLASSIFIER_LIMITS,
             ),
         )
-        # After the models: MLflow copies a run's step-0 metrics onto a model logged in it.
         mlflow.log_metrics({f"lm.{k}": float(v) for k, v in report["lm"].items()})
         mlflow.log_metrics({f"classifier.{k}": float(v) for k, v in report["classifier"].items()})
         return RegisterResult(

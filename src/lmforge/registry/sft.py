@@ -126,7 +126,6 @@ def _register_sft(cfg: Config, model_dir: Path, report: dict) -> SftRegisterResu
                 limits=SFT_LIMITS,
             ),
         )
-        # After the model: MLflow copies a run's step-0 metrics onto a model logged in it.
         mlflow.log_metrics({f"sft.{k}": v for k, v in metrics.items()})
         return SftRegisterResult(
             run_id=run.info.run_id, pipeline_run_id=tracking.pipeline_run_id(cfg), sft=sft
