@@ -12,7 +12,6 @@ from typing import Any
 
 from lmforge.config import Config
 from lmforge.errors import PipelineError
-from lmforge.kfp.dag import params_text
 from lmforge.kfp.local import init_local, latest_run, task_output
 from lmforge_pipelines.compile import build_pipeline
 
@@ -20,16 +19,13 @@ from lmforge_pipelines.compile import build_pipeline
 def pipeline_arguments(
     cfg: Config, name: str, data_dir: Path, pretrain_dir: Path, tokenized_dir: Path
 ) -> dict[str, Any]:
-    """The pipeline's parameters for a run on this machine: local folders, local backend."""
-    args: dict[str, Any] = {
-        "data_uri": str(data_dir.resolve()),
-        "params": params_text(cfg),
-        "overrides": [],
-    }
+    """The pipeline's parameters for a run on this machine: local folders, local backend. The
+    run form's fields keep their defaults, which ``build_pipeline`` took from ``cfg``."""
+    args: dict[str, Any] = {"data_uri": str(data_dir.resolve()), "overrides": []}
     if name == "sweep":  # trials of pretrain on a tokenize output; no raw data
         args = {**args, "tokenized_uri": str(tokenized_dir.resolve())}
         del args["data_uri"]
-    elif name == "finetune":
+    elif name in ("finetune", "sft"):
         args["pretrained_uri"] = str(pretrain_dir.resolve())
         args["tokenized_uri"] = str(tokenized_dir.resolve())
     else:

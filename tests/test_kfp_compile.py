@@ -16,17 +16,23 @@ from lmforge_pipelines.compile import PIPELINES, compile_all
 
 REPO = Path(__file__).resolve().parents[1]
 STEP_TASKS = {
-    "pretrain": {"validate", "augment", "tokenize", "pretrain"},
-    "finetune": {"validate", "augment", "finetune", "evaluate"},
-    "full": {"validate", "augment", "tokenize", "pretrain", "finetune", "evaluate"},
-    "sweep": {"sweep-plan", "for-loop-1", "sweep-best"},
-    "sft": {"validate", "augment", "finetune", "evaluate"},
+    "pretrain": {"settings", "validate", "augment", "tokenize", "pretrain"},
+    "finetune": {"settings", "validate", "augment", "finetune", "evaluate"},
+    "full": {"settings", "validate", "augment", "tokenize", "pretrain", "finetune", "evaluate"},
+    "sweep": {"settings", "sweep-plan", "for-loop-1", "sweep-best"},
+    "sft": {"settings", "validate", "augment", "finetune", "evaluate"},
     "multimodal": {"multimodal-align", "multimodal-instruct", "multimodal-evaluate"},
 }
 
 
 def repo_config(*overrides: str):
     return load_config(REPO / "params.yaml", list(overrides))
+
+
+def baked_params(spec: pipeline_spec_pb2.PipelineSpec) -> str:
+    """The config a pipeline was compiled with: the ``params`` its settings task gets."""
+    settings = spec.root.dag.tasks["settings"].inputs.parameters["params"]
+    return settings.runtime_value.constant.string_value
 
 
 def parse(path: Path) -> tuple[pipeline_spec_pb2.PipelineSpec, pipeline_spec_pb2.PlatformSpec]:
@@ -86,15 +92,17 @@ def test_register_runs_only_when_the_gate_passes(name):
 
 def test_the_sft_pipeline_is_the_finetune_pipeline_with_task_sft():
     spec, _ = parse(REPO / "pipelines" / "sft" / "pipeline.yaml")
-    text = spec.root.input_definitions.parameters["params"].default_value.string_value
-    assert load_config_text(text) == repo_config("finetune.task=sft")
+    assert load_config_text(baked_params(spec)) == repo_config("finetune.task=sft")
+    form = spec.root.input_definitions.parameters
+    assert form["finetune_task"].default_value.string_value == "sft"
+    assert "sft_min_primary" in form and "min_primary" not in form
 
 
-def test_params_default_is_params_yaml_and_heavy_steps_are_not_cached():
+def test_baked_params_are_params_yaml_and_heavy_steps_are_not_cached():
     spec, _ = parse(REPO / "pipelines" / "full" / "pipeline.yaml")
     params = spec.root.input_definitions.parameters
-    text = params["params"].default_value.string_value
-    assert load_config_text(text) == repo_config()
+    assert "params" not in params  # baked in, not a JSON field of the run form
+    assert load_config_text(baked_params(spec)) == repo_config()
     assert params["backend"].default_value.string_value == "kubernetes"
     tasks = spec.root.dag.tasks
     assert tasks["validate"].caching_options.enable_cache
@@ -143,8 +151,7 @@ def test_image_caching_and_gpu_settings_are_configurable(tmp_path):
         "executors"
     ]
     assert "nodeSelector" not in executors["exec-finetune"]
-    text = spec.root.input_definitions.parameters["params"].default_value.string_value
-    assert load_config_text(text).kubeflow.image == "registry.local/lmforge:test"
+    assert load_config_text(baked_params(spec)).kubeflow.image == "registry.local/lmforge:test"
 
 
 def test_cli_compile_writes_into_the_given_folder(tmp_path):

@@ -20,6 +20,7 @@ import yaml
 
 from lmforge.config import load_config, load_config_text
 from lmforge.errors import PipelineError
+from lmforge_pipelines import NAMES as PIPELINES
 from lmforge_pipelines.submit import submit, version_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,8 +133,11 @@ def test_first_submit_uploads_pipeline_and_version_then_creates_a_run(checkout, 
     assert version["query"]["pipelineid"] == [result["pipeline_id"]]
     assert sha in version["query"]["description"][0]
     spec = yaml.safe_load_all(multipart_file(version["body"]).decode())
-    params = next(spec)["root"]["inputDefinitions"]["parameters"]["params"]["defaultValue"]
-    assert load_config_text(params).pretrain.max_steps == 7  # the submitted config travels
+    root = next(spec)["root"]
+    params = root["dag"]["tasks"]["settings"]["inputs"]["parameters"]["params"]
+    # the submitted config travels: baked into the steps and as the run form's default
+    assert load_config_text(params["runtimeValue"]["constant"]).pretrain.max_steps == 7
+    assert root["inputDefinitions"]["parameters"]["pretrain_steps"]["defaultValue"] == 7
     experiment = json.loads(api.request("POST", "/apis/v2beta1/experiments")["body"])
     assert experiment["display_name"] == cfg.kubeflow.experiment
     run = json.loads(api.request("POST", "/apis/v2beta1/runs")["body"])
@@ -215,7 +219,7 @@ def test_missing_host_and_unknown_pipeline_are_clear_errors(checkout, cfg, monke
     monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
     with pytest.raises(PipelineError, match="--host"):
         submit(cfg, "full", repo=checkout)
-    with pytest.raises(PipelineError, match="unknown; choose one of finetune, full, pretrain"):
+    with pytest.raises(PipelineError, match=f"unknown; choose one of {', '.join(PIPELINES)}"):
         submit(cfg, "nope", host="http://127.0.0.1:9", repo=checkout)
 
 

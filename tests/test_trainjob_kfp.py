@@ -26,10 +26,13 @@ def test_compiled_pipelines_pass_launch_api_to_pretrain(pipeline):
     spec = next(yaml.safe_load_all(text))  # the pipeline spec; then the platform spec
     inputs = spec["root"]["inputDefinitions"]["parameters"]
     assert inputs["launch_api"]["defaultValue"] == load_config(REPO / "params.yaml").launch.api
+    # The run form's field reaches the pretrain step as launch.api in its overrides.
+    settings = spec["root"]["dag"]["tasks"]["settings"]["inputs"]["parameters"]
+    assert settings["pipelinechannel--launch_api"] == {"componentInputParameter": "launch_api"}
     task = spec["root"]["dag"]["tasks"]["pretrain"]
-    assert task["inputs"]["parameters"]["launch_api"] == {"componentInputParameter": "launch_api"}
-    component = spec["components"][task["componentRef"]["name"]]
-    assert component["inputDefinitions"]["parameters"]["launch_api"]["isOptional"] is True
+    assert task["inputs"]["parameters"]["overrides"]["taskOutputParameter"]["producerTask"] == (
+        "settings"
+    )
 
 
 @pytest.mark.timeout(60)

@@ -1,20 +1,19 @@
 """Finetune pipeline: from a pretrain pipeline's model and blocks, fine-tune, evaluate, register.
 
 The raw data goes through validate and augment again (seeded, so the labelled splits are the
-ones the pretrain run saw); registration runs only when the evaluation gate passes.
+ones the pretrain run saw); registration runs only when the evaluation gate passes. The run form
+(``lmforge.kfp.form``): the inputs, the finetune settings and the gate as typed fields, the rest
+as ``overrides``.
 """
+
+from collections.abc import Sequence
 
 from kfp import dsl
 from kfp.dsl import Dataset, Model
 
 from lmforge.config import Config
-from lmforge.kfp.dag import (
-    common_args,
-    finetune_evaluate_register,
-    import_artifact,
-    params_text,
-    prepare_data,
-)
+from lmforge.kfp import form
+from lmforge.kfp.dag import finetune_evaluate_register, form_args, import_artifact, prepare_data
 from lmforge_pipelines.ops import Ops
 
 
@@ -23,20 +22,14 @@ def build(
     name: str = "finetune",
     description: str = "Fine-tune a classifier from a pretrained model, evaluate it, register it "
     "when it passes the gate.",
+    fields: Sequence[str] = form.FINETUNE_FIELDS,
 ) -> dsl.graph_component.GraphComponent:
-    """The pipeline with its parameters' defaults taken from ``cfg`` (``params.yaml``); ``name``
-    and ``description``: a variant's (``lmforge_pipelines.sft``)."""
+    """The pipeline with its parameters' defaults taken from ``cfg`` (``params.yaml``); ``name``,
+    ``description`` and the form's ``fields``: a variant's (``lmforge_pipelines.sft``)."""
     ops = Ops.on_image(cfg.kubeflow.image)
 
-    @dsl.pipeline(name=f"{cfg.kubeflow.pipeline_prefix}-{name}", description=description)
-    def finetune_pipeline(
-        data_uri: str = cfg.kubeflow.data_uri,
-        pretrained_uri: str = cfg.kubeflow.pretrained_uri,
-        tokenized_uri: str = cfg.kubeflow.tokenized_uri,
-        params: str = params_text(cfg),
-        overrides: list = [],  # noqa: B006 (a KFP default, never mutated)
-    ):
-        args = common_args(params, overrides)
+    def finetune(data_uri, pretrained_uri, tokenized_uri, fields, overrides):
+        args = form_args(cfg, fields, overrides)
         augmented = prepare_data(ops, cfg, data_uri, args)
         pretrained = import_artifact(pretrained_uri, Model, "pretrained-model")
         tokenized = import_artifact(tokenized_uri, Dataset, "tokenized-data")
@@ -44,4 +37,5 @@ def build(
             ops, cfg, pretrained.output, tokenized.output, augmented.outputs["augmented"], args
         )
 
-    return finetune_pipeline
+    inputs = form.inputs(cfg, "data_uri", "pretrained_uri", "tokenized_uri")
+    return form.form_pipeline(cfg, name, description, inputs, fields, finetune)

@@ -2,7 +2,8 @@
 
 ``schedule`` applies the cluster settings of ``params.yaml``'s ``kubeflow`` section to a task
 (MLflow secret as env, caching of heavy steps, GPU node selector/toleration/limit, the shared
-volume); ``prepare_data``, ``data_to_pretrained`` and ``finetune_evaluate_register`` are the DAG
+volume); ``form_args`` puts the run form's ``settings`` task (``lmforge.kfp.form``) before the
+steps; ``prepare_data``, ``data_to_pretrained`` and ``finetune_evaluate_register`` are the DAG
 segments the pipelines share. They take the components as ``ops`` (an ``lmforge_pipelines.ops.Ops``,
 typed ``Any`` here): the library never imports the component or pipeline packages, which import
 it.
@@ -16,7 +17,8 @@ from typing import Any
 from kfp import dsl, kubernetes
 from kfp.dsl import Dataset
 
-from lmforge.config import Config
+from lmforge.config import Config, load_config_text
+from lmforge.kfp.form import settings_task
 
 HEAVY_STEPS = ("pretrain", "finetune", "evaluate")
 
@@ -35,13 +37,22 @@ def _changed(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]
 
 
 def params_text(cfg: Config) -> str:
-    """The default of every pipeline's ``params``: the values of ``cfg`` that differ from the
-    typed defaults (the image's ``lmforge.config`` supplies the rest).
+    """The config a pipeline is compiled with (every step's ``params``): the values of ``cfg``
+    that differ from the typed defaults, the model's from its preset's (the image's
+    ``lmforge.config`` supplies the rest).
 
     Written as one-line JSON, which is YAML too: KFP copies defaults into the compiled file's
     header comment, and a multi-line default would break out of the comment.
     """
-    return json.dumps(_changed(cfg.to_dict(), Config().to_dict()))
+    # The model's shape is its preset's unless set beside it: values equal to the preset's are
+    # left to it, so a run that changes the preset (the form's model_preset) gets its shape.
+    defaults = Config().to_dict()
+    shaped = load_config_text(json.dumps({"model": {"preset": cfg.model.preset}}))
+    defaults["model"] = shaped.to_dict()["model"]
+    changed = _changed(cfg.to_dict(), defaults)
+    if cfg.model.preset != Config().model.preset:
+        changed.setdefault("model", {})["preset"] = cfg.model.preset
+    return json.dumps(changed)
 
 
 def common_args(params: Any, overrides: Any) -> dict[str, Any]:
@@ -52,6 +63,14 @@ def common_args(params: Any, overrides: Any) -> dict[str, Any]:
         "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         "task_name": dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
     }
+
+
+def form_args(cfg: Config, form: dict[str, Any], overrides: Any) -> dict[str, Any]:
+    """``common_args`` of a pipeline with a run form (``lmforge.kfp.form``): ``params`` is
+    ``cfg`` baked in at compile time, not a parameter (nobody edits JSON in the form), and the
+    overrides are the ``settings`` task's merge of the form's ``form`` and ``overrides``."""
+    params = params_text(cfg)
+    return common_args(params, settings_task(cfg.kubeflow.image, params, form, overrides).output)
 
 
 def schedule(task: dsl.PipelineTask, cfg: Config, step: str) -> dsl.PipelineTask:
@@ -127,17 +146,15 @@ def data_to_pretrained(
     data_uri: Any,
     backend: Any,
     args: dict[str, Any],
-    launch_api: Any = None,
 ) -> tuple[dsl.PipelineTask, dsl.PipelineTask, dsl.PipelineTask]:
     """Raw data -> validate -> augment -> tokenize -> pretrain; returns those last three tasks.
-    ``launch_api`` (a pipeline parameter) picks the PyTorchJob or the TrainJob."""
-    api = {} if launch_api is None else {"launch_api": launch_api}
+    The PyTorchJob or the TrainJob: ``launch.api``, which the run form's ``launch_api`` sets."""
     augmented = prepare_data(ops, cfg, data_uri, args)
     tokenized = schedule(
         ops.tokenize(augmented=augmented.outputs["augmented"], **args), cfg, "tokenize"
     )
     pretrained = schedule(
-        ops.pretrain(tokenized=tokenized.outputs["tokenized"], backend=backend, **api, **args),
+        ops.pretrain(tokenized=tokenized.outputs["tokenized"], backend=backend, **args),
         cfg,
         "pretrain",
     )
