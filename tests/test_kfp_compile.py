@@ -19,7 +19,7 @@ STEP_TASKS = {
     "pretrain": {"settings", "validate", "augment", "tokenize", "pretrain"},
     "finetune": {"settings", "validate", "augment", "finetune", "evaluate"},
     "full": {"settings", "validate", "augment", "tokenize", "pretrain", "finetune", "evaluate"},
-    "sweep": {"settings", "sweep-plan", "for-loop-1", "sweep-best"},
+    "sweep": {"sweep-plan", "for-loop-1", "sweep-best"},
     "sft": {"settings", "validate", "augment", "finetune", "evaluate"},
     "multimodal": {"multimodal-align", "multimodal-instruct", "multimodal-evaluate"},
 }

@@ -68,8 +68,16 @@ def common_args(params: Any, overrides: Any) -> dict[str, Any]:
 def form_args(cfg: Config, form: dict[str, Any], overrides: Any) -> dict[str, Any]:
     """``common_args`` of a pipeline with a run form (``lmforge.kfp.form``): ``params`` is
     ``cfg`` baked in at compile time, not a parameter (nobody edits JSON in the form), and the
-    overrides are the ``settings`` task's merge of the form's ``form`` and ``overrides``."""
+    overrides are the ``settings`` task's merge of the form's ``form`` and ``overrides``.
+
+    A form without fields has nothing to merge: its ``overrides`` go straight to the steps (the
+    first step checks them). The sweep's form is such, and must be: KFP's local runner hands a
+    ``ParallelFor`` the loop item in place of any task output it takes (kfp 2.17,
+    ``create_parameter_loop_iteration_task_spec``), so its trials cannot take ``settings``'s
+    output."""
     params = params_text(cfg)
+    if not form:
+        return common_args(params, overrides)
     return common_args(params, settings_task(cfg.kubeflow.image, params, form, overrides).output)
 
 
