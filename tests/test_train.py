@@ -16,6 +16,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
+from lmforge import lineage
 from lmforge.config import TrainConfig, load_config
 from lmforge.errors import DataError, TrainingError
 from lmforge.train.checkpoint import SafeFileSystemReader, verify
@@ -182,10 +183,15 @@ def test_mlflow_run_has_params_metrics_plot_and_model(tokenized, tmp_path, store
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in history] == [5, 10]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"model", "plots", "metrics.json"} <= artifacts
+    # The weights once, as the run's LoggedModel (MLflow 3), not as a second artifact folder.
+    assert {"plots", "metrics.json"} <= artifacts and "model" not in artifacts
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert "plots/loss.png" in plots
-    model_files = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "model")}
+    model = client.get_logged_model(lineage.trained_models(tmp_path / "o")[lineage.LM_MODEL])
+    assert model.source_run_id == run.info.run_id
+    model_files = {  # the transformers flavour keeps the weights under model/
+        Path(a.path).name for a in client.list_logged_model_artifacts(model.model_id, "model")
+    }
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= model_files
 
 
