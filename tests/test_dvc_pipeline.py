@@ -125,6 +125,15 @@ def test_one_parent_run_with_a_nested_run_per_stage_and_lineage(project, first_r
         assert step.info.status == "FINISHED", stage
         for tag in lineage:
             assert step.data.tags[tag] == parents[0].data.tags[tag], (stage, tag)
+    # The data stages' inputs are MLflow datasets digested as DVC digests them: validate's raw
+    # data carries the very md5 dvc.lock records for the stage's `data` dependency.
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    data_md5 = next(d["md5"] for d in lock["validate"]["deps"] if d["path"] == "data")
+    inputs = {i.dataset.name: i.dataset for i in steps["validate"].inputs.dataset_inputs}
+    assert inputs["raw-data"].digest == data_md5
+    assert json.loads(inputs["raw-data"].source)["dvc_path"] == "data"
+    assert {"validated"} == {i.dataset.name for i in steps["augment"].inputs.dataset_inputs}
+    assert {"augmented"} == {i.dataset.name for i in steps["tokenize"].inputs.dataset_inputs}
 
 
 def test_promoted_champion_predicts(project, first_repro):

@@ -171,7 +171,7 @@ def augment_split(
 
 def augment(cfg: Config, validated_dir: Path, out_dir: Path) -> AugmentResult:
     """Augment ``validated_dir``'s training splits into ``out_dir`` (others copied as they are)."""
-    with tracked(cfg, "augment", sections=("augment",)):
+    with tracked(cfg, "augment", sections=("augment",), inputs={"validated": Path(validated_dir)}):
         validated_dir = Path(validated_dir)
         kinds: list[Kind] = ["corpus", "labelled"]
         for kind in kinds:

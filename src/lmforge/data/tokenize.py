@@ -205,7 +205,9 @@ def pack(ds, block_size: int, dtype: np.dtype, dest: Path) -> dict[str, int]:
 def tokenize(cfg: Config, augmented_dir: Path, out_dir: Path) -> TokenizeResult:
     """Train the tokenizer on the training split (or take ``pretrain.init_from``'s) and pack
     every split into ``out_dir``."""
-    with tracked(cfg, "tokenize", sections=("tokenizer",)):
+    with tracked(
+        cfg, "tokenize", sections=("tokenizer",), inputs={"augmented": Path(augmented_dir)}
+    ):
         tcfg = cfg.tokenizer
         sources = {split: split_sources(Path(augmented_dir), split, tcfg) for split in SPLITS}
         with atomic_output_dir(out_dir) as tmp:

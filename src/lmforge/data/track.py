@@ -14,12 +14,22 @@ from lmforge.errors import LmforgeError
 
 
 @contextlib.contextmanager
-def tracked(cfg: Config, stage: str, sections: tuple[str, ...]) -> Iterator[Any]:
+def tracked(
+    cfg: Config, stage: str, sections: tuple[str, ...], inputs: dict[str, Path] | None = None
+) -> Iterator[Any]:
+    """The stage's run; ``inputs`` (name: file or folder) are logged as its MLflow datasets,
+    digested as DVC digests them, so a run leads to the exact data it read."""
     import mlflow
 
-    from lmforge.tracking import stage_run
+    from lmforge.lineage import dataset_input
+    from lmforge.tracking import client, dataset, stage_run
 
     with stage_run(cfg, stage, sections=sections) as run:
+        if inputs:
+            client(cfg).log_inputs(
+                run.info.run_id,
+                datasets=[dataset_input(dataset(p, n, "source")) for n, p in inputs.items()],
+            )
         try:
             yield run
         except LmforgeError as exc:

@@ -237,7 +237,7 @@ def validate(cfg: Config, data_dir: Path, out_dir: Path) -> ValidationResult:
     """Check ``data_dir`` with the GX suites; write the splits and reports to ``out_dir``."""
     files = raw_files(cfg.data, data_dir)  # missing, empty, binary: refused before anything starts
     check_languages(cfg.data)
-    with tracked(cfg, "validate", sections=("data",)):
+    with tracked(cfg, "validate", sections=("data",), inputs={"raw-data": Path(data_dir)}):
         with atomic_output_dir(out_dir) as tmp:
             profiles, counts = {}, {}
             pii = Tally(cfg.data.pii, Allow(cfg.data.pii_allow))

@@ -28,7 +28,7 @@ def _log(out_dir: Path) -> None:
 
 def image_validate(cfg: Config, data_dir: Path, out_dir: Path) -> ImageValidationResult:
     captions_path(cfg.multimodal.data, data_dir)  # a wrong path is refused before any run starts
-    with tracked(cfg, "image-validate", sections=()):
+    with tracked(cfg, "image-validate", sections=(), inputs={"raw-images": Path(data_dir)}):
         _log_section(cfg)
         result = validate_images(cfg.multimodal.data, data_dir, out_dir)
         _log(out_dir)
