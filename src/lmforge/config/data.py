@@ -8,6 +8,17 @@ from typing import Literal
 
 from lmforge.config.schema import Section, setting
 
+
+def check_split_shares(section: Section) -> None:
+    """A split by hash needs a training share left: validation_share + test_share < 1."""
+    if section.validation_share + section.test_share >= 1:
+        section.fail(
+            "test_share",
+            f"validation_share {section.validation_share} + test_share {section.test_share} "
+            "must leave a training split (sum < 1)",
+        )
+
+
 # min_class_share's default, as a share of an even split: 0.6 / 2 == 0.3 exactly, the old default.
 EVEN_SPLIT_SHARE = 0.6
 
@@ -240,12 +251,7 @@ class DataConfig(Section):
     )
 
     def check(self) -> None:
-        if self.validation_share + self.test_share >= 1:
-            self.fail(
-                "test_share",
-                f"validation_share {self.validation_share} + test_share {self.test_share} must "
-                "leave a training split (sum < 1)",
-            )
+        check_split_shares(self)
         if self.quality_min_words > self.quality_max_words:
             self.fail(
                 "quality_min_words",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from lmforge.config.data import check_split_shares
 from lmforge.config.schema import Section, setting
 
 CaptionsFormat = Literal["auto", "jsonl", "csv", "parquet", "arrow"]
@@ -170,12 +171,7 @@ class ImageDataConfig(Section):
     )
 
     def check(self) -> None:
-        if self.validation_share + self.test_share >= 1:
-            self.fail(
-                "test_share",
-                f"validation_share {self.validation_share} + test_share {self.test_share} must "
-                "leave a training split (sum < 1)",
-            )
+        check_split_shares(self)
         if self.min_side > self.max_side:
             self.fail("min_side", f"{self.min_side} exceeds multimodal.data.max_side")
         if self.min_caption_chars > self.max_caption_chars:
